@@ -1,0 +1,94 @@
+//! The delivery channels.
+
+use std::fmt;
+
+/// A delivery channel: one of the seven built-in ones, or a channel a library user added.
+///
+/// The built-in names (`webhook`, `websocket`, `rabbitmq`, `sqs`, `kafka`, `nats`, `pusher`) are the
+/// keys used in the REST API, in configuration, in metrics and in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// HTTP POST to a URL.
+    Webhook,
+    /// Socket.IO, served by the server itself.
+    Websocket,
+    /// AMQP 0-9-1 (RabbitMQ).
+    Rabbitmq,
+    /// Amazon SQS.
+    Sqs,
+    /// Apache Kafka.
+    Kafka,
+    /// NATS (core or JetStream).
+    Nats,
+    /// Pusher Channels HTTP API.
+    Pusher,
+    /// A channel added by a library user (see `examples/custom_sink.rs`). The name must not be one
+    /// of the built-in names.
+    Custom(&'static str),
+}
+
+impl Channel {
+    /// The seven built-in channels, in the order the REST API and the docs list them.
+    pub const BUILT_IN: [Self; 7] = [
+        Self::Webhook,
+        Self::Websocket,
+        Self::Rabbitmq,
+        Self::Sqs,
+        Self::Kafka,
+        Self::Nats,
+        Self::Pusher,
+    ];
+
+    /// The channel's key (`"webhook"`, `"rabbitmq"`, …, or the custom name).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Websocket => "websocket",
+            Self::Rabbitmq => "rabbitmq",
+            Self::Sqs => "sqs",
+            Self::Kafka => "kafka",
+            Self::Nats => "nats",
+            Self::Pusher => "pusher",
+            Self::Custom(name) => name,
+        }
+    }
+
+    /// The prefix of this channel's environment variables (`WEBHOOK`, `RABBITMQ`, …); `None` for a
+    /// custom channel.
+    #[must_use]
+    pub const fn env_prefix(self) -> Option<&'static str> {
+        match self {
+            Self::Webhook => Some("WEBHOOK"),
+            Self::Websocket => Some("WEBSOCKET"),
+            Self::Rabbitmq => Some("RABBITMQ"),
+            Self::Sqs => Some("SQS"),
+            Self::Kafka => Some("KAFKA"),
+            Self::Nats => Some("NATS"),
+            Self::Pusher => Some("PUSHER"),
+            Self::Custom(_) => None,
+        }
+    }
+
+    /// Parses a built-in channel key, case-insensitively.
+    ///
+    /// # Errors
+    /// Returns [`UnknownChannel`] naming the valid keys.
+    pub fn parse_built_in(input: &str) -> Result<Self, UnknownChannel> {
+        Self::BUILT_IN
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(input))
+            .ok_or_else(|| UnknownChannel(input.to_owned()))
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A channel key that is not one of the built-in channels.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown channel `{0}`: use one of webhook, websocket, rabbitmq, sqs, kafka, nats, pusher")]
+pub struct UnknownChannel(pub String);

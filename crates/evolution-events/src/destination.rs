@@ -1,0 +1,199 @@
+//! Resolved destinations: where one delivery goes on its channel.
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Channel;
+use crate::naming::{self, NameError};
+use crate::secret::Sensitive;
+
+/// Where a delivery goes. The Router computes it from the naming registry and the settings; sinks
+/// never compute names themselves.
+///
+/// `Debug` never shows a secret (webhook header values and Pusher secrets are [`Sensitive`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "lowercase")]
+pub enum Destination {
+    /// An HTTP POST.
+    Webhook(WebhookTarget),
+    /// A Socket.IO emission.
+    Websocket(WebsocketTarget),
+    /// An AMQP publish.
+    Rabbitmq(RabbitmqTarget),
+    /// An SQS message.
+    Sqs(SqsTarget),
+    /// A Kafka record.
+    Kafka(KafkaTarget),
+    /// A NATS message.
+    Nats(NatsTarget),
+    /// A Pusher trigger.
+    Pusher(PusherTarget),
+    /// A destination of a channel added by a library user.
+    Custom(CustomTarget),
+}
+
+/// An HTTP POST target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WebhookTarget {
+    /// Absolute http(s) URL, byEvents segment already joined.
+    pub url: String,
+    /// Extra request headers (the instance's `headers`), values secret.
+    #[serde(default)]
+    pub headers: Vec<(String, Sensitive)>,
+}
+
+/// A Socket.IO emission target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WebsocketTarget {
+    /// Namespace, starting with `/`.
+    pub namespace: String,
+    /// Socket.IO event name.
+    pub event: String,
+    /// Room inside the namespace: the instance name (sockets allowed to see that instance),
+    /// [`naming::GLOBAL_ROOM`] (sockets allowed to see every instance), or `None` for every socket of the
+    /// namespace (namespaces are authorized per instance).
+    pub room: Option<String>,
+}
+
+/// An AMQP publish target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RabbitmqTarget {
+    /// Topic exchange (durable).
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Durable queue declared once and bound to the exchange with the routing key.
+    pub queue: String,
+}
+
+/// An SQS target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SqsTarget {
+    /// Queue name (`.fifo` suffix included for FIFO queues); the URL is resolved through the API.
+    pub queue: String,
+    /// FIFO queue: `MessageGroupId` = `group_id`, `MessageDeduplicationId` = event id.
+    pub fifo: bool,
+    /// Message group of a FIFO queue (the instance name).
+    pub group_id: Option<String>,
+}
+
+/// A Kafka target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KafkaTarget {
+    /// Topic.
+    pub topic: String,
+    /// Record key (per-key order).
+    pub key: String,
+}
+
+/// A NATS target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NatsTarget {
+    /// Subject.
+    pub subject: String,
+}
+
+/// A Pusher application's credentials and API location.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PusherApp {
+    /// `app_id`.
+    pub app_id: String,
+    /// Application key (public).
+    pub key: String,
+    /// Application secret (signs requests).
+    pub secret: Sensitive,
+    /// Cluster (`us2`, …): API host `api-{cluster}.pusher.com`.
+    pub cluster: String,
+    /// Use HTTPS.
+    pub use_tls: bool,
+    /// API host override (a self-hosted Pusher-protocol server).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// API port override.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// A Pusher trigger target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PusherTarget {
+    /// The application.
+    pub app: PusherApp,
+    /// Channel name.
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+}
+
+/// A destination of a custom channel: an opaque target string the custom sink understands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CustomTarget {
+    /// The target.
+    pub target: String,
+}
+
+impl Destination {
+    /// The built-in channel this destination belongs to (`None` for a custom destination: its
+    /// channel is the one of the route that produced it).
+    #[must_use]
+    pub fn built_in_channel(&self) -> Option<Channel> {
+        Some(match self {
+            Self::Webhook(_) => Channel::Webhook,
+            Self::Websocket(_) => Channel::Websocket,
+            Self::Rabbitmq(_) => Channel::Rabbitmq,
+            Self::Sqs(_) => Channel::Sqs,
+            Self::Kafka(_) => Channel::Kafka,
+            Self::Nats(_) => Channel::Nats,
+            Self::Pusher(_) => Channel::Pusher,
+            Self::Custom(_) => return None,
+        })
+    }
+
+    /// A short human-readable label with no secret in it (for logs, the delivery log and ordering
+    /// keys): a webhook URL loses its user info and query string, a Pusher app shows only its id.
+    #[must_use]
+    pub fn label(&self) -> String {
+        match self {
+            Self::Webhook(t) => match url::Url::parse(&t.url) {
+                Ok(u) => format!(
+                    "{}://{}{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or_default(),
+                    u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                    u.path()
+                ),
+                Err(_) => "<invalid url>".to_owned(),
+            },
+            Self::Websocket(t) => match &t.room {
+                Some(room) => format!("{} {} (room {room})", t.namespace, t.event),
+                None => format!("{} {}", t.namespace, t.event),
+            },
+            Self::Rabbitmq(t) => format!("{} {}", t.exchange, t.routing_key),
+            Self::Sqs(t) => t.queue.clone(),
+            Self::Kafka(t) => format!("{} key={}", t.topic, t.key),
+            Self::Nats(t) => t.subject.clone(),
+            Self::Pusher(t) => format!("app {} {} {}", t.app.app_id, t.channel, t.event),
+            Self::Custom(t) => t.target.clone(),
+        }
+    }
+
+    /// Checks every name in this destination against its channel's rules.
+    ///
+    /// # Errors
+    /// Returns the first [`NameError`], naming the channel, the name and the rule broken.
+    pub fn validate(&self) -> Result<(), NameError> {
+        match self {
+            Self::Webhook(t) => naming::check_webhook_url(&t.url),
+            Self::Websocket(t) => naming::check_socketio(&t.namespace, &t.event),
+            Self::Rabbitmq(t) => {
+                naming::check_rabbitmq("exchange", &t.exchange)?;
+                naming::check_rabbitmq("routing key", &t.routing_key)?;
+                naming::check_rabbitmq("queue", &t.queue)
+            }
+            Self::Sqs(t) => naming::check_sqs_queue(&t.queue, t.fifo),
+            Self::Kafka(t) => naming::check_kafka_topic(&t.topic),
+            Self::Nats(t) => naming::check_nats_subject(&t.subject),
+            Self::Pusher(t) => naming::check_pusher(&t.channel, &t.event),
+            Self::Custom(_) => Ok(()),
+        }
+    }
+}

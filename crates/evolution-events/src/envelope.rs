@@ -1,0 +1,230 @@
+//! The event envelope and its payload.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::instance::InstanceName;
+use crate::kind::EventKind;
+use crate::naming::NamingProfile;
+use crate::secret::Sensitive;
+
+/// One event, as accepted from a producer.
+///
+/// The JSON payload is serialized at most once per naming profile (lazily, on first use) into
+/// shared [`Bytes`]; every delivery of the event shares it. Field order of the payload:
+/// `{"id","event","instance","data","date_time","sender","server_url","apikey","sequence"}`.
+#[derive(Clone, Debug)]
+pub struct EventEnvelope {
+    id: Uuid,
+    kind: EventKind,
+    instance: InstanceName,
+    data: Box<RawValue>,
+    date_time: DateTime<Utc>,
+    sender: Option<String>,
+    server_url: Option<String>,
+    apikey: Option<Sensitive>,
+    sequence: u64,
+    payloads: [OnceLock<Bytes>; 2],
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    id: &'a Uuid,
+    event: &'static str,
+    instance: &'a str,
+    data: &'a RawValue,
+    date_time: String,
+    sender: Option<&'a str>,
+    server_url: Option<&'a str>,
+    apikey: Option<&'a str>,
+    sequence: u64,
+}
+
+impl EventEnvelope {
+    /// A new event with a fresh UUIDv7 `id`, `date_time` = now (UTC), sequence 0 (the outbox
+    /// assigns the per-instance sequence when it accepts the event).
+    #[must_use]
+    pub fn new(kind: EventKind, instance: InstanceName, data: Box<RawValue>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind,
+            instance,
+            data,
+            date_time: Utc::now(),
+            sender: None,
+            server_url: None,
+            apikey: None,
+            sequence: 0,
+            payloads: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// Sets the id (restoring a stored event).
+    #[must_use]
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self.reset();
+        self
+    }
+
+    /// Sets the time (restoring a stored event).
+    #[must_use]
+    pub fn with_date_time(mut self, date_time: DateTime<Utc>) -> Self {
+        self.date_time = date_time;
+        self.reset();
+        self
+    }
+
+    /// Sets `sender` (the instance's own JID).
+    #[must_use]
+    pub fn with_sender(mut self, sender: Option<String>) -> Self {
+        self.sender = sender;
+        self.reset();
+        self
+    }
+
+    /// Sets `server_url` (`SERVER_URL`).
+    #[must_use]
+    pub fn with_server_url(mut self, server_url: Option<String>) -> Self {
+        self.server_url = server_url;
+        self.reset();
+        self
+    }
+
+    /// Sets `apikey`: the instance token, only when `AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES=true`.
+    #[must_use]
+    pub fn with_apikey(mut self, apikey: Option<Sensitive>) -> Self {
+        self.apikey = apikey;
+        self.reset();
+        self
+    }
+
+    /// Sets the per-instance sequence.
+    #[must_use]
+    pub fn with_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = sequence;
+        self.reset();
+        self
+    }
+
+    fn reset(&mut self) {
+        self.payloads = [OnceLock::new(), OnceLock::new()];
+    }
+
+    /// The id (UUIDv7): the idempotency key on every channel.
+    #[must_use]
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    /// The kind.
+    #[must_use]
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+    /// The instance.
+    #[must_use]
+    pub fn instance(&self) -> &InstanceName {
+        &self.instance
+    }
+    /// The `data` JSON, as given.
+    #[must_use]
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+    /// When the event was accepted (UTC).
+    #[must_use]
+    pub fn date_time(&self) -> DateTime<Utc> {
+        self.date_time
+    }
+    /// `sender`.
+    #[must_use]
+    pub fn sender(&self) -> Option<&str> {
+        self.sender.as_deref()
+    }
+    /// `server_url`.
+    #[must_use]
+    pub fn server_url(&self) -> Option<&str> {
+        self.server_url.as_deref()
+    }
+    /// `apikey`.
+    #[must_use]
+    pub fn apikey(&self) -> Option<&Sensitive> {
+        self.apikey.as_ref()
+    }
+    /// The per-instance sequence number.
+    #[must_use]
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The JSON payload for `profile`, serialized on first use and shared afterwards.
+    #[must_use]
+    pub fn payload(&self, profile: NamingProfile) -> Bytes {
+        let slot = match profile {
+            NamingProfile::Seed => &self.payloads[0],
+            NamingProfile::EvolutionV2 => &self.payloads[1],
+        };
+        slot.get_or_init(|| self.serialize(profile)).clone()
+    }
+
+    fn serialize(&self, profile: NamingProfile) -> Bytes {
+        let payload = Payload {
+            id: &self.id,
+            event: profile.payload_event(self.kind),
+            instance: self.instance.as_str(),
+            data: &self.data,
+            date_time: self.date_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            sender: self.sender.as_deref(),
+            server_url: self.server_url.as_deref(),
+            apikey: self.apikey.as_ref().map(Sensitive::expose),
+            sequence: self.sequence,
+        };
+        // Serializing borrowed strings, a UUID and already-valid raw JSON cannot fail.
+        match serde_json::to_vec(&payload) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => Bytes::from_static(b"null"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_the_design_field_order_and_is_cached() {
+        let data = RawValue::from_string(r#"{"key":{"id":"MESSAGE_ID"},"texto":"olá 👋"}"#.into()).unwrap();
+        let env = EventEnvelope::new(
+            EventKind::MessagesUpsert,
+            InstanceName::new("minha-instancia").unwrap(),
+            data,
+        )
+        .with_date_time("2024-01-01T12:00:00Z".parse().unwrap())
+        .with_sender(Some("5511999999999@s.whatsapp.net".into()))
+        .with_server_url(Some("https://api.example.com".into()))
+        .with_sequence(7);
+        let json = String::from_utf8(env.payload(NamingProfile::Seed).to_vec()).unwrap();
+        let expected = format!(
+            r#"{{"id":"{}","event":"MESSAGES_UPSERT","instance":"minha-instancia","data":{{"key":{{"id":"MESSAGE_ID"}},"texto":"olá 👋"}},"date_time":"2024-01-01T12:00:00.000Z","sender":"5511999999999@s.whatsapp.net","server_url":"https://api.example.com","apikey":null,"sequence":7}}"#,
+            env.id()
+        );
+        assert_eq!(json, expected);
+        let v2 = env.payload(NamingProfile::EvolutionV2);
+        assert!(
+            std::str::from_utf8(&v2)
+                .unwrap()
+                .contains(r#""event":"messages.upsert""#)
+        );
+        // Same allocation on a second call: serialized once.
+        assert_eq!(
+            env.payload(NamingProfile::Seed).as_ptr(),
+            env.payload(NamingProfile::Seed).as_ptr()
+        );
+        assert_eq!(env.id().get_version_num(), 7);
+    }
+}

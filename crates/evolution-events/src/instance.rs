@@ -1,0 +1,110 @@
+//! Instance names.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest instance name accepted.
+pub const MAX_INSTANCE_NAME_LEN: usize = 64;
+
+/// A validated instance (tenant) name: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`. Names of this form are
+/// valid in every channel's names (routing keys, topics, subjects, queues, channels), so a name that
+/// passes here never fails at delivery time. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceName(Arc<str>);
+
+impl InstanceName {
+    /// Validates a name.
+    ///
+    /// # Errors
+    /// Returns [`InvalidInstanceName`] saying what is wrong and what is allowed.
+    pub fn new(name: &str) -> Result<Self, InvalidInstanceName> {
+        let invalid = |reason: &'static str| InvalidInstanceName {
+            name: name.to_owned(),
+            reason,
+        };
+        let mut chars = name.chars();
+        match chars.next() {
+            None => return Err(invalid("it is empty")),
+            Some(c) if !c.is_ascii_alphanumeric() => {
+                return Err(invalid("it must start with a letter or a digit"));
+            }
+            Some(_) => {}
+        }
+        if name.len() > MAX_INSTANCE_NAME_LEN {
+            return Err(invalid("it is longer than 64 characters"));
+        }
+        if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(invalid(
+                "only ASCII letters, digits, `_` and `-` are allowed (no dots, spaces or wildcards)",
+            ));
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for InstanceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for InstanceName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::new(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An instance name that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid instance name `{name}`: {reason}; a name is 1 to 64 characters matching ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$"
+)]
+pub struct InvalidInstanceName {
+    /// The refused name.
+    pub name: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_refuses() {
+        for ok in ["a", "minha-instancia", "A_1-b", &"x".repeat(64)] {
+            assert!(InstanceName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "a.b", "a b", "a*", "a>", "ção", &"x".repeat(65)] {
+            let err = InstanceName::new(bad).unwrap_err();
+            assert!(err.to_string().contains("invalid instance name"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Core types of **evolution events**: the event registry and its naming profiles, the event
+//! envelope, per-instance and global settings, the [`EventSink`] trait every channel implements,
+//! [`SinkError`] and the [`RetryPolicy`].
+//!
+//! Types and traits only: no I/O, no environment, no tasks. Sink crates depend on this crate and
+//! their client library, nothing else.
+
+pub mod channel;
+pub mod destination;
+pub mod envelope;
+pub mod error;
+pub mod instance;
+pub mod kind;
+pub mod naming;
+pub mod retry;
+pub mod secret;
+pub mod settings;
+pub mod sink;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use channel::{Channel, UnknownChannel};
+pub use destination::{
+    CustomTarget, Destination, KafkaTarget, NatsTarget, PusherApp, PusherTarget, RabbitmqTarget, SqsTarget,
+    WebhookTarget, WebsocketTarget,
+};
+pub use envelope::EventEnvelope;
+pub use error::{ErrorKind, Retry, SinkError};
+pub use instance::{InstanceName, InvalidInstanceName};
+pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
+pub use naming::{NameError, NamingProfile, Scope};
+pub use retry::{DeadReason, Decision, RetryPolicy};
+pub use secret::{REDACTED, Sensitive};
+pub use serde_json::value::RawValue;
+pub use settings::{
+    ChannelSettings, EventSelection, FieldError, GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs,
+    GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors, WebhookSettings,
+};
+pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
+pub use uuid::Uuid;
