@@ -1,1 +1,31 @@
-//! Sinks facade.
+//! The facade of **evolution events**: the [`Router`] turns an event and the settings into
+//! deliveries with resolved destinations, and the [`Dispatcher`] delivers them through one
+//! bounded queue and worker pool per channel, with batching, retries, dead letters and
+//! per-instance ordering — the only place any of that lives. Sinks only send a batch and
+//! classify the outcome.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use evolution_events::{EventEnvelope, EventKind, GlobalSettings, InstanceName, RawValue};
+//! use evolution_outbox::MemoryOutbox;
+//! use evolution_sinks::{Dispatcher, Router};
+//!
+//! let router = Router::new(GlobalSettings::default())?;
+//! let dispatcher = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router)
+//!     // .sink(Arc::new(my_sink))
+//!     .start()?;
+//! let data = RawValue::from_string(r#"{"text":"hi"}"#.to_owned())?;
+//! let event = EventEnvelope::new(EventKind::MessagesUpsert, InstanceName::new("acme")?, data);
+//! dispatcher.emit(event, None).await?;
+//! dispatcher.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+
+mod dispatcher;
+mod router;
+
+pub use dispatcher::{
+    BuildError, ChannelConfig, ChannelCounters, Dispatcher, DispatcherBuilder, EmitError, ShutdownReport,
+};
+pub use router::{Route, Router};

@@ -1,0 +1,514 @@
+//! The Dispatcher: one bounded queue and worker pool per channel over an [`Outbox`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use evolution_events::{
+    Channel, Decision, Delivery, Destination, ErrorKind, EventEnvelope, EventSink, InstanceName,
+    InstanceSettings, NameError, RetryPolicy, SinkError,
+};
+use evolution_outbox::{NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::router::Router;
+
+/// How long an idle worker sleeps before looking again when nothing is scheduled (it is woken
+/// earlier by new work).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// Pause after an outbox error before the worker tries again.
+const OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// How one channel is dispatched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelConfig {
+    /// When to retry and when to give up.
+    pub retry: RetryPolicy,
+    /// Concurrent batches in flight for this channel.
+    pub workers: usize,
+    /// Largest batch handed to the sink; `None` uses the sink's `max_batch_size` (always clamped
+    /// to it).
+    pub batch_size: Option<usize>,
+    /// A `send` that takes longer fails with `Timeout` (and is retried).
+    pub send_timeout: Duration,
+    /// Keep per-(instance, destination) order; `None` uses the sink's `ordered` capability.
+    pub ordered: Option<bool>,
+}
+
+impl ChannelConfig {
+    /// The defaults for `channel`: HTTP channels (webhook, Pusher) use the specification's webhook
+    /// retry policy (10 attempts, then dead); brokers and the rest retry for ever, so deliveries
+    /// wait while a broker is down. 4 workers, 30 s send timeout.
+    #[must_use]
+    pub fn default_for(channel: Channel) -> Self {
+        let retry = match channel {
+            Channel::Webhook | Channel::Pusher => RetryPolicy::default(),
+            _ => RetryPolicy::forever(),
+        };
+        Self {
+            retry,
+            workers: 4,
+            batch_size: None,
+            send_timeout: Duration::from_secs(30),
+            ordered: None,
+        }
+    }
+}
+
+/// Why an event was not accepted. Nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The dispatcher is shutting down.
+    #[error("the dispatcher is shutting down and accepts no more events")]
+    Closed,
+    /// A destination name would be refused by its channel.
+    #[error("cannot route the event: {0}")]
+    Routing(#[from] NameError),
+    /// The settings route to a channel with no sink.
+    #[error(
+        "the settings deliver to the {0} channel, but no {0} sink is configured: add one or disable the channel"
+    )]
+    NoSink(Channel),
+    /// The outbox refused or failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two sinks for one channel.
+    #[error("two sinks were given for the {0} channel; give one per channel")]
+    DuplicateChannel(Channel),
+    /// No Tokio runtime to spawn the workers on.
+    #[error("the dispatcher must be started inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// Counters of one channel since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelCounters {
+    /// Deliveries that reached the backend.
+    pub delivered: u64,
+    /// Failed attempts (each retry counts).
+    pub failed_attempts: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+    /// Deliveries given up (dead letters).
+    pub dead: u64,
+    /// Batches sent.
+    pub batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    failed_attempts: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ChannelCounters {
+        ChannelCounters {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChannelCtx {
+    channel: Channel,
+    sink: Arc<dyn EventSink>,
+    config: ChannelConfig,
+    batch_size: usize,
+    ordered: bool,
+    counters: Counters,
+}
+
+/// Builds a [`Dispatcher`].
+#[derive(Debug)]
+pub struct DispatcherBuilder {
+    outbox: Arc<dyn Outbox>,
+    router: Router,
+    sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
+}
+
+impl DispatcherBuilder {
+    /// Adds a sink with [`ChannelConfig::default_for`] its channel.
+    #[must_use]
+    pub fn sink(self, sink: Arc<dyn EventSink>) -> Self {
+        let config = ChannelConfig::default_for(sink.channel());
+        self.sink_with(sink, config)
+    }
+
+    /// Adds a sink with its own configuration.
+    #[must_use]
+    pub fn sink_with(mut self, sink: Arc<dyn EventSink>, config: ChannelConfig) -> Self {
+        self.sinks.push((sink, config));
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// Two sinks for one channel, or no Tokio runtime.
+    pub fn start(self) -> Result<Dispatcher, BuildError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let mut channels = HashMap::new();
+        for (sink, config) in self.sinks {
+            let caps = sink.capabilities();
+            let channel = sink.channel();
+            let ctx = ChannelCtx {
+                channel,
+                batch_size: config
+                    .batch_size
+                    .unwrap_or(caps.max_batch_size)
+                    .clamp(1, caps.max_batch_size),
+                ordered: config.ordered.unwrap_or(caps.ordered),
+                sink,
+                config,
+                counters: Counters::default(),
+            };
+            if channels.insert(channel, Arc::new(ctx)).is_some() {
+                return Err(BuildError::DuplicateChannel(channel));
+            }
+        }
+        let (closing, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for ctx in channels.values() {
+            for _ in 0..ctx.config.workers.max(1) {
+                let worker = Worker {
+                    ctx: Arc::clone(ctx),
+                    outbox: Arc::clone(&self.outbox),
+                    closing: closing.subscribe(),
+                };
+                tasks.push(runtime.spawn(worker.run()));
+            }
+        }
+        Ok(Dispatcher {
+            shared: Arc::new(Shared {
+                outbox: self.outbox,
+                router: self.router,
+                channels,
+                accepting: AtomicBool::new(true),
+                closing,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    outbox: Arc<dyn Outbox>,
+    router: Router,
+    channels: HashMap<Channel, Arc<ChannelCtx>>,
+    accepting: AtomicBool,
+    closing: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Routes events into the outbox and runs, per channel, workers that claim due deliveries in
+/// batches, send them through the channel's sink, and record the outcome: delivered, retry on the
+/// channel's [`RetryPolicy`], or dead. Channels never wait for each other. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// What [`Dispatcher::shutdown`] managed.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Every worker finished the due work before the deadline.
+    pub drained: bool,
+    /// Sinks whose flush or shutdown failed or timed out, with the reason.
+    pub sink_errors: Vec<(Channel, String)>,
+}
+
+impl Dispatcher {
+    /// Starts building a dispatcher over an outbox and a router.
+    #[must_use]
+    pub fn builder(outbox: Arc<dyn Outbox>, router: Router) -> DispatcherBuilder {
+        DispatcherBuilder {
+            outbox,
+            router,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Accepts one event: routes it with `settings` (the instance's own) and the global settings,
+    /// and stores it with all its deliveries. Returns the stored event (with its sequence) once
+    /// the outbox has it.
+    ///
+    /// # Errors
+    /// See [`EmitError`]; nothing is stored on error.
+    pub async fn emit(
+        &self,
+        event: EventEnvelope,
+        settings: Option<&InstanceSettings>,
+    ) -> Result<Arc<EventEnvelope>, EmitError> {
+        let mut stored = self.emit_many(vec![(event, settings)]).await?;
+        stored.pop().ok_or(EmitError::Closed)
+    }
+
+    /// Accepts several events at once: all of them, or none.
+    ///
+    /// # Errors
+    /// See [`EmitError`]; nothing is stored on error.
+    pub async fn emit_many(
+        &self,
+        events: Vec<(EventEnvelope, Option<&InstanceSettings>)>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(EmitError::Closed);
+        }
+        let profile = self.shared.router.global().naming;
+        let mut batch = Vec::with_capacity(events.len());
+        for (envelope, settings) in events {
+            let routes = self.shared.router.route(&envelope, settings)?;
+            let mut deliveries = Vec::with_capacity(routes.len());
+            for route in routes {
+                let ctx = self
+                    .shared
+                    .channels
+                    .get(&route.channel)
+                    .ok_or(EmitError::NoSink(route.channel))?;
+                let ordering_key = ctx
+                    .ordered
+                    .then(|| ordering_key(envelope.instance(), &route.destination));
+                deliveries.push(NewDelivery {
+                    channel: route.channel,
+                    scope: route.scope,
+                    destination: Arc::new(route.destination),
+                    ordering_key,
+                });
+            }
+            batch.push(NewEvent {
+                envelope,
+                profile,
+                deliveries,
+            });
+        }
+        Ok(self.shared.outbox.enqueue(batch).await?)
+    }
+
+    /// The router.
+    #[must_use]
+    pub fn router(&self) -> &Router {
+        &self.shared.router
+    }
+
+    /// The outbox.
+    #[must_use]
+    pub fn outbox(&self) -> &Arc<dyn Outbox> {
+        &self.shared.outbox
+    }
+
+    /// The channels that have a sink.
+    pub fn channels(&self) -> impl Iterator<Item = Channel> + '_ {
+        self.shared.channels.keys().copied()
+    }
+
+    /// The sink of `channel`.
+    #[must_use]
+    pub fn sink(&self, channel: Channel) -> Option<&Arc<dyn EventSink>> {
+        self.shared.channels.get(&channel).map(|c| &c.sink)
+    }
+
+    /// Counters of `channel` since start.
+    #[must_use]
+    pub fn counters(&self, channel: Channel) -> Option<ChannelCounters> {
+        self.shared.channels.get(&channel).map(|c| c.counters.snapshot())
+    }
+
+    /// Stops accepting events, lets the workers deliver what is due now, then flushes and shuts
+    /// down every sink — all within `deadline`. Deliveries still in flight at the deadline go back
+    /// to pending in the outbox (a durable outbox delivers them after a restart); retries
+    /// scheduled for later stay pending. Idempotent.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let end = Instant::now() + deadline;
+        self.shared.accepting.store(false, Ordering::Release);
+        self.shared.closing.send_replace(true);
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut report = ShutdownReport {
+            drained: true,
+            sink_errors: Vec::new(),
+        };
+        for mut task in tasks {
+            if tokio::time::timeout_at(end, &mut task).await.is_err() {
+                task.abort();
+                report.drained = false;
+            }
+        }
+        if !report.drained {
+            for channel in self.shared.channels.keys() {
+                if let Err(e) = self.shared.outbox.release(*channel).await {
+                    tracing::error!(%channel, error = %e, "could not release in-flight deliveries");
+                }
+            }
+        }
+        for (channel, ctx) in &self.shared.channels {
+            let result = tokio::time::timeout_at(end, async {
+                ctx.sink.flush().await?;
+                ctx.sink.shutdown().await
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => report.sink_errors.push((*channel, e.to_string())),
+                Err(_) => report
+                    .sink_errors
+                    .push((*channel, "flush and shutdown missed the deadline".into())),
+            }
+        }
+        report
+    }
+}
+
+/// The ordering key of a delivery: its instance and destination.
+fn ordering_key(instance: &InstanceName, destination: &Destination) -> Arc<str> {
+    Arc::from(format!("{instance}\u{1f}{}", destination.label()))
+}
+
+struct Worker {
+    ctx: Arc<ChannelCtx>,
+    outbox: Arc<dyn Outbox>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let notify = self.outbox.notifier(self.ctx.channel);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let closing = *self.closing.borrow() || self.closing.has_changed().is_err();
+            let batch = match self.outbox.claim(self.ctx.channel, self.ctx.batch_size).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(channel = %self.ctx.channel, error = %e, "cannot claim deliveries; retrying");
+                    tokio::time::sleep(OUTBOX_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if closing {
+                    return;
+                }
+                let wait = match self.outbox.next_due(self.ctx.channel).await {
+                    Ok(Some(wait)) => wait.max(Duration::from_millis(1)),
+                    Ok(None) | Err(_) => IDLE_WAIT,
+                };
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(wait) => {}
+                    _ = self.closing.changed() => {}
+                }
+                continue;
+            }
+            self.deliver(batch).await;
+        }
+    }
+
+    async fn deliver(&self, batch: Vec<Delivery>) {
+        let ctx = &self.ctx;
+        ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let mut failures: Vec<Option<SinkError>> = batch.iter().map(|_| None).collect();
+        match tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(&batch)).await {
+            Err(_) => {
+                let timeout = ctx.config.send_timeout;
+                for slot in &mut failures {
+                    *slot = Some(SinkError::new(
+                        ctx.channel,
+                        ErrorKind::Timeout,
+                        format!("the sink did not answer within {timeout:?}"),
+                    ));
+                }
+            }
+            Ok(Err(error)) => {
+                for slot in &mut failures {
+                    *slot = Some(error.duplicate());
+                }
+            }
+            Ok(Ok(report)) => {
+                for (index, error) in report.into_failures() {
+                    if let Some(slot) = failures.get_mut(index) {
+                        *slot = Some(error);
+                    }
+                }
+            }
+        }
+        let mut blocked: HashSet<Arc<str>> = HashSet::new();
+        let mut settlements = Vec::with_capacity(batch.len());
+        for (delivery, failure) in batch.iter().zip(failures) {
+            let key = ctx
+                .ordered
+                .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination));
+            if let Some(key) = &key
+                && blocked.contains(key)
+            {
+                // An earlier delivery of this key failed in this batch: send this one again after it.
+                settlements.push(Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Requeue,
+                });
+                continue;
+            }
+            let outcome = match failure {
+                None => {
+                    ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Delivered
+                }
+                Some(error) => {
+                    ctx.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    match ctx.config.retry.decide(delivery.attempt, &error) {
+                        Decision::RetryAfter(delay) => {
+                            ctx.counters.retried.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                channel = %ctx.channel, delivery = delivery.id, attempt = delivery.attempt,
+                                destination = %delivery.destination.label(), ?delay, %error, "delivery failed; will retry"
+                            );
+                            if let Some(key) = key {
+                                blocked.insert(key);
+                            }
+                            Outcome::Retry {
+                                delay,
+                                error: error.to_string(),
+                            }
+                        }
+                        Decision::Dead(reason) => {
+                            ctx.counters.dead.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                channel = %ctx.channel, delivery = delivery.id, event = %delivery.envelope.id(),
+                                attempt = delivery.attempt, destination = %delivery.destination.label(),
+                                %reason, %error, "delivery is dead"
+                            );
+                            Outcome::Dead {
+                                error: format!("{reason}: {error}"),
+                            }
+                        }
+                    }
+                }
+            };
+            settlements.push(Settlement {
+                id: delivery.id,
+                outcome,
+            });
+        }
+        if let Err(e) = self.outbox.settle(settlements).await {
+            tracing::error!(channel = %ctx.channel, error = %e, "cannot record delivery outcomes");
+        }
+    }
+}

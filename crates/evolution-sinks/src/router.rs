@@ -1,0 +1,353 @@
+//! The Router: from an event and the settings to the deliveries it needs.
+
+use evolution_events::naming::{RabbitmqNaming, SqsNaming};
+use evolution_events::{
+    Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, GlobalSettings,
+    InstanceName, InstanceSettings, NameError, Scope, ValidationErrors, WebhookTarget,
+};
+
+/// One delivery the Router wants: a channel, the scope that asked for it, the resolved destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The channel.
+    pub channel: Channel,
+    /// Instance settings or global settings.
+    pub scope: Scope,
+    /// Where it goes.
+    pub destination: Destination,
+}
+
+#[derive(Clone, Debug)]
+struct CustomRoute {
+    channel: Channel,
+    events: EventSelection,
+    target: String,
+}
+
+/// Turns (event, global settings, instance settings) into routes, with every name taken from
+/// the naming registry. Identical destinations are delivered once: a global and an instance
+/// setting that resolve to the same target produce one route (the instance one).
+#[derive(Clone, Debug)]
+pub struct Router {
+    global: GlobalSettings,
+    custom: Vec<CustomRoute>,
+}
+
+impl Router {
+    /// A router over the global settings.
+    ///
+    /// # Errors
+    /// Every problem of the global settings (a global webhook enabled without a valid URL, global
+    /// Pusher enabled without an app, prefixes that make invalid names), naming the setting.
+    pub fn new(global: GlobalSettings) -> Result<Self, ValidationErrors> {
+        let mut errors = Vec::new();
+        let check = |errors: &mut Vec<FieldError>, field: &str, result: Result<(), NameError>| {
+            if let Err(e) = result {
+                errors.push(FieldError {
+                    field: field.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        if global.webhook.enabled {
+            check(
+                &mut errors,
+                "WEBHOOK_GLOBAL_URL",
+                evolution_events::naming::check_webhook_url(&global.webhook.url),
+            );
+        }
+        if global.pusher.global_enabled && global.pusher.app.is_none() {
+            errors.push(FieldError {
+                field: "PUSHER_GLOBAL_APP_ID".to_owned(),
+                message: "PUSHER_GLOBAL_ENABLED=true needs PUSHER_GLOBAL_APP_ID, PUSHER_GLOBAL_KEY, \
+                          PUSHER_GLOBAL_SECRET and PUSHER_GLOBAL_CLUSTER"
+                    .to_owned(),
+            });
+        }
+        let router = Self {
+            global,
+            custom: Vec::new(),
+        };
+        // Every global route of every event must produce valid names.
+        let probe = InstanceName::new("x").map_err(|e| {
+            ValidationErrors(vec![FieldError {
+                field: "instance".into(),
+                message: e.to_string(),
+            }])
+        })?;
+        for kind in EventKind::all() {
+            let mut routes = Vec::new();
+            router.global_routes(&probe, kind, &mut routes, true);
+            for route in routes {
+                let field = match route.channel.env_prefix() {
+                    Some(prefix) => format!("{prefix}_*"),
+                    None => route.channel.to_string(),
+                };
+                check(&mut errors, &field, route.destination.validate());
+            }
+        }
+        errors.dedup();
+        if errors.is_empty() {
+            Ok(router)
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// Also delivers the selected events to a custom channel's `target` (for sinks a library
+    /// user adds; see `examples/custom_sink.rs`).
+    #[must_use]
+    pub fn with_custom_route(
+        mut self,
+        channel: Channel,
+        events: EventSelection,
+        target: impl Into<String>,
+    ) -> Self {
+        self.custom.push(CustomRoute {
+            channel,
+            events,
+            target: target.into(),
+        });
+        self
+    }
+
+    /// The global settings.
+    #[must_use]
+    pub fn global(&self) -> &GlobalSettings {
+        &self.global
+    }
+
+    /// The routes of one event.
+    ///
+    /// # Errors
+    /// A [`NameError`] if a destination would be refused by its channel. Settings checked by
+    /// [`Router::validate_instance`] never produce one.
+    pub fn route(
+        &self,
+        event: &EventEnvelope,
+        settings: Option<&InstanceSettings>,
+    ) -> Result<Vec<Route>, NameError> {
+        let mut routes = Vec::new();
+        if let Some(settings) = settings {
+            self.instance_routes(event.instance(), event.kind(), settings, &mut routes, false)?;
+        }
+        self.global_routes(event.instance(), event.kind(), &mut routes, false);
+        for custom in &self.custom {
+            if custom.events.matches(event.kind()) {
+                push(
+                    &mut routes,
+                    custom.channel,
+                    Scope::Global,
+                    Destination::Custom(CustomTarget {
+                        target: custom.target.clone(),
+                    }),
+                );
+            }
+        }
+        for route in &routes {
+            route.destination.validate()?;
+        }
+        Ok(routes)
+    }
+
+    /// Checks that every event the settings select produces valid names on its channel (an
+    /// instance name too long for SQS, say), reporting each problem under the channel's field.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn validate_instance(
+        &self,
+        instance: &InstanceName,
+        settings: &InstanceSettings,
+    ) -> Result<(), ValidationErrors> {
+        let mut errors: Vec<FieldError> = Vec::new();
+        for kind in EventKind::all() {
+            let mut routes = Vec::new();
+            if let Err(e) = self.instance_routes(instance, kind, settings, &mut routes, true) {
+                errors.push(FieldError {
+                    field: e.channel.to_string(),
+                    message: e.to_string(),
+                });
+            }
+            for route in routes {
+                if let Err(e) = route.destination.validate() {
+                    errors.push(FieldError {
+                        field: route.channel.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        errors.dedup();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// `all_selected`: ignore the per-channel enabled switches (validation of settings that may be
+    /// enabled later).
+    fn instance_routes(
+        &self,
+        instance: &InstanceName,
+        kind: EventKind,
+        settings: &InstanceSettings,
+        routes: &mut Vec<Route>,
+        all_selected: bool,
+    ) -> Result<(), NameError> {
+        let g = &self.global;
+        let profile = g.naming;
+        let wants = |channel: Channel| settings.wants(channel, kind) || all_selected;
+        if let Some(w) = &settings.webhook
+            && (wants(Channel::Webhook) && (w.enabled || !w.url.is_empty()))
+        {
+            let url = profile.webhook_url(&w.url, kind, w.by_events)?;
+            let headers = w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            push(
+                routes,
+                Channel::Webhook,
+                Scope::Instance,
+                Destination::Webhook(WebhookTarget { url, headers }),
+            );
+        }
+        if (g.websocket.enabled || all_selected) && settings.websocket.is_some() && wants(Channel::Websocket)
+        {
+            for t in profile.websocket(Scope::Instance, instance, kind) {
+                push(
+                    routes,
+                    Channel::Websocket,
+                    Scope::Instance,
+                    Destination::Websocket(t),
+                );
+            }
+        }
+        if (g.rabbitmq.enabled || all_selected) && settings.rabbitmq.is_some() && wants(Channel::Rabbitmq) {
+            let t = profile.rabbitmq(Scope::Instance, instance, kind, self.rabbitmq_naming());
+            push(
+                routes,
+                Channel::Rabbitmq,
+                Scope::Instance,
+                Destination::Rabbitmq(t),
+            );
+        }
+        if (g.sqs.broker.enabled || all_selected) && settings.sqs.is_some() && wants(Channel::Sqs) {
+            let t = profile.sqs(Scope::Instance, instance, kind, self.sqs_naming());
+            push(routes, Channel::Sqs, Scope::Instance, Destination::Sqs(t));
+        }
+        if (g.kafka.enabled || all_selected) && settings.kafka.is_some() && wants(Channel::Kafka) {
+            let t = profile.kafka(Scope::Instance, instance, kind, &g.kafka.prefix);
+            push(routes, Channel::Kafka, Scope::Instance, Destination::Kafka(t));
+        }
+        if (g.nats.enabled || all_selected) && settings.nats.is_some() && wants(Channel::Nats) {
+            let t = profile.nats(Scope::Instance, instance, kind, &g.nats.prefix);
+            push(routes, Channel::Nats, Scope::Instance, Destination::Nats(t));
+        }
+        if let Some(p) = &settings.pusher
+            && (g.pusher.enabled || all_selected)
+            && wants(Channel::Pusher)
+        {
+            let mut app = p.app();
+            if app.host.is_none() {
+                app.host.clone_from(&g.pusher.host);
+                app.port = app.port.or(g.pusher.port);
+            }
+            let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
+            push(routes, Channel::Pusher, Scope::Instance, Destination::Pusher(t));
+        }
+        Ok(())
+    }
+
+    /// `all`: every channel's global routes whatever its switches (validation).
+    fn global_routes(&self, instance: &InstanceName, kind: EventKind, routes: &mut Vec<Route>, all: bool) {
+        let g = &self.global;
+        let profile = g.naming;
+        // `Router::new` refused an invalid global URL, so `webhook_url` succeeds here.
+        if g.webhook.enabled
+            && (all || g.webhook.events.contains(&kind))
+            && let Ok(url) = profile.webhook_url(&g.webhook.url, kind, g.webhook.by_events)
+        {
+            let target = WebhookTarget {
+                url,
+                headers: Vec::new(),
+            };
+            push(
+                routes,
+                Channel::Webhook,
+                Scope::Global,
+                Destination::Webhook(target),
+            );
+        }
+        if all || (g.websocket.enabled && g.websocket.global_events) {
+            for t in profile.websocket(Scope::Global, instance, kind) {
+                push(
+                    routes,
+                    Channel::Websocket,
+                    Scope::Global,
+                    Destination::Websocket(t),
+                );
+            }
+        }
+        let on = |b: &evolution_events::GlobalBroker| {
+            all || (b.enabled && b.global_enabled && b.events.contains(&kind))
+        };
+        if on(&g.rabbitmq) {
+            let t = profile.rabbitmq(Scope::Global, instance, kind, self.rabbitmq_naming());
+            push(routes, Channel::Rabbitmq, Scope::Global, Destination::Rabbitmq(t));
+        }
+        if on(&g.sqs.broker) {
+            let t = profile.sqs(Scope::Global, instance, kind, self.sqs_naming());
+            push(routes, Channel::Sqs, Scope::Global, Destination::Sqs(t));
+        }
+        if on(&g.kafka) {
+            let t = profile.kafka(Scope::Global, instance, kind, &g.kafka.prefix);
+            push(routes, Channel::Kafka, Scope::Global, Destination::Kafka(t));
+        }
+        if on(&g.nats) {
+            let t = profile.nats(Scope::Global, instance, kind, &g.nats.prefix);
+            push(routes, Channel::Nats, Scope::Global, Destination::Nats(t));
+        }
+        if let Some(app) = &g.pusher.app
+            && (all || (g.pusher.enabled && g.pusher.global_enabled && g.pusher.events.contains(&kind)))
+        {
+            let mut app = app.clone();
+            if app.host.is_none() {
+                app.host.clone_from(&g.pusher.host);
+                app.port = app.port.or(g.pusher.port);
+            }
+            let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
+            push(routes, Channel::Pusher, Scope::Global, Destination::Pusher(t));
+        }
+    }
+
+    fn rabbitmq_naming(&self) -> RabbitmqNaming<'_> {
+        RabbitmqNaming {
+            exchange: &self.global.rabbitmq_exchange,
+            prefix: &self.global.rabbitmq.prefix,
+        }
+    }
+
+    fn sqs_naming(&self) -> SqsNaming<'_> {
+        let s = &self.global.sqs;
+        SqsNaming {
+            prefix: &s.broker.prefix,
+            global_prefix: &s.global_prefix,
+            single_queue: s.force_single_queue,
+            fifo: s.fifo,
+        }
+    }
+}
+
+/// Adds a route unless the same channel already has the same destination.
+fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: Destination) {
+    if !routes
+        .iter()
+        .any(|r| r.channel == channel && r.destination == destination)
+    {
+        routes.push(Route {
+            channel,
+            scope,
+            destination,
+        });
+    }
+}
