@@ -1,5 +1,7 @@
 //! Behaviour of the in-memory outbox.
 
+#![allow(clippy::unwrap_used)] // test helpers
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Router: which deliveries an event gets, and where they go.
 
+#![allow(clippy::unwrap_used)] // test helpers
+
 use std::collections::BTreeSet;
 
 use evolution_events::{

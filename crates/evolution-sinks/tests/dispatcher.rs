@@ -1,0 +1,357 @@
+//! Dispatcher behaviour with in-memory sinks: isolation, retries on the policy's schedule, dead
+//! letters, per-instance order under retries, batching, drain on shutdown.
+
+#![allow(clippy::unwrap_used)] // test helpers
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evolution_events::{
+    Capabilities, Channel, ErrorKind, EventEnvelope, EventKind, GlobalSettings, InstanceName,
+    InstanceSettings, RawValue, RetryPolicy,
+};
+use evolution_outbox::{MemoryOutbox, Outbox, OutboxError};
+use evolution_sink_testkit::MemorySink;
+use evolution_sinks::{ChannelConfig, Dispatcher, EmitError, Router};
+use serde_json::json;
+use tokio::time::Instant;
+
+const LONG: Duration = Duration::from_secs(3600);
+
+fn event(instance: &str, n: usize) -> EventEnvelope {
+    let data = RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap();
+    EventEnvelope::new(
+        EventKind::MessagesUpsert,
+        InstanceName::new(instance).unwrap(),
+        data,
+    )
+}
+
+fn settings(v: serde_json::Value) -> InstanceSettings {
+    InstanceSettings::from_json(&v).unwrap()
+}
+
+fn router() -> Router {
+    let mut g = GlobalSettings::default();
+    g.nats.enabled = true;
+    g.kafka.enabled = true;
+    Router::new(g).unwrap()
+}
+
+fn webhook_and_nats() -> InstanceSettings {
+    settings(
+        json!({"webhook": {"enabled": true, "url": "http://receiver.test/hook"}, "nats": {"enabled": true}}),
+    )
+}
+
+fn test_policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: Some(max_attempts),
+        ..RetryPolicy::default()
+    }
+}
+
+fn config(channel: Channel, retry: RetryPolicy) -> ChannelConfig {
+    ChannelConfig {
+        retry,
+        ..ChannelConfig::default_for(channel)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_never_answers_does_not_slow_another_channel() {
+    let webhook = MemorySink::new(Channel::Webhook);
+    let nats = MemorySink::new(Channel::Nats);
+    webhook.set_hang(true);
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink(Arc::new(webhook.clone()))
+        .sink(Arc::new(nats.clone()))
+        .start()
+        .unwrap();
+    let s = webhook_and_nats();
+    let start = Instant::now();
+    for i in 0..200 {
+        d.emit(event("acme", i), Some(&s)).await.unwrap();
+    }
+    let got = nats.wait_for(200, LONG).await;
+    assert_eq!(got.len(), 200);
+    assert!(
+        got.iter().all(|r| r.at == start),
+        "NATS deliveries waited for the hung webhook"
+    );
+    assert!(webhook.received().is_empty());
+    assert!(webhook.send_calls() > 0, "the webhook was tried");
+    // The hung sends time out (30 s), are retried, and succeed once the receiver answers.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    webhook.set_hang(false);
+    let got = webhook.wait_for(200, LONG).await;
+    assert_eq!(got.len(), 200);
+    assert!(
+        got.iter().all(|r| r.at - start >= Duration::from_secs(30)),
+        "delivered only after the hang"
+    );
+    assert!(got[0].attempt >= 2, "the first send timed out and was retried");
+    let c = d.counters(Channel::Webhook).unwrap();
+    assert_eq!((c.delivered, c.dead), (200, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_follow_the_policy_schedule_then_go_dead() {
+    let webhook = MemorySink::new(Channel::Webhook);
+    let outbox = Arc::new(MemoryOutbox::default());
+    let d = Dispatcher::builder(outbox.clone(), router())
+        .sink_with(
+            Arc::new(webhook.clone()),
+            config(Channel::Webhook, test_policy(4)),
+        )
+        .start()
+        .unwrap();
+    let s = settings(json!({"webhook": {"enabled": true, "url": "http://receiver.test/hook"}}));
+
+    // Three failures, then success on the fourth attempt: 5 s, ~10 s, ~20 s apart (±20 %).
+    webhook.fail_next(3, ErrorKind::Unavailable, Some(503));
+    let start = Instant::now();
+    d.emit(event("acme", 1), Some(&s)).await.unwrap();
+    let got = webhook.wait_for(1, LONG).await;
+    let waited = (got[0].at - start).as_secs_f64();
+    assert_eq!(got[0].attempt, 4);
+    assert!((29.0..=42.0).contains(&waited), "delivered after {waited} s");
+
+    // Four failures with max 4 attempts: dead, never delivered.
+    webhook.fail_next(4, ErrorKind::Unavailable, Some(500));
+    let start = Instant::now();
+    let stored = d.emit(event("acme", 2), Some(&s)).await.unwrap();
+    loop {
+        if !outbox.dead_letters(None, 10).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        Instant::now() - start >= Duration::from_secs(29),
+        "the 4 attempts were spread by the backoff"
+    );
+    let dead = outbox.dead_letters(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].delivery.envelope.id(), dead[0].delivery.attempt),
+        (stored.id(), 4)
+    );
+    assert!(
+        dead[0].error.contains("gave up after 4 attempts"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(webhook.received().len(), 1, "only the first event was delivered");
+    let c = d.counters(Channel::Webhook).unwrap();
+    assert_eq!((c.delivered, c.failed_attempts, c.retried, c.dead), (1, 7, 6, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_and_non_retryable_statuses_are_dead_at_once() {
+    let webhook = MemorySink::new(Channel::Webhook);
+    let outbox = Arc::new(MemoryOutbox::default());
+    let d = Dispatcher::builder(outbox.clone(), router())
+        .sink_with(
+            Arc::new(webhook.clone()),
+            config(Channel::Webhook, test_policy(10)),
+        )
+        .start()
+        .unwrap();
+    let s = settings(json!({"webhook": {"enabled": true, "url": "http://receiver.test/hook"}}));
+    webhook.fail_next(1, ErrorKind::Rejected, None);
+    d.emit(event("acme", 1), Some(&s)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    webhook.fail_next(1, ErrorKind::Unavailable, Some(404));
+    d.emit(event("acme", 2), Some(&s)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dead = outbox.dead_letters(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().all(|l| l.delivery.attempt == 1));
+    assert!(
+        dead[0].error.starts_with("permanent failure"),
+        "{}",
+        dead[0].error
+    );
+    assert!(
+        dead[1]
+            .error
+            .contains("status 404 is configured as non-retryable"),
+        "{}",
+        dead[1].error
+    );
+    assert_eq!(webhook.send_calls(), 2, "no retries");
+    assert_eq!(d.counters(Channel::Webhook).unwrap().retried, 0);
+}
+
+/// For each instance: every event arrived, and the last copy of each event arrived after the last
+/// copy of every earlier event (a retry re-sends the failed event and what followed it).
+fn assert_in_order(received: &[evolution_sink_testkit::Received], instance: &str, count: u64) {
+    let mut last: Vec<(usize, u64)> = Vec::new();
+    for seq in 1..=count {
+        let pos = received
+            .iter()
+            .rposition(|r| r.instance == instance && r.sequence == seq)
+            .unwrap_or_else(|| panic!("{instance} #{seq} never arrived"));
+        last.push((pos, seq));
+    }
+    assert!(
+        last.windows(2).all(|w| w[0].0 < w[1].0),
+        "{instance}: out of order: {last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_instance_order_holds_under_retries() {
+    let nats =
+        MemorySink::new(Channel::Nats).with_capabilities(Capabilities::new(5).ordered().acknowledged());
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink(Arc::new(nats.clone()))
+        .start()
+        .unwrap();
+    let s = settings(json!({"nats": {"enabled": true}}));
+    let start = Instant::now();
+    let mut a7 = None;
+    for i in 1..=30 {
+        let a = d.emit(event("a", i), Some(&s)).await.unwrap();
+        if i == 7 {
+            a7 = Some(a.id());
+            nats.fail_event(a.id(), 2, ErrorKind::Unavailable, None);
+        }
+        d.emit(event("b", i), Some(&s)).await.unwrap();
+    }
+    assert!(a7.is_some());
+    let received = nats.wait_for(60, LONG).await;
+    // Let every requeued copy go out too.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let received = if received.len() < nats.received().len() {
+        nats.received()
+    } else {
+        received
+    };
+    assert_in_order(&received, "a", 30);
+    assert_in_order(&received, "b", 30);
+    let b: Vec<u64> = received
+        .iter()
+        .filter(|r| r.instance == "b")
+        .map(|r| r.sequence)
+        .collect();
+    assert_eq!(b, (1..=30).collect::<Vec<_>>(), "instance b: once each, in order");
+    assert!(
+        received
+            .iter()
+            .filter(|r| r.instance == "b")
+            .all(|r| r.at == start),
+        "instance a's retries did not hold instance b up"
+    );
+    let a7_copies: Vec<u32> = received
+        .iter()
+        .filter(|r| Some(r.event_id) == a7)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(a7_copies, [3], "a#7 arrived once, on its third attempt");
+    assert!(
+        nats.batch_sizes().iter().all(|n| *n <= 5),
+        "batches respect max_batch_size"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_respect_the_sink_capability() {
+    let kafka = MemorySink::new(Channel::Kafka).with_capabilities(Capabilities::new(10));
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink_with(
+            Arc::new(kafka.clone()),
+            ChannelConfig {
+                workers: 1,
+                ..ChannelConfig::default_for(Channel::Kafka)
+            },
+        )
+        .start()
+        .unwrap();
+    let s = settings(json!({"kafka": {"enabled": true}}));
+    let events = (0..35).map(|i| (event("acme", i), Some(&s))).collect();
+    d.emit_many(events).await.unwrap();
+    assert_eq!(kafka.wait_for(35, LONG).await.len(), 35);
+    assert_eq!(kafka.batch_sizes(), [10, 10, 10, 5]);
+}
+
+#[tokio::test]
+async fn shutdown_drains_what_is_due_then_refuses_new_events() {
+    let nats = MemorySink::new(Channel::Nats);
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink(Arc::new(nats.clone()))
+        .start()
+        .unwrap();
+    let s = settings(json!({"nats": {"enabled": true}}));
+    let events = (0..500).map(|i| (event("acme", i), Some(&s))).collect();
+    d.emit_many(events).await.unwrap();
+    let report = d.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained && report.sink_errors.is_empty(), "{report:?}");
+    assert_eq!(nats.received().len(), 500);
+    assert!(matches!(
+        d.emit(event("acme", 1), Some(&s)).await,
+        Err(EmitError::Closed)
+    ));
+    let again = d.shutdown(Duration::from_secs(1)).await;
+    assert!(again.drained, "idempotent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_deadline_returns_in_flight_work_to_the_outbox() {
+    let nats = MemorySink::new(Channel::Nats);
+    nats.set_hang(true);
+    let outbox = Arc::new(MemoryOutbox::default());
+    let d = Dispatcher::builder(outbox.clone(), router())
+        .sink(Arc::new(nats.clone()))
+        .start()
+        .unwrap();
+    let s = settings(json!({"nats": {"enabled": true}}));
+    d.emit(event("acme", 1), Some(&s)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(outbox.stats(Channel::Nats).await.unwrap().in_flight, 1);
+    let report = d.shutdown(Duration::from_secs(2)).await;
+    assert!(!report.drained);
+    let stats = outbox.stats(Channel::Nats).await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight),
+        (1, 0),
+        "still there for a restart"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_stored_when_an_event_cannot_be_accepted() {
+    let outbox = Arc::new(MemoryOutbox::new(3));
+    let nats = MemorySink::new(Channel::Nats);
+    nats.set_down(true);
+    let d = Dispatcher::builder(outbox.clone(), router())
+        .sink(Arc::new(nats.clone()))
+        .start()
+        .unwrap();
+    // Kafka is routed but has no sink.
+    let s = settings(json!({"nats": {"enabled": true}, "kafka": {"enabled": true}}));
+    let err = d.emit(event("acme", 1), Some(&s)).await.unwrap_err();
+    assert!(matches!(err, EmitError::NoSink(Channel::Kafka)), "{err}");
+    assert_eq!(outbox.stats(Channel::Nats).await.unwrap().pending, 0);
+    // A full queue refuses the whole batch.
+    let s = settings(json!({"nats": {"enabled": true}}));
+    d.emit_many((0..3).map(|i| (event("acme", i), Some(&s))).collect())
+        .await
+        .unwrap();
+    let err = d
+        .emit_many((0..2).map(|i| (event("acme", i), Some(&s))).collect())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EmitError::Outbox(OutboxError::Full { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was stored"));
+    // A broker that is down keeps its deliveries pending: nothing is dropped.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let c = d.counters(Channel::Nats).unwrap();
+    assert_eq!(c.dead, 0);
+    nats.set_down(false);
+    assert_eq!(nats.wait_for(3, Duration::from_secs(10)).await.len(), 3);
+}
