@@ -99,7 +99,7 @@ async fn a_sink_that_never_answers_does_not_slow_another_channel() {
 async fn retryable_failures_follow_the_policy_schedule_then_go_dead() {
     let webhook = MemorySink::new(Channel::Webhook);
     let outbox = Arc::new(MemoryOutbox::default());
-    let d = Dispatcher::builder(outbox.clone(), router())
+    let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
         .sink_with(
             Arc::new(webhook.clone()),
             config(Channel::Webhook, test_policy(4)),
@@ -151,7 +151,7 @@ async fn retryable_failures_follow_the_policy_schedule_then_go_dead() {
 async fn permanent_failures_and_non_retryable_statuses_are_dead_at_once() {
     let webhook = MemorySink::new(Channel::Webhook);
     let outbox = Arc::new(MemoryOutbox::default());
-    let d = Dispatcher::builder(outbox.clone(), router())
+    let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
         .sink_with(
             Arc::new(webhook.clone()),
             config(Channel::Webhook, test_policy(10)),
@@ -302,7 +302,7 @@ async fn shutdown_deadline_returns_in_flight_work_to_the_outbox() {
     let nats = MemorySink::new(Channel::Nats);
     nats.set_hang(true);
     let outbox = Arc::new(MemoryOutbox::default());
-    let d = Dispatcher::builder(outbox.clone(), router())
+    let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
         .sink(Arc::new(nats.clone()))
         .start()
         .unwrap();
@@ -325,7 +325,7 @@ async fn nothing_is_stored_when_an_event_cannot_be_accepted() {
     let outbox = Arc::new(MemoryOutbox::new(3));
     let nats = MemorySink::new(Channel::Nats);
     nats.set_down(true);
-    let d = Dispatcher::builder(outbox.clone(), router())
+    let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
         .sink(Arc::new(nats.clone()))
         .start()
         .unwrap();
