@@ -40,6 +40,11 @@ impl InstanceName {
                 "only ASCII letters, digits, `_` and `-` are allowed (no dots, spaces or wildcards)",
             ));
         }
+        if crate::naming::SOCKETIO_RESERVED.contains(&name) {
+            return Err(invalid(
+                "it is reserved by Socket.IO (connect, connect_error, disconnect, disconnecting, newListener, removeListener)",
+            ));
+        }
         Ok(Self(Arc::from(name)))
     }
 
@@ -102,7 +107,19 @@ mod tests {
         for ok in ["a", "minha-instancia", "A_1-b", &"x".repeat(64)] {
             assert!(InstanceName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "_a", "a.b", "a b", "a*", "a>", "ção", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "a.b",
+            "a b",
+            "a*",
+            "a>",
+            "ção",
+            &"x".repeat(65),
+            "connect",
+            "disconnect",
+        ] {
             let err = InstanceName::new(bad).unwrap_err();
             assert!(err.to_string().contains("invalid instance name"), "{bad}");
         }

@@ -142,10 +142,9 @@ impl NamingProfile {
                 target("/".into(), inst.into(), Some(inst.into())),
                 target(format!("/{inst}"), kind.wire().into(), None),
             ],
-            (Self::Seed, Scope::Global) => vec![
-                target("/".into(), GLOBAL_EVENT.into(), Some(GLOBAL_ROOM.into())),
-                target("/".into(), inst.into(), Some(inst.into())),
-            ],
+            (Self::Seed, Scope::Global) => {
+                vec![target("/".into(), GLOBAL_EVENT.into(), Some(GLOBAL_ROOM.into()))]
+            }
             (Self::EvolutionV2, Scope::Instance) => {
                 vec![target(format!("/{inst}"), kind.wire().into(), None)]
             }
@@ -429,8 +428,8 @@ pub fn check_sqs_queue(name: &str, fifo: bool) -> Result<(), NameError> {
             Channel::Sqs,
             name,
             format!(
-                "it is {} characters and SQS allows at most {SQS_MAX_QUEUE_NAME}; use a shorter instance name or \
-                 SQS_GLOBAL_FORCE_SINGLE_QUEUE",
+                "it is {} characters and SQS allows at most {SQS_MAX_QUEUE_NAME}; use a shorter instance name \
+                 (global deliveries can also use SQS_GLOBAL_FORCE_SINGLE_QUEUE)",
                 name.len()
             ),
         ));
