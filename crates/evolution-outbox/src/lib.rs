@@ -4,8 +4,8 @@
 //! hands due deliveries to the dispatcher's per-channel workers in batches ([`Outbox::claim`]),
 //! and records what happened to them ([`Outbox::settle`]): delivered, retry later, or dead.
 //!
-//! Backends: [`MemoryOutbox`] (the library default, bounded, lost on exit); SQLite (the server's
-//! embedded default) and PostgreSQL (several replicas) implement the same trait.
+//! Backends: [`MemoryOutbox`] (the library default, bounded, lost on exit, keeps no delivery
+//! history); SQLite (the server's embedded default) implements the same trait and [`Store`].
 //!
 //! Ordering: a delivery enqueued with an ordering key is claimable only when every earlier
 //! delivery with that key has been delivered or given up, and never while another batch of that
@@ -18,7 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use evolution_events::{Channel, Delivery, DeliveryId, Destination, EventEnvelope, NamingProfile, Scope};
+use chrono::{DateTime, Utc};
+use evolution_events::{
+    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
+    NamingProfile, Scope, Sensitive, Uuid,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use memory::{DEFAULT_CAPACITY, MemoryOutbox};
@@ -69,6 +74,15 @@ pub enum Outcome {
     },
 }
 
+/// Facts about one attempt, for the delivery log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// How long the send took.
+    pub latency: Duration,
+    /// The protocol status the backend answered (an HTTP status), if any.
+    pub status: Option<u16>,
+}
+
 /// The outcome of one claimed delivery.
 #[derive(Clone, Debug)]
 pub struct Settlement {
@@ -76,6 +90,131 @@ pub struct Settlement {
     pub id: DeliveryId,
     /// What happened.
     pub outcome: Outcome,
+    /// The attempt's facts (`None` for [`Outcome::Requeue`], which is not an attempt).
+    pub attempt: Option<Attempt>,
+}
+
+/// Which dead letters to move back to pending. Empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct RedriveFilter {
+    /// Only these deliveries.
+    pub ids: Vec<DeliveryId>,
+    /// Only this channel.
+    pub channel: Option<Channel>,
+    /// Only this instance.
+    pub instance: Option<InstanceName>,
+    /// Only events accepted at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only events accepted before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl RedriveFilter {
+    /// Whether a dead letter matches.
+    #[must_use]
+    pub fn matches(&self, delivery: &Delivery) -> bool {
+        let at = delivery.envelope.date_time();
+        (self.ids.is_empty() || self.ids.contains(&delivery.id))
+            && self.channel.is_none_or(|c| c == delivery.channel)
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|i| i == delivery.envelope.instance())
+            && self.since.is_none_or(|s| at >= s)
+            && self.until.is_none_or(|u| at < u)
+    }
+}
+
+/// Where a delivery is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt or a retry.
+    Pending,
+    /// Being sent now.
+    InFlight,
+    /// Reached the backend.
+    Delivered,
+    /// Given up; can be redriven.
+    Dead,
+}
+
+/// Filter of the delivery log (`GET /deliveries/{instance}?status=`): `failed` means pending
+/// after at least one failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    /// Pending or in flight.
+    Pending,
+    /// Pending with at least one failed attempt.
+    Failed,
+    /// Dead.
+    Dead,
+    /// Delivered.
+    Delivered,
+}
+
+/// A query of the delivery log. Newest deliveries first.
+#[derive(Clone, Debug)]
+pub struct DeliveryQuery {
+    /// Only this instance.
+    pub instance: Option<InstanceName>,
+    /// Only this channel.
+    pub channel: Option<Channel>,
+    /// Only this status.
+    pub status: Option<StatusFilter>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One recorded attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: &'static str,
+    /// Protocol status (HTTP status), if any.
+    pub status: Option<u16>,
+    /// The error, if it failed (no secrets).
+    pub error: Option<String>,
+    /// How long the send took, in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// One delivery as the delivery log shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryRecord {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// The event's kind.
+    pub event: EventKind,
+    /// The instance.
+    pub instance: InstanceName,
+    /// The event's per-instance sequence.
+    pub sequence: u64,
+    /// The channel.
+    pub channel: Channel,
+    /// Instance or global settings.
+    pub scope: Scope,
+    /// The destination's label (no secrets).
+    pub destination: String,
+    /// Where it is.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, if pending.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the event was accepted.
+    pub created_at: DateTime<Utc>,
+    /// Every attempt, oldest first (backends that keep no history return none).
+    pub attempt_log: Vec<AttemptRecord>,
 }
 
 /// A delivery that was given up.
@@ -175,10 +314,77 @@ pub trait Outbox: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, OutboxError>;
 
-    /// Moves dead letters back to pending, due now, attempts counted from 1 again: the given ids,
-    /// or every one of `channel` (all channels if `None`) when `ids` is empty. Returns how many.
+    /// Moves the dead letters that match `filter` back to pending, due now, attempts counted from
+    /// 1 again. Returns how many.
     ///
     /// # Errors
     /// Storage errors.
-    async fn redrive(&self, channel: Option<Channel>, ids: &[DeliveryId]) -> Result<usize, OutboxError>;
+    async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError>;
+
+    /// The delivery log, newest first.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError>;
+}
+
+/// A stored instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// Stable id (`instanceId`).
+    pub id: Uuid,
+    /// Name.
+    pub name: InstanceName,
+    /// Its API token (the `apikey` that gives access to this instance only).
+    pub token: Sensitive,
+    /// Its channel settings.
+    pub settings: InstanceSettings,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why the store refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An instance with that name (or token) exists already.
+    #[error("an instance named `{0}` already exists (or its token is taken): choose another name or token")]
+    Conflict(String),
+    /// The storage backend failed.
+    #[error("instance storage failed: {0}")]
+    Storage(String),
+}
+
+/// Where instances and their settings live (the server's; durable backends implement it next to
+/// [`Outbox`]).
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Stores a new instance.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the name or token is taken; storage errors.
+    async fn create_instance(&self, record: &InstanceRecord) -> Result<(), StoreError>;
+
+    /// Every instance, by name.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// Replaces an instance's settings. `false` if there is no such instance.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn update_settings(
+        &self,
+        name: &InstanceName,
+        settings: &InstanceSettings,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes an instance and its settings (its pending deliveries are still delivered). `false`
+    /// if there is no such instance.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn delete_instance(&self, name: &InstanceName) -> Result<bool, StoreError>;
 }

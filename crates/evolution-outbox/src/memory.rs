@@ -9,7 +9,10 @@ use evolution_events::{Channel, Delivery, DeliveryId, EventEnvelope, InstanceNam
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{ChannelStats, DeadLetter, NewEvent, Outbox, OutboxError, Outcome, Settlement};
+use crate::{
+    ChannelStats, DeadLetter, DeliveryQuery, DeliveryRecord, DeliveryStatus, NewEvent, Outbox, OutboxError,
+    Outcome, RedriveFilter, Settlement, StatusFilter,
+};
 
 /// Default capacity: pending plus in-flight deliveries per channel.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -275,7 +278,7 @@ impl Outbox for MemoryOutbox {
         let mut touched = BTreeSet::new();
         {
             let mut state = self.lock();
-            for Settlement { id, outcome } in settlements {
+            for Settlement { id, outcome, .. } in settlements {
                 let Some(rec) = state.records.get(&id) else {
                     continue;
                 };
@@ -425,18 +428,15 @@ impl Outbox for MemoryOutbox {
             .collect())
     }
 
-    async fn redrive(&self, channel: Option<Channel>, ids: &[DeliveryId]) -> Result<usize, OutboxError> {
+    async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
         let now = Instant::now();
         let mut touched = BTreeSet::new();
         let count;
         {
             let mut state = self.lock();
-            let (chosen, kept): (Vec<DeadEntry>, Vec<DeadEntry>) =
-                std::mem::take(&mut state.dead).into_iter().partition(|d| {
-                    let c = d.letter.delivery.channel;
-                    channel.is_none_or(|want| want == c)
-                        && (ids.is_empty() || ids.contains(&d.letter.delivery.id))
-                });
+            let (chosen, kept): (Vec<DeadEntry>, Vec<DeadEntry>) = std::mem::take(&mut state.dead)
+                .into_iter()
+                .partition(|d| filter.matches(&d.letter.delivery));
             state.dead = kept.into();
             count = chosen.len();
             for DeadEntry { letter, key } in chosen {
@@ -468,5 +468,74 @@ impl Outbox for MemoryOutbox {
         }
         self.notify(touched);
         Ok(count)
+    }
+
+    async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError> {
+        let now = Instant::now();
+        let wall = chrono::Utc::now();
+        let state = self.lock();
+        let record =
+            |d: &Delivery, status, attempts: u32, last_error: Option<String>, due: Option<Instant>| {
+                DeliveryRecord {
+                    id: d.id,
+                    event_id: d.envelope.id(),
+                    event: d.envelope.kind(),
+                    instance: d.envelope.instance().clone(),
+                    sequence: d.envelope.sequence(),
+                    channel: d.channel,
+                    scope: d.scope,
+                    destination: d.destination.label(),
+                    status,
+                    attempts,
+                    last_error,
+                    next_attempt_at: due.and_then(|due| {
+                        chrono::Duration::from_std(due.saturating_duration_since(now))
+                            .ok()
+                            .map(|d| wall + d)
+                    }),
+                    created_at: d.envelope.date_time(),
+                    attempt_log: Vec::new(),
+                }
+            };
+        let mut out: Vec<DeliveryRecord> = Vec::new();
+        let wants = |status: DeliveryStatus, attempts: u32| match query.status {
+            None => true,
+            Some(StatusFilter::Pending) => {
+                matches!(status, DeliveryStatus::Pending | DeliveryStatus::InFlight)
+            }
+            Some(StatusFilter::Failed) => status == DeliveryStatus::Pending && attempts > 0,
+            Some(StatusFilter::Dead) => status == DeliveryStatus::Dead,
+            Some(StatusFilter::Delivered) => false,
+        };
+        let matches = |d: &Delivery| {
+            query.channel.is_none_or(|c| c == d.channel)
+                && query.instance.as_ref().is_none_or(|i| i == d.envelope.instance())
+        };
+        for rec in state.records.values() {
+            let status = if rec.in_flight {
+                DeliveryStatus::InFlight
+            } else {
+                DeliveryStatus::Pending
+            };
+            if matches(&rec.delivery) && wants(status, rec.attempts) {
+                let due = (!rec.in_flight).then_some(rec.due);
+                out.push(record(&rec.delivery, status, rec.attempts, None, due));
+            }
+        }
+        for dead in &state.dead {
+            let d = &dead.letter.delivery;
+            if matches(d) && wants(DeliveryStatus::Dead, d.attempt) {
+                out.push(record(
+                    d,
+                    DeliveryStatus::Dead,
+                    d.attempt,
+                    Some(dead.letter.error.clone()),
+                    None,
+                ));
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.id));
+        out.truncate(query.limit);
+        Ok(out)
     }
 }

@@ -9,7 +9,10 @@ use evolution_events::{
     Channel, CustomTarget, Destination, EventEnvelope, EventKind, InstanceName, NamingProfile, RawValue,
     Scope,
 };
-use evolution_outbox::{MemoryOutbox, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
+use evolution_outbox::{
+    DeliveryQuery, MemoryOutbox, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, RedriveFilter,
+    Settlement, StatusFilter,
+};
 
 const CH: Channel = Channel::Nats;
 
@@ -36,7 +39,11 @@ fn event(instance: &str, deliveries: usize, key: Option<&str>) -> NewEvent {
 }
 
 fn settle(id: u64, outcome: Outcome) -> Settlement {
-    Settlement { id, outcome }
+    Settlement {
+        id,
+        outcome,
+        attempt: None,
+    }
 }
 
 fn retry(secs: u64) -> Outcome {
@@ -179,8 +186,31 @@ async fn dead_letters_and_redrive() {
         (batch[0].id, "rejected")
     );
     assert_eq!(outbox.stats(CH).await.unwrap().dead, 1);
-    assert_eq!(outbox.redrive(Some(Channel::Kafka), &[]).await.unwrap(), 0);
-    assert_eq!(outbox.redrive(None, &[batch[0].id]).await.unwrap(), 1);
+    let kafka = RedriveFilter {
+        channel: Some(Channel::Kafka),
+        ..RedriveFilter::default()
+    };
+    assert_eq!(outbox.redrive(&kafka).await.unwrap(), 0);
+    let other = RedriveFilter {
+        instance: Some(InstanceName::new("b").unwrap()),
+        ..RedriveFilter::default()
+    };
+    assert_eq!(outbox.redrive(&other).await.unwrap(), 0);
+    let log = outbox
+        .deliveries(&DeliveryQuery {
+            instance: None,
+            channel: None,
+            status: Some(StatusFilter::Dead),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!((log.len(), log[0].last_error.as_deref()), (1, Some("rejected")));
+    let one = RedriveFilter {
+        ids: vec![batch[0].id],
+        ..RedriveFilter::default()
+    };
+    assert_eq!(outbox.redrive(&one).await.unwrap(), 1);
     let again = outbox.claim(CH, 10).await.unwrap();
     assert_eq!((again.len(), again[0].id, again[0].attempt), (1, batch[0].id, 1));
     assert!(outbox.dead_letters(None, 10).await.unwrap().is_empty());

@@ -9,7 +9,7 @@ use evolution_events::{
     Channel, Decision, Delivery, Destination, ErrorKind, EventEnvelope, EventSink, InstanceName,
     InstanceSettings, NameError, RetryPolicy, SinkError,
 };
-use evolution_outbox::{NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
+use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -426,7 +426,10 @@ impl Worker {
         let ctx = &self.ctx;
         ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
         let mut failures: Vec<Option<SinkError>> = batch.iter().map(|_| None).collect();
-        match tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(&batch)).await {
+        let started = Instant::now();
+        let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(&batch)).await;
+        let latency = started.elapsed();
+        match sent {
             Err(_) => {
                 let timeout = ctx.config.send_timeout;
                 for slot in &mut failures {
@@ -463,9 +466,14 @@ impl Worker {
                 settlements.push(Settlement {
                     id: delivery.id,
                     outcome: Outcome::Requeue,
+                    attempt: None,
                 });
                 continue;
             }
+            let attempt = Attempt {
+                latency,
+                status: failure.as_ref().and_then(SinkError::status),
+            };
             let outcome = match failure {
                 None => {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +513,7 @@ impl Worker {
             settlements.push(Settlement {
                 id: delivery.id,
                 outcome,
+                attempt: Some(attempt),
             });
         }
         if let Err(e) = self.outbox.settle(settlements).await {
