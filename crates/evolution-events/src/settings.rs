@@ -608,6 +608,9 @@ pub struct GlobalWebhook {
     pub by_events: bool,
     /// `WEBHOOK_EVENTS_<KEY>=true`.
     pub events: BTreeSet<EventKind>,
+    /// `WEBHOOK_EVENTS_ERRORS_WEBHOOK` (when `WEBHOOK_EVENTS_ERRORS=true`): every `ERRORS` event is also
+    /// posted here, whether or not the global webhook is enabled.
+    pub errors_url: Option<String>,
 }
 
 /// Global WebSocket (`WEBSOCKET_*`).

@@ -90,8 +90,36 @@ pub enum BuildError {
     NoRuntime,
 }
 
+/// Upper bounds (seconds) of the delivery-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// A latency histogram (cumulative buckets, Prometheus style).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencyHistogram {
+    /// Count of observations ≤ each bound of [`LATENCY_BUCKETS`].
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    /// Count of all observations.
+    pub count: u64,
+    /// Sum of all observations, seconds.
+    pub sum_seconds: f64,
+}
+
+/// A delivery that was just given up, for [`DispatcherBuilder::on_dead`].
+#[derive(Clone, Debug)]
+pub struct DeadNotice {
+    /// The delivery, as last attempted.
+    pub delivery: Delivery,
+    /// Why it was given up (no secrets).
+    pub error: String,
+}
+
+/// Called for every delivery given up, after the outbox recorded it.
+pub type DeadHook = Arc<dyn Fn(DeadNotice) + Send + Sync>;
+
 /// Counters of one channel since start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ChannelCounters {
     /// Deliveries that reached the backend.
     pub delivered: u64,
@@ -103,6 +131,8 @@ pub struct ChannelCounters {
     pub dead: u64,
     /// Batches sent.
     pub batches: u64,
+    /// Time from acceptance of the event to its delivery.
+    pub latency: LatencyHistogram,
 }
 
 #[derive(Debug, Default)]
@@ -112,16 +142,42 @@ struct Counters {
     retried: AtomicU64,
     dead: AtomicU64,
     batches: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_micros: AtomicU64,
 }
 
 impl Counters {
+    fn observe_latency(&self, seconds: f64) {
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        // Saturating float-to-int conversion is what we want for a sum of microseconds.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let micros = (seconds.max(0.0) * 1e6) as u64;
+        self.latency_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> ChannelCounters {
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let mut buckets = [0; LATENCY_BUCKETS.len()];
+        let mut running = 0;
+        for (slot, bucket) in buckets.iter_mut().zip(&self.latency_buckets) {
+            running += bucket.load(Ordering::Relaxed);
+            *slot = running;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let sum_seconds = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
         ChannelCounters {
-            delivered: self.delivered.load(Ordering::Relaxed),
+            delivered,
             failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            latency: LatencyHistogram {
+                buckets,
+                count: delivered,
+                sum_seconds,
+            },
         }
     }
 }
@@ -137,11 +193,22 @@ struct ChannelCtx {
 }
 
 /// Builds a [`Dispatcher`].
-#[derive(Debug)]
 pub struct DispatcherBuilder {
     outbox: Arc<dyn Outbox>,
     router: Router,
     sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
+    on_dead: Option<DeadHook>,
+}
+
+impl std::fmt::Debug for DispatcherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherBuilder")
+            .field("outbox", &self.outbox)
+            .field("router", &self.router)
+            .field("sinks", &self.sinks)
+            .field("on_dead", &self.on_dead.is_some())
+            .finish()
+    }
 }
 
 impl DispatcherBuilder {
@@ -156,6 +223,14 @@ impl DispatcherBuilder {
     #[must_use]
     pub fn sink_with(mut self, sink: Arc<dyn EventSink>, config: ChannelConfig) -> Self {
         self.sinks.push((sink, config));
+        self
+    }
+
+    /// Calls `hook` for every delivery given up (after the outbox recorded the dead letter). It
+    /// runs on a worker: keep it short and non-blocking (spawn for anything slow).
+    #[must_use]
+    pub fn on_dead(mut self, hook: impl Fn(DeadNotice) + Send + Sync + 'static) -> Self {
+        self.on_dead = Some(Arc::new(hook));
         self
     }
 
@@ -192,6 +267,7 @@ impl DispatcherBuilder {
                     ctx: Arc::clone(ctx),
                     outbox: Arc::clone(&self.outbox),
                     closing: closing.subscribe(),
+                    on_dead: self.on_dead.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -244,6 +320,7 @@ impl Dispatcher {
             outbox,
             router,
             sinks: Vec::new(),
+            on_dead: None,
         }
     }
 
@@ -385,6 +462,7 @@ struct Worker {
     ctx: Arc<ChannelCtx>,
     outbox: Arc<dyn Outbox>,
     closing: watch::Receiver<bool>,
+    on_dead: Option<DeadHook>,
 }
 
 impl Worker {
@@ -455,6 +533,8 @@ impl Worker {
         }
         let mut blocked: HashSet<Arc<str>> = HashSet::new();
         let mut settlements = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        let now = chrono::Utc::now();
         for (delivery, failure) in batch.iter().zip(failures) {
             let key = ctx
                 .ordered
@@ -477,6 +557,11 @@ impl Worker {
             let outcome = match failure {
                 None => {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    let waited = (now - delivery.envelope.date_time())
+                        .num_microseconds()
+                        .unwrap_or(0);
+                    #[allow(clippy::cast_precision_loss)]
+                    ctx.counters.observe_latency(waited as f64 / 1e6);
                     Outcome::Delivered
                 }
                 Some(error) => {
@@ -503,9 +588,14 @@ impl Worker {
                                 attempt = delivery.attempt, destination = %delivery.destination.label(),
                                 %reason, %error, "delivery is dead"
                             );
-                            Outcome::Dead {
-                                error: format!("{reason}: {error}"),
+                            let error = format!("{reason}: {error}");
+                            if self.on_dead.is_some() {
+                                dead.push(DeadNotice {
+                                    delivery: delivery.clone(),
+                                    error: error.clone(),
+                                });
                             }
+                            Outcome::Dead { error }
                         }
                     }
                 }
@@ -518,6 +608,12 @@ impl Worker {
         }
         if let Err(e) = self.outbox.settle(settlements).await {
             tracing::error!(channel = %ctx.channel, error = %e, "cannot record delivery outcomes");
+            return;
+        }
+        if let Some(hook) = &self.on_dead {
+            for notice in dead {
+                hook(notice);
+            }
         }
     }
 }

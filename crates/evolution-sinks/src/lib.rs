@@ -26,6 +26,7 @@ mod dispatcher;
 mod router;
 
 pub use dispatcher::{
-    BuildError, ChannelConfig, ChannelCounters, Dispatcher, DispatcherBuilder, EmitError, ShutdownReport,
+    BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
+    EmitError, LATENCY_BUCKETS, LatencyHistogram, ShutdownReport,
 };
 pub use router::{Route, Router};

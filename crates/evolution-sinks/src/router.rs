@@ -56,6 +56,13 @@ impl Router {
                 evolution_events::naming::check_webhook_url(&global.webhook.url),
             );
         }
+        if let Some(url) = &global.webhook.errors_url {
+            check(
+                &mut errors,
+                "WEBHOOK_EVENTS_ERRORS_WEBHOOK",
+                evolution_events::naming::check_webhook_url(url),
+            );
+        }
         if global.pusher.global_enabled && global.pusher.app.is_none() {
             errors.push(FieldError {
                 field: "PUSHER_GLOBAL_APP_ID".to_owned(),
@@ -269,6 +276,20 @@ impl Router {
         {
             let target = WebhookTarget {
                 url,
+                headers: Vec::new(),
+            };
+            push(
+                routes,
+                Channel::Webhook,
+                Scope::Global,
+                Destination::Webhook(target),
+            );
+        }
+        if let Some(url) = &g.webhook.errors_url
+            && kind == EventKind::Errors
+        {
+            let target = WebhookTarget {
+                url: url.clone(),
                 headers: Vec::new(),
             };
             push(

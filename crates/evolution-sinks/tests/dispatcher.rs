@@ -151,11 +151,14 @@ async fn retryable_failures_follow_the_policy_schedule_then_go_dead() {
 async fn permanent_failures_and_non_retryable_statuses_are_dead_at_once() {
     let webhook = MemorySink::new(Channel::Webhook);
     let outbox = Arc::new(MemoryOutbox::default());
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&notices);
     let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
         .sink_with(
             Arc::new(webhook.clone()),
             config(Channel::Webhook, test_policy(10)),
         )
+        .on_dead(move |n| seen.lock().unwrap().push((n.delivery.id, n.error)))
         .start()
         .unwrap();
     let s = settings(json!({"webhook": {"enabled": true, "url": "http://receiver.test/hook"}}));
@@ -181,6 +184,9 @@ async fn permanent_failures_and_non_retryable_statuses_are_dead_at_once() {
         dead[1].error
     );
     assert_eq!(webhook.send_calls(), 2, "no retries");
+    let notices = notices.lock().unwrap().clone();
+    assert_eq!(notices.len(), 2, "the dead hook saw both");
+    assert_eq!(notices[0].0, dead[0].delivery.id);
     assert_eq!(d.counters(Channel::Webhook).unwrap().retried, 0);
 }
 

@@ -254,3 +254,25 @@ fn custom_routes() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_errors_webhook_receives_errors_events_only() {
+    let mut g = GlobalSettings::default();
+    g.webhook.errors_url = Some("http://errors.example/hook".into());
+    let router = Router::new(g.clone()).unwrap();
+    let routes = router.route(&event(EventKind::Errors, "a"), None).unwrap();
+    assert_eq!(labels(&routes), ["webhook Global http://errors.example/hook"]);
+    assert!(
+        router
+            .route(&event(EventKind::Call, "a"), None)
+            .unwrap()
+            .is_empty()
+    );
+    g.webhook.errors_url = Some("nope".into());
+    assert!(
+        Router::new(g)
+            .unwrap_err()
+            .to_string()
+            .contains("WEBHOOK_EVENTS_ERRORS_WEBHOOK")
+    );
+}
