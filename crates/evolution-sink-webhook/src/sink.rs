@@ -1,0 +1,405 @@
+//! [`WebhookSink`]: the [`EventSink`] of the webhook channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use evolution_events::{
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry, SinkError,
+    WebhookTarget, async_trait,
+};
+use reqwest::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::redirect::Policy;
+use reqwest::{Client, Response, Url};
+use tokio::task::JoinSet;
+
+use crate::classify::{self, HttpError, classify, classify_transport, error, url_secrets};
+use crate::config::WebhookConfig;
+use crate::request;
+
+/// The channel name of this sink (`webhook`).
+pub const NAME: &str = "webhook";
+
+/// The largest batch `send` takes.
+const MAX_BATCH: usize = 64;
+
+/// How much of a successful answer's body is read (so that the connection can be reused) before
+/// it is dropped.
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// How long reading an answer's body may take once its status is known.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest a health check's probe may take (less if the request timeout is shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Message of an item held back because an earlier item of its destination failed.
+const NOT_SENT: &str = "not sent: an earlier event for this destination failed";
+
+/// Delivers events as HTTP POSTs (see the [crate documentation](crate) for the wire format and
+/// the classification of answers).
+///
+/// One [`reqwest::Client`] per sink: connections are kept alive and pooled per host. Redirects are
+/// never followed.
+#[derive(Debug)]
+pub struct WebhookSink {
+    shared: Arc<Shared>,
+    /// `None` once shut down (dropping the client releases the pooled connections).
+    client: Mutex<Option<Client>>,
+}
+
+/// What every delivery task needs besides the client.
+#[derive(Debug)]
+struct Shared {
+    config: WebhookConfig,
+    user_agent: HeaderValue,
+    probe: Option<Probe>,
+}
+
+/// The parsed probe URL and its label.
+#[derive(Debug)]
+struct Probe {
+    url: Url,
+    label: String,
+}
+
+impl WebhookSink {
+    /// A sink with these settings.
+    ///
+    /// # Errors
+    /// `ConfigInvalid` when a timeout is zero, the user agent is not a valid header value, the
+    /// probe URL is not an absolute http(s) URL, or the HTTP client cannot be built.
+    pub fn new(config: WebhookConfig) -> Result<Self, SinkError> {
+        if config.request_timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(error(
+                ErrorKind::ConfigInvalid,
+                "the request and connect timeouts must be longer than zero",
+            ));
+        }
+        let user_agent = HeaderValue::from_str(&config.user_agent).map_err(|_| {
+            error(
+                ErrorKind::ConfigInvalid,
+                format!(
+                    "the user agent {:?} is not a valid header value",
+                    config.user_agent
+                ),
+            )
+        })?;
+        let probe = match &config.probe_url {
+            None => None,
+            Some(raw) => {
+                let label = label_of(raw);
+                let url = request::parse_url(raw, &label, "the probe URL")?;
+                Some(Probe { url, label })
+            }
+        };
+        let client = Client::builder()
+            .redirect(Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|e| {
+                let detail = classify::chain(Some(&e));
+                error(ErrorKind::ConfigInvalid, "cannot build the HTTP client").with_source(HttpError(detail))
+            })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                user_agent,
+                probe,
+            }),
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn config(&self) -> &WebhookConfig {
+        &self.shared.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
+        self.client.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The client (a cheap handle on the shared pool), or `Closed`.
+    fn client(&self) -> Result<Client, SinkError> {
+        self.lock()
+            .clone()
+            .ok_or_else(|| error(ErrorKind::Closed, "the webhook sink is shut down"))
+    }
+}
+
+/// The label of a URL: scheme, host, port and path (no user info, no query string).
+fn label_of(url: &str) -> String {
+    Destination::Webhook(WebhookTarget {
+        url: url.to_owned(),
+        headers: Vec::new(),
+    })
+    .label()
+}
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    fn channel(&self) -> Channel {
+        Channel::Webhook
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(MAX_BATCH).ordered().acknowledged()
+    }
+
+    /// POSTs every item. Items of one (instance, URL) go one after the other, in batch order, and
+    /// stop at the first failure (the rest are reported "not sent", retryable); different
+    /// (instance, URL) pairs go concurrently.
+    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
+        let client = self.client()?;
+        if batch.is_empty() {
+            return Ok(DeliveryReport::success());
+        }
+        let mut failures: Vec<(usize, SinkError)> = Vec::new();
+        let mut groups: Vec<Vec<(usize, Delivery)>> = Vec::new();
+        let mut by_key: HashMap<(&str, &str), usize> = HashMap::new();
+        for (index, delivery) in batch.iter().enumerate() {
+            let Destination::Webhook(target) = &*delivery.destination else {
+                failures.push((index, not_a_webhook(&delivery.destination)));
+                continue;
+            };
+            let key = (delivery.envelope.instance().as_str(), target.url.as_str());
+            let group = *by_key.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push((index, delivery.clone()));
+        }
+
+        if groups.len() <= 1 {
+            for group in groups {
+                failures.extend(deliver_group(client.clone(), Arc::clone(&self.shared), group).await);
+            }
+        } else {
+            let mut tasks = JoinSet::new();
+            let mut members: HashMap<tokio::task::Id, Vec<usize>> = HashMap::new();
+            for group in groups {
+                let indices = group.iter().map(|(index, _)| *index).collect();
+                let task = tasks.spawn(deliver_group(client.clone(), Arc::clone(&self.shared), group));
+                members.insert(task.id(), indices);
+            }
+            // Dropping `tasks` (a cancelled send) aborts the groups still running.
+            while let Some(joined) = tasks.join_next_with_id().await {
+                match joined {
+                    Ok((_, group_failures)) => failures.extend(group_failures),
+                    Err(e) => {
+                        for &index in members.get(&e.id()).map(Vec::as_slice).unwrap_or_default() {
+                            failures.push((
+                                index,
+                                error(ErrorKind::Unexpected, "the delivery task of this item failed")
+                                    .with_source(HttpError(e.to_string())),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
+        failures.sort_by_key(|(index, _)| *index);
+        let mut report = DeliveryReport::success();
+        for (index, e) in failures {
+            report.fail(index, e);
+        }
+        Ok(report)
+    }
+
+    /// GETs the probe URL if there is one: an answer below 500 means up. Without a probe URL, `Ok`.
+    async fn health_check(&self) -> Result<(), SinkError> {
+        let client = self.client()?;
+        let Some(probe) = &self.shared.probe else {
+            return Ok(());
+        };
+        let raw = self.shared.config.probe_url.as_deref().unwrap_or_default();
+        let response = client
+            .get(probe.url.clone())
+            .header(USER_AGENT, self.shared.user_agent.clone())
+            .timeout(self.shared.config.request_timeout.min(PROBE_TIMEOUT))
+            .send()
+            .await
+            .map_err(|e| classify_transport(&probe.label, &e, &url_secrets(raw, &probe.url)))?;
+        let status = response.status().as_u16();
+        if status < 500 {
+            return Ok(());
+        }
+        let retry_after = retry_after(&response);
+        let body = read_prefix(response, classify::EXCERPT_BYTES).await;
+        classify(
+            &probe.label,
+            status,
+            retry_after.as_deref(),
+            &body,
+            SystemTime::now(),
+        )
+    }
+
+    /// Nothing is buffered: every `send` returns once each item was answered.
+    async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Drops the client (idle connections close; requests in flight finish). Idempotent.
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        self.lock().take();
+        Ok(())
+    }
+}
+
+/// An item whose destination is not a webhook URL.
+fn not_a_webhook(destination: &Destination) -> SinkError {
+    let channel = destination
+        .built_in_channel()
+        .map_or_else(|| "custom".to_owned(), |c| c.to_string());
+    error(
+        ErrorKind::ConfigInvalid,
+        format!("a {channel} destination cannot be delivered by the webhook sink"),
+    )
+}
+
+/// Sends the items of one (instance, URL), in order, stopping at the first failure.
+async fn deliver_group(
+    client: Client,
+    shared: Arc<Shared>,
+    group: Vec<(usize, Delivery)>,
+) -> Vec<(usize, SinkError)> {
+    let mut failures = Vec::new();
+    let mut failed = false;
+    for (index, delivery) in group {
+        if failed {
+            failures.push((
+                index,
+                error(ErrorKind::Unavailable, NOT_SENT).with_retry(Retry::Backoff),
+            ));
+            continue;
+        }
+        if let Err(e) = deliver(&client, &shared, &delivery).await {
+            failed = true;
+            failures.push((index, e));
+        }
+    }
+    failures
+}
+
+/// POSTs one delivery and classifies the outcome.
+async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Result<(), SinkError> {
+    let Destination::Webhook(target) = &*delivery.destination else {
+        return Err(not_a_webhook(&delivery.destination));
+    };
+    let label = delivery.destination.label();
+    let url = request::parse_url(&target.url, &label, "the webhook URL")?;
+    let headers = request::headers(&label, &shared.user_agent, delivery.envelope.id(), target)?;
+    let response = client
+        .post(url.clone())
+        .headers(headers)
+        .body(delivery.payload())
+        .send()
+        .await
+        .map_err(|e| classify_transport(&label, &e, &url_secrets(&target.url, &url)))?;
+    let status = response.status();
+    let retry_after = retry_after(&response);
+    let limit = if status.is_success() {
+        DRAIN_BYTES
+    } else {
+        classify::EXCERPT_BYTES
+    };
+    let body = read_prefix(response, limit).await;
+    classify(
+        &label,
+        status.as_u16(),
+        retry_after.as_deref(),
+        &body,
+        SystemTime::now(),
+    )
+}
+
+/// The `Retry-After` header, if it is text.
+fn retry_after(response: &Response) -> Option<String> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Reads at least `limit` bytes of the body (or all of it, if shorter), giving up after
+/// [`DRAIN_TIMEOUT`] or at a read error: the status already decided the outcome.
+async fn read_prefix(mut response: Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() < limit {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, read).await.is_err() {
+        // What arrived in time is enough.
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let sink = WebhookSink::new(WebhookConfig::default()).unwrap();
+        assert_eq!(sink.config().request_timeout, Duration::from_secs(60));
+        assert_eq!(
+            sink.capabilities(),
+            Capabilities::new(64).ordered().acknowledged()
+        );
+        assert_eq!(sink.channel(), Channel::Webhook);
+        assert_eq!(NAME, Channel::Webhook.to_string());
+
+        for probe in ["ftp://h.example/", "relative", "http://"] {
+            let e = WebhookSink::new(WebhookConfig {
+                probe_url: Some(probe.into()),
+                ..WebhookConfig::default()
+            })
+            .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{probe}");
+        }
+        let e = WebhookSink::new(WebhookConfig {
+            probe_url: Some("ftp://u:hunter2@h.example/?k=v".into()),
+            ..WebhookConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            !e.to_string().contains("hunter2") && !e.to_string().contains("k=v"),
+            "{e}"
+        );
+
+        let e = WebhookSink::new(WebhookConfig {
+            user_agent: "bad\nagent".into(),
+            ..WebhookConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+        let e = WebhookSink::new(WebhookConfig {
+            request_timeout: Duration::ZERO,
+            ..WebhookConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes() {
+        let sink = WebhookSink::new(WebhookConfig::default()).unwrap();
+        assert!(sink.health_check().await.is_ok());
+        sink.shutdown().await.unwrap();
+        sink.shutdown().await.unwrap();
+        assert_eq!(sink.send(&[]).await.unwrap_err().kind(), ErrorKind::Closed);
+        assert_eq!(sink.health_check().await.unwrap_err().kind(), ErrorKind::Closed);
+        assert!(sink.flush().await.is_ok());
+    }
+}
