@@ -5,13 +5,16 @@
 //! and records what happened to them ([`Outbox::settle`]): delivered, retry later, or dead.
 //!
 //! Backends: [`MemoryOutbox`] (the library default, bounded, lost on exit, keeps no delivery
-//! history); SQLite (the server's embedded default) implements the same trait and [`Store`].
+//! history); `SqliteOutbox` (feature `sqlite`: the server's embedded default, durable across
+//! crashes, with a delivery log) implements the same trait and [`Store`].
 //!
 //! Ordering: a delivery enqueued with an ordering key is claimable only when every earlier
 //! delivery with that key has been delivered or given up, and never while another batch of that
 //! key is in flight. Deliveries without a key go out concurrently.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use memory::{DEFAULT_CAPACITY, MemoryOutbox};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteOutbox, WriteStats};
 
 /// A delivery to store with its event.
 #[derive(Clone, Debug)]

@@ -1,56 +1,102 @@
 //! The evolution events server.
+//!
+//! ```text
+//! evolution-server [--config FILE]                 run the server
+//! evolution-server config check [--config FILE]    print the effective configuration (secrets redacted)
+//! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+mod api;
+mod app;
+mod config;
+mod error;
+mod metrics;
+mod openapi;
 
-use axum::Router as Http;
-use axum::routing::get;
-use evolution_events::GlobalSettings;
-use evolution_outbox::MemoryOutbox;
-use evolution_sinks::{Dispatcher, Router};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::app::App;
+use crate::config::Config;
+
+const USAGE: &str =
+    "usage: evolution-server [--config FILE]\n       evolution-server config check [--config FILE]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
+    let mut args = std::env::args().skip(1);
+    let mut config_file: Option<PathBuf> = None;
+    let mut command = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(path) => config_file = Some(PathBuf::from(path)),
+                None => return usage("--config needs a file path"),
+            },
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => command.push(other.to_owned()),
+        }
+    }
+    let config = match Config::load(config_file.as_deref(), std::env::vars()) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("evolution-server: {e}");
-            ExitCode::FAILURE
+            return ExitCode::from(2);
         }
+    };
+    match command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => match run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("evolution-server: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["config", "check"] => {
+            print!("{}", config.report());
+            println!("# configuration is valid");
+            ExitCode::SUCCESS
+        }
+        other => usage(&format!("unknown command `{}`", other.join(" "))),
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = match std::env::var("SERVER_PORT") {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("SERVER_PORT=`{v}` is not a port number (1 to 65535)"))?,
-        Err(_) => 8080,
-    };
-    let dispatcher = Dispatcher::builder(
-        Arc::new(MemoryOutbox::default()),
-        Router::new(GlobalSettings::default())?,
-    )
-    .start()?;
-    let app = Http::new().route(
-        "/health",
-        get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-    );
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+fn usage(problem: &str) -> ExitCode {
+    eprintln!("evolution-server: {problem}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let address = SocketAddr::new(config.host, config.port);
+    let shutdown_timeout = config.shutdown_timeout;
+    let app = App::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e} (set SERVER_PORT / SERVER_HOST)"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, app)
+    axum::serve(listener, api::routes(std::sync::Arc::clone(&app)))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    dispatcher.shutdown(Duration::from_secs(25)).await;
+    tracing::info!("shutting down: finishing in-flight deliveries");
+    let report = app.dispatcher.shutdown(shutdown_timeout).await;
+    if !report.drained {
+        tracing::warn!("shutdown deadline reached: unfinished deliveries stay pending for the next start");
+    }
+    for (channel, error) in &report.sink_errors {
+        tracing::warn!(%channel, %error, "sink did not shut down cleanly");
+    }
+    app.sqlite.close().await;
     Ok(())
 }
 

@@ -25,6 +25,10 @@
 mod dispatcher;
 mod router;
 
+/// The webhook channel (feature `webhook`).
+#[cfg(feature = "webhook")]
+pub use evolution_sink_webhook as webhook;
+
 pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
     EmitError, LATENCY_BUCKETS, LatencyHistogram, ShutdownReport,

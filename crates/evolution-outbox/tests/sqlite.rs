@@ -1,0 +1,1278 @@
+//! Behaviour of the SQLite outbox: the memory outbox's contract on the wall clock, plus durability
+//! (crash recovery, SIGKILL), the delivery log, the instance store, pruning and group commit.
+
+#![cfg(feature = "sqlite")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::print_stdout
+)] // test helpers
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use evolution_events::{
+    Channel, CustomTarget, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
+    NamingProfile, RawValue, Scope, Sensitive, Uuid,
+};
+use evolution_outbox::{
+    Attempt, DeliveryQuery, DeliveryStatus, InstanceRecord, NewDelivery, NewEvent, Outbox, OutboxError,
+    Outcome, RedriveFilter, Settlement, SqliteOptions, SqliteOutbox, StatusFilter, Store, StoreError,
+};
+use serde_json::json;
+
+const CH: Channel = Channel::Nats;
+
+/// A database file in a fresh directory (created by `open`), removed on drop.
+struct TempDb {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempDb {
+    fn new(name: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "evolution-outbox-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = dir.join("nested").join("outbox.db");
+        Self { dir, path }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn options(capacity: usize) -> SqliteOptions {
+    SqliteOptions {
+        capacity,
+        ..SqliteOptions::default()
+    }
+}
+
+async fn open(db: &TempDb) -> SqliteOutbox {
+    SqliteOutbox::open(&db.path, SqliteOptions::default())
+        .await
+        .unwrap()
+}
+
+fn event_on(channel: Channel, instance: &str, deliveries: usize, key: Option<&str>) -> NewEvent {
+    let data = RawValue::from_string(r#"{"key":{"id":"M1"},"text":"olá"}"#.to_owned()).unwrap();
+    NewEvent {
+        envelope: EventEnvelope::new(
+            EventKind::MessagesUpsert,
+            InstanceName::new(instance).unwrap(),
+            data,
+        ),
+        profile: NamingProfile::Seed,
+        deliveries: (0..deliveries)
+            .map(|i| NewDelivery {
+                channel,
+                scope: Scope::Instance,
+                destination: Arc::new(Destination::Custom(CustomTarget {
+                    target: format!("t{i}"),
+                })),
+                ordering_key: key.map(Arc::from),
+            })
+            .collect(),
+    }
+}
+
+fn event(instance: &str, deliveries: usize, key: Option<&str>) -> NewEvent {
+    event_on(CH, instance, deliveries, key)
+}
+
+fn settle(id: u64, outcome: Outcome) -> Settlement {
+    Settlement {
+        id,
+        outcome,
+        attempt: None,
+    }
+}
+
+fn retry(delay: Duration) -> Outcome {
+    Outcome::Retry {
+        delay,
+        error: "down".into(),
+    }
+}
+
+fn dead(error: &str) -> Outcome {
+    Outcome::Dead { error: error.into() }
+}
+
+fn query(status: Option<StatusFilter>) -> DeliveryQuery {
+    DeliveryQuery {
+        instance: None,
+        channel: None,
+        status,
+        limit: 1000,
+    }
+}
+
+fn target(d: &evolution_events::Delivery) -> String {
+    match &*d.destination {
+        Destination::Custom(t) => t.target.clone(),
+        other => other.label(),
+    }
+}
+
+#[tokio::test]
+async fn sequences_claims_and_settles() {
+    let db = TempDb::new("basics");
+    let outbox = open(&db).await;
+    let stored = outbox
+        .enqueue(vec![
+            event("a", 1, None),
+            event("b", 1, None),
+            event("a", 2, None),
+        ])
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|e| e.sequence()).collect();
+    assert_eq!(seqs, [1, 1, 2], "per-instance sequence");
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(batch.len(), 4);
+    assert!(batch.iter().all(|d| d.attempt == 1));
+    assert!(
+        Arc::ptr_eq(&batch[2].envelope, &batch[3].envelope),
+        "the deliveries of one event share its envelope"
+    );
+    assert_eq!(batch[2].envelope.id(), stored[2].id());
+    assert_eq!(
+        batch[0].payload(),
+        stored[0].payload(NamingProfile::Seed),
+        "the restored event has the payload of the accepted one"
+    );
+    assert!(
+        outbox.claim(CH, 10).await.unwrap().is_empty(),
+        "claimed items are not handed out twice"
+    );
+    let stats = outbox.stats(CH).await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (0, 4));
+    outbox
+        .settle(batch.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+        .await
+        .unwrap();
+    let stats = outbox.stats(CH).await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight, stats.dead), (0, 0, 0));
+    assert_eq!(outbox.next_due(CH).await.unwrap(), None);
+    // Settling again, or an unknown id, changes nothing.
+    outbox
+        .settle(vec![
+            settle(batch[0].id, dead("late")),
+            settle(999_999, dead("unknown")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outbox.stats(CH).await.unwrap().dead, 0);
+    outbox.close().await;
+    outbox.close().await;
+    let err = outbox.enqueue(vec![event("a", 1, None)]).await.unwrap_err();
+    assert!(err.to_string().contains("is closed"), "{err}");
+}
+
+#[tokio::test]
+async fn a_full_queue_stores_nothing() {
+    let db = TempDb::new("full");
+    let outbox = SqliteOutbox::open(&db.path, options(3)).await.unwrap();
+    outbox.enqueue(vec![event("a", 2, None)]).await.unwrap();
+    let err = outbox
+        .enqueue(vec![event("a", 1, None), event("a", 1, None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OutboxError::Full {
+                channel: CH,
+                capacity: 3
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was stored"));
+    assert_eq!(outbox.stats(CH).await.unwrap().pending, 2);
+    let next = outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    assert_eq!(
+        next[0].sequence(),
+        2,
+        "the refused events consumed no sequence number"
+    );
+    // Settled deliveries free capacity.
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(batch.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+        .await
+        .unwrap();
+    outbox.enqueue(vec![event("a", 3, None)]).await.unwrap();
+    outbox.close().await;
+    // The count survives a reopen.
+    let outbox = SqliteOutbox::open(&db.path, options(3)).await.unwrap();
+    assert!(matches!(
+        outbox.enqueue(vec![event("a", 1, None)]).await,
+        Err(OutboxError::Full { .. })
+    ));
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn retries_wait_until_due() {
+    let db = TempDb::new("retry");
+    let outbox = open(&db).await;
+    outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    let d = outbox.claim(CH, 10).await.unwrap().remove(0);
+    outbox
+        .settle(vec![settle(d.id, retry(Duration::from_millis(300)))])
+        .await
+        .unwrap();
+    assert!(outbox.claim(CH, 10).await.unwrap().is_empty());
+    let wait = outbox.next_due(CH).await.unwrap().unwrap();
+    assert!(
+        wait > Duration::from_millis(200) && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    assert_eq!(outbox.next_due(CH).await.unwrap(), Some(Duration::ZERO));
+    let again = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempt), (d.id, 2));
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn an_ordered_key_goes_one_batch_at_a_time_and_waits_for_its_head() {
+    let db = TempDb::new("ordered");
+    let outbox = open(&db).await;
+    for _ in 0..5 {
+        outbox.enqueue(vec![event("a", 1, Some("a/k"))]).await.unwrap();
+    }
+    outbox.enqueue(vec![event("b", 1, Some("b/k"))]).await.unwrap();
+    let first = outbox.claim(CH, 3).await.unwrap();
+    let seqs: Vec<u64> = first.iter().map(|d| d.envelope.sequence()).collect();
+    assert_eq!(seqs, [1, 2, 3], "a run of one key, in order");
+    let other = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(other.len(), 1, "only key b is claimable while key a is in flight");
+    assert_eq!(other[0].envelope.instance().as_str(), "b");
+    // More of key a arrives while it is in flight: it waits too.
+    outbox.enqueue(vec![event("a", 1, Some("a/k"))]).await.unwrap();
+    assert!(outbox.claim(CH, 10).await.unwrap().is_empty());
+    // Head delivered, second fails, third was sent after it: requeued behind it.
+    outbox
+        .settle(vec![
+            settle(first[0].id, Outcome::Delivered),
+            settle(first[1].id, retry(Duration::from_millis(300))),
+            settle(first[2].id, Outcome::Requeue),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        outbox.claim(CH, 10).await.unwrap().is_empty(),
+        "everything behind the retrying head waits"
+    );
+    let wait = outbox.next_due(CH).await.unwrap().unwrap();
+    assert!(wait > Duration::from_millis(200), "the head's due time: {wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let next = outbox.claim(CH, 10).await.unwrap();
+    let seqs: Vec<(u64, u32)> = next.iter().map(|d| (d.envelope.sequence(), d.attempt)).collect();
+    assert_eq!(
+        seqs,
+        [(2, 2), (3, 1), (4, 1), (5, 1), (6, 1)],
+        "order kept; a requeue is not an attempt"
+    );
+    // A dead head does not block its key.
+    outbox
+        .settle(vec![
+            settle(next[0].id, dead("rejected")),
+            settle(next[1].id, Outcome::Requeue),
+            settle(next[2].id, Outcome::Requeue),
+            settle(next[3].id, Outcome::Requeue),
+            settle(next[4].id, Outcome::Requeue),
+        ])
+        .await
+        .unwrap();
+    let rest = outbox.claim(CH, 2).await.unwrap();
+    let seqs: Vec<u64> = rest.iter().map(|d| d.envelope.sequence()).collect();
+    assert_eq!(seqs, [3, 4]);
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn dead_letters_and_redrive() {
+    let db = TempDb::new("dead");
+    let outbox = open(&db).await;
+    outbox.enqueue(vec![event("a", 2, Some("a/k"))]).await.unwrap();
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    outbox
+        .settle(vec![
+            settle(batch[0].id, dead("rejected")),
+            settle(batch[1].id, Outcome::Delivered),
+        ])
+        .await
+        .unwrap();
+    let dead_letters = outbox.dead_letters(Some(CH), 10).await.unwrap();
+    assert_eq!(dead_letters.len(), 1);
+    assert_eq!(
+        (dead_letters[0].delivery.id, dead_letters[0].error.as_str()),
+        (batch[0].id, "rejected")
+    );
+    assert_eq!(dead_letters[0].delivery.attempt, 1, "the last attempt made");
+    assert!(
+        outbox
+            .dead_letters(Some(Channel::Kafka), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(outbox.stats(CH).await.unwrap().dead, 1);
+    let at = batch[0].envelope.date_time();
+    let none_match = [
+        RedriveFilter {
+            channel: Some(Channel::Kafka),
+            ..RedriveFilter::default()
+        },
+        RedriveFilter {
+            instance: Some(InstanceName::new("b").unwrap()),
+            ..RedriveFilter::default()
+        },
+        RedriveFilter {
+            since: Some(at + chrono::Duration::seconds(1)),
+            ..RedriveFilter::default()
+        },
+        RedriveFilter {
+            until: Some(at - chrono::Duration::seconds(1)),
+            ..RedriveFilter::default()
+        },
+        RedriveFilter {
+            ids: vec![batch[1].id],
+            ..RedriveFilter::default()
+        },
+    ];
+    for filter in &none_match {
+        assert_eq!(outbox.redrive(filter).await.unwrap(), 0, "{filter:?}");
+    }
+    let log = outbox.deliveries(&query(Some(StatusFilter::Dead))).await.unwrap();
+    assert_eq!((log.len(), log[0].last_error.as_deref()), (1, Some("rejected")));
+    let one = RedriveFilter {
+        ids: vec![batch[0].id],
+        channel: Some(CH),
+        instance: Some(InstanceName::new("a").unwrap()),
+        since: Some(at - chrono::Duration::seconds(1)),
+        until: Some(at + chrono::Duration::seconds(1)),
+    };
+    assert_eq!(outbox.redrive(&one).await.unwrap(), 1);
+    assert_eq!(outbox.redrive(&one).await.unwrap(), 0, "already redriven");
+    let again = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].id, again[0].attempt), (1, batch[0].id, 1));
+    assert!(outbox.dead_letters(None, 10).await.unwrap().is_empty());
+
+    // Several instances: redrive by instance, then everything.
+    outbox
+        .settle(vec![settle(again[0].id, dead("rejected again"))])
+        .await
+        .unwrap();
+    outbox
+        .enqueue(vec![event("b", 1, None), event("c", 2, None)])
+        .await
+        .unwrap();
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(batch.iter().map(|d| settle(d.id, dead("no"))).collect())
+        .await
+        .unwrap();
+    assert_eq!(outbox.dead_letters(None, 10).await.unwrap().len(), 4);
+    assert_eq!(outbox.dead_letters(None, 2).await.unwrap().len(), 2);
+    let b = RedriveFilter {
+        instance: Some(InstanceName::new("b").unwrap()),
+        ..RedriveFilter::default()
+    };
+    assert_eq!(outbox.redrive(&b).await.unwrap(), 1);
+    assert_eq!(outbox.redrive(&RedriveFilter::default()).await.unwrap(), 3);
+    let all = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|d| d.attempt == 1));
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn release_returns_in_flight_work() {
+    let db = TempDb::new("release");
+    let outbox = open(&db).await;
+    outbox
+        .enqueue(vec![event("a", 2, None), event("a", 2, Some("k"))])
+        .await
+        .unwrap();
+    assert_eq!(outbox.claim(CH, 10).await.unwrap().len(), 4);
+    let notify = outbox.notifier(CH);
+    let woken = notify.notified();
+    outbox.release(CH).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), woken).await.unwrap();
+    let stats = outbox.stats(CH).await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (4, 0));
+    let again = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(again.len(), 4);
+    assert!(
+        again.iter().all(|d| d.attempt == 1),
+        "a release is not an attempt"
+    );
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn enqueue_wakes_waiting_workers() {
+    let db = TempDb::new("notify");
+    let outbox = Arc::new(open(&db).await);
+    let notify = outbox.notifier(CH);
+    let waiter = tokio::spawn(async move { notify.notified().await });
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn one_outbox_per_file_at_a_time() {
+    let db = TempDb::new("lock");
+    let first = open(&db).await;
+    first.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_millis(300),
+        SqliteOutbox::open(&db.path, SqliteOptions::default()),
+    )
+    .await;
+    assert!(second.is_err(), "the second open waits for the first outbox");
+    first.close().await;
+    let second = open(&db).await;
+    assert_eq!(second.stats(CH).await.unwrap().pending, 1);
+    second.close().await;
+    // Reads after close say so.
+    let err = second.stats(CH).await.unwrap_err();
+    assert!(err.to_string().contains("is closed"), "{err}");
+}
+
+#[tokio::test]
+async fn custom_channels_and_empty_events() {
+    let db = TempDb::new("custom");
+    let audit = Channel::Custom("audit-log");
+    {
+        let outbox = open(&db).await;
+        let stored = outbox
+            .enqueue(vec![event_on(audit, "a", 1, None), event("a", 0, None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            stored[1].sequence(),
+            2,
+            "an event without deliveries still takes a sequence"
+        );
+        outbox.close().await;
+    }
+    let outbox = open(&db).await;
+    let batch = outbox.claim(audit, 10).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].channel, audit);
+    assert_eq!(batch[0].channel.as_str(), "audit-log");
+    assert_eq!(target(&batch[0]), "t0");
+    let next = outbox.enqueue(vec![event("a", 0, None)]).await.unwrap();
+    assert_eq!(next[0].sequence(), 3);
+    outbox.close().await;
+}
+
+/// What the crash tests leave behind in the first process.
+struct Before {
+    delivered: HashSet<u64>,
+    retrying: HashSet<u64>,
+    dead: HashSet<u64>,
+    in_flight: HashSet<u64>,
+    all: HashSet<u64>,
+}
+
+/// 1000 events × 2 deliveries (instance `a`), 10 ordered events on Kafka (instance `b`); 300
+/// claimed: 100 delivered, 50 retrying in an hour, 50 dead, 100 left in flight, then 100 more
+/// claimed; 3 Kafka in flight.
+async fn before_crash(outbox: &SqliteOutbox) -> Before {
+    for _ in 0..10 {
+        let events = (0..100).map(|_| event("a", 2, None)).collect();
+        outbox.enqueue(events).await.unwrap();
+    }
+    for _ in 0..10 {
+        outbox
+            .enqueue(vec![event_on(Channel::Kafka, "b", 1, Some("b/k"))])
+            .await
+            .unwrap();
+    }
+    let claimed = outbox.claim(CH, 300).await.unwrap();
+    assert_eq!(claimed.len(), 300);
+    let ids: Vec<u64> = claimed.iter().map(|d| d.id).collect();
+    let mut settlements = Vec::new();
+    settlements.extend(ids[..100].iter().map(|id| settle(*id, Outcome::Delivered)));
+    settlements.extend(
+        ids[100..150]
+            .iter()
+            .map(|id| settle(*id, retry(Duration::from_secs(3600)))),
+    );
+    settlements.extend(ids[150..200].iter().map(|id| settle(*id, dead("gone"))));
+    outbox.settle(settlements).await.unwrap();
+    let kafka = outbox.claim(Channel::Kafka, 3).await.unwrap();
+    assert_eq!(kafka.len(), 3);
+    let more = outbox.claim(CH, 100).await.unwrap();
+    assert_eq!(more.len(), 100);
+    let all: HashSet<u64> = outbox
+        .deliveries(&DeliveryQuery {
+            instance: None,
+            channel: Some(CH),
+            status: None,
+            limit: 5000,
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all.len(), 2000);
+    Before {
+        delivered: ids[..100].iter().copied().collect(),
+        retrying: ids[100..150].iter().copied().collect(),
+        dead: ids[150..200].iter().copied().collect(),
+        in_flight: more
+            .iter()
+            .map(|d| d.id)
+            .chain(ids[200..].iter().copied())
+            .collect(),
+        all,
+    }
+}
+
+async fn after_crash(outbox: &SqliteOutbox, before: &Before) {
+    let stats = outbox.stats(CH).await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight, stats.dead), (1850, 0, 50));
+    let claimed = outbox.claim(CH, 10_000).await.unwrap();
+    let ids: Vec<u64> = claimed.iter().map(|d| d.id).collect();
+    let unique: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "each delivery exactly once");
+    let expected: HashSet<u64> = before
+        .all
+        .iter()
+        .copied()
+        .filter(|id| {
+            !before.delivered.contains(id) && !before.dead.contains(id) && !before.retrying.contains(id)
+        })
+        .collect();
+    assert_eq!(
+        unique, expected,
+        "everything not delivered, dead or retrying later is due"
+    );
+    for d in &claimed {
+        assert_eq!(d.attempt, 1, "in-flight deliveries kept their attempts");
+    }
+    assert_eq!(before.in_flight.len(), 200);
+    assert!(before.in_flight.iter().all(|id| unique.contains(id)));
+    // Every event, with both of its deliveries, and each (event, target) once.
+    let mut per_event: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for d in &claimed {
+        per_event.entry(d.envelope.id()).or_default().push(target(d));
+    }
+    for targets in per_event.values() {
+        let set: HashSet<&String> = targets.iter().collect();
+        assert_eq!(set.len(), targets.len());
+    }
+    // Retry due times survived.
+    let wait = outbox.next_due(CH).await.unwrap().unwrap();
+    assert!(wait > Duration::from_secs(3500), "{wait:?}");
+    let failed = outbox
+        .deliveries(&DeliveryQuery {
+            instance: Some(InstanceName::new("a").unwrap()),
+            channel: Some(CH),
+            status: Some(StatusFilter::Failed),
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 50);
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.attempts == 1 && r.next_attempt_at.is_some())
+    );
+    // Dead letters survived.
+    let dead_letters = outbox.dead_letters(Some(CH), 1000).await.unwrap();
+    let dead_ids: HashSet<u64> = dead_letters.iter().map(|d| d.delivery.id).collect();
+    assert_eq!(dead_ids, before.dead);
+    assert!(dead_letters.iter().all(|d| d.error == "gone"));
+    // The ordered key starts again from its head.
+    let kafka = outbox.claim(Channel::Kafka, 100).await.unwrap();
+    let seqs: Vec<u64> = kafka.iter().map(|d| d.envelope.sequence()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    // Sequences go on.
+    let next = outbox
+        .enqueue(vec![
+            event("a", 1, None),
+            event_on(Channel::Kafka, "b", 1, Some("b/k")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((next[0].sequence(), next[1].sequence()), (1001, 11));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_without_close_loses_nothing() {
+    let db = TempDb::new("drop");
+    let outbox = open(&db).await;
+    let before = before_crash(&outbox).await;
+    drop(outbox);
+    let outbox = open(&db).await;
+    after_crash(&outbox, &before).await;
+    outbox.close().await;
+}
+
+#[test]
+fn an_aborted_writer_loses_nothing() {
+    let db = TempDb::new("abort");
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (outbox, before) = first.block_on(async {
+        let outbox = open(&db).await;
+        let before = before_crash(&outbox).await;
+        // Requests that may or may not be committed when the writer dies.
+        let pending = Arc::new(outbox);
+        for _ in 0..4 {
+            let o = Arc::clone(&pending);
+            tokio::spawn(async move { o.enqueue(vec![event_on(Channel::Sqs, "z", 1, None)]).await });
+        }
+        tokio::task::yield_now().await;
+        (pending, before)
+    });
+    // Dropping the runtime aborts the writer wherever it is.
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        drop(outbox);
+        let outbox = open(&db).await;
+        let z = InstanceName::new("z").unwrap();
+        let stored_z = outbox
+            .deliveries(&DeliveryQuery {
+                instance: Some(z),
+                channel: None,
+                status: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let mut seqs: Vec<u64> = stored_z.iter().map(|r| r.sequence).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=u64::try_from(seqs.len()).unwrap()).collect::<Vec<_>>(),
+            "commits are all or nothing"
+        );
+        after_crash(&outbox, &before).await;
+        outbox.close().await;
+    });
+}
+
+const CHILD_ENV: &str = "EVOLUTION_OUTBOX_SIGKILL_CHILD";
+
+/// The process `survives_sigkill` kills: enqueues for ever, printing each acknowledged event. Does
+/// nothing when run as a normal test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let outbox = Arc::new(
+        SqliteOutbox::open(Path::new(&path), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for producer in 0..4 {
+        let outbox = Arc::clone(&outbox);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let events = (0..=producer % 2).map(|_| event("a", 2, Some("a/k"))).collect();
+                let stored = outbox.enqueue(events).await.unwrap();
+                for e in stored {
+                    tx.send(format!("acked {} {}", e.id(), e.sequence())).unwrap();
+                }
+            }
+        });
+    }
+    let claimer = Arc::clone(&outbox);
+    tokio::spawn(async move {
+        loop {
+            let batch = claimer.claim(CH, 20).await.unwrap();
+            // Leave every other batch in flight, put the others back.
+            if batch.first().is_some_and(|d| d.id % 2 == 0) {
+                claimer
+                    .settle(batch.iter().map(|d| settle(d.id, Outcome::Requeue)).collect())
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        println!("{line}");
+    }
+}
+
+#[test]
+fn survives_sigkill() {
+    let db = TempDb::new("sigkill");
+    std::fs::create_dir_all(db.path.parent().unwrap()).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["sigkill_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &db.path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acked: HashMap<Uuid, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.len() < 3000 && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix("acked ") {
+                    let (id, seq) = rest.split_once(' ').unwrap();
+                    acked.insert(Uuid::parse_str(id).unwrap(), seq.parse().unwrap());
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        acked.len() >= 3000,
+        "the child acknowledged only {} events",
+        acked.len()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let outbox = open(&db).await;
+        assert_eq!(outbox.stats(CH).await.unwrap().in_flight, 0);
+        let claimed = outbox.claim(CH, 1_000_000).await.unwrap();
+        let mut per_event: BTreeMap<u64, (Uuid, usize)> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for d in &claimed {
+            assert!(seen.insert(d.id), "delivery {} claimed twice", d.id);
+            assert_eq!(d.attempt, 1);
+            let entry = per_event
+                .entry(d.envelope.sequence())
+                .or_insert((d.envelope.id(), 0));
+            assert_eq!(entry.0, d.envelope.id(), "one event per sequence number");
+            entry.1 += 1;
+        }
+        assert!(
+            per_event.values().all(|(_, n)| *n == 2),
+            "both deliveries of every event"
+        );
+        let stored: HashMap<Uuid, u64> = per_event.iter().map(|(seq, (id, _))| (*id, *seq)).collect();
+        for (id, seq) in &acked {
+            assert_eq!(
+                stored.get(id),
+                Some(seq),
+                "acknowledged event {id} (sequence {seq}) was lost"
+            );
+        }
+        let n = u64::try_from(per_event.len()).unwrap();
+        assert_eq!(
+            per_event.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "sequences without gaps"
+        );
+        let seqs: Vec<u64> = claimed.iter().map(|d| d.envelope.sequence()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] <= w[1]),
+            "the ordered key comes back in order"
+        );
+        let next = outbox.enqueue(vec![event("a", 0, None)]).await.unwrap();
+        assert_eq!(next[0].sequence(), n + 1);
+        eprintln!(
+            "sigkill: {} acknowledged, {} stored, none lost",
+            acked.len(),
+            per_event.len()
+        );
+        outbox.close().await;
+    });
+}
+
+#[tokio::test]
+async fn the_delivery_log_records_attempts() {
+    let db = TempDb::new("log");
+    let outbox = open(&db).await;
+    outbox
+        .enqueue(vec![
+            event("a", 1, None),
+            event("b", 1, None),
+            event("a", 1, None),
+        ])
+        .await
+        .unwrap();
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    let attempt = |ms: u64, status: u16| {
+        Some(Attempt {
+            latency: Duration::from_millis(ms),
+            status: Some(status),
+        })
+    };
+    outbox
+        .settle(vec![
+            Settlement {
+                id: batch[0].id,
+                outcome: Outcome::Delivered,
+                attempt: attempt(12, 200),
+            },
+            Settlement {
+                id: batch[1].id,
+                outcome: Outcome::Retry {
+                    delay: Duration::ZERO,
+                    error: "HTTP 503".into(),
+                },
+                attempt: attempt(30, 503),
+            },
+            Settlement {
+                id: batch[2].id,
+                outcome: dead("HTTP 404"),
+                attempt: attempt(5, 404),
+            },
+        ])
+        .await
+        .unwrap();
+    let log = outbox.deliveries(&query(None)).await.unwrap();
+    let ids: Vec<u64> = log.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [batch[2].id, batch[1].id, batch[0].id], "newest first");
+    let delivered = &log[2];
+    assert_eq!(delivered.status, DeliveryStatus::Delivered);
+    assert_eq!((delivered.attempts, delivered.next_attempt_at), (1, None));
+    assert_eq!(delivered.attempt_log.len(), 1);
+    let a = &delivered.attempt_log[0];
+    assert_eq!(
+        (a.attempt, a.outcome, a.status, a.latency_ms, a.error.as_deref()),
+        (1, "delivered", Some(200), 12, None)
+    );
+    assert_eq!(delivered.destination, "t0");
+    assert_eq!(delivered.instance.as_str(), "a");
+    assert_eq!(delivered.event, EventKind::MessagesUpsert);
+    assert_eq!(delivered.sequence, 1);
+    assert_eq!(delivered.event_id, batch[0].envelope.id());
+    let failed = &log[1];
+    assert_eq!(failed.status, DeliveryStatus::Pending);
+    assert_eq!(failed.last_error.as_deref(), Some("HTTP 503"));
+    assert!(failed.next_attempt_at.is_some());
+    assert_eq!(
+        (failed.attempt_log[0].outcome, failed.attempt_log[0].status),
+        ("retry", Some(503))
+    );
+    let dead_record = &log[0];
+    assert_eq!(dead_record.status, DeliveryStatus::Dead);
+    assert_eq!(dead_record.attempt_log[0].error.as_deref(), Some("HTTP 404"));
+
+    let count = |status| {
+        let outbox = &outbox;
+        async move { outbox.deliveries(&query(status)).await.unwrap().len() }
+    };
+    assert_eq!(count(Some(StatusFilter::Delivered)).await, 1);
+    assert_eq!(count(Some(StatusFilter::Failed)).await, 1);
+    assert_eq!(count(Some(StatusFilter::Pending)).await, 1);
+    assert_eq!(count(Some(StatusFilter::Dead)).await, 1);
+    let only_a = outbox
+        .deliveries(&DeliveryQuery {
+            instance: Some(InstanceName::new("a").unwrap()),
+            channel: Some(CH),
+            status: None,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_a.len(), 1, "limit");
+    assert_eq!(only_a[0].id, batch[2].id);
+    let kafka = DeliveryQuery {
+        channel: Some(Channel::Kafka),
+        ..query(None)
+    };
+    assert!(outbox.deliveries(&kafka).await.unwrap().is_empty());
+
+    // The retry goes out again and succeeds: two attempts in the log.
+    let again = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempt), (1, 2));
+    assert_eq!(
+        count(Some(StatusFilter::Pending)).await,
+        1,
+        "in flight counts as pending"
+    );
+    assert_eq!(count(Some(StatusFilter::Failed)).await, 0);
+    outbox
+        .settle(vec![Settlement {
+            id: again[0].id,
+            outcome: Outcome::Delivered,
+            attempt: attempt(7, 204),
+        }])
+        .await
+        .unwrap();
+    let log = outbox
+        .deliveries(&query(Some(StatusFilter::Delivered)))
+        .await
+        .unwrap();
+    let record = log.iter().find(|r| r.id == again[0].id).unwrap();
+    let outcomes: Vec<(u32, &str)> = record
+        .attempt_log
+        .iter()
+        .map(|a| (a.attempt, a.outcome))
+        .collect();
+    assert_eq!(outcomes, [(1, "retry"), (2, "delivered")]);
+    assert_eq!(record.attempts, 2);
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn pruning_forgets_old_deliveries() {
+    let db = TempDb::new("prune");
+    let outbox = SqliteOutbox::open(
+        &db.path,
+        SqliteOptions {
+            delivered_retention: Duration::ZERO,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    outbox
+        .enqueue(vec![event("a", 2, None), event("a", 1, None)])
+        .await
+        .unwrap();
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(vec![
+            Settlement {
+                id: batch[0].id,
+                outcome: Outcome::Delivered,
+                attempt: Some(Attempt::default()),
+            },
+            settle(batch[2].id, Outcome::Delivered),
+            settle(batch[1].id, Outcome::Requeue),
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(outbox.prune().await.unwrap(), 2);
+    assert_eq!(outbox.prune().await.unwrap(), 0);
+    assert!(
+        outbox
+            .deliveries(&query(Some(StatusFilter::Delivered)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(left.len(), 1, "the event of an unsettled delivery stays");
+    assert_eq!(left[0].envelope.id(), batch[1].envelope.id());
+    outbox.close().await;
+    // Ids are never reused, even after the newest deliveries were pruned.
+    let outbox = open(&db).await;
+    outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    let next = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(next.len(), 2, "the recovered delivery and the new one");
+    assert!(
+        next.iter().all(|d| d.id == batch[1].id || d.id > batch[2].id),
+        "{:?}",
+        next.iter().map(|d| d.id).collect::<Vec<_>>()
+    );
+    outbox.close().await;
+}
+
+fn settings() -> InstanceSettings {
+    InstanceSettings::from_json(&json!({
+        "webhook": {
+            "enabled": true,
+            "url": "https://example.com/hook",
+            "events": ["MESSAGES_UPSERT"],
+            "headers": {"Authorization": "Bearer s3cret", "X-Tenant": "t1"},
+            "base64": false,
+            "byEvents": true
+        },
+        "pusher": {
+            "enabled": true, "appId": "123", "key": "k", "secret": "pusher-secret", "cluster": "us2",
+            "useTLS": true, "events": [], "host": "localhost", "port": 6001
+        },
+        "nats": {"enabled": true, "events": []}
+    }))
+    .unwrap()
+}
+
+fn record(name: &str, token: &str, settings: InstanceSettings) -> InstanceRecord {
+    InstanceRecord {
+        id: Uuid::now_v7(),
+        name: InstanceName::new(name).unwrap(),
+        token: Sensitive::new(token),
+        settings,
+        created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn the_store_keeps_instances() {
+    let db = TempDb::new("store");
+    let outbox = open(&db).await;
+    let a = record("alpha", "token-a", settings());
+    let b = record("beta", "token-b", InstanceSettings::default());
+    outbox.create_instance(&b).await.unwrap();
+    outbox.create_instance(&a).await.unwrap();
+    let same_name = record("alpha", "token-c", InstanceSettings::default());
+    let err = outbox.create_instance(&same_name).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(name) if name == "alpha"),
+        "{err}"
+    );
+    let same_token = record("gamma", "token-a", InstanceSettings::default());
+    assert!(matches!(
+        outbox.create_instance(&same_token).await,
+        Err(StoreError::Conflict(name)) if name == "gamma"
+    ));
+    let list = outbox.instances().await.unwrap();
+    assert_eq!(
+        list,
+        [a.clone(), b.clone()],
+        "by name, settings and secrets round-trip"
+    );
+    assert_eq!(
+        list[0].settings.webhook.as_ref().unwrap().headers["Authorization"].expose(),
+        "Bearer s3cret"
+    );
+    assert_eq!(
+        list[0].settings.pusher.as_ref().unwrap().secret.expose(),
+        "pusher-secret"
+    );
+
+    let mut changed = settings();
+    changed.webhook = None;
+    assert!(outbox.update_settings(&a.name, &changed).await.unwrap());
+    let nobody = InstanceName::new("nobody").unwrap();
+    assert!(!outbox.update_settings(&nobody, &changed).await.unwrap());
+    assert!(outbox.delete_instance(&b.name).await.unwrap());
+    assert!(!outbox.delete_instance(&b.name).await.unwrap());
+    outbox.close().await;
+
+    let outbox = open(&db).await;
+    let list = outbox.instances().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].settings, changed);
+    assert_eq!(list[0].id, a.id);
+    assert_eq!(list[0].created_at, a.created_at);
+    // A deleted instance's name and token are free again.
+    outbox.create_instance(&b).await.unwrap();
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn a_deleted_instance_events_still_go_out() {
+    let db = TempDb::new("deleted");
+    let outbox = open(&db).await;
+    let a = record("a", "token-a", InstanceSettings::default());
+    outbox.create_instance(&a).await.unwrap();
+    outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    assert!(outbox.delete_instance(&a.name).await.unwrap());
+    assert_eq!(outbox.claim(CH, 10).await.unwrap().len(), 1);
+    outbox.close().await;
+}
+
+/// 32 tasks each enqueueing 200 single-event batches (4 instances): every instance's sequences are
+/// 1..=1600, and the requests shared transactions.
+async fn concurrent_producers(name: &str, options: SqliteOptions) {
+    let db = TempDb::new(name);
+    let outbox = Arc::new(SqliteOutbox::open(&db.path, options).await.unwrap());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move {
+                let instance = format!("i{}", t % 4);
+                let mut seqs = Vec::with_capacity(200);
+                for _ in 0..200 {
+                    let stored = outbox.enqueue(vec![event(&instance, 1, None)]).await.unwrap();
+                    seqs.push(stored[0].sequence());
+                }
+                (instance, seqs)
+            })
+        })
+        .collect();
+    let mut per_instance: HashMap<String, Vec<u64>> = HashMap::new();
+    for task in tasks {
+        let (instance, seqs) = task.await.unwrap();
+        per_instance.entry(instance).or_default().extend(seqs);
+    }
+    let elapsed = started.elapsed();
+    for (instance, mut seqs) in per_instance {
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=1600).collect::<Vec<u64>>(),
+            "{instance}: no gaps, no duplicates"
+        );
+    }
+    let stats = outbox.write_stats();
+    eprintln!(
+        "group commit ({name}): 6400 single-event enqueues from 32 tasks in {elapsed:?} ({:.0} events/s), \
+         {} requests in {} transactions ({:.1} per commit)",
+        6400.0 / elapsed.as_secs_f64(),
+        stats.requests,
+        stats.transactions,
+        stats.requests as f64 / stats.transactions as f64
+    );
+    assert!(
+        stats.transactions * 2 < stats.requests,
+        "concurrent requests share transactions: {stats:?}"
+    );
+    assert_eq!(outbox.stats(CH).await.unwrap().pending, 6400);
+    outbox.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_share_commits() {
+    concurrent_producers("synchronous=NORMAL", SqliteOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_share_commits_synchronous_full() {
+    let options = SqliteOptions {
+        synchronous_full: true,
+        ..SqliteOptions::default()
+    };
+    concurrent_producers("synchronous=FULL", options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_only_the_excess_of_a_group() {
+    let db = TempDb::new("group-full");
+    let outbox = Arc::new(SqliteOutbox::open(&db.path, options(10)).await.unwrap());
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.enqueue(vec![event("a", 1, None)]).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut full = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(stored) => seqs.push(stored[0].sequence()),
+            Err(OutboxError::Full { capacity: 10, .. }) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=10).collect::<Vec<u64>>(),
+        "refused events take no sequence"
+    );
+    assert_eq!(full, 22);
+    assert_eq!(outbox.stats(CH).await.unwrap().pending, 10);
+    outbox.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_of_one_key_keep_one_head() {
+    let db = TempDb::new("group-key");
+    let outbox = Arc::new(open(&db).await);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    outbox.enqueue(vec![event("a", 1, Some("a/k"))]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let batch = outbox.claim(CH, 1000).await.unwrap();
+    let seqs: Vec<u64> = batch.iter().map(|d| d.envelope.sequence()).collect();
+    assert_eq!(
+        seqs,
+        (1..=80).collect::<Vec<u64>>(),
+        "one run, in order, each once"
+    );
+    assert!(outbox.claim(CH, 1000).await.unwrap().is_empty());
+    outbox.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_enqueue_rate() {
+    let db = TempDb::new("rate");
+    let outbox = open(&db).await;
+    let started = Instant::now();
+    for _ in 0..40 {
+        let events = (0..500).map(|i| event(&format!("i{}", i % 8), 1, None)).collect();
+        outbox.enqueue(events).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "batch enqueue: 20000 events (batches of 500, 1 delivery each) in {elapsed:?}: {:.0} events/s",
+        20_000.0 / elapsed.as_secs_f64()
+    );
+    assert_eq!(outbox.stats(CH).await.unwrap().pending, 20_000);
+    let started = Instant::now();
+    let mut claimed = 0;
+    loop {
+        let batch = outbox.claim(CH, 500).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        claimed += batch.len();
+        outbox
+            .settle(batch.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+            .await
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "claim + settle: {claimed} deliveries (batches of 500) in {elapsed:?}: {:.0} deliveries/s",
+        claimed as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(claimed, 20_000);
+    outbox.close().await;
+}

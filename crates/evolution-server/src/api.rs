@@ -1,0 +1,623 @@
+//! The REST API (DESIGN §6).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router as Http};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use evolution_events::{
+    Channel, ChannelSettings, EventKind, InstanceName, InstanceSettings, PusherSettings, RawValue, Uuid,
+    WebhookSettings,
+};
+use evolution_outbox::{DeliveryQuery, InstanceRecord, Outbox, RedriveFilter, StatusFilter};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{App, random_token};
+use crate::error::ApiError;
+use crate::metrics;
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Who is calling.
+enum Access {
+    /// The global `AUTHENTICATION_API_KEY`: everything.
+    Global,
+    /// An instance token: that instance only.
+    Instance(Arc<InstanceRecord>),
+}
+
+/// The routes.
+pub(crate) fn routes(app: Arc<App>) -> Http {
+    let body_limit = app.config.max_body_bytes;
+    Http::new()
+        .route("/instance/create", post(create_instance))
+        .route("/instance/fetchInstances", get(fetch_instances))
+        .route("/instance/delete/{instance}", delete(delete_instance))
+        .route("/{channel}/set/{instance}", post(set_channel))
+        .route("/{channel}/find/{instance}", get(find_channel))
+        .route("/events/{instance}", post(post_events))
+        .route("/deliveries/{target}", get(list_deliveries))
+        .route("/deliveries/{target}/retry", post(retry_delivery))
+        .route("/deliveries/{target}/redrive", post(redrive))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see GET /openapi.json")
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
+    let Some(key) = headers.get("apikey").and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing `apikey` header"));
+    };
+    if crate::app::constant_time_eq(key.as_bytes(), app.api_key.expose().as_bytes()) {
+        return Ok(Access::Global);
+    }
+    app.instance_by_token(key)
+        .map(Access::Instance)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid `apikey`"))
+}
+
+/// Authorizes access to `instance` and returns it: 403 for another instance's token, 404 if it
+/// does not exist (only the global key learns that).
+fn instance_access(app: &App, headers: &HeaderMap, instance: &str) -> ApiResult<Arc<InstanceRecord>> {
+    match authorize(app, headers)? {
+        Access::Instance(own) if own.name.as_str() == instance => Ok(own),
+        Access::Instance(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this apikey belongs to another instance and cannot access `{instance}`"),
+        )),
+        Access::Global => app
+            .instance(instance)
+            .ok_or_else(|| ApiError::not_found(format!("The \"{instance}\" instance does not exist"))),
+    }
+}
+
+fn json_body(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
+    body.map(|Json(v)| v).map_err(|e| match e {
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(e) => body_error(&e),
+        other => ApiError::bad_request(other.body_text()),
+    })
+}
+
+fn body_error(e: &BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than EVENTS_MAX_BODY_BYTES",
+        )
+    } else {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+/// The channel's env switch, for a clear refusal when it is off.
+fn channel_enabled(app: &App, channel: Channel) -> bool {
+    let g = &app.config.global;
+    match channel {
+        Channel::Webhook | Channel::Custom(_) => true,
+        Channel::Websocket => g.websocket.enabled,
+        Channel::Rabbitmq => g.rabbitmq.enabled,
+        Channel::Sqs => g.sqs.broker.enabled,
+        Channel::Kafka => g.kafka.enabled,
+        Channel::Nats => g.nats.enabled,
+        Channel::Pusher => g.pusher.enabled,
+    }
+}
+
+/// Parses one channel's settings into `settings`, collecting errors under `channel.…`.
+fn parse_channel(
+    app: &App,
+    channel: Channel,
+    value: &Value,
+    settings: &mut InstanceSettings,
+    errors: &mut Vec<String>,
+) {
+    let path = channel.as_str();
+    if !channel_enabled(app, channel) {
+        let prefix = channel.env_prefix().unwrap_or_default();
+        errors.push(format!(
+            "{path}: the {channel} channel is disabled on this server ({prefix}_ENABLED=false)"
+        ));
+        return;
+    }
+    let collect = |errors: &mut Vec<String>, e: evolution_events::ValidationErrors| {
+        errors.extend(e.0.iter().map(ToString::to_string));
+    };
+    match channel {
+        Channel::Webhook => match WebhookSettings::from_json(value, path) {
+            Ok(s) => settings.webhook = Some(s),
+            Err(e) => collect(errors, e),
+        },
+        Channel::Pusher => match PusherSettings::from_json(value, path) {
+            Ok(s) => settings.pusher = Some(s),
+            Err(e) => collect(errors, e),
+        },
+        _ => match ChannelSettings::from_json(value, path) {
+            Ok(s) => match channel {
+                Channel::Websocket => settings.websocket = Some(s),
+                Channel::Rabbitmq => settings.rabbitmq = Some(s),
+                Channel::Sqs => settings.sqs = Some(s),
+                Channel::Kafka => settings.kafka = Some(s),
+                _ => settings.nats = Some(s),
+            },
+            Err(e) => collect(errors, e),
+        },
+    }
+}
+
+/// One channel's settings as JSON (secrets redacted), or `null`.
+fn channel_json(settings: &InstanceSettings, channel: Channel) -> Value {
+    let redacted = settings.redacted();
+    let value = match channel {
+        Channel::Webhook => serde_json::to_value(redacted.webhook),
+        Channel::Pusher => serde_json::to_value(redacted.pusher),
+        Channel::Websocket => serde_json::to_value(redacted.websocket),
+        Channel::Rabbitmq => serde_json::to_value(redacted.rabbitmq),
+        Channel::Sqs => serde_json::to_value(redacted.sqs),
+        Channel::Kafka => serde_json::to_value(redacted.kafka),
+        Channel::Nats => serde_json::to_value(redacted.nats),
+        Channel::Custom(_) => Ok(Value::Null),
+    };
+    value.unwrap_or(Value::Null)
+}
+
+fn instance_json(app: &App, r: &InstanceRecord) -> Value {
+    let mut v = json!({
+        "instanceName": r.name,
+        "instanceId": r.id,
+        "status": "created",
+        "createdAt": r.created_at,
+        "settings": r.settings.redacted(),
+    });
+    if app.config.expose_in_fetch {
+        v["token"] = Value::String(r.token.expose().to_owned());
+    }
+    v
+}
+
+async fn create_instance(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    if !matches!(authorize(&app, &headers)?, Access::Global) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the global apikey can create instances",
+        ));
+    }
+    let body = json_body(body)?;
+    let Value::Object(fields) = body else {
+        return Err(ApiError::bad_request("(body): expected a JSON object"));
+    };
+    let mut errors = Vec::new();
+    let mut name = None;
+    let mut token = None;
+    let mut settings = InstanceSettings::default();
+    for (key, value) in &fields {
+        match key.as_str() {
+            "instanceName" => match value.as_str().map(InstanceName::new) {
+                Some(Ok(n)) => name = Some(n),
+                Some(Err(e)) => errors.push(format!("instanceName: {e}")),
+                None => errors.push("instanceName: expected a string".to_owned()),
+            },
+            "token" => match value.as_str() {
+                Some(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
+                _ => errors.push("token: expected a string of at least 8 characters".to_owned()),
+            },
+            other => match Channel::parse_built_in(other) {
+                Ok(channel) => {
+                    // As in Evolution API, a channel given at creation is enabled unless it says otherwise.
+                    let mut value = value.clone();
+                    if let Value::Object(obj) = &mut value {
+                        obj.entry("enabled").or_insert(Value::Bool(true));
+                    }
+                    parse_channel(&app, channel, &value, &mut settings, &mut errors);
+                }
+                Err(_) => errors.push(format!(
+                    "{other}: unknown field; expected instanceName, token, webhook, websocket, rabbitmq, sqs, kafka, \
+                     nats or pusher"
+                )),
+            },
+        }
+    }
+    if name.is_none() && !fields.contains_key("instanceName") {
+        errors.push("instanceName: is required".to_owned());
+    }
+    if let Some(name) = &name {
+        if let Err(e) = app.dispatcher.router().validate_instance(name, &settings) {
+            errors.extend(e.0.iter().map(ToString::to_string));
+        }
+        if app.instance(name.as_str()).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("instanceName: an instance named `{name}` already exists"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
+    }
+    let Some(name) = name else {
+        return Err(ApiError::bad_request("instanceName: is required"));
+    };
+    let record = InstanceRecord {
+        id: Uuid::new_v4(),
+        name: name.clone(),
+        token: token.unwrap_or_else(random_token).into(),
+        settings,
+        created_at: Utc::now(),
+    };
+    if app.instance_by_token(record.token.expose()).is_some()
+        || crate::app::constant_time_eq(record.token.expose().as_bytes(), app.api_key.expose().as_bytes())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "token: this token is already in use; choose another",
+        ));
+    }
+    app.store.create_instance(&record).await?;
+    app.cache(record.clone());
+    let data = json!({"instanceName": name, "instanceId": record.id});
+    let event = app.envelope(EventKind::InstanceCreate, name.clone(), &data, None);
+    if let Err(e) = app.emit(vec![(event, None)]).await {
+        // Nothing half-stored: without its INSTANCE_CREATE event the instance is not created.
+        app.uncache(&name);
+        if let Err(undo) = app.store.delete_instance(&name).await {
+            tracing::error!(instance = %name, error = %undo, "could not roll back an instance");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(instance = %name, "instance created");
+    let body = json!({
+        "instance": {"instanceName": name, "instanceId": record.id, "status": "created"},
+        "hash": record.token.expose(),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn fetch_instances(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
+    let list: Vec<Value> = match authorize(&app, &headers)? {
+        Access::Global => app
+            .all_instances()
+            .iter()
+            .map(|r| instance_json(&app, r))
+            .collect(),
+        Access::Instance(own) => vec![instance_json(&app, &own)],
+    };
+    Ok(Json(list).into_response())
+}
+
+async fn delete_instance(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let data = json!({"instanceName": record.name, "instanceId": record.id});
+    let deleted = app.envelope(EventKind::InstanceDelete, record.name.clone(), &data, None);
+    let removed = app.envelope(EventKind::RemoveInstance, record.name.clone(), &Value::Null, None);
+    app.emit(vec![(deleted, None), (removed, None)]).await?;
+    app.store.delete_instance(&record.name).await?;
+    app.uncache(&record.name);
+    tracing::info!(instance = %record.name, "instance deleted");
+    Ok(
+        Json(json!({"status": "SUCCESS", "error": false, "response": {"message": "Instance deleted"}}))
+            .into_response(),
+    )
+}
+
+fn route_channel(channel: &str) -> ApiResult<Channel> {
+    Channel::parse_built_in(channel).map_err(|e| ApiError::not_found(e.to_string()))
+}
+
+async fn set_channel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((channel, instance)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let channel = route_channel(&channel)?;
+    let record = instance_access(&app, &headers, &instance)?;
+    let body = json_body(body)?;
+    let key = channel.as_str();
+    let Some(value) = body.as_object().and_then(|o| o.get(key)) else {
+        return Err(ApiError::bad_request(format!(
+            "{key}: is required: send {{\"{key}\": {{…}}}}"
+        )));
+    };
+    let mut errors: Vec<String> = body
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| k.as_str() != key)
+        .map(|k| format!("{k}: unknown field; this route takes only `{key}`"))
+        .collect();
+    let mut settings = record.settings.clone();
+    parse_channel(&app, channel, value, &mut settings, &mut errors);
+    if errors.is_empty()
+        && let Err(e) = app.dispatcher.router().validate_instance(&record.name, &settings)
+    {
+        errors.extend(e.0.iter().map(ToString::to_string));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
+    }
+    if !app.store.update_settings(&record.name, &settings).await? {
+        return Err(ApiError::not_found(format!(
+            "The \"{instance}\" instance does not exist"
+        )));
+    }
+    app.cache(InstanceRecord {
+        settings: settings.clone(),
+        ..(*record).clone()
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ key: channel_json(&settings, channel) })),
+    )
+        .into_response())
+}
+
+async fn find_channel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((channel, instance)): Path<(String, String)>,
+) -> ApiResult {
+    let channel = route_channel(&channel)?;
+    let record = instance_access(&app, &headers, &instance)?;
+    Ok(Json(channel_json(&record.settings, channel)).into_response())
+}
+
+/// One event of `POST /events/{instance}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInput {
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    sender: Option<String>,
+}
+
+async fn post_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let body = body.map_err(|e| body_error(&e))?;
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let inputs: Vec<EventInput> = if is_array {
+        serde_json::from_slice(&body)
+    } else {
+        serde_json::from_slice(&body).map(|one| vec![one])
+    }
+    .map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid event body: {e}; send {{\"event\": \"MESSAGES_UPSERT\", \"data\": {{…}}, \"sender\": \"…\"}} or an array of them"
+        ))
+    })?;
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request(
+            "(body): the array is empty; send at least one event",
+        ));
+    }
+    if inputs.len() > app.config.max_events_per_request {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "(body): {} events in one request; at most {} (EVENTS_MAX_PER_REQUEST)",
+                inputs.len(),
+                app.config.max_events_per_request
+            ),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut events = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.into_iter().enumerate() {
+        let field = if is_array {
+            format!("[{i}].event")
+        } else {
+            "event".to_owned()
+        };
+        match EventKind::parse(&input.event) {
+            Ok(kind) => {
+                let data = input.data.unwrap_or_else(|| RawValue::NULL.to_owned());
+                events.push((
+                    app.envelope_raw(kind, record.name.clone(), data, input.sender),
+                    None,
+                ));
+            }
+            Err(e) => errors.push(format!("{field}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
+    }
+    let stored = app.emit(events).await?;
+    let ids: Vec<Uuid> = stored.iter().map(|e| e.id()).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    status: Option<StatusFilter>,
+    channel: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_deliveries(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; status is one of pending, failed, dead, delivered; limit is 1 to 1000",
+            e.body_text()
+        ))
+    })?;
+    let channel = q
+        .channel
+        .as_deref()
+        .map(Channel::parse_built_in)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("channel: {e}")))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be from 1 to 1000"));
+    }
+    let log = app
+        .sqlite
+        .deliveries(&DeliveryQuery {
+            instance: Some(record.name.clone()),
+            channel,
+            status: q.status,
+            limit,
+        })
+        .await?;
+    Ok(Json(log).into_response())
+}
+
+async fn retry_delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> ApiResult {
+    let id: u64 = target
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{target}` is not a delivery id (a number)")))?;
+    let instance = match authorize(&app, &headers)? {
+        Access::Global => None,
+        Access::Instance(own) => Some(own.name.clone()),
+    };
+    let filter = RedriveFilter {
+        ids: vec![id],
+        instance,
+        ..RedriveFilter::default()
+    };
+    match app.sqlite.redrive(&filter).await? {
+        0 => Err(ApiError::not_found(format!(
+            "no dead delivery {id} that this apikey may retry"
+        ))),
+        n => Ok(Json(json!({ "redriven": n })).into_response()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    channel: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+}
+
+async fn redrive(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<RedriveBody>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let Query(from_query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let params = if body.iter().all(u8::is_ascii_whitespace) {
+        from_query
+    } else {
+        serde_json::from_slice::<RedriveBody>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}; fields: channel, since, until")))?
+    };
+    let channel = params
+        .channel
+        .as_deref()
+        .map(Channel::parse_built_in)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("channel: {e}")))?;
+    let filter = RedriveFilter {
+        ids: Vec::new(),
+        channel,
+        instance: Some(record.name.clone()),
+        since: params.since,
+        until: params.until,
+    };
+    let n = app.sqlite.redrive(&filter).await?;
+    Ok(Json(json!({ "redriven": n })).into_response())
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let storage = app.sqlite.stats(Channel::Webhook).await;
+    checks.insert(
+        "storage".to_owned(),
+        match storage {
+            Ok(_) => json!("ok"),
+            Err(e) => {
+                ok = false;
+                json!(e.to_string())
+            }
+        },
+    );
+    for channel in app.dispatcher.channels() {
+        let Some(sink) = app.dispatcher.sink(channel) else {
+            continue;
+        };
+        let status = match tokio::time::timeout(Duration::from_secs(5), sink.health_check()).await {
+            Ok(Ok(())) => json!("ok"),
+            Ok(Err(e)) => {
+                ok = false;
+                json!(e.to_string())
+            }
+            Err(_) => {
+                ok = false;
+                json!("health check timed out after 5 s")
+            }
+        };
+        checks.insert(channel.to_string(), status);
+    }
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let accepted = app.accepted.load(Ordering::Relaxed);
+    (code, Json(json!({"status": if ok { "ready" } else { "unavailable" }, "checks": checks, "accepted": accepted })))
+        .into_response()
+}

@@ -1,0 +1,305 @@
+//! The running server: storage, dispatcher, instance cache, lifecycle events.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use evolution_events::{
+    Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Sensitive,
+};
+use evolution_outbox::{InstanceRecord, Outbox, Store};
+use evolution_outbox::{SqliteOptions, SqliteOutbox};
+use evolution_sinks::webhook::{WebhookConfig, WebhookSink};
+use evolution_sinks::{ChannelConfig, DeadNotice, Dispatcher, EmitError, Router};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Database};
+
+/// How many ERRORS notifications may wait to be emitted.
+const DEAD_NOTICE_QUEUE: usize = 10_000;
+
+/// Shared state of the REST API.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) config: Config,
+    pub(crate) api_key: Sensitive,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) sqlite: Arc<SqliteOutbox>,
+    instances: RwLock<BTreeMap<InstanceName, Arc<InstanceRecord>>>,
+    pub(crate) accepted: AtomicU64,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot open the database: {0}")]
+    Database(String),
+    #[error(
+        "cannot read or write the API key file {path}: {error}; check the permissions of SERVER_DATA_DIR"
+    )]
+    ApiKey { path: String, error: std::io::Error },
+    #[error("invalid global channel settings: {0}")]
+    Routing(#[from] evolution_events::ValidationErrors),
+    #[error("cannot build the webhook channel: {0}")]
+    Webhook(evolution_events::SinkError),
+    #[error("cannot start the dispatcher: {0}")]
+    Dispatcher(#[from] evolution_sinks::BuildError),
+}
+
+impl App {
+    /// Opens the storage, loads instances, starts the dispatcher and emits `APPLICATION_STARTUP`.
+    pub(crate) async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        let api_key = load_or_create_api_key(&config)?;
+        let Database::Sqlite(path) = &config.database;
+        let options = SqliteOptions {
+            capacity: config.max_backlog,
+            ..SqliteOptions::default()
+        };
+        let sqlite = Arc::new(
+            SqliteOutbox::open(path, options)
+                .await
+                .map_err(|e| StartError::Database(format!("{}: {e}", path.display())))?,
+        );
+        let router = Router::new(config.global.clone())?;
+        let webhook = WebhookSink::new(WebhookConfig {
+            request_timeout: config.webhook_request_timeout,
+            probe_url: config
+                .global
+                .webhook
+                .enabled
+                .then(|| config.global.webhook.url.clone()),
+            ..WebhookConfig::default()
+        })
+        .map_err(StartError::Webhook)?;
+        let webhook_config = ChannelConfig {
+            retry: config.webhook_retry.clone(),
+            workers: config.webhook_workers,
+            ordered: Some(config.webhook_ordered),
+            send_timeout: config.webhook_request_timeout + std::time::Duration::from_secs(5),
+            ..ChannelConfig::default_for(Channel::Webhook)
+        };
+        let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
+        let dispatcher = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router)
+            .sink_with(Arc::new(webhook), webhook_config)
+            .on_dead(move |notice| {
+                if dead_tx.try_send(notice).is_err() {
+                    tracing::warn!("too many dead deliveries at once: an ERRORS event was not emitted");
+                }
+            })
+            .start()?;
+        let instances = sqlite
+            .instances()
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))?
+            .into_iter()
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect();
+        let app = Arc::new(Self {
+            config,
+            api_key,
+            dispatcher,
+            store: Arc::clone(&sqlite) as Arc<dyn Store>,
+            sqlite,
+            instances: RwLock::new(instances),
+            accepted: AtomicU64::new(0),
+        });
+        tokio::spawn(emit_errors(Arc::clone(&app), dead_rx));
+        let data = serde_json::json!({"version": env!("CARGO_PKG_VERSION")});
+        let startup = app.envelope(
+            EventKind::ApplicationStartup,
+            app.config.server_name.clone(),
+            &data,
+            None,
+        );
+        if let Err(e) = app.emit(vec![(startup, None)]).await {
+            tracing::warn!(error = %e, "could not emit APPLICATION_STARTUP");
+        }
+        Ok(app)
+    }
+
+    /// The cached instance.
+    pub(crate) fn instance(&self, name: &str) -> Option<Arc<InstanceRecord>> {
+        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| Arc::clone(v))
+    }
+
+    /// Every cached instance.
+    pub(crate) fn all_instances(&self) -> Vec<Arc<InstanceRecord>> {
+        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
+        map.values().cloned().collect()
+    }
+
+    /// Replaces (or adds) a cached instance.
+    pub(crate) fn cache(&self, record: InstanceRecord) {
+        let mut map = self.instances.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(record.name.clone(), Arc::new(record));
+    }
+
+    /// Drops a cached instance.
+    pub(crate) fn uncache(&self, name: &InstanceName) {
+        let mut map = self.instances.write().unwrap_or_else(PoisonError::into_inner);
+        map.remove(name);
+    }
+
+    /// The instance whose token is `key`, compared in constant time against every instance.
+    pub(crate) fn instance_by_token(&self, key: &str) -> Option<Arc<InstanceRecord>> {
+        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
+        let mut found = None;
+        for record in map.values() {
+            if constant_time_eq(record.token.expose().as_bytes(), key.as_bytes()) {
+                found = Some(Arc::clone(record));
+            }
+        }
+        found
+    }
+
+    /// An envelope for `instance`, with `SERVER_URL`, and the instance token as `apikey` when
+    /// `AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES=true`.
+    pub(crate) fn envelope(
+        &self,
+        kind: EventKind,
+        instance: InstanceName,
+        data: &serde_json::Value,
+        sender: Option<String>,
+    ) -> EventEnvelope {
+        // A `Value` always serializes (its map keys are strings).
+        let raw = serde_json::value::to_raw_value(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        self.envelope_raw(kind, instance, raw, sender)
+    }
+
+    /// Like [`App::envelope`] with `data` already JSON.
+    pub(crate) fn envelope_raw(
+        &self,
+        kind: EventKind,
+        instance: InstanceName,
+        data: Box<RawValue>,
+        sender: Option<String>,
+    ) -> EventEnvelope {
+        let apikey = if self.config.expose_in_fetch {
+            self.instance(instance.as_str()).map(|r| r.token.clone())
+        } else {
+            None
+        };
+        EventEnvelope::new(kind, instance, data)
+            .with_server_url(self.config.server_url.clone())
+            .with_sender(sender)
+            .with_apikey(apikey)
+    }
+
+    /// Routes and stores events, each with its instance's cached settings unless given.
+    pub(crate) async fn emit(
+        &self,
+        events: Vec<(EventEnvelope, Option<InstanceSettings>)>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let cached: Vec<Option<Arc<InstanceRecord>>> = events
+            .iter()
+            .map(|(e, _)| self.instance(e.instance().as_str()))
+            .collect();
+        let batch = events
+            .into_iter()
+            .zip(&cached)
+            .map(|((envelope, given), cached)| (envelope, given, cached.as_ref().map(|r| &r.settings)))
+            .collect::<Vec<_>>();
+        let stored = self
+            .dispatcher
+            .emit_many(
+                batch
+                    .iter()
+                    .map(|(envelope, given, cached)| (envelope.clone(), given.as_ref().or(*cached)))
+                    .collect(),
+            )
+            .await?;
+        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        Ok(stored)
+    }
+}
+
+/// Emits an `ERRORS` event for every delivery that went dead (never for an `ERRORS` event's own
+/// deliveries, so a dead errors endpoint cannot loop).
+async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
+    while let Some(notice) = notices.recv().await {
+        let d = &notice.delivery;
+        if d.envelope.kind() == EventKind::Errors {
+            continue;
+        }
+        let data = serde_json::json!({
+            "deliveryId": d.id,
+            "eventId": d.envelope.id(),
+            "event": d.envelope.kind(),
+            "channel": d.channel,
+            "destination": d.destination.label(),
+            "attempts": d.attempt,
+            "error": notice.error,
+        });
+        let envelope = app.envelope(EventKind::Errors, d.envelope.instance().clone(), &data, None);
+        if let Err(e) = app.emit(vec![(envelope, None)]).await {
+            tracing::warn!(error = %e, "could not emit an ERRORS event");
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh random token (two v4 UUIDs, 244 random bits), upper-case hex.
+pub(crate) fn random_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+    .to_ascii_uppercase()
+}
+
+/// `AUTHENTICATION_API_KEY`, or the key stored in the data directory, or a new one (stored, and
+/// printed once).
+fn load_or_create_api_key(config: &Config) -> Result<Sensitive, StartError> {
+    if let Some(key) = &config.api_key {
+        return Ok(key.clone());
+    }
+    let path = config.data_dir.join("api-key");
+    let io = |error| StartError::ApiKey {
+        path: path.display().to_string(),
+        error,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => return Ok(Sensitive::new(key.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let key = random_token();
+    write_private(&path, &key).map_err(io)?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "No AUTHENTICATION_API_KEY was set: generated one and stored it in {} (shown only now):\n{key}",
+            path.display()
+        );
+    }
+    Ok(Sensitive::new(key))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}

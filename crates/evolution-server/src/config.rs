@@ -1,0 +1,678 @@
+//! Configuration: defaults ← optional TOML file (`--config`) ← environment, with the
+//! specification's variable names. Every malformed value is reported, naming the variable and
+//! what it accepts; startup stops on any.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use evolution_events::{
+    Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, RetryPolicy, Sensitive,
+};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+
+/// Variables the server reads (besides the per-event toggles), with their defaults. A `None`
+/// default means "unset".
+const KNOWN: &[(&str, Option<&str>)] = &[
+    ("SERVER_PORT", Some("8080")),
+    ("SERVER_HOST", Some("0.0.0.0")),
+    ("SERVER_URL", None),
+    ("SERVER_NAME", Some("evolution")),
+    ("SERVER_DATA_DIR", Some("./data")),
+    ("DATABASE_CONNECTION_URI", None),
+    ("AUTHENTICATION_API_KEY", None),
+    ("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", Some("false")),
+    ("EVENT_NAMING", Some("seed")),
+    ("EVENTS_MAX_PER_REQUEST", Some("1000")),
+    ("EVENTS_MAX_BODY_BYTES", Some("10485760")),
+    ("EVENTS_MAX_BACKLOG", Some("1000000")),
+    ("SHUTDOWN_TIMEOUT_SECONDS", Some("25")),
+    ("WEBHOOK_GLOBAL_ENABLED", Some("false")),
+    ("WEBHOOK_GLOBAL_URL", Some("")),
+    ("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS", Some("false")),
+    ("WEBHOOK_EVENTS_ERRORS_WEBHOOK", Some("")),
+    ("WEBHOOK_REQUEST_TIMEOUT_MS", Some("60000")),
+    ("WEBHOOK_RETRY_MAX_ATTEMPTS", Some("10")),
+    ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", Some("5")),
+    ("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF", Some("true")),
+    ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", Some("300")),
+    ("WEBHOOK_RETRY_JITTER_FACTOR", Some("0.2")),
+    (
+        "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES",
+        Some("400,401,403,404,422"),
+    ),
+    ("WEBHOOK_WORKERS", Some("16")),
+    ("WEBHOOK_ORDERED", Some("true")),
+    ("WEBSOCKET_ENABLED", Some("false")),
+    ("WEBSOCKET_GLOBAL_EVENTS", Some("false")),
+    ("WEBSOCKET_ALLOWED_HOSTS", Some("127.0.0.1,::1,::ffff:127.0.0.1")),
+    ("RABBITMQ_ENABLED", Some("false")),
+    ("RABBITMQ_URI", Some("")),
+    ("RABBITMQ_EXCHANGE_NAME", Some("evolution")),
+    ("RABBITMQ_GLOBAL_ENABLED", Some("false")),
+    ("RABBITMQ_PREFIX_KEY", Some("evolution")),
+    ("RABBITMQ_FRAME_MAX", Some("8192")),
+    ("SQS_ENABLED", Some("false")),
+    ("SQS_ACCESS_KEY_ID", Some("")),
+    ("SQS_SECRET_ACCESS_KEY", Some("")),
+    ("SQS_ACCOUNT_ID", Some("")),
+    ("SQS_REGION", Some("")),
+    ("SQS_ENDPOINT", Some("")),
+    ("SQS_FIFO", Some("false")),
+    ("SQS_PREFIX_KEY", Some("evolution")),
+    ("SQS_GLOBAL_ENABLED", Some("false")),
+    ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", Some("false")),
+    ("SQS_GLOBAL_PREFIX_NAME", Some("global")),
+    ("SQS_MAX_PAYLOAD_SIZE", Some("1048576")),
+    ("KAFKA_ENABLED", Some("false")),
+    ("KAFKA_CLIENT_ID", Some("evolution-api")),
+    ("KAFKA_BROKERS", Some("localhost:9092")),
+    ("KAFKA_CONNECTION_TIMEOUT", Some("3000")),
+    ("KAFKA_REQUEST_TIMEOUT", Some("30000")),
+    ("KAFKA_GLOBAL_ENABLED", Some("false")),
+    ("KAFKA_CONSUMER_GROUP_ID", Some("evolution-api-consumers")),
+    ("KAFKA_TOPIC_PREFIX", Some("evolution")),
+    ("KAFKA_NUM_PARTITIONS", Some("1")),
+    ("KAFKA_REPLICATION_FACTOR", Some("1")),
+    ("KAFKA_AUTO_CREATE_TOPICS", Some("false")),
+    ("KAFKA_SASL_ENABLED", Some("false")),
+    ("KAFKA_SASL_MECHANISM", Some("plain")),
+    ("KAFKA_SASL_USERNAME", Some("")),
+    ("KAFKA_SASL_PASSWORD", Some("")),
+    ("KAFKA_SSL_ENABLED", Some("false")),
+    ("KAFKA_SSL_REJECT_UNAUTHORIZED", Some("true")),
+    ("KAFKA_SSL_CA", Some("")),
+    ("KAFKA_SSL_KEY", Some("")),
+    ("KAFKA_SSL_CERT", Some("")),
+    ("NATS_ENABLED", Some("false")),
+    ("NATS_URI", Some("")),
+    ("NATS_GLOBAL_ENABLED", Some("false")),
+    ("NATS_PREFIX_KEY", Some("evolution")),
+    ("NATS_JETSTREAM", Some("false")),
+    ("PUSHER_ENABLED", Some("false")),
+    ("PUSHER_GLOBAL_ENABLED", Some("false")),
+    ("PUSHER_GLOBAL_APP_ID", Some("")),
+    ("PUSHER_GLOBAL_KEY", Some("")),
+    ("PUSHER_GLOBAL_SECRET", Some("")),
+    ("PUSHER_GLOBAL_CLUSTER", Some("")),
+    ("PUSHER_GLOBAL_USE_TLS", Some("false")),
+    ("PUSHER_HOST", Some("")),
+    ("PUSHER_PORT", Some("")),
+];
+
+/// Prefixes of per-event toggles: `<PREFIX><KEY>` (`SQS_GLOBAL_<KEY>` for SQS).
+const TOGGLE_PREFIXES: &[(&str, Channel)] = &[
+    ("WEBHOOK_EVENTS_", Channel::Webhook),
+    ("RABBITMQ_EVENTS_", Channel::Rabbitmq),
+    ("KAFKA_EVENTS_", Channel::Kafka),
+    ("NATS_EVENTS_", Channel::Nats),
+    ("PUSHER_EVENTS_", Channel::Pusher),
+    ("SQS_GLOBAL_", Channel::Sqs),
+];
+
+/// Channels whose sink this build has.
+pub(crate) const AVAILABLE_CHANNELS: &[Channel] = &[Channel::Webhook];
+
+/// Where instances and the outbox live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Database {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) host: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) server_url: Option<String>,
+    pub(crate) server_name: InstanceName,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) database: Database,
+    pub(crate) api_key: Option<Sensitive>,
+    pub(crate) expose_in_fetch: bool,
+    pub(crate) global: GlobalSettings,
+    pub(crate) webhook_request_timeout: Duration,
+    pub(crate) webhook_retry: RetryPolicy,
+    pub(crate) webhook_workers: usize,
+    pub(crate) webhook_ordered: bool,
+    pub(crate) max_events_per_request: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_backlog: usize,
+    pub(crate) shutdown_timeout: Duration,
+    /// Every effective value, by variable name (for `config check`).
+    values: BTreeMap<String, String>,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub(crate) struct ConfigError(pub(crate) Vec<String>);
+
+struct Vars {
+    values: BTreeMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl Vars {
+    fn raw(&self, name: &str) -> &str {
+        self.values.get(name).map_or("", String::as_str)
+    }
+
+    fn string(&self, name: &str) -> Option<String> {
+        let v = self.raw(name).trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    fn bool(&mut self, name: &str) -> bool {
+        let v = self.raw(name).trim().to_ascii_lowercase();
+        match v.as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" | "" => false,
+            _ => {
+                let raw = self.raw(name).to_owned();
+                self.errors.push(format!(
+                    "{name}=`{raw}` is not a boolean: use true/false, 1/0 or yes/no (any case)"
+                ));
+                false
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + Default>(&mut self, name: &str, what: &str) -> T {
+        let raw = self.raw(name).trim().to_owned();
+        match raw.parse() {
+            Ok(v) => v,
+            Err(_) => {
+                self.errors.push(format!("{name}=`{raw}` is not {what}"));
+                T::default()
+            }
+        }
+    }
+
+    fn positive(&mut self, name: &str) -> u64 {
+        let v: u64 = self.number(name, "a whole number");
+        if v == 0 {
+            self.errors.push(format!("{name} must be greater than 0"));
+        }
+        v
+    }
+
+    fn events(&mut self, prefix: &str) -> BTreeSet<EventKind> {
+        let mut out = BTreeSet::new();
+        let keys: Vec<(String, String)> = self
+            .values
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|key| (key.to_owned(), v.clone())))
+            .collect();
+        for (key, _) in keys {
+            let name = format!("{prefix}{key}");
+            let Ok(kind) = EventKind::parse(&key) else {
+                continue; // Not a toggle (e.g. SQS_GLOBAL_ENABLED); unknown ones are reported in `load`.
+            };
+            if self.bool(&name) {
+                out.insert(kind);
+            }
+        }
+        out
+    }
+}
+
+fn is_secret(name: &str) -> bool {
+    ["API_KEY", "SECRET", "PASSWORD", "SSL_KEY", "ACCESS_KEY_ID"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+fn has_credentials(name: &str) -> bool {
+    name.ends_with("_URI") || name == "WEBHOOK_GLOBAL_URL" || name == "WEBHOOK_EVENTS_ERRORS_WEBHOOK"
+}
+
+/// `user:pass@` and query strings hidden.
+fn redact_url(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.has_host() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ignored = u.set_username("***");
+                let _ignored = u.set_password(None);
+            }
+            if u.query().is_some() {
+                u.set_query(Some("***"));
+            }
+            u.into()
+        }
+        _ => value.to_owned(),
+    }
+}
+
+fn value_to_string(name: &str, value: &Value, errors: &mut Vec<String>) -> Option<String> {
+    Some(match value {
+        Value::String(_, s) => s.clone(),
+        Value::Char(_, c) => c.to_string(),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, n) => match (n.to_i128(), n.to_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) => f.to_string(),
+            _ => {
+                errors.push(format!("{name}: unsupported number"));
+                return None;
+            }
+        },
+        Value::Empty(_, _) => String::new(),
+        Value::Array(_, items) => {
+            let parts: Option<Vec<String>> = items.iter().map(|v| value_to_string(name, v, errors)).collect();
+            parts?.join(",")
+        }
+        Value::Dict(_, _) => {
+            errors.push(format!(
+                "{name}: a table is not a setting; the file uses flat keys named like the environment variables"
+            ));
+            return None;
+        }
+    })
+}
+
+fn is_known(name: &str) -> bool {
+    KNOWN.iter().any(|(k, _)| *k == name)
+        || TOGGLE_PREFIXES
+            .iter()
+            .any(|(p, _)| name.strip_prefix(p).is_some_and(|k| EventKind::parse(k).is_ok()))
+        || name == "WEBHOOK_EVENTS_ERRORS"
+}
+
+fn is_ours(name: &str) -> bool {
+    is_known(name)
+        || [
+            "SERVER_",
+            "AUTHENTICATION_",
+            "DATABASE_",
+            "WEBHOOK_",
+            "WEBSOCKET_",
+            "RABBITMQ_",
+            "SQS_",
+            "KAFKA_",
+            "NATS_",
+            "PUSHER_",
+            "EVENTS_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+impl Config {
+    /// Loads defaults ← `file` (TOML, flat keys named like the variables, any case) ← `env`.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults: BTreeMap<String, String> = KNOWN
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v.to_owned())))
+            .collect();
+        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| is_ours(k)).collect();
+        let mut errors = Vec::new();
+        let mut file_values: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(vec![format!(
+                    "--config {}: no such file; give the path of a TOML file",
+                    path.display()
+                )]));
+            }
+            let table: BTreeMap<String, Value> = Figment::from(Toml::file(path))
+                .extract()
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", path.display())]))?;
+            for (key, value) in table {
+                let name = key.to_ascii_uppercase();
+                if !is_known(&name) {
+                    errors.push(format!("{name}: unknown setting in the configuration file"));
+                } else if let Some(v) = value_to_string(&name, &value, &mut errors) {
+                    file_values.insert(name, v);
+                }
+            }
+        }
+        for name in env.keys().filter(|k| !is_known(k)) {
+            tracing::warn!(variable = %name, "ignoring an unknown variable");
+        }
+        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| is_known(k)).collect();
+        // defaults ← file ← environment, every value a string (no number guessing: `0123` stays `0123`).
+        let values: BTreeMap<String, String> = Figment::from(Serialized::defaults(&defaults))
+            .merge(Serialized::globals(&file_values))
+            .merge(Serialized::globals(&env))
+            .extract()
+            .map_err(|e| ConfigError(vec![format!("cannot read the configuration: {e}")]))?;
+        let mut vars = Vars { values, errors };
+        match Self::parse(&mut vars) {
+            Some(config) if vars.errors.is_empty() => Ok(config),
+            _ => Err(ConfigError(vars.errors)),
+        }
+    }
+
+    fn parse(v: &mut Vars) -> Option<Self> {
+        let port: u16 = v.number("SERVER_PORT", "a port number (1 to 65535)");
+        let host: IpAddr = match v.raw("SERVER_HOST").trim().parse() {
+            Ok(h) => h,
+            Err(_) => {
+                let raw = v.raw("SERVER_HOST").to_owned();
+                v.errors.push(format!(
+                    "SERVER_HOST=`{raw}` is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)"
+                ));
+                IpAddr::from([0, 0, 0, 0])
+            }
+        };
+        let named = InstanceName::new(v.raw("SERVER_NAME").trim()).or_else(|e| {
+            v.errors
+                .push(format!("SERVER_NAME (the instance of server-wide events): {e}"));
+            InstanceName::new("evolution")
+        });
+        let Ok(server_name) = named else {
+            return None;
+        };
+        let data_dir = PathBuf::from(v.raw("SERVER_DATA_DIR"));
+        let database = match v.string("DATABASE_CONNECTION_URI") {
+            None => Database::Sqlite(data_dir.join("evolution.db")),
+            Some(uri) => {
+                let lower = uri.to_ascii_lowercase();
+                if let Some(path) = uri
+                    .strip_prefix("sqlite://")
+                    .or_else(|| uri.strip_prefix("sqlite:"))
+                {
+                    Database::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)))
+                } else {
+                    let scheme = lower.split(':').next().unwrap_or_default();
+                    v.errors.push(format!(
+                        "DATABASE_CONNECTION_URI: the `{scheme}` scheme is not supported by this build; use \
+                         sqlite://PATH (the default is sqlite://{}/evolution.db)",
+                        data_dir.display()
+                    ));
+                    Database::Sqlite(data_dir.join("evolution.db"))
+                }
+            }
+        };
+        let naming = match NamingProfile::parse(v.raw("EVENT_NAMING")) {
+            Ok(p) => p,
+            Err(e) => {
+                v.errors.push(format!("EVENT_NAMING: {e}"));
+                NamingProfile::Seed
+            }
+        };
+        let mut global = GlobalSettings {
+            naming,
+            ..GlobalSettings::default()
+        };
+        global.webhook.enabled = v.bool("WEBHOOK_GLOBAL_ENABLED");
+        global.webhook.url = v.raw("WEBHOOK_GLOBAL_URL").trim().to_owned();
+        global.webhook.by_events = v.bool("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS");
+        global.webhook.events = v.events("WEBHOOK_EVENTS_");
+        if v.values.contains_key("WEBHOOK_EVENTS_ERRORS")
+            && global.webhook.events.contains(&EventKind::Errors)
+        {
+            global.webhook.errors_url = v.string("WEBHOOK_EVENTS_ERRORS_WEBHOOK");
+        }
+        global.websocket.enabled = v.bool("WEBSOCKET_ENABLED");
+        global.websocket.global_events = v.bool("WEBSOCKET_GLOBAL_EVENTS");
+        global.rabbitmq.enabled = v.bool("RABBITMQ_ENABLED");
+        global.rabbitmq.global_enabled = v.bool("RABBITMQ_GLOBAL_ENABLED");
+        global.rabbitmq.events = v.events("RABBITMQ_EVENTS_");
+        global.rabbitmq.prefix = v.raw("RABBITMQ_PREFIX_KEY").trim().to_owned();
+        global.rabbitmq_exchange = v.raw("RABBITMQ_EXCHANGE_NAME").trim().to_owned();
+        global.sqs.broker.enabled = v.bool("SQS_ENABLED");
+        global.sqs.broker.global_enabled = v.bool("SQS_GLOBAL_ENABLED");
+        global.sqs.broker.events = v.events("SQS_GLOBAL_");
+        global.sqs.broker.prefix = v.raw("SQS_PREFIX_KEY").trim().to_owned();
+        global.sqs.force_single_queue = v.bool("SQS_GLOBAL_FORCE_SINGLE_QUEUE");
+        global.sqs.global_prefix = v.raw("SQS_GLOBAL_PREFIX_NAME").trim().to_owned();
+        global.sqs.fifo = v.bool("SQS_FIFO");
+        global.kafka.enabled = v.bool("KAFKA_ENABLED");
+        global.kafka.global_enabled = v.bool("KAFKA_GLOBAL_ENABLED");
+        global.kafka.events = v.events("KAFKA_EVENTS_");
+        global.kafka.prefix = v.raw("KAFKA_TOPIC_PREFIX").trim().to_owned();
+        global.nats.enabled = v.bool("NATS_ENABLED");
+        global.nats.global_enabled = v.bool("NATS_GLOBAL_ENABLED");
+        global.nats.events = v.events("NATS_EVENTS_");
+        global.nats.prefix = v.raw("NATS_PREFIX_KEY").trim().to_owned();
+        global.pusher.enabled = v.bool("PUSHER_ENABLED");
+        global.pusher.global_enabled = v.bool("PUSHER_GLOBAL_ENABLED");
+        global.pusher.events = v.events("PUSHER_EVENTS_");
+        global.pusher.host = v.string("PUSHER_HOST");
+        global.pusher.port = v
+            .string("PUSHER_PORT")
+            .map(|_| v.number("PUSHER_PORT", "a port number"));
+        let use_tls = v.bool("PUSHER_GLOBAL_USE_TLS");
+        if let (Some(app_id), Some(key), Some(secret), Some(cluster)) = (
+            v.string("PUSHER_GLOBAL_APP_ID"),
+            v.string("PUSHER_GLOBAL_KEY"),
+            v.string("PUSHER_GLOBAL_SECRET"),
+            v.string("PUSHER_GLOBAL_CLUSTER"),
+        ) {
+            global.pusher.app = Some(PusherApp {
+                app_id,
+                key,
+                secret: Sensitive::new(secret),
+                cluster,
+                use_tls,
+                host: None,
+                port: None,
+            });
+        }
+        for channel in [
+            Channel::Websocket,
+            Channel::Rabbitmq,
+            Channel::Sqs,
+            Channel::Kafka,
+            Channel::Nats,
+            Channel::Pusher,
+        ] {
+            let prefix = channel.env_prefix().unwrap_or_default();
+            if v.bool(&format!("{prefix}_ENABLED")) && !AVAILABLE_CHANNELS.contains(&channel) {
+                v.errors.push(format!(
+                    "{prefix}_ENABLED=true, but this build has no {channel} channel yet; set {prefix}_ENABLED=false"
+                ));
+            }
+        }
+        let non_retryable: Vec<u16> = v
+            .raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| match s.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => Some(code),
+                _ => None,
+            })
+            .collect();
+        let listed = v
+            .raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES")
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .count();
+        if non_retryable.len() != listed {
+            let raw = v.raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES").to_owned();
+            v.errors.push(format!(
+                "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES=`{raw}` must be a comma-separated list of HTTP statuses (100-599)"
+            ));
+        }
+        let jitter: f64 = v.number("WEBHOOK_RETRY_JITTER_FACTOR", "a number from 0 to 1");
+        if !(0.0..=1.0).contains(&jitter) {
+            v.errors.push(format!(
+                "WEBHOOK_RETRY_JITTER_FACTOR={jitter} must be between 0 and 1"
+            ));
+        }
+        let max_attempts = u32::try_from(v.positive("WEBHOOK_RETRY_MAX_ATTEMPTS")).unwrap_or(u32::MAX);
+        let webhook_retry = RetryPolicy {
+            max_attempts: Some(max_attempts),
+            initial_delay: Duration::from_secs(
+                v.number("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "a whole number of seconds"),
+            ),
+            exponential: v.bool("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF"),
+            max_delay: Duration::from_secs(
+                v.number("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "a whole number of seconds"),
+            ),
+            jitter_factor: jitter,
+            non_retryable_status_codes: non_retryable,
+        };
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Some(Self {
+            host,
+            port,
+            server_url: v.string("SERVER_URL"),
+            server_name,
+            database,
+            api_key: v.string("AUTHENTICATION_API_KEY").map(Sensitive::new),
+            expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
+            global,
+            webhook_request_timeout: Duration::from_millis(v.positive("WEBHOOK_REQUEST_TIMEOUT_MS")),
+            webhook_retry,
+            webhook_workers: as_usize(v.positive("WEBHOOK_WORKERS")),
+            webhook_ordered: v.bool("WEBHOOK_ORDERED"),
+            max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
+            max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
+            max_backlog: as_usize(v.positive("EVENTS_MAX_BACKLOG")),
+            shutdown_timeout: Duration::from_secs(v.positive("SHUTDOWN_TIMEOUT_SECONDS")),
+            data_dir,
+            values: v.values.clone(),
+        })
+    }
+
+    /// The effective configuration, one `NAME=value` per line, secrets redacted.
+    pub(crate) fn report(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in &self.values {
+            let shown = if is_secret(name) && !value.is_empty() {
+                evolution_events::REDACTED.to_owned()
+            } else if has_credentials(name) {
+                redact_url(value)
+            } else {
+                value.clone()
+            };
+            let _ignored = writeln!(out, "{name}={shown}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let c = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.database, Database::Sqlite(PathBuf::from("./data/evolution.db")));
+        assert_eq!(
+            c.webhook_retry,
+            RetryPolicy {
+                max_attempts: Some(10),
+                ..RetryPolicy::default()
+            }
+        );
+        assert_eq!(c.webhook_request_timeout, Duration::from_secs(60));
+        assert!(!c.global.webhook.enabled);
+        assert_eq!(c.global.naming, NamingProfile::Seed);
+    }
+
+    #[test]
+    fn seed_variables_parse_strictly() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEBHOOK_GLOBAL_ENABLED", "TRUE"),
+                ("WEBHOOK_GLOBAL_URL", "https://u:p@hooks.example/wa?token=s3cret"),
+                ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "yes"),
+                ("WEBHOOK_EVENTS_GROUPS_UPDATE", "1"),
+                ("WEBHOOK_EVENTS_CALL", "no"),
+                ("WEBHOOK_RETRY_MAX_ATTEMPTS", "3"),
+                ("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES", "400, 410"),
+                ("AUTHENTICATION_API_KEY", "0123-secret"),
+                ("EVENT_NAMING", "evolution-v2"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.global.webhook.enabled);
+        assert_eq!(
+            c.global.webhook.events,
+            BTreeSet::from([EventKind::MessagesUpsert, EventKind::GroupsUpdate])
+        );
+        assert_eq!(c.webhook_retry.max_attempts, Some(3));
+        assert_eq!(c.webhook_retry.non_retryable_status_codes, [400, 410]);
+        assert_eq!(
+            c.api_key.as_ref().map(Sensitive::expose),
+            Some("0123-secret"),
+            "no numeric mangling"
+        );
+        assert_eq!(c.global.naming, NamingProfile::EvolutionV2);
+        let report = c.report();
+        assert!(
+            !report.contains("0123-secret") && !report.contains("s3cret") && !report.contains("u:p@"),
+            "{report}"
+        );
+        assert!(report.contains("AUTHENTICATION_API_KEY=**REDACTED**"));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name() {
+        let err = Config::load(
+            None,
+            env(&[
+                ("SERVER_PORT", "80a"),
+                ("WEBHOOK_GLOBAL_ENABLED", "TRUE1"),
+                ("WEBHOOK_RETRY_JITTER_FACTOR", "2"),
+                ("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES", "400,abc"),
+                ("EVENT_NAMING", "v3"),
+                ("DATABASE_CONNECTION_URI", "postgresql://x"),
+                ("RABBITMQ_ENABLED", "true"),
+                ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "maybe"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "SERVER_PORT=`80a`",
+            "WEBHOOK_GLOBAL_ENABLED=`TRUE1` is not a boolean",
+            "WEBHOOK_RETRY_JITTER_FACTOR",
+            "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES",
+            "EVENT_NAMING",
+            "DATABASE_CONNECTION_URI",
+            "RABBITMQ_ENABLED=true",
+            "WEBHOOK_EVENTS_MESSAGES_UPSERT=`maybe`",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn toml_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("evo-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("evolution.toml");
+        std::fs::write(
+            &file,
+            "server_port = 9000\nWEBHOOK_GLOBAL_ENABLED = true\nWEBHOOK_GLOBAL_URL = \"http://a/\"\n\
+             WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES = [400, 404]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("SERVER_PORT", "9100")])).unwrap();
+        assert_eq!(c.port, 9100, "environment wins");
+        assert!(c.global.webhook.enabled);
+        assert_eq!(c.webhook_retry.non_retryable_status_codes, [400, 404]);
+        std::fs::write(&file, "NOT_A_SETTING = 1\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("NOT_A_SETTING: unknown setting"),
+            "{err}"
+        );
+        assert!(Config::load(Some(&dir.join("missing.toml")), env(&[])).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,227 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the REST API, built from the same route
+//! list the server mounts (a test calls every documented operation and checks it exists).
+
+use serde_json::{Value, json};
+
+/// One documented operation.
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<Value>,
+    ok: (&'static str, Value),
+    auth: bool,
+}
+
+fn error_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Error"})
+}
+
+fn events_schema() -> Value {
+    json!({"type": "array", "items": {"type": "string", "description": "Event name: MESSAGES_UPSERT, messages.upsert or messages-upsert"}, "description": "Selected events; empty means every event"})
+}
+
+fn channel_settings() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["enabled"],
+        "properties": {"enabled": {"type": "boolean"}, "events": events_schema()}})
+}
+
+fn webhook_settings() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["enabled", "url"],
+        "properties": {"enabled": {"type": "boolean"}, "url": {"type": "string", "format": "uri"},
+            "events": events_schema(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"}}})
+}
+
+fn pusher_settings() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["enabled", "appId", "key", "secret", "cluster", "useTLS"],
+        "properties": {"enabled": {"type": "boolean"}, "appId": {"type": "string"}, "key": {"type": "string"},
+            "secret": {"type": "string"}, "cluster": {"type": "string"}, "useTLS": {"type": "boolean"},
+            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}})
+}
+
+fn operations() -> Vec<Op> {
+    vec![
+        Op {
+            method: "post",
+            path: "/instance/create",
+            summary: "Create an instance (global apikey only); channel settings may be given; emits INSTANCE_CREATE",
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["instanceName"],
+                "properties": {"instanceName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+                    "token": {"type": "string", "minLength": 8},
+                    "webhook": webhook_settings(), "websocket": channel_settings(), "rabbitmq": channel_settings(),
+                    "sqs": channel_settings(), "kafka": channel_settings(), "nats": channel_settings(),
+                    "pusher": pusher_settings()}}),
+            ),
+            ok: (
+                "201",
+                json!({"type": "object", "properties": {"instance": {"type": "object"}, "hash": {"type": "string", "description": "the instance token"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/instance/fetchInstances",
+            summary: "List instances (an instance token sees only its own)",
+            body: None,
+            ok: ("200", json!({"type": "array", "items": {"type": "object"}})),
+            auth: true,
+        },
+        Op {
+            method: "delete",
+            path: "/instance/delete/{instance}",
+            summary: "Delete an instance; emits INSTANCE_DELETE then REMOVE_INSTANCE",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
+        },
+        Op {
+            method: "post",
+            path: "/{channel}/set/{instance}",
+            summary: "Set one channel's settings: body {\"<channel>\": {...}}",
+            body: Some(
+                json!({"type": "object", "description": "{\"webhook\": WebhookSettings} | {\"pusher\": PusherSettings} | {\"websocket\"|\"rabbitmq\"|\"sqs\"|\"kafka\"|\"nats\": ChannelSettings}",
+                "properties": {"webhook": webhook_settings(), "pusher": pusher_settings(), "websocket": channel_settings(),
+                    "rabbitmq": channel_settings(), "sqs": channel_settings(), "kafka": channel_settings(), "nats": channel_settings()}}),
+            ),
+            ok: (
+                "201",
+                json!({"type": "object", "description": "the stored settings, secrets redacted"}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/{channel}/find/{instance}",
+            summary: "One channel's settings (secrets redacted), or null",
+            body: None,
+            ok: ("200", json!({"type": ["object", "null"]})),
+            auth: true,
+        },
+        Op {
+            method: "post",
+            path: "/events/{instance}",
+            summary: "Accept one event or an array of them; answers after the durable commit",
+            body: Some(
+                json!({"oneOf": [{"$ref": "#/components/schemas/EventInput"}, {"type": "array", "items": {"$ref": "#/components/schemas/EventInput"}}]}),
+            ),
+            ok: (
+                "202",
+                json!({"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string", "format": "uuid"}}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/deliveries/{instance}",
+            summary: "Delivery log, newest first (?status=pending|failed|dead|delivered&channel=&limit=)",
+            body: None,
+            ok: ("200", json!({"type": "array", "items": {"type": "object"}})),
+            auth: true,
+        },
+        Op {
+            method: "post",
+            path: "/deliveries/{id}/retry",
+            summary: "Send one dead delivery again",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "properties": {"redriven": {"type": "integer"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "post",
+            path: "/deliveries/{instance}/redrive",
+            summary: "Send an instance's dead deliveries again (optional body or query: channel, since, until)",
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "properties": {"channel": {"type": "string"}, "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}}}),
+            ),
+            ok: (
+                "200",
+                json!({"type": "object", "properties": {"redriven": {"type": "integer"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/health",
+            summary: "Liveness",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: false,
+        },
+        Op {
+            method: "get",
+            path: "/ready",
+            summary: "Every sink's health check and the storage",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: false,
+        },
+        Op {
+            method: "get",
+            path: "/metrics",
+            summary: "Prometheus metrics",
+            body: None,
+            ok: ("200", json!({"type": "string"})),
+            auth: false,
+        },
+        Op {
+            method: "get",
+            path: "/openapi.json",
+            summary: "This document",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: false,
+        },
+    ]
+}
+
+/// The document.
+pub(crate) fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for op in operations() {
+        let params: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut operation = json!({
+            "summary": op.summary,
+            "parameters": params,
+            "responses": {
+                op.ok.0: {"description": "success", "content": {"application/json": {"schema": op.ok.1}}},
+                "4XX": {"description": "bad input or access", "content": {"application/json": {"schema": error_ref()}}},
+                "503": {"description": "storage or queue unavailable (Retry-After)", "content": {"application/json": {"schema": error_ref()}}},
+            },
+        });
+        if let Some(body) = op.body {
+            operation["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": body}}});
+        }
+        if op.auth {
+            operation["security"] = json!([{"apikey": []}]);
+        }
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "evolution events", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Delivers events to webhook, WebSocket, RabbitMQ, SQS, Kafka, NATS and Pusher."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apikey": {"type": "apiKey", "in": "header", "name": "apikey"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"status": {"type": "integer"}, "error": {"type": "string"},
+                    "response": {"type": "object", "properties": {"message": {"type": "array", "items": {"type": "string"}}}}}},
+                "EventInput": {"type": "object", "additionalProperties": false, "required": ["event"],
+                    "properties": {"event": {"type": "string"}, "data": {}, "sender": {"type": "string"}}},
+            },
+        },
+    })
+}

@@ -1,0 +1,256 @@
+//! Test harness: the real server binary on a free port with its own data directory, and a real
+//! HTTP receiver that records what reaches it.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use serde_json::Value;
+
+pub const API_KEY: &str = "test-global-key-0123456789";
+
+/// A running `evolution-server` process.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub env: HashMap<String, String>,
+    pub client: reqwest::Client,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("evo-{name}-{}-{}", std::process::id(), uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+impl Server {
+    /// Starts the binary with `env` on top of a test baseline, and waits for `/health`.
+    pub async fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let data_dir = temp_dir(name);
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("AUTHENTICATION_API_KEY".into(), API_KEY.into());
+        vars.insert("SERVER_HOST".into(), "127.0.0.1".into());
+        vars.insert("SERVER_DATA_DIR".into(), data_dir.display().to_string());
+        vars.insert("LOG_LEVEL".into(), "warn".into());
+        // Loopback receivers (the SSRF guard refuses private targets unless allowed).
+        vars.insert("WEBHOOK_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+        for (k, v) in env {
+            vars.insert((*k).into(), (*v).into());
+        }
+        Self::spawn(vars, data_dir).await
+    }
+
+    async fn spawn(mut env: HashMap<String, String>, data_dir: PathBuf) -> Self {
+        let port = free_port();
+        env.insert("SERVER_PORT".into(), port.to_string());
+        let child = Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+            .env_clear()
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn evolution-server");
+        let server = Self {
+            child,
+            port,
+            data_dir,
+            env,
+            client: reqwest::Client::new(),
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become healthy in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all).
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// Starts the binary again on the same data directory and environment (new port).
+    pub async fn restart(mut self) -> Self {
+        self.child.try_wait().ok();
+        let env = std::mem::take(&mut self.env);
+        let dir = self.data_dir.clone();
+        std::mem::forget(self);
+        Self::spawn(env, dir).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), self.url(path));
+        if let Some(key) = key {
+            req = req.header("apikey", key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: &'static [u8]) -> (u16, Value) {
+        let resp = self
+            .client
+            .request(method.parse().unwrap(), self.url(path))
+            .header("apikey", API_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.data_dir).ok();
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub raw: String,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    hits: Mutex<Vec<Hit>>,
+    status: Mutex<u16>,
+}
+
+/// A real HTTP receiver on 127.0.0.1 that records every request and answers `status` (200).
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let state = Arc::new(ReceiverState {
+            hits: Mutex::new(Vec::new()),
+            status: Mutex::new(200),
+        });
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        *self.state.status.lock().unwrap() = status;
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests arrived (or `within` passed) and returns them.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
+        let deadline = Instant::now() + within;
+        loop {
+            let hits = self.hits();
+            if hits.len() >= n || Instant::now() > deadline {
+                return hits;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn record(
+    State(state): State<Arc<ReceiverState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let status = *state.status.lock().unwrap();
+    if status < 300 {
+        let raw = String::from_utf8_lossy(&body).into_owned();
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        state.hits.lock().unwrap().push(Hit {
+            path: uri.to_string(),
+            headers,
+            body,
+            raw,
+        });
+    }
+    StatusCode::from_u16(status).unwrap()
+}
