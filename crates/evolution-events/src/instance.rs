@@ -67,6 +67,12 @@ impl fmt::Debug for InstanceName {
     }
 }
 
+impl std::borrow::Borrow<str> for InstanceName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for InstanceName {
     fn as_ref(&self) -> &str {
         &self.0

@@ -5,9 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Sensitive,
-};
+use evolution_events::{EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Sensitive};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
 use evolution_sinks::webhook::{WebhookConfig, WebhookSink};
@@ -15,6 +13,9 @@ use evolution_sinks::{ChannelConfig, DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
+
+/// Webhook deliveries handed to the sink at once.
+const WEBHOOK_BATCH: usize = 16;
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -73,12 +74,15 @@ impl App {
             ..WebhookConfig::default()
         })
         .map_err(StartError::Webhook)?;
+        // The sink sends the events of one destination one after another, each bounded by the
+        // request timeout: the batch deadline is a safety net above that.
         let webhook_config = ChannelConfig {
             retry: config.webhook_retry.clone(),
             workers: config.webhook_workers,
             ordered: Some(config.webhook_ordered),
-            send_timeout: config.webhook_request_timeout + std::time::Duration::from_secs(5),
-            ..ChannelConfig::default_for(Channel::Webhook)
+            batch_size: Some(WEBHOOK_BATCH),
+            send_timeout: config.webhook_request_timeout * u32::try_from(WEBHOOK_BATCH).unwrap_or(u32::MAX)
+                + std::time::Duration::from_secs(5),
         };
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
         let dispatcher = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router)
