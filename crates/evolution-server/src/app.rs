@@ -8,14 +8,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use evolution_events::{EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Sensitive};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
-use evolution_sinks::webhook::{WebhookConfig, WebhookSink};
-use evolution_sinks::{ChannelConfig, DeadNotice, Dispatcher, EmitError, Router};
+use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
-
-/// Webhook deliveries handed to the sink at once.
-const WEBHOOK_BATCH: usize = 16;
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -43,8 +39,8 @@ pub(crate) enum StartError {
     ApiKey { path: String, error: std::io::Error },
     #[error("invalid global channel settings: {0}")]
     Routing(#[from] evolution_events::ValidationErrors),
-    #[error("cannot build the webhook channel: {0}")]
-    Webhook(evolution_events::SinkError),
+    #[error("cannot build the {0} channel: {1}")]
+    Sink(evolution_events::Channel, evolution_events::SinkError),
     #[error("cannot start the dispatcher: {0}")]
     Dispatcher(#[from] evolution_sinks::BuildError),
 }
@@ -64,29 +60,14 @@ impl App {
                 .map_err(|e| StartError::Database(format!("{}: {e}", path.display())))?,
         );
         let router = Router::new(config.global.clone())?;
-        let webhook = WebhookSink::new(WebhookConfig {
-            request_timeout: config.webhook_request_timeout,
-            probe_url: config
-                .global
-                .webhook
-                .enabled
-                .then(|| config.global.webhook.url.clone()),
-            ..WebhookConfig::default()
-        })
-        .map_err(StartError::Webhook)?;
-        // The sink sends the events of one destination one after another, each bounded by the
-        // request timeout: the batch deadline is a safety net above that.
-        let webhook_config = ChannelConfig {
-            retry: config.webhook_retry.clone(),
-            workers: config.webhook_workers,
-            ordered: Some(config.webhook_ordered),
-            batch_size: Some(WEBHOOK_BATCH),
-            send_timeout: config.webhook_request_timeout * u32::try_from(WEBHOOK_BATCH).unwrap_or(u32::MAX)
-                + std::time::Duration::from_secs(5),
-        };
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
-        let dispatcher = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router)
-            .sink_with(Arc::new(webhook), webhook_config)
+        let mut builder = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router);
+        for plan in config.channels.clone() {
+            let channel = plan.channel();
+            let (sink, dispatch) = plan.build().map_err(|e| StartError::Sink(channel, e))?;
+            builder = builder.sink_with(sink, dispatch);
+        }
+        let dispatcher = builder
             .on_dead(move |notice| {
                 if dead_tx.try_send(notice).is_err() {
                     tracing::warn!("too many dead deliveries at once: an ERRORS event was not emitted");

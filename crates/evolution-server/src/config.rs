@@ -2,15 +2,15 @@
 //! specification's variable names. Every malformed value is reported, naming the variable and
 //! what it accepts; startup stops on any.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use evolution_events::{
-    Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, RetryPolicy, Sensitive,
-};
+use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
+use evolution_sinks::build::ChannelPlan;
+use evolution_sinks::env::Vars;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
@@ -105,17 +105,14 @@ const KNOWN: &[(&str, Option<&str>)] = &[
 ];
 
 /// Prefixes of per-event toggles: `<PREFIX><KEY>` (`SQS_GLOBAL_<KEY>` for SQS).
-const TOGGLE_PREFIXES: &[(&str, Channel)] = &[
-    ("WEBHOOK_EVENTS_", Channel::Webhook),
-    ("RABBITMQ_EVENTS_", Channel::Rabbitmq),
-    ("KAFKA_EVENTS_", Channel::Kafka),
-    ("NATS_EVENTS_", Channel::Nats),
-    ("PUSHER_EVENTS_", Channel::Pusher),
-    ("SQS_GLOBAL_", Channel::Sqs),
+const TOGGLE_PREFIXES: &[&str] = &[
+    "WEBHOOK_EVENTS_",
+    "RABBITMQ_EVENTS_",
+    "KAFKA_EVENTS_",
+    "NATS_EVENTS_",
+    "PUSHER_EVENTS_",
+    "SQS_GLOBAL_",
 ];
-
-/// Channels whose sink this build has.
-pub(crate) const AVAILABLE_CHANNELS: &[Channel] = &[Channel::Webhook];
 
 /// Where instances and the outbox live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,10 +133,8 @@ pub(crate) struct Config {
     pub(crate) api_key: Option<Sensitive>,
     pub(crate) expose_in_fetch: bool,
     pub(crate) global: GlobalSettings,
-    pub(crate) webhook_request_timeout: Duration,
-    pub(crate) webhook_retry: RetryPolicy,
-    pub(crate) webhook_workers: usize,
-    pub(crate) webhook_ordered: bool,
+    /// One per channel this build delivers to.
+    pub(crate) channels: Vec<ChannelPlan>,
     pub(crate) max_events_per_request: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_backlog: usize,
@@ -152,75 +147,6 @@ pub(crate) struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub(crate) struct ConfigError(pub(crate) Vec<String>);
-
-struct Vars {
-    values: BTreeMap<String, String>,
-    errors: Vec<String>,
-}
-
-impl Vars {
-    fn raw(&self, name: &str) -> &str {
-        self.values.get(name).map_or("", String::as_str)
-    }
-
-    fn string(&self, name: &str) -> Option<String> {
-        let v = self.raw(name).trim();
-        (!v.is_empty()).then(|| v.to_owned())
-    }
-
-    fn bool(&mut self, name: &str) -> bool {
-        let v = self.raw(name).trim().to_ascii_lowercase();
-        match v.as_str() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" | "" => false,
-            _ => {
-                let raw = self.raw(name).to_owned();
-                self.errors.push(format!(
-                    "{name}=`{raw}` is not a boolean: use true/false, 1/0 or yes/no (any case)"
-                ));
-                false
-            }
-        }
-    }
-
-    fn number<T: std::str::FromStr + Default>(&mut self, name: &str, what: &str) -> T {
-        let raw = self.raw(name).trim().to_owned();
-        match raw.parse() {
-            Ok(v) => v,
-            Err(_) => {
-                self.errors.push(format!("{name}=`{raw}` is not {what}"));
-                T::default()
-            }
-        }
-    }
-
-    fn positive(&mut self, name: &str) -> u64 {
-        let v: u64 = self.number(name, "a whole number");
-        if v == 0 {
-            self.errors.push(format!("{name} must be greater than 0"));
-        }
-        v
-    }
-
-    fn events(&mut self, prefix: &str) -> BTreeSet<EventKind> {
-        let mut out = BTreeSet::new();
-        let keys: Vec<(String, String)> = self
-            .values
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|key| (key.to_owned(), v.clone())))
-            .collect();
-        for (key, _) in keys {
-            let name = format!("{prefix}{key}");
-            let Ok(kind) = EventKind::parse(&key) else {
-                continue; // Not a toggle (e.g. SQS_GLOBAL_ENABLED); unknown ones are reported in `load`.
-            };
-            if self.bool(&name) {
-                out.insert(kind);
-            }
-        }
-        out
-    }
-}
 
 fn is_secret(name: &str) -> bool {
     ["API_KEY", "SECRET", "PASSWORD", "SSL_KEY", "ACCESS_KEY_ID"]
@@ -280,7 +206,7 @@ fn is_known(name: &str) -> bool {
     KNOWN.iter().any(|(k, _)| *k == name)
         || TOGGLE_PREFIXES
             .iter()
-            .any(|(p, _)| name.strip_prefix(p).is_some_and(|k| EventKind::parse(k).is_ok()))
+            .any(|p| name.strip_prefix(p).is_some_and(|k| EventKind::parse(k).is_ok()))
         || name == "WEBHOOK_EVENTS_ERRORS"
 }
 
@@ -345,10 +271,13 @@ impl Config {
             .merge(Serialized::globals(&env))
             .extract()
             .map_err(|e| ConfigError(vec![format!("cannot read the configuration: {e}")]))?;
-        let mut vars = Vars { values, errors };
+        let mut vars = Vars::new(values);
+        for e in errors {
+            vars.error(e);
+        }
         match Self::parse(&mut vars) {
-            Some(config) if vars.errors.is_empty() => Ok(config),
-            _ => Err(ConfigError(vars.errors)),
+            Some(config) if vars.errors().is_empty() => Ok(config),
+            _ => Err(ConfigError(vars.errors().to_vec())),
         }
     }
 
@@ -358,15 +287,14 @@ impl Config {
             Ok(h) => h,
             Err(_) => {
                 let raw = v.raw("SERVER_HOST").to_owned();
-                v.errors.push(format!(
+                v.error(format!(
                     "SERVER_HOST=`{raw}` is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)"
                 ));
                 IpAddr::from([0, 0, 0, 0])
             }
         };
         let named = InstanceName::new(v.raw("SERVER_NAME").trim()).or_else(|e| {
-            v.errors
-                .push(format!("SERVER_NAME (the instance of server-wide events): {e}"));
+            v.error(format!("SERVER_NAME (the instance of server-wide events): {e}"));
             InstanceName::new("evolution")
         });
         let Ok(server_name) = named else {
@@ -384,7 +312,7 @@ impl Config {
                     Database::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)))
                 } else {
                     let scheme = lower.split(':').next().unwrap_or_default();
-                    v.errors.push(format!(
+                    v.error(format!(
                         "DATABASE_CONNECTION_URI: the `{scheme}` scheme is not supported by this build; use \
                          sqlite://PATH (the default is sqlite://{}/evolution.db)",
                         data_dir.display()
@@ -396,7 +324,7 @@ impl Config {
         let naming = match NamingProfile::parse(v.raw("EVENT_NAMING")) {
             Ok(p) => p,
             Err(e) => {
-                v.errors.push(format!("EVENT_NAMING: {e}"));
+                v.error(format!("EVENT_NAMING: {e}"));
                 NamingProfile::Seed
             }
         };
@@ -408,7 +336,7 @@ impl Config {
         global.webhook.url = v.raw("WEBHOOK_GLOBAL_URL").trim().to_owned();
         global.webhook.by_events = v.bool("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS");
         global.webhook.events = v.events("WEBHOOK_EVENTS_");
-        if v.values.contains_key("WEBHOOK_EVENTS_ERRORS")
+        if v.values().contains_key("WEBHOOK_EVENTS_ERRORS")
             && global.webhook.events.contains(&EventKind::Errors)
         {
             global.webhook.errors_url = v.string("WEBHOOK_EVENTS_ERRORS_WEBHOOK");
@@ -459,61 +387,7 @@ impl Config {
                 port: None,
             });
         }
-        for channel in [
-            Channel::Websocket,
-            Channel::Rabbitmq,
-            Channel::Sqs,
-            Channel::Kafka,
-            Channel::Nats,
-            Channel::Pusher,
-        ] {
-            let prefix = channel.env_prefix().unwrap_or_default();
-            if v.bool(&format!("{prefix}_ENABLED")) && !AVAILABLE_CHANNELS.contains(&channel) {
-                v.errors.push(format!(
-                    "{prefix}_ENABLED=true, but this build has no {channel} channel yet; set {prefix}_ENABLED=false"
-                ));
-            }
-        }
-        let non_retryable: Vec<u16> = v
-            .raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| match s.parse::<u16>() {
-                Ok(code) if (100..=599).contains(&code) => Some(code),
-                _ => None,
-            })
-            .collect();
-        let listed = v
-            .raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES")
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .count();
-        if non_retryable.len() != listed {
-            let raw = v.raw("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES").to_owned();
-            v.errors.push(format!(
-                "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES=`{raw}` must be a comma-separated list of HTTP statuses (100-599)"
-            ));
-        }
-        let jitter: f64 = v.number("WEBHOOK_RETRY_JITTER_FACTOR", "a number from 0 to 1");
-        if !(0.0..=1.0).contains(&jitter) {
-            v.errors.push(format!(
-                "WEBHOOK_RETRY_JITTER_FACTOR={jitter} must be between 0 and 1"
-            ));
-        }
-        let max_attempts = u32::try_from(v.positive("WEBHOOK_RETRY_MAX_ATTEMPTS")).unwrap_or(u32::MAX);
-        let webhook_retry = RetryPolicy {
-            max_attempts: Some(max_attempts),
-            initial_delay: Duration::from_secs(
-                v.number("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "a whole number of seconds"),
-            ),
-            exponential: v.bool("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF"),
-            max_delay: Duration::from_secs(
-                v.number("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "a whole number of seconds"),
-            ),
-            jitter_factor: jitter,
-            non_retryable_status_codes: non_retryable,
-        };
+        let channels = evolution_sinks::build::plan(v, &global);
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Some(Self {
             host,
@@ -524,16 +398,13 @@ impl Config {
             api_key: v.string("AUTHENTICATION_API_KEY").map(Sensitive::new),
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
             global,
-            webhook_request_timeout: Duration::from_millis(v.positive("WEBHOOK_REQUEST_TIMEOUT_MS")),
-            webhook_retry,
-            webhook_workers: as_usize(v.positive("WEBHOOK_WORKERS")),
-            webhook_ordered: v.bool("WEBHOOK_ORDERED"),
+            channels,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
             max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
             max_backlog: as_usize(v.positive("EVENTS_MAX_BACKLOG")),
             shutdown_timeout: Duration::from_secs(v.positive("SHUTDOWN_TIMEOUT_SECONDS")),
             data_dir,
-            values: v.values.clone(),
+            values: v.values().clone(),
         })
     }
 
@@ -556,6 +427,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -570,14 +443,9 @@ mod tests {
         let c = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
         assert_eq!(c.port, 8080);
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("./data/evolution.db")));
-        assert_eq!(
-            c.webhook_retry,
-            RetryPolicy {
-                max_attempts: Some(10),
-                ..RetryPolicy::default()
-            }
-        );
-        assert_eq!(c.webhook_request_timeout, Duration::from_secs(60));
+        let webhook = &c.channels[0];
+        assert_eq!(webhook.channel(), evolution_events::Channel::Webhook);
+        assert_eq!(webhook.dispatch.retry, evolution_events::RetryPolicy::default());
         assert!(!c.global.webhook.enabled);
         assert_eq!(c.global.naming, NamingProfile::Seed);
     }
@@ -604,8 +472,11 @@ mod tests {
             c.global.webhook.events,
             BTreeSet::from([EventKind::MessagesUpsert, EventKind::GroupsUpdate])
         );
-        assert_eq!(c.webhook_retry.max_attempts, Some(3));
-        assert_eq!(c.webhook_retry.non_retryable_status_codes, [400, 410]);
+        assert_eq!(c.channels[0].dispatch.retry.max_attempts, Some(3));
+        assert_eq!(
+            c.channels[0].dispatch.retry.non_retryable_status_codes,
+            [400, 410]
+        );
         assert_eq!(
             c.api_key.as_ref().map(Sensitive::expose),
             Some("0123-secret"),
@@ -665,7 +536,10 @@ mod tests {
         let c = Config::load(Some(&file), env(&[("SERVER_PORT", "9100")])).unwrap();
         assert_eq!(c.port, 9100, "environment wins");
         assert!(c.global.webhook.enabled);
-        assert_eq!(c.webhook_retry.non_retryable_status_codes, [400, 404]);
+        assert_eq!(
+            c.channels[0].dispatch.retry.non_retryable_status_codes,
+            [400, 404]
+        );
         std::fs::write(&file, "NOT_A_SETTING = 1\n").unwrap();
         let err = Config::load(Some(&file), env(&[])).unwrap_err();
         assert!(

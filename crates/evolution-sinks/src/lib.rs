@@ -22,7 +22,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod build;
 mod dispatcher;
+pub mod env;
 mod router;
 
 /// The webhook channel (feature `webhook`).
