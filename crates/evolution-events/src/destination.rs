@@ -39,6 +39,10 @@ pub struct WebhookTarget {
     /// Extra request headers (the instance's `headers`), values secret.
     #[serde(default)]
     pub headers: Vec<(String, Sensitive)>,
+    /// Standard Webhooks signing secrets (`whsec_…`): each signs the request (several during a
+    /// rotation); none, no signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_secrets: Vec<Sensitive>,
 }
 
 /// A Socket.IO emission target.

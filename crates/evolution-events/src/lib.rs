@@ -35,6 +35,7 @@ pub use serde_json::value::RawValue;
 pub use settings::{
     ChannelSettings, EventSelection, FieldError, GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs,
     GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors, WebhookSettings,
+    check_signing_secret,
 };
 pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
 pub use uuid::Uuid;

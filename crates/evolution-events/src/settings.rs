@@ -103,6 +103,37 @@ pub struct WebhookSettings {
     pub base64: bool,
     /// Append the event as a path segment of the URL.
     pub by_events: bool,
+    /// Standard Webhooks signing secrets (`secret`: one `whsec_…` string, or several during a
+    /// rotation); none: the global `WEBHOOK_SIGNING_SECRET`, if any, signs.
+    #[serde(
+        rename = "secret",
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "one_or_many"
+    )]
+    pub secrets: Vec<Sensitive>,
+}
+
+fn one_or_many<S: serde::Serializer>(secrets: &[Sensitive], serializer: S) -> Result<S::Ok, S::Error> {
+    match secrets {
+        [one] => one.serialize(serializer),
+        many => many.serialize(serializer),
+    }
+}
+
+/// Checks a Standard Webhooks signing secret: `whsec_` followed by base64 of at least 16 bytes.
+///
+/// # Errors
+/// What is wrong, without the secret.
+pub fn check_signing_secret(secret: &str) -> Result<(), &'static str> {
+    use base64::Engine as _;
+    let Some(encoded) = secret.strip_prefix("whsec_") else {
+        return Err("a signing secret starts with `whsec_` (Standard Webhooks format)");
+    };
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(key) if key.len() >= 16 => Ok(()),
+        Ok(_) => Err("a signing secret holds at least 16 bytes (24 base64 characters after `whsec_`)"),
+        Err(_) => Err("the part after `whsec_` is not valid base64"),
+    }
 }
 
 /// The per-instance Pusher app: `{"enabled","appId","key","secret","cluster","useTLS","events"}`
@@ -291,6 +322,7 @@ impl WebhookSettings {
         let headers = r.headers("headers");
         let base64 = r.bool("base64", Need::Optional);
         let by_events = r.bool("byEvents", Need::Optional);
+        let secrets = r.secrets("secret");
         r.finish();
         Some(Self {
             enabled,
@@ -299,6 +331,7 @@ impl WebhookSettings {
             headers,
             base64,
             by_events,
+            secrets,
         })
     }
 
@@ -308,6 +341,9 @@ impl WebhookSettings {
         let mut copy = self.clone();
         for v in copy.headers.values_mut() {
             *v = v.redacted();
+        }
+        for s in &mut copy.secrets {
+            *s = s.redacted();
         }
         copy
     }
@@ -580,6 +616,36 @@ impl<'a> Reader<'a> {
         out
     }
 
+    fn secrets(&mut self, field: &'static str) -> Vec<Sensitive> {
+        let items: Vec<Value> = match self.get(field, Need::Optional) {
+            None => return Vec::new(),
+            Some(Value::String(s)) => vec![Value::String(s.clone())],
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                let got = type_name(other);
+                self.error(
+                    field,
+                    format!("expected a `whsec_…` string or an array of them, got {got}"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = if items.len() == 1 {
+                field.to_owned()
+            } else {
+                format!("{field}[{i}]")
+            };
+            match item.as_str().map(check_signing_secret) {
+                Some(Ok(())) => out.push(Sensitive::new(item.as_str().unwrap_or_default())),
+                Some(Err(why)) => self.error(&path, why),
+                None => self.error(&path, "expected a `whsec_…` string"),
+            }
+        }
+        out
+    }
+
     fn finish(self) {
         for key in self.obj.keys() {
             if !self.known.contains(&key.as_str()) {
@@ -611,6 +677,9 @@ pub struct GlobalWebhook {
     /// `WEBHOOK_EVENTS_ERRORS_WEBHOOK` (when `WEBHOOK_EVENTS_ERRORS=true`): every `ERRORS` event is also
     /// posted here, whether or not the global webhook is enabled.
     pub errors_url: Option<String>,
+    /// `WEBHOOK_SIGNING_SECRET` (comma-separated during a rotation): Standard Webhooks secrets
+    /// signing every webhook that has no secret of its own.
+    pub signing_secrets: Vec<Sensitive>,
 }
 
 /// Global WebSocket (`WEBSOCKET_*`).

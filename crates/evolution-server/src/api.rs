@@ -173,6 +173,20 @@ fn parse_channel(
     }
 }
 
+/// Refuses a webhook URL that points into a private or special network (SSRF protection), naming
+/// the address and the setting that would allow it.
+async fn check_webhook_target(app: &App, settings: &InstanceSettings, errors: &mut Vec<String>) {
+    let Some(webhook) = &settings.webhook else { return };
+    if webhook.url.is_empty() {
+        return;
+    }
+    if let Err(refused) =
+        evolution_sinks::webhook::network::check_url(&app.config.webhook_guard, &webhook.url).await
+    {
+        errors.push(format!("webhook.url: {refused}"));
+    }
+}
+
 /// One channel's settings as JSON (secrets redacted), or `null`.
 fn channel_json(settings: &InstanceSettings, channel: Channel) -> Value {
     let redacted = settings.redacted();
@@ -252,6 +266,7 @@ async fn create_instance(
     if name.is_none() && !fields.contains_key("instanceName") {
         errors.push("instanceName: is required".to_owned());
     }
+    check_webhook_target(&app, &settings, &mut errors).await;
     if let Some(name) = &name {
         if let Err(e) = app.dispatcher.router().validate_instance(name, &settings) {
             errors.extend(e.0.iter().map(ToString::to_string));
@@ -363,6 +378,9 @@ async fn set_channel(
         .collect();
     let mut settings = record.settings.clone();
     parse_channel(&app, channel, value, &mut settings, &mut errors);
+    if channel == Channel::Webhook && errors.is_empty() {
+        check_webhook_target(&app, &settings, &mut errors).await;
+    }
     if errors.is_empty()
         && let Err(e) = app.dispatcher.router().validate_instance(&record.name, &settings)
     {

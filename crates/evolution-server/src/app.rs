@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use evolution_events::{EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Sensitive};
+use evolution_events::{
+    Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
+};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
 use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
@@ -208,6 +210,9 @@ impl App {
 async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
     while let Some(notice) = notices.recv().await {
         let d = &notice.delivery;
+        if d.channel == Channel::Webhook && d.scope == Scope::Instance && notice.status == Some(410) {
+            disable_webhook(&app, d).await;
+        }
         if d.envelope.kind() == EventKind::Errors {
             continue;
         }
@@ -224,6 +229,32 @@ async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
         if let Err(e) = app.emit(vec![(envelope, None)]).await {
             tracing::warn!(error = %e, "could not emit an ERRORS event");
         }
+    }
+}
+
+/// The receiver answered 410 Gone: it wants no more events, so the instance's webhook is switched
+/// off (its settings are kept; `POST /webhook/set` enables it again).
+async fn disable_webhook(app: &App, delivery: &evolution_events::Delivery) {
+    let Some(record) = app.instance(delivery.envelope.instance().as_str()) else {
+        return;
+    };
+    let mut settings = record.settings.clone();
+    let Some(webhook) = settings.webhook.as_mut().filter(|w| w.enabled) else {
+        return;
+    };
+    webhook.enabled = false;
+    match app.store.update_settings(&record.name, &settings).await {
+        Ok(_) => {
+            tracing::warn!(
+                instance = %record.name, destination = %delivery.destination.label(),
+                "the receiver answered 410 Gone: the instance's webhook is disabled"
+            );
+            app.cache(InstanceRecord {
+                settings,
+                ..(*record).clone()
+            });
+        }
+        Err(e) => tracing::error!(instance = %record.name, error = %e, "could not disable a gone webhook"),
     }
 }
 

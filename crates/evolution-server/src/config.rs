@@ -11,6 +11,7 @@ use std::time::Duration;
 use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
 use evolution_sinks::build::ChannelPlan;
 use evolution_sinks::env::Vars;
+use evolution_sinks::webhook::network::Guard;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
@@ -47,6 +48,9 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ),
     ("WEBHOOK_WORKERS", Some("16")),
     ("WEBHOOK_ORDERED", Some("true")),
+    ("WEBHOOK_ALLOWED_NETWORKS", Some("")),
+    ("WEBHOOK_MAX_CONCURRENCY_PER_HOST", Some("32")),
+    ("WEBHOOK_SIGNING_SECRET", Some("")),
     ("WEBSOCKET_ENABLED", Some("false")),
     ("WEBSOCKET_GLOBAL_EVENTS", Some("false")),
     ("WEBSOCKET_ALLOWED_HOSTS", Some("127.0.0.1,::1,::ffff:127.0.0.1")),
@@ -135,6 +139,8 @@ pub(crate) struct Config {
     pub(crate) global: GlobalSettings,
     /// One per channel this build delivers to.
     pub(crate) channels: Vec<ChannelPlan>,
+    /// Which special-purpose networks webhook URLs may point to (`WEBHOOK_ALLOWED_NETWORKS`).
+    pub(crate) webhook_guard: Guard,
     pub(crate) max_events_per_request: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_backlog: usize,
@@ -387,6 +393,23 @@ impl Config {
                 port: None,
             });
         }
+        let secrets: Vec<String> = v
+            .raw("WEBHOOK_SIGNING_SECRET")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for secret in secrets {
+            match evolution_events::check_signing_secret(&secret) {
+                Ok(()) => global.webhook.signing_secrets.push(Sensitive::new(secret)),
+                Err(why) => v.error(format!(
+                    "WEBHOOK_SIGNING_SECRET: {why} (comma-separate several during a rotation)"
+                )),
+            }
+        }
+        let mut allowed = Vars::new(v.values().clone());
+        let webhook_guard = Guard::new(evolution_sinks::build::allowed_networks(&mut allowed));
         let channels = evolution_sinks::build::plan(v, &global);
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Some(Self {
@@ -399,6 +422,7 @@ impl Config {
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
             global,
             channels,
+            webhook_guard,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
             max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
             max_backlog: as_usize(v.positive("EVENTS_MAX_BACKLOG")),

@@ -48,6 +48,17 @@ pub(crate) fn classify(
             .with_status(status)
             .with_retry(Retry::Never));
         }
+        410 => {
+            return Err(error(
+                ErrorKind::Rejected,
+                format!(
+                    "{answered}: the receiver no longer accepts these events; an instance's webhook is disabled \
+                     (enable it again with POST /webhook/set/{{instance}})"
+                ),
+            )
+            .with_status(status)
+            .with_retry(Retry::Never));
+        }
         408 => ErrorKind::Timeout,
         429 => ErrorKind::RateLimited,
         401 | 403 => ErrorKind::Unauthorized,
@@ -167,6 +178,9 @@ pub(crate) fn transport_class(facts: TransportFacts) -> (ErrorKind, Retry, &'sta
 /// Classifies a request to `label` that got no HTTP answer. `secrets` are texts to hide from the
 /// client's error text (see [`url_secrets`]).
 pub(crate) fn classify_transport(label: &str, e: &reqwest::Error, secrets: &[&str]) -> SinkError {
+    if let Some(refused) = forbidden(e) {
+        return forbidden_error(label, refused);
+    }
     let (kind, retry, what) = transport_class(TransportFacts::of(e));
     // The error's own Display names the URL: describe only its causes.
     let detail = scrub(&chain(e.source()), secrets);
@@ -176,6 +190,23 @@ pub(crate) fn classify_transport(label: &str, e: &reqwest::Error, secrets: &[&st
     } else {
         out.with_source(HttpError(detail))
     }
+}
+
+/// The SSRF refusal in an error's chain, if the resolver refused the target.
+fn forbidden(e: &reqwest::Error) -> Option<&crate::network::Forbidden> {
+    let mut next: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = next {
+        if let Some(refused) = err.downcast_ref::<crate::network::Forbidden>() {
+            return Some(refused);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// A permanent refusal of a target in a special-purpose network.
+pub(crate) fn forbidden_error(label: &str, refused: &crate::network::Forbidden) -> SinkError {
+    error(ErrorKind::Rejected, format!("{label}: {refused}")).with_retry(Retry::Never)
 }
 
 /// The messages of an error chain, joined with `: ` (a message already contained in the previous
@@ -260,7 +291,6 @@ mod tests {
             (404, ErrorKind::Rejected),
             (408, ErrorKind::Timeout),
             (409, ErrorKind::Rejected),
-            (410, ErrorKind::Rejected),
             (413, ErrorKind::Rejected),
             (422, ErrorKind::Rejected),
             (429, ErrorKind::RateLimited),
@@ -283,6 +313,16 @@ mod tests {
             answer(404, None, "").to_string(),
             "webhook sink: rejected: https://hooks.example.com/in answered 404 Not Found (status 404)"
         );
+    }
+
+    #[test]
+    fn gone_is_permanent_and_says_the_webhook_is_disabled() {
+        let e = answer(410, None, "");
+        assert_eq!(
+            (e.kind(), e.retry(), e.status()),
+            (ErrorKind::Rejected, Retry::Never, Some(410))
+        );
+        assert!(e.message().contains("webhook is disabled"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::network::Network;
+
 /// The `User-Agent` sent by default: `evolution-events/<crate version>`.
 pub const DEFAULT_USER_AGENT: &str = concat!("evolution-events/", env!("CARGO_PKG_VERSION"));
 
@@ -33,6 +35,12 @@ pub struct WebhookConfig {
     /// An http(s) URL that `health_check` GETs (any answer below 500 means up). Without it the
     /// health check succeeds: a webhook sink has no single backend.
     pub probe_url: Option<String>,
+    /// Networks that may be reached although they are private, loopback, link-local or otherwise
+    /// special (`WEBHOOK_ALLOWED_NETWORKS`); everything else special is refused (SSRF protection).
+    pub allowed_networks: Vec<Network>,
+    /// Requests in flight to one host at most (`WEBHOOK_MAX_CONCURRENCY_PER_HOST`, default 32); must
+    /// not be zero.
+    pub max_concurrency_per_host: usize,
 }
 
 impl WebhookConfig {
@@ -40,16 +48,21 @@ impl WebhookConfig {
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// The default connect timeout: 10 s.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default cap of requests in flight per host: 32.
+    pub const DEFAULT_MAX_CONCURRENCY_PER_HOST: usize = 32;
 }
 
 impl Default for WebhookConfig {
-    /// 60 s per request, 10 s to connect, `evolution-events/<version>`, no probe.
+    /// 60 s per request, 10 s to connect, `evolution-events/<version>`, no probe, no special network
+    /// allowed, 32 requests per host.
     fn default() -> Self {
         Self {
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             probe_url: None,
+            allowed_networks: Vec::new(),
+            max_concurrency_per_host: Self::DEFAULT_MAX_CONCURRENCY_PER_HOST,
         }
     }
 }

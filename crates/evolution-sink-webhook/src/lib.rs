@@ -87,7 +87,9 @@
 
 mod classify;
 mod config;
+pub mod network;
 mod request;
+pub mod sign;
 mod sink;
 
 pub use config::{DEFAULT_USER_AGENT, WebhookConfig};

@@ -2,18 +2,27 @@
 
 use evolution_events::{ErrorKind, Uuid, WebhookTarget};
 use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
 use crate::classify::error;
 use evolution_events::SinkError;
 
 /// The idempotency key header: the event id, the same on every attempt.
 pub(crate) const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+/// Standard Webhooks: when the request was signed (Unix seconds).
+pub(crate) const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+/// Standard Webhooks: `v1,<signature>` for each secret.
+pub(crate) const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// A destination header whose value is an HS256 key: the sink sends `Authorization: Bearer <JWT>`
+/// signed with it instead (Evolution API's `jwt_key`).
+pub(crate) const JWT_KEY: &str = "jwt_key";
 
 /// Headers a destination cannot set: the sink owns them (the idempotency key, and the framing
 /// headers hyper computes). A destination header with one of these names is ignored.
-pub(crate) const RESERVED: [&str; 5] = [
+pub(crate) const RESERVED: [&str; 7] = [
     "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
     "content-length",
     "transfer-encoding",
     "host",
@@ -46,7 +55,8 @@ pub(crate) fn parse_url(raw: &str, label: &str, what: &str) -> Result<Url, SinkE
 
 /// The headers of a POST of event `event_id` to `target`: `content-type: application/json`,
 /// `user-agent`, then the target's headers (which may replace those two; [`RESERVED`] names are
-/// ignored), and `webhook-id: <event id>`.
+/// ignored; a `jwt_key` header becomes `Authorization: Bearer <JWT>`), `webhook-id: <event id>`,
+/// and with signing secrets `webhook-timestamp` and `webhook-signature` over `body`.
 ///
 /// # Errors
 /// `ConfigInvalid` (never retried) for an invalid header name or value; the value is not shown,
@@ -56,12 +66,15 @@ pub(crate) fn headers(
     user_agent: &HeaderValue,
     event_id: Uuid,
     target: &WebhookTarget,
+    body: &[u8],
+    now: i64,
 ) -> Result<HeaderMap, SinkError> {
     let mut headers = HeaderMap::with_capacity(3 + target.headers.len());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, user_agent.clone());
 
     let mut extra = HeaderMap::with_capacity(target.headers.len());
+    let mut jwt = None;
     for (name, value) in &target.headers {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             error(
@@ -70,6 +83,14 @@ pub(crate) fn headers(
             )
         })?;
         if RESERVED.contains(&header.as_str()) {
+            continue;
+        }
+        if header.as_str() == JWT_KEY {
+            let token = crate::sign::jwt(value.expose(), now);
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| error(ErrorKind::Unexpected, "a JWT is not a header value"))?;
+            bearer.set_sensitive(true);
+            jwt = Some(bearer);
             continue;
         }
         let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
@@ -85,10 +106,22 @@ pub(crate) fn headers(
     }
     // `extend` replaces the defaults a destination sets, keeping every value it gives.
     headers.extend(extra);
+    if let Some(bearer) = jwt {
+        // As in Evolution API, the token replaces any stored Authorization header.
+        headers.insert(AUTHORIZATION, bearer);
+    }
 
-    let id = HeaderValue::from_str(&event_id.hyphenated().to_string())
+    let id = event_id.hyphenated().to_string();
+    let id_value = HeaderValue::from_str(&id)
         .map_err(|_| error(ErrorKind::Unexpected, "the event id is not a header value"))?;
-    headers.insert(WEBHOOK_ID, id);
+    headers.insert(WEBHOOK_ID, id_value);
+    if !target.signing_secrets.is_empty() {
+        let signature = crate::sign::signature(&target.signing_secrets, &id, now, body);
+        let value = HeaderValue::from_str(&signature)
+            .map_err(|_| error(ErrorKind::Unexpected, "a signature is not a header value"))?;
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now));
+        headers.insert(WEBHOOK_SIGNATURE, value);
+    }
     Ok(headers)
 }
 
@@ -100,6 +133,7 @@ mod tests {
 
     fn target(headers: &[(&str, &str)]) -> WebhookTarget {
         WebhookTarget {
+            signing_secrets: Vec::new(),
             url: "https://hooks.example.com/in".into(),
             headers: headers
                 .iter()
@@ -123,6 +157,8 @@ mod tests {
                 ("Webhook-Id", "forged"),
                 ("Content-Length", "1"),
             ]),
+            b"{}",
+            0,
         )
         .unwrap();
         assert_eq!(h["content-type"], "application/json");
@@ -146,6 +182,8 @@ mod tests {
                 ("Content-Type", "application/cloudevents+json"),
                 ("User-Agent", "mine"),
             ]),
+            b"{}",
+            0,
         )
         .unwrap();
         assert_eq!(h["content-type"], "application/cloudevents+json");
@@ -155,7 +193,7 @@ mod tests {
     #[test]
     fn invalid_headers_are_config_errors_without_the_value() {
         let ua = HeaderValue::from_static("ua");
-        let e = headers("l", &ua, Uuid::now_v7(), &target(&[("bad name", "x")])).unwrap_err();
+        let e = headers("l", &ua, Uuid::now_v7(), &target(&[("bad name", "x")]), b"", 0).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
         assert!(!e.is_retryable());
         assert!(e.message().contains("\"bad name\""), "{e}");
@@ -164,11 +202,33 @@ mod tests {
             &ua,
             Uuid::now_v7(),
             &target(&[("x-token", "hunter2\r\nx-evil: 1")]),
+            b"",
+            0,
         )
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.message().contains("x-token"), "{e}");
+    }
+
+    #[test]
+    fn signatures_and_jwt() {
+        let ua = HeaderValue::from_static("ua");
+        let id = Uuid::now_v7();
+        let mut t = target(&[("jwt_key", "k3y"), ("Authorization", "Basic old")]);
+        let h = headers("l", &ua, id, &t, b"{}", 1_700_000_000).unwrap();
+        let bearer = h["authorization"].to_str().unwrap();
+        assert!(
+            bearer.starts_with("Bearer ey"),
+            "the JWT replaces the stored Authorization"
+        );
+        assert!(h.get("jwt_key").is_none(), "the key itself is not sent");
+        assert!(h.get("webhook-signature").is_none(), "no secret, no signature");
+        t.signing_secrets = vec![Sensitive::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+        let h = headers("l", &ua, id, &t, b"{}", 1_700_000_000).unwrap();
+        assert_eq!(h["webhook-timestamp"], "1700000000");
+        let expected = crate::sign::signature(&t.signing_secrets, &id.to_string(), 1_700_000_000, b"{}");
+        assert_eq!(h["webhook-signature"], expected.as_str());
     }
 
     #[test]

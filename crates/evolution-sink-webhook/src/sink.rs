@@ -1,6 +1,7 @@
 //! [`WebhookSink`]: the [`EventSink`] of the webhook channel.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -11,10 +12,12 @@ use evolution_events::{
 use reqwest::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::redirect::Policy;
 use reqwest::{Client, Response, Url};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::classify::{self, HttpError, classify, classify_transport, error, url_secrets};
 use crate::config::WebhookConfig;
+use crate::network::{Guard, GuardedResolver};
 use crate::request;
 
 /// The channel name of this sink (`webhook`).
@@ -54,6 +57,26 @@ struct Shared {
     config: WebhookConfig,
     user_agent: HeaderValue,
     probe: Option<Probe>,
+    guard: Arc<Guard>,
+    /// One permit pool per host (`host:port`), created on first use.
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Shared {
+    /// The permit pool of `url`'s host.
+    fn host_limit(&self, url: &Url) -> Arc<Semaphore> {
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            hosts
+                .entry(host)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency_per_host))),
+        )
+    }
 }
 
 /// The parsed probe URL and its label.
@@ -70,6 +93,12 @@ impl WebhookSink {
     /// `ConfigInvalid` when a timeout is zero, the user agent is not a valid header value, the
     /// probe URL is not an absolute http(s) URL, or the HTTP client cannot be built.
     pub fn new(config: WebhookConfig) -> Result<Self, SinkError> {
+        if config.max_concurrency_per_host == 0 {
+            return Err(error(
+                ErrorKind::ConfigInvalid,
+                "the per-host concurrency (WEBHOOK_MAX_CONCURRENCY_PER_HOST) must be at least 1",
+            ));
+        }
         if config.request_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(error(
                 ErrorKind::ConfigInvalid,
@@ -93,7 +122,9 @@ impl WebhookSink {
                 Some(Probe { url, label })
             }
         };
+        let guard = Arc::new(Guard::new(config.allowed_networks.clone()));
         let client = Client::builder()
+            .dns_resolver(GuardedResolver(Arc::clone(&guard)))
             .redirect(Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -107,6 +138,8 @@ impl WebhookSink {
                 config,
                 user_agent,
                 probe,
+                guard,
+                hosts: Mutex::new(HashMap::new()),
             }),
             client: Mutex::new(Some(client)),
         })
@@ -133,6 +166,7 @@ impl WebhookSink {
 /// The label of a URL: scheme, host, port and path (no user info, no query string).
 fn label_of(url: &str) -> String {
     Destination::Webhook(WebhookTarget {
+        signing_secrets: Vec::new(),
         url: url.to_owned(),
         headers: Vec::new(),
     })
@@ -293,11 +327,33 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
     };
     let label = delivery.destination.label();
     let url = request::parse_url(&target.url, &label, "the webhook URL")?;
-    let headers = request::headers(&label, &shared.user_agent, delivery.envelope.id(), target)?;
+    // Names are checked by the client's resolver; IP literals never reach it.
+    if let Some(ip) = literal_ip(&url)
+        && let Err(refused) = shared.guard.check(ip)
+    {
+        return Err(classify::forbidden_error(&label, &refused));
+    }
+    let body = delivery.payload();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let headers = request::headers(
+        &label,
+        &shared.user_agent,
+        delivery.envelope.id(),
+        target,
+        &body,
+        now,
+    )?;
+    let limit = shared.host_limit(&url);
+    let _permit = limit
+        .acquire()
+        .await
+        .map_err(|_| error(ErrorKind::Closed, "the webhook sink is shut down"))?;
     let response = client
         .post(url.clone())
         .headers(headers)
-        .body(delivery.payload())
+        .body(body)
         .send()
         .await
         .map_err(|e| classify_transport(&label, &e, &url_secrets(&target.url, &url)))?;
@@ -316,6 +372,15 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
         &body,
         SystemTime::now(),
     )
+}
+
+/// The host of `url` if it is an IP address.
+fn literal_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// The `Retry-After` header, if it is text.

@@ -33,7 +33,7 @@ async fn webhook() -> Result<WebhookFixture, Skip> {
     let sink = WebhookSink::new(WebhookConfig {
         request_timeout: Duration::from_secs(20),
         probe_url: Some(receiver.url("/health")),
-        ..WebhookConfig::default()
+        ..loopback()
     })
     .map_err(|e| Skip::new(format!("cannot build the webhook sink: {e}")))?;
     Ok(WebhookFixture {
@@ -60,6 +60,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            signing_secrets: Vec::new(),
             url: self.receiver.url(&format!("/hook/{}", Uuid::now_v7())),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })
@@ -84,7 +85,7 @@ impl ContractFixture for WebhookFixture {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             probe_url: Some(format!("http://127.0.0.1:{}/health", self.closed_port)),
-            ..WebhookConfig::default()
+            ..loopback()
         })
         .unwrap();
         Arc::new(sink)
@@ -92,6 +93,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn unreachable_destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            signing_secrets: Vec::new(),
             url: format!("http://127.0.0.1:{}/hook/{}", self.closed_port, Uuid::now_v7()),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })
@@ -99,3 +101,12 @@ impl ContractFixture for WebhookFixture {
 }
 
 contract_suite!(webhook);
+
+/// The default settings, allowing the loopback receivers of these tests (SSRF protection refuses
+/// them otherwise).
+fn loopback() -> WebhookConfig {
+    WebhookConfig {
+        allowed_networks: evolution_sink_webhook::network::parse_networks("127.0.0.0/8").unwrap(),
+        ..WebhookConfig::default()
+    }
+}

@@ -25,13 +25,14 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 fn sink() -> WebhookSink {
     WebhookSink::new(WebhookConfig {
         request_timeout: Duration::from_secs(10),
-        ..WebhookConfig::default()
+        ..loopback()
     })
     .unwrap()
 }
 
 fn target(url: String, headers: &[(&str, &str)]) -> Destination {
     Destination::Webhook(WebhookTarget {
+        signing_secrets: Vec::new(),
         url,
         headers: headers
             .iter()
@@ -171,7 +172,7 @@ async fn a_slow_receiver_times_out() {
     let receiver = Receiver::with(|_, _| Reply::ok().after(Duration::from_secs(2))).await;
     let sink = WebhookSink::new(WebhookConfig {
         request_timeout: Duration::from_millis(300),
-        ..WebhookConfig::default()
+        ..loopback()
     })
     .unwrap();
     let started = Instant::now();
@@ -332,7 +333,7 @@ async fn secrets_never_appear_in_errors() {
     };
     let sink = WebhookSink::new(WebhookConfig {
         request_timeout: Duration::from_millis(500),
-        ..WebhookConfig::default()
+        ..loopback()
     })
     .unwrap();
     let headers = [("Authorization", SECRET), ("X-Api-Key", SECRET)];
@@ -401,7 +402,7 @@ async fn health_check_uses_the_probe() {
     let probing = |url: String| {
         WebhookSink::new(WebhookConfig {
             probe_url: Some(url),
-            ..WebhookConfig::default()
+            ..loopback()
         })
         .unwrap()
     };
@@ -433,4 +434,56 @@ async fn health_check_uses_the_probe() {
         closed_sink.health_check().await.unwrap_err().kind(),
         ErrorKind::Closed
     );
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_permanently_unless_allowed() {
+    let receiver = Receiver::start().await;
+    let port = receiver.base().rsplit(':').next().unwrap().to_owned();
+    let strict = WebhookSink::new(WebhookConfig::default()).unwrap();
+    for url in [
+        receiver.url("/x"),
+        format!("http://localhost:{port}/x"),
+        "http://10.0.0.1/x".to_owned(),
+        "http://[::1]/x".to_owned(),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let report = send(&strict, &[delivery(&target(url.clone(), &[]))]).await;
+        let (_, e) = &report.failures()[0];
+        assert_eq!(
+            (e.kind(), e.retry()),
+            (ErrorKind::Rejected, Retry::Never),
+            "{url}: {e}"
+        );
+        assert!(e.message().contains("WEBHOOK_ALLOWED_NETWORKS"), "{e}");
+    }
+    assert!(receiver.all().is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn signed_requests_verify_and_jwt_replaces_authorization() {
+    let receiver = Receiver::start().await;
+    let secret = Sensitive::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let mut t = target(receiver.url("/signed"), &[("jwt_key", "k3y")]);
+    if let Destination::Webhook(w) = &mut t {
+        w.signing_secrets = vec![secret.clone()];
+    }
+    let report = send(&sink(), &[delivery(&t)]).await;
+    assert!(report.is_success(), "{report:?}");
+    let got = receiver.requests("/signed");
+    let r = &got[0];
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    let expected = evolution_sink_webhook::sign::signature(&[secret], r.header("webhook-id"), ts, &r.body);
+    assert_eq!(r.header("webhook-signature"), expected);
+    assert!(r.header("authorization").starts_with("Bearer "));
+    assert!(r.headers.get("jwt_key").is_none());
+}
+
+/// The default settings, allowing the loopback receivers of these tests (SSRF protection refuses
+/// them otherwise).
+fn loopback() -> WebhookConfig {
+    WebhookConfig {
+        allowed_networks: evolution_sink_webhook::network::parse_networks("127.0.0.0/8").unwrap(),
+        ..WebhookConfig::default()
+    }
 }

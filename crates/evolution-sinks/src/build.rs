@@ -84,7 +84,21 @@ pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
     plans
 }
 
-/// `WEBHOOK_REQUEST_TIMEOUT_MS`, `WEBHOOK_RETRY_*`, `WEBHOOK_WORKERS`, `WEBHOOK_ORDERED`.
+/// `WEBHOOK_ALLOWED_NETWORKS`: the special-purpose networks webhooks may reach anyway (SSRF
+/// protection refuses the rest).
+#[cfg(feature = "webhook")]
+pub fn allowed_networks(vars: &mut Vars) -> Vec<evolution_sink_webhook::network::Network> {
+    match evolution_sink_webhook::network::parse_networks(vars.raw("WEBHOOK_ALLOWED_NETWORKS")) {
+        Ok(networks) => networks,
+        Err(e) => {
+            vars.error(format!("WEBHOOK_ALLOWED_NETWORKS: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// `WEBHOOK_REQUEST_TIMEOUT_MS`, `WEBHOOK_RETRY_*`, `WEBHOOK_WORKERS`, `WEBHOOK_ORDERED`,
+/// `WEBHOOK_ALLOWED_NETWORKS`, `WEBHOOK_MAX_CONCURRENCY_PER_HOST`.
 #[cfg(feature = "webhook")]
 fn webhook(vars: &mut Vars, global: &GlobalSettings) -> ChannelPlan {
     let name = "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES";
@@ -132,9 +146,12 @@ fn webhook(vars: &mut Vars, global: &GlobalSettings) -> ChannelPlan {
         send_timeout: request_timeout.saturating_mul(batch) + Duration::from_secs(5),
         ordered: Some(vars.bool("WEBHOOK_ORDERED")),
     };
+    let max_per_host = vars.positive("WEBHOOK_MAX_CONCURRENCY_PER_HOST");
     let config = evolution_sink_webhook::WebhookConfig {
         request_timeout,
         probe_url: global.webhook.enabled.then(|| global.webhook.url.clone()),
+        allowed_networks: allowed_networks(vars),
+        max_concurrency_per_host: usize::try_from(max_per_host).unwrap_or(usize::MAX),
         ..evolution_sink_webhook::WebhookConfig::default()
     };
     ChannelPlan {

@@ -113,6 +113,8 @@ pub struct DeadNotice {
     pub delivery: Delivery,
     /// Why it was given up (no secrets).
     pub error: String,
+    /// The protocol status of the last answer (an HTTP status), if any.
+    pub status: Option<u16>,
 }
 
 /// Called for every delivery given up, after the outbox recorded it.
@@ -588,11 +590,13 @@ impl Worker {
                                 attempt = delivery.attempt, destination = %delivery.destination.label(),
                                 %reason, %error, "delivery is dead"
                             );
+                            let status = error.status();
                             let error = format!("{reason}: {error}");
                             if self.on_dead.is_some() {
                                 dead.push(DeadNotice {
                                     delivery: delivery.clone(),
                                     error: error.clone(),
+                                    status,
                                 });
                             }
                             Outcome::Dead { error }

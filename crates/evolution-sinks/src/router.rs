@@ -215,7 +215,15 @@ impl Router {
                 routes,
                 Channel::Webhook,
                 Scope::Instance,
-                Destination::Webhook(WebhookTarget { url, headers }),
+                Destination::Webhook(WebhookTarget {
+                    url,
+                    headers,
+                    signing_secrets: if w.secrets.is_empty() {
+                        g.webhook.signing_secrets.clone()
+                    } else {
+                        w.secrets.clone()
+                    },
+                }),
             );
         }
         if (g.websocket.enabled || all_selected) && settings.websocket.is_some() && wants(Channel::Websocket)
@@ -277,6 +285,7 @@ impl Router {
             let target = WebhookTarget {
                 url,
                 headers: Vec::new(),
+                signing_secrets: g.webhook.signing_secrets.clone(),
             };
             push(
                 routes,
@@ -291,6 +300,7 @@ impl Router {
             let target = WebhookTarget {
                 url: url.clone(),
                 headers: Vec::new(),
+                signing_secrets: g.webhook.signing_secrets.clone(),
             };
             push(
                 routes,

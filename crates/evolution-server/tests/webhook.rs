@@ -1,0 +1,443 @@
+//! The webhook channel end to end through the server: signatures checked by an independent
+//! verifier, byEvents URLs, filters, retries with the seed's settings, SSRF refusal, 410.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{API_KEY, Receiver, Server};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_2: &str = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
+
+async fn instance(server: &Server, name: &str, webhook: Value) {
+    let (status, body) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(API_KEY),
+            Some(json!({"instanceName": name, "webhook": webhook})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn post(server: &Server, instance: &str, events: Value) -> Vec<String> {
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/events/{instance}"),
+            Some(API_KEY),
+            Some(events),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn deliveries(server: &Server, instance: &str, status: &str) -> Vec<Value> {
+    let path = format!("/deliveries/{instance}?status={status}");
+    server
+        .call("GET", &path, Some(API_KEY), None)
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn wait_dead(server: &Server, instance: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let dead = deliveries(server, instance, "dead").await;
+        if dead.len() >= n || std::time::Instant::now() > deadline {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Python interpreter with PyPI `standardwebhooks` (`scripts/services up verifier`).
+fn verifier() -> Option<String> {
+    match std::env::var("EVOLUTION_TEST_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) => {
+            panic!("EVOLUTION_TEST_PYTHON is not set in CI: run `scripts/services up verifier`")
+        }
+        Err(_) => {
+            eprintln!("skipped: set EVOLUTION_TEST_PYTHON (eval \"$(scripts/services env)\")");
+            None
+        }
+    }
+}
+
+/// Verifies a request with the `standardwebhooks` package: Ok, or the verifier's error.
+fn verify(python: &str, secret: &str, hit: &common::Hit, body: &str) -> Result<(), String> {
+    let header = |name: &str| hit.headers[name].to_str().unwrap().to_owned();
+    let headers = json!({
+        "webhook-id": header("webhook-id"),
+        "webhook-timestamp": header("webhook-timestamp"),
+        "webhook-signature": header("webhook-signature"),
+    });
+    let script = "import json, sys\nfrom standardwebhooks.webhooks import Webhook\n\
+                  secret, headers, body = sys.argv[1], json.loads(sys.argv[2]), sys.stdin.read()\n\
+                  Webhook(secret).verify(body, headers)\nprint('verified')";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script, secret, &headers.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified") {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn signatures_verify_with_the_standardwebhooks_package() {
+    let Some(python) = verifier() else { return };
+    let receiver = Receiver::start().await;
+    let server = Server::start("signed", &[("WEBHOOK_SIGNING_SECRET", SECRET)]).await;
+    // One instance signed with the global secret, one with its own pair during a rotation.
+    instance(
+        &server,
+        "global-secret",
+        json!({"url": receiver.url("/a"), "events": ["MESSAGES_UPSERT"]}),
+    )
+    .await;
+    instance(
+        &server,
+        "rotating",
+        json!({"url": receiver.url("/b"), "events": ["MESSAGES_UPSERT"], "secret": [SECRET_2, SECRET]}),
+    )
+    .await;
+    post(
+        &server,
+        "global-secret",
+        json!({"event": "MESSAGES_UPSERT", "data": {"text": "olá 👋"}}),
+    )
+    .await;
+    post(
+        &server,
+        "rotating",
+        json!({"event": "MESSAGES_UPSERT", "data": {"text": "tchau"}}),
+    )
+    .await;
+    let hits = receiver.wait_for(2, WAIT).await;
+    assert_eq!(hits.len(), 2);
+    let a = hits.iter().find(|h| h.path == "/a").unwrap();
+    let b = hits.iter().find(|h| h.path == "/b").unwrap();
+    verify(&python, SECRET, a, &a.raw).unwrap();
+    assert_eq!(
+        a.headers["webhook-id"].to_str().unwrap(),
+        a.body["id"].as_str().unwrap()
+    );
+    verify(&python, SECRET_2, b, &b.raw).unwrap();
+    verify(&python, SECRET, b, &b.raw).unwrap();
+    // The verifier really checks: a changed body or another secret fails.
+    let tampered = a.raw.replace("olá", "ola");
+    assert!(verify(&python, SECRET, a, &tampered).is_err());
+    assert!(verify(&python, SECRET_2, a, &a.raw).is_err());
+    // The secrets never come back from the API.
+    let (_, found) = server
+        .call("GET", "/webhook/find/rotating", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["secret"], json!(["**REDACTED**", "**REDACTED**"]));
+    let (status, body) = server
+        .call(
+            "POST",
+            "/webhook/set/rotating",
+            Some(API_KEY),
+            Some(json!({"webhook": {"enabled": true, "url": receiver.url("/b"), "secret": "not-a-secret"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("webhook.secret"), "{body}");
+}
+
+#[tokio::test]
+async fn by_events_urls_headers_and_filters() {
+    let receiver = Receiver::start().await;
+    let server = Server::start("byevents", &[]).await;
+    instance(
+        &server,
+        "acme",
+        json!({"url": receiver.url("/hook/?token=abc"), "byEvents": true, "headers": {"X-Api": "k"}}),
+    )
+    .await;
+    let all: Vec<Value> = evolution_events::EventKind::all()
+        .filter(|k| *k != evolution_events::EventKind::InstanceCreate)
+        .map(|k| json!({"event": k.wire(), "data": {}}))
+        .collect();
+    let n = all.len();
+    post(&server, "acme", Value::Array(all)).await;
+    let hits = receiver.wait_for(n + 1, WAIT).await;
+    let mut paths: Vec<String> = hits.iter().map(|h| h.path.clone()).collect();
+    paths.sort();
+    let mut expected: Vec<String> = evolution_events::EventKind::all()
+        .map(|k| format!("/hook/{}?token=abc", k.key()))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        paths, expected,
+        "one URL per event (INSTANCE_CREATE included), query kept"
+    );
+    assert!(hits.iter().all(|h| h.headers["x-api"] == "k"));
+
+    // An event filter: only CALL.
+    let (status, _) = server
+        .call(
+            "POST",
+            "/webhook/set/acme",
+            Some(API_KEY),
+            Some(json!({"webhook": {"enabled": true, "url": receiver.url("/only"), "events": ["CALL"]}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    post(
+        &server,
+        "acme",
+        json!([{"event": "MESSAGES_UPSERT"}, {"event": "CALL"}, {"event": "CHATS_SET"}]),
+    )
+    .await;
+    let hits = receiver.wait_for(n + 2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all_hits = receiver.hits();
+    let only: Vec<&str> = all_hits
+        .iter()
+        .filter(|h| h.path == "/only")
+        .map(|h| h.body["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(only, ["CALL"], "{hits:?}");
+}
+
+#[tokio::test]
+async fn retries_follow_the_seed_settings_and_non_retryable_statuses_die_at_once() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let server = Server::start(
+        "retries",
+        &[
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "3"),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "2"),
+            ("WEBHOOK_RETRY_JITTER_FACTOR", "0"),
+        ],
+    )
+    .await;
+    instance(
+        &server,
+        "acme",
+        json!({"url": receiver.url("/hook"), "events": ["CALL"]}),
+    )
+    .await;
+    post(&server, "acme", json!({"event": "CALL"})).await;
+    let dead = wait_dead(&server, "acme", 1).await;
+    assert_eq!(dead.len(), 1, "three 500s, then dead");
+    let log = dead[0]["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(
+        log.iter()
+            .all(|a| a["status"] == 500 && a["outcome"] != "delivered")
+    );
+    let at = |i: usize| chrono_ms(log[i]["at"].as_str().unwrap());
+    let (first, second) = (at(1) - at(0), at(2) - at(1));
+    assert!(
+        (900..2000).contains(&first),
+        "1 s after the first failure: {first} ms"
+    );
+    assert!(
+        (1900..3000).contains(&second),
+        "2 s (doubled, capped) after the second: {second} ms"
+    );
+
+    receiver.set_status(422);
+    post(&server, "acme", json!({"event": "CALL"})).await;
+    let dead = wait_dead(&server, "acme", 2).await;
+    let newest = &dead[0];
+    assert_eq!(
+        newest["attempts"], 1,
+        "422 is in WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES: {newest}"
+    );
+}
+
+fn chrono_ms(rfc3339: &str) -> i64 {
+    let t: chrono::DateTime<chrono::Utc> = rfc3339.parse().unwrap();
+    t.timestamp_millis()
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_for_a_while_then_receives_everything() {
+    let port = common::free_port();
+    let server = Server::start(
+        "down",
+        &[
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "60"),
+        ],
+    )
+    .await;
+    instance(
+        &server,
+        "acme",
+        json!({"url": format!("http://127.0.0.1:{port}/hook"), "events": ["MESSAGES_UPSERT"]}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let batch: Vec<Value> = (0..10)
+            .map(|j| json!({"event": "MESSAGES_UPSERT", "data": {"n": i * 10 + j}}))
+            .collect();
+        ids.extend(post(&server, "acme", Value::Array(batch)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed = deliveries(&server, "acme", "failed").await;
+    assert!(!failed.is_empty(), "attempts failed while the receiver was down");
+    let receiver = Receiver::start_on(port).await;
+    let hits = receiver.wait_for(50, WAIT).await;
+    let got: std::collections::HashSet<&str> = hits.iter().map(|h| h.body["id"].as_str().unwrap()).collect();
+    assert!(
+        ids.iter().all(|id| got.contains(id.as_str())),
+        "every event arrived"
+    );
+    let seqs: Vec<u64> = hits
+        .iter()
+        .map(|h| h.body["sequence"].as_u64().unwrap())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 50);
+    let last_copy_order: Vec<u64> = {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<u64> = seqs.iter().rev().filter(|s| seen.insert(**s)).copied().collect();
+        out.reverse();
+        out
+    };
+    assert!(
+        last_copy_order.windows(2).all(|w| w[0] < w[1]),
+        "in order per instance: {seqs:?}"
+    );
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_at_set_time_and_at_delivery() {
+    let receiver = Receiver::start().await;
+    let global = receiver.url("/global");
+    let server = Server::start(
+        "ssrf",
+        &[
+            ("WEBHOOK_ALLOWED_NETWORKS", ""),
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", &global),
+            ("WEBHOOK_EVENTS_CALL", "true"),
+        ],
+    )
+    .await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(API_KEY),
+            Some(json!({"instanceName": "acme", "webhook": {"url": "http://127.0.0.1:9/x"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let message = body["response"]["message"].to_string();
+    assert!(
+        message.contains("webhook.url")
+            && message.contains("127.0.0.1")
+            && message.contains("WEBHOOK_ALLOWED_NETWORKS"),
+        "{message}"
+    );
+    let (status, _) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(API_KEY),
+            Some(json!({"instanceName": "acme"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for url in [
+        "http://localhost:9/x",
+        "http://10.1.2.3/x",
+        "http://[::1]:9/x",
+        "http://169.254.169.254/",
+    ] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/webhook/set/acme",
+                Some(API_KEY),
+                Some(json!({"webhook": {"enabled": true, "url": url}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+    }
+    // The global webhook (from the environment) points at loopback: refused when connecting.
+    post(&server, "acme", json!({"event": "CALL"})).await;
+    let dead = wait_dead(&server, "acme", 1).await;
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("loopback") && error.contains("WEBHOOK_ALLOWED_NETWORKS"),
+        "{error}"
+    );
+    assert_eq!(dead[0]["attempts"], 1, "a refusal is permanent");
+    assert!(receiver.hits().is_empty());
+}
+
+#[tokio::test]
+async fn gone_disables_the_instance_webhook() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(410);
+    let server = Server::start("gone", &[]).await;
+    instance(
+        &server,
+        "acme",
+        json!({"url": receiver.url("/hook"), "events": ["CALL"]}),
+    )
+    .await;
+    post(&server, "acme", json!({"event": "CALL"})).await;
+    let dead = wait_dead(&server, "acme", 1).await;
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("webhook is disabled"),
+        "{}",
+        dead[0]
+    );
+    let mut found = Value::Null;
+    for _ in 0..50 {
+        found = server
+            .call("GET", "/webhook/find/acme", Some(API_KEY), None)
+            .await
+            .1;
+        if found["enabled"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found["enabled"], false, "{found}");
+    assert_eq!(found["events"], json!(["CALL"]), "the settings are kept");
+    receiver.set_status(200);
+    post(&server, "acme", json!({"event": "CALL"})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.hits().is_empty(), "nothing is sent to a gone receiver");
+}
