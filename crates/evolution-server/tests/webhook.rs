@@ -441,3 +441,44 @@ async fn gone_disables_the_instance_webhook() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.hits().is_empty(), "nothing is sent to a gone receiver");
 }
+
+/// A receiver that answers every request after `delay`.
+async fn slow_receiver(delay: Duration) -> String {
+    let app = axum::Router::new().fallback(move || async move {
+        tokio::time::sleep(delay).await;
+        "late"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_slow_receiver_does_not_hold_up_the_others() {
+    for ordered in ["true", "false"] {
+        let fast = Receiver::start().await;
+        let slow = slow_receiver(Duration::from_secs(5)).await;
+        let server = Server::start("isolation", &[("WEBHOOK_ORDERED", ordered)]).await;
+        instance(&server, "slow", json!({"url": slow, "events": ["CALL"]})).await;
+        instance(
+            &server,
+            "fast",
+            json!({"url": fast.url("/fast"), "events": ["CALL"]}),
+        )
+        .await;
+        let calls: Vec<Value> = (0..100)
+            .map(|i| json!({"event": "CALL", "data": {"n": i}}))
+            .collect();
+        post(&server, "slow", Value::Array(calls.clone())).await;
+        let start = std::time::Instant::now();
+        post(&server, "fast", Value::Array(calls)).await;
+        let hits = fast.wait_for(100, WAIT).await;
+        assert_eq!(hits.len(), 100, "WEBHOOK_ORDERED={ordered}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "WEBHOOK_ORDERED={ordered}: the fast receiver waited {:?} behind the slow one",
+            start.elapsed()
+        );
+    }
+}

@@ -62,7 +62,7 @@ pub(crate) fn parse_url(raw: &str, label: &str, what: &str) -> Result<Url, SinkE
 /// `ConfigInvalid` (never retried) for an invalid header name or value; the value is not shown,
 /// `label` names the destination.
 pub(crate) fn headers(
-    label: &str,
+    label: &dyn Fn() -> String,
     user_agent: &HeaderValue,
     event_id: Uuid,
     target: &WebhookTarget,
@@ -79,7 +79,10 @@ pub(crate) fn headers(
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             error(
                 ErrorKind::ConfigInvalid,
-                format!("{label}: header name {name:?} is not a valid HTTP header name"),
+                format!(
+                    "{}: header name {name:?} is not a valid HTTP header name",
+                    label()
+                ),
             )
         })?;
         if RESERVED.contains(&header.as_str()) {
@@ -97,7 +100,8 @@ pub(crate) fn headers(
             error(
                 ErrorKind::ConfigInvalid,
                 format!(
-                    "{label}: the value of header {name:?} is not a valid HTTP header value (value not shown)"
+                    "{}: the value of header {name:?} is not a valid HTTP header value (value not shown)",
+                    label()
                 ),
             )
         })?;
@@ -147,7 +151,7 @@ mod tests {
         let ua = HeaderValue::from_static("evolution-events/test");
         let id = Uuid::now_v7();
         let h = headers(
-            "l",
+            &|| "l".to_owned(),
             &ua,
             id,
             &target(&[
@@ -175,7 +179,7 @@ mod tests {
     fn a_destination_may_replace_content_type_and_user_agent() {
         let ua = HeaderValue::from_static("evolution-events/test");
         let h = headers(
-            "l",
+            &|| "l".to_owned(),
             &ua,
             Uuid::now_v7(),
             &target(&[
@@ -193,12 +197,20 @@ mod tests {
     #[test]
     fn invalid_headers_are_config_errors_without_the_value() {
         let ua = HeaderValue::from_static("ua");
-        let e = headers("l", &ua, Uuid::now_v7(), &target(&[("bad name", "x")]), b"", 0).unwrap_err();
+        let e = headers(
+            &|| "l".to_owned(),
+            &ua,
+            Uuid::now_v7(),
+            &target(&[("bad name", "x")]),
+            b"",
+            0,
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
         assert!(!e.is_retryable());
         assert!(e.message().contains("\"bad name\""), "{e}");
         let e = headers(
-            "l",
+            &|| "l".to_owned(),
             &ua,
             Uuid::now_v7(),
             &target(&[("x-token", "hunter2\r\nx-evil: 1")]),
@@ -216,7 +228,7 @@ mod tests {
         let ua = HeaderValue::from_static("ua");
         let id = Uuid::now_v7();
         let mut t = target(&[("jwt_key", "k3y"), ("Authorization", "Basic old")]);
-        let h = headers("l", &ua, id, &t, b"{}", 1_700_000_000).unwrap();
+        let h = headers(&|| "l".to_owned(), &ua, id, &t, b"{}", 1_700_000_000).unwrap();
         let bearer = h["authorization"].to_str().unwrap();
         assert!(
             bearer.starts_with("Bearer ey"),
@@ -225,7 +237,7 @@ mod tests {
         assert!(h.get("jwt_key").is_none(), "the key itself is not sent");
         assert!(h.get("webhook-signature").is_none(), "no secret, no signature");
         t.signing_secrets = vec![Sensitive::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
-        let h = headers("l", &ua, id, &t, b"{}", 1_700_000_000).unwrap();
+        let h = headers(&|| "l".to_owned(), &ua, id, &t, b"{}", 1_700_000_000).unwrap();
         assert_eq!(h["webhook-timestamp"], "1700000000");
         let expected = crate::sign::signature(&t.signing_secrets, &id.to_string(), 1_700_000_000, b"{}");
         assert_eq!(h["webhook-signature"], expected.as_str());

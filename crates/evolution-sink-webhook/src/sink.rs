@@ -65,17 +65,14 @@ struct Shared {
 impl Shared {
     /// The permit pool of `url`'s host.
     fn host_limit(&self, url: &Url) -> Arc<Semaphore> {
-        let host = format!(
-            "{}:{}",
-            url.host_str().unwrap_or_default(),
-            url.port_or_known_default().unwrap_or(0)
-        );
+        let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            hosts
-                .entry(host)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency_per_host))),
-        )
+        if let Some(limit) = hosts.get(host) {
+            return Arc::clone(limit);
+        }
+        let limit = Arc::new(Semaphore::new(self.config.max_concurrency_per_host));
+        hosts.insert(host.to_owned(), Arc::clone(&limit));
+        limit
     }
 }
 
@@ -325,13 +322,23 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
     let Destination::Webhook(target) = &*delivery.destination else {
         return Err(not_a_webhook(&delivery.destination));
     };
-    let label = delivery.destination.label();
-    let url = request::parse_url(&target.url, &label, "the webhook URL")?;
+    // The label (the URL without its secrets) is only needed for errors: built lazily.
+    let label = || delivery.destination.label();
+    let url = match Url::parse(&target.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+        _ => {
+            return Err(request::parse_url(&target.url, &label(), "the webhook URL")
+                .err()
+                .unwrap_or_else(|| {
+                    error(ErrorKind::ConfigInvalid, "the webhook URL is not an http(s) URL")
+                }));
+        }
+    };
     // Names are checked by the client's resolver; IP literals never reach it.
     if let Some(ip) = literal_ip(&url)
         && let Err(refused) = shared.guard.check(ip)
     {
-        return Err(classify::forbidden_error(&label, &refused));
+        return Err(classify::forbidden_error(&label(), &refused));
     }
     let body = delivery.payload();
     let now = SystemTime::now()
@@ -356,17 +363,17 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
         .body(body)
         .send()
         .await
-        .map_err(|e| classify_transport(&label, &e, &url_secrets(&target.url, &url)))?;
+        .map_err(|e| classify_transport(&label(), &e, &url_secrets(&target.url, &url)))?;
     let status = response.status();
+    if status.is_success() {
+        // Read (a bounded prefix of) the answer so that the connection can be reused.
+        read_prefix(response, DRAIN_BYTES).await;
+        return Ok(());
+    }
     let retry_after = retry_after(&response);
-    let limit = if status.is_success() {
-        DRAIN_BYTES
-    } else {
-        classify::EXCERPT_BYTES
-    };
-    let body = read_prefix(response, limit).await;
+    let body = read_prefix(response, classify::EXCERPT_BYTES).await;
     classify(
-        &label,
+        &label(),
         status.as_u16(),
         retry_after.as_deref(),
         &body,

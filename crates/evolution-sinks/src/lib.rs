@@ -31,6 +31,14 @@ mod router;
 #[cfg(feature = "webhook")]
 pub use evolution_sink_webhook as webhook;
 
+/// The RabbitMQ channel (feature `rabbitmq`).
+#[cfg(feature = "rabbitmq")]
+pub use evolution_sink_rabbitmq as rabbitmq;
+
+/// The NATS channel (feature `nats`).
+#[cfg(feature = "nats")]
+pub use evolution_sink_nats as nats;
+
 pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
     EmitError, LATENCY_BUCKETS, LatencyHistogram, ShutdownReport,

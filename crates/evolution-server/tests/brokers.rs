@@ -1,0 +1,556 @@
+//! RabbitMQ and NATS end to end: the real binary publishes to the machine's real brokers
+//! (`scripts/services`: `EVOLUTION_TEST_RABBITMQ_URI`, `EVOLUTION_TEST_NATS_URL`), and consumers
+//! written like the specification's read what arrives — an amqplib-style consumer (exclusive
+//! queue bound to the exchange with `evolution.<instance>.*`) and a NATS subscriber on
+//! `evolution.<instance>.>`. Every test uses its own exchange, instance names and stream, so tests
+//! running at the same time do not see each other's events.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use common::{API_KEY, Server};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// How long to keep watching for messages that must not arrive.
+const SETTLE: Duration = Duration::from_millis(700);
+
+fn env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("{name} is not set in CI: run through scripts/test (scripts/services env)")
+        }
+        Err(_) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipped: set {name} (eval \"$(scripts/services env)\")");
+            }
+            None
+        }
+    }
+}
+
+/// A short unique token for instance names, exchanges and prefixes.
+fn unique() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_owned()
+}
+
+/// The event of the specification's example, and one of each other kind used here.
+fn seed_event(kind: &str) -> Value {
+    json!({"event": kind, "sender": "5511999999999@s.whatsapp.net", "data": {
+        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "MESSAGE_ID"},
+        "message": {"conversation": "olá 👋"}, "messageTimestamp": "1234567890"}})
+}
+
+/// Creates `instance` with `body` merged in, posts MESSAGES_UPSERT, CALL, CONNECTION_UPDATE (in
+/// that order, one request) and returns their ids.
+async fn create_and_post(server: &Server, instance: &str, settings: Value) -> Vec<String> {
+    let mut body = json!({"instanceName": instance});
+    if let (Some(b), Some(s)) = (body.as_object_mut(), settings.as_object()) {
+        b.extend(s.clone());
+    }
+    let (status, created) = server
+        .call("POST", "/instance/create", Some(API_KEY), Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let events = json!([
+        seed_event("MESSAGES_UPSERT"),
+        seed_event("CALL"),
+        seed_event("CONNECTION_UPDATE")
+    ]);
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/events/{instance}"),
+            Some(API_KEY),
+            Some(events),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The seed payload of `kind` (`event` as in the seed profile) with id `id`.
+fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
+    let text = std::str::from_utf8(raw).unwrap();
+    let body: Value = serde_json::from_str(text).unwrap();
+    // Field order of DESIGN §4 (serde_json's map here sorts keys: check the raw text).
+    let positions: Vec<usize> = [
+        "id",
+        "event",
+        "instance",
+        "data",
+        "date_time",
+        "sender",
+        "server_url",
+        "apikey",
+        "sequence",
+    ]
+    .iter()
+    .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+    .collect();
+    assert!(positions.is_sorted(), "field order: {text}");
+    assert_eq!(body["id"], id, "{text}");
+    assert_eq!(body["event"], kind, "{text}");
+    assert_eq!(body["instance"], instance, "{text}");
+    assert_eq!(body["data"], seed_event(kind)["data"], "{text}");
+    assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
+    assert_eq!(body["apikey"], Value::Null, "no secret by default");
+    assert!(text.starts_with(r#"{"id":"#), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ
+// ---------------------------------------------------------------------------------------------
+
+/// The specification's consumer: declares the topic exchange, an exclusive server-named queue
+/// bound with `pattern`, and consumes from it.
+struct AmqpConsumer {
+    connection: Connection,
+    received: Arc<Mutex<Vec<lapin::message::Delivery>>>,
+}
+
+impl AmqpConsumer {
+    async fn bind(uri: &str, exchange: &str, pattern: &str) -> Self {
+        let connection = Connection::connect(uri, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                sink.lock().unwrap().push(delivery);
+            }
+        });
+        Self { connection, received }
+    }
+
+    /// Waits for `n` messages, then keeps watching for [`SETTLE`], and returns what arrived.
+    async fn wait(&self, n: usize) -> Vec<lapin::message::Delivery> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.received.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        std::mem::take(&mut *self.received.lock().unwrap())
+    }
+
+    /// How many messages wait in the durable queue `queue` (read and removed).
+    async fn drain(&self, queue: &str) -> usize {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut n = 0;
+        while let Ok(Some(_)) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            n += 1;
+        }
+        n
+    }
+
+    /// Deletes the durable queues and the exchanges a test made (best effort).
+    async fn cleanup(&self, queues: &[String], exchanges: &[&str]) {
+        for queue in queues {
+            if let Ok(channel) = self.connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        for exchange in exchanges {
+            if let Ok(channel) = self.connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete((*exchange).into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+}
+
+fn amqp_header(d: &lapin::message::Delivery, name: &str) -> String {
+    match d.properties.headers().as_ref().and_then(|h| h.inner().get(name)) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn check_amqp_message(d: &lapin::message::Delivery, id: &str, kind: &str, instance: &str, key: &str) {
+    assert_seed_payload(&d.data, id, kind, instance);
+    assert_eq!(d.routing_key.as_str(), key);
+    let p = &d.properties;
+    assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some(id));
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert!(p.timestamp().is_some());
+    assert_eq!(amqp_header(d, "event"), kind);
+    assert_eq!(amqp_header(d, "instance"), instance);
+    assert_eq!(amqp_header(d, "id"), id);
+}
+
+#[tokio::test]
+async fn rabbitmq_instance_settings_reach_a_seed_consumer() {
+    let Some(uri) = env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-instance",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+        ],
+    )
+    .await;
+    let ids = create_and_post(
+        &server,
+        &instance,
+        json!({"rabbitmq": {"enabled": true, "events": ["MESSAGES_UPSERT", "CONNECTION_UPDATE"]}}),
+    )
+    .await;
+
+    let got = consumer.wait(2).await;
+    assert_eq!(got.len(), 2, "CALL is not in the instance's events");
+    check_amqp_message(
+        &got[0],
+        &ids[0],
+        "MESSAGES_UPSERT",
+        &instance,
+        &format!("evolution.{instance}.messages-upsert"),
+    );
+    check_amqp_message(
+        &got[1],
+        &ids[2],
+        "CONNECTION_UPDATE",
+        &instance,
+        &format!("evolution.{instance}.connection-update"),
+    );
+    // The durable per-instance/event queues were declared, bound, and hold a copy each.
+    let queues = [
+        format!("evolution.{instance}.messages-upsert"),
+        format!("evolution.{instance}.connection-update"),
+    ];
+    assert_eq!(consumer.drain(&queues[0]).await, 1);
+    assert_eq!(consumer.drain(&queues[1]).await, 1);
+    consumer.cleanup(&queues, &[&exchange]).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_global_settings_reach_a_seed_consumer() {
+    let Some(uri) = env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-global-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-global",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+            ("RABBITMQ_GLOBAL_ENABLED", "true"),
+            ("RABBITMQ_EVENTS_MESSAGES_UPSERT", "true"),
+            ("RABBITMQ_QUEUE_TYPE", "classic"),
+        ],
+    )
+    .await;
+    let ids = create_and_post(&server, &instance, json!({})).await;
+    let got = consumer.wait(1).await;
+    assert_eq!(got.len(), 1, "only MESSAGES_UPSERT is enabled globally");
+    check_amqp_message(
+        &got[0],
+        &ids[0],
+        "MESSAGES_UPSERT",
+        &instance,
+        &format!("evolution.{instance}.messages-upsert"),
+    );
+    let queues = [format!("evolution.{instance}.messages-upsert")];
+    assert_eq!(consumer.drain(&queues[0]).await, 1);
+    consumer.cleanup(&queues, &[&exchange]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+// ---------------------------------------------------------------------------------------------
+
+/// A core subscription that records what arrives.
+async fn subscribe(client: &async_nats::Client, subject: String) -> Arc<Mutex<Vec<async_nats::Message>>> {
+    let mut subscription = client.subscribe(subject).await.unwrap();
+    client.flush().await.unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            sink.lock().unwrap().push(message);
+        }
+    });
+    received
+}
+
+async fn wait_nats(received: &Mutex<Vec<async_nats::Message>>, n: usize) -> Vec<async_nats::Message> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while received.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    std::mem::take(&mut *received.lock().unwrap())
+}
+
+fn nats_header(m: &async_nats::Message, name: &str) -> String {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn check_nats_message(m: &async_nats::Message, id: &str, kind: &str, instance: &str, subject: &str) {
+    assert_seed_payload(&m.payload, id, kind, instance);
+    assert_eq!(m.subject.as_str(), subject);
+    assert_eq!(nats_header(m, "Nats-Msg-Id"), id);
+    assert_eq!(nats_header(m, "event"), kind);
+    assert_eq!(nats_header(m, "instance"), instance);
+    assert_eq!(nats_header(m, "id"), id);
+}
+
+/// Every message of `stream` under `filter`, from the start.
+async fn read_stream(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    n: usize,
+) -> Vec<async_nats::Message> {
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n + 10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push(m.message);
+    }
+    out
+}
+
+#[tokio::test]
+async fn nats_instance_settings_reach_a_subscriber() {
+    let Some(url) = env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("nats-{}", unique());
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("evolution.{instance}.>")).await;
+    let server = Server::start("nats-instance", &[("NATS_ENABLED", "true"), ("NATS_URI", &url)]).await;
+    let ids = create_and_post(
+        &server,
+        &instance,
+        json!({"nats": {"enabled": true, "events": ["MESSAGES_UPSERT", "CONNECTION_UPDATE"]}}),
+    )
+    .await;
+    let got = wait_nats(&received, 2).await;
+    assert_eq!(got.len(), 2, "CALL is not in the instance's events");
+    check_nats_message(
+        &got[0],
+        &ids[0],
+        "MESSAGES_UPSERT",
+        &instance,
+        &format!("evolution.{instance}.messages.upsert"),
+    );
+    check_nats_message(
+        &got[1],
+        &ids[2],
+        "CONNECTION_UPDATE",
+        &instance,
+        &format!("evolution.{instance}.connection.update"),
+    );
+}
+
+#[tokio::test]
+async fn nats_global_settings_in_jetstream_mode_are_stored_and_delivered() {
+    let Some(url) = env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let tag = unique();
+    // A prefix and a stream of its own: the stream captures `{prefix}.>`, which must not overlap
+    // another test's stream on the shared server.
+    let prefix = format!("evolution{tag}");
+    let stream = format!("E2E_{tag}");
+    let instance = format!("nats-global-{tag}");
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("{prefix}.{instance}.>")).await;
+    let server = Server::start(
+        "nats-global",
+        &[
+            ("NATS_ENABLED", "true"),
+            ("NATS_URI", &url),
+            ("NATS_PREFIX_KEY", &prefix),
+            ("NATS_GLOBAL_ENABLED", "true"),
+            ("NATS_EVENTS_MESSAGES_UPSERT", "true"),
+            ("NATS_JETSTREAM", "true"),
+            ("NATS_JETSTREAM_STREAM", &stream),
+        ],
+    )
+    .await;
+    let ids = create_and_post(&server, &instance, json!({})).await;
+    let got = wait_nats(&received, 1).await;
+    assert_eq!(got.len(), 1, "only MESSAGES_UPSERT is enabled globally");
+    let subject = format!("{prefix}.{instance}.messages.upsert");
+    check_nats_message(&got[0], &ids[0], "MESSAGES_UPSERT", &instance, &subject);
+    let stored = read_stream(&client, &stream, &format!("{prefix}.>"), 1).await;
+    assert_eq!(stored.len(), 1, "the stream holds the event");
+    check_nats_message(&stored[0], &ids[0], "MESSAGES_UPSERT", &instance, &subject);
+    let js = async_nats::jetstream::new(client.clone());
+    let _ = js.delete_stream(&stream).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The evolution-v2 naming profile
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn evolution_v2_profile_uses_evolution_api_names() {
+    let (Some(uri), Some(url)) = (env("EVOLUTION_TEST_RABBITMQ_URI"), env("EVOLUTION_TEST_NATS_URL")) else {
+        return;
+    };
+    let tag = unique();
+    let instance = format!("v2-{tag}");
+    let stream = format!("E2E_V2_{tag}");
+    // Evolution API 2.3.6: one exchange per instance, routing key = wire name.
+    let consumer = AmqpConsumer::bind(&uri, &instance, "messages.upsert").await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("{instance}.>")).await;
+    let server = Server::start(
+        "v2",
+        &[
+            ("EVENT_NAMING", "evolution-v2"),
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &format!("evolution-e2e-{tag}")),
+            ("NATS_ENABLED", "true"),
+            ("NATS_URI", &url),
+            ("NATS_JETSTREAM", "true"),
+            ("NATS_JETSTREAM_STREAM", &stream),
+        ],
+    )
+    .await;
+    let ids = create_and_post(
+        &server,
+        &instance,
+        json!({
+            "rabbitmq": {"enabled": true, "events": ["MESSAGES_UPSERT"]},
+            "nats": {"enabled": true, "events": ["MESSAGES_UPSERT"]}
+        }),
+    )
+    .await;
+    let got = consumer.wait(1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].routing_key.as_str(), "messages.upsert");
+    assert_eq!(got[0].exchange.as_str(), instance);
+    let body: Value = serde_json::from_slice(&got[0].data).unwrap();
+    assert_eq!(
+        (body["id"].as_str(), body["event"].as_str()),
+        (Some(ids[0].as_str()), Some("messages.upsert"))
+    );
+    let queue = format!("{instance}.messages.upsert");
+    assert_eq!(consumer.drain(&queue).await, 1, "Evolution's queue name");
+
+    let got = wait_nats(&received, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].subject.as_str(), format!("{instance}.messages.upsert"));
+    // The stream had no subject for this instance: `{instance}.>` was added when first seen.
+    let stored = read_stream(&client, &stream, &format!("{instance}.>"), 1).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(nats_header(&stored[0], "Nats-Msg-Id"), ids[0]);
+    let js = async_nats::jetstream::new(client.clone());
+    let _ = js.delete_stream(&stream).await;
+    consumer.cleanup(&[queue], &[&instance]).await;
+}
