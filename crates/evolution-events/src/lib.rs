@@ -35,7 +35,7 @@ pub use serde_json::value::RawValue;
 pub use settings::{
     ChannelSettings, EventSelection, FieldError, GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs,
     GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors, WebhookSettings,
-    check_signing_secret,
+    check_signing_secret, redact_url,
 };
 pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
 pub use uuid::Uuid;

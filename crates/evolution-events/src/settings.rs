@@ -120,6 +120,32 @@ fn one_or_many<S: serde::Serializer>(secrets: &[Sensitive], serializer: S) -> Re
     }
 }
 
+/// A URL with its password and every query value replaced by [`crate::REDACTED`] (tokens often
+/// travel there); anything that is not an absolute URL is returned as is.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which have no password either.
+        let _ignored = parsed.set_password(Some(crate::REDACTED));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, _)| (k.into_owned(), String::new()))
+            .collect();
+        let query = pairs
+            .iter()
+            .map(|(k, _)| format!("{k}={}", crate::REDACTED))
+            .collect::<Vec<_>>()
+            .join("&");
+        parsed.set_query(Some(&query));
+    }
+    parsed.into()
+}
+
 /// Checks a Standard Webhooks signing secret: `whsec_` followed by base64 of at least 16 bytes.
 ///
 /// # Errors
@@ -345,6 +371,7 @@ impl WebhookSettings {
         for s in &mut copy.secrets {
             *s = s.redacted();
         }
+        copy.url = redact_url(&copy.url);
         copy
     }
 }
@@ -821,6 +848,11 @@ mod tests {
         assert!(!format!("{w:?}").contains("Bearer token"));
         let out = serde_json::to_value(w.redacted()).unwrap();
         assert_eq!(out["headers"]["Authorization"], "**REDACTED**");
+        assert_eq!(out["url"], "https://meusite.com/webhook");
+        assert_eq!(
+            redact_url("https://u:p@h.example/x?token=abc&b=2"),
+            "https://u:**REDACTED**@h.example/x?token=**REDACTED**&b=**REDACTED**"
+        );
         assert_eq!(out["byEvents"], false);
         assert_eq!(
             out["events"],

@@ -65,11 +65,24 @@ impl Server {
     async fn spawn(mut env: HashMap<String, String>, data_dir: PathBuf) -> Self {
         let port = free_port();
         env.insert("SERVER_PORT".into(), port.to_string());
+        // `EVOLUTION_TEST_LOG=<file>` in `env` sends the server's output there (appending, so a
+        // restarted server adds to the same file) instead of the test's stderr.
+        let (stdout, stderr) = match env.get("EVOLUTION_TEST_LOG") {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_evolution-server"))
             .env_clear()
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .envs(env.iter().filter(|(k, _)| k.as_str() != "EVOLUTION_TEST_LOG"))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("spawn evolution-server");
         let server = Self {
