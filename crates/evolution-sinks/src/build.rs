@@ -39,6 +39,9 @@ pub struct ChannelPlan {
 
 #[derive(Clone, Debug)]
 enum PlanKind {
+    /// Never built: keeps the enum inhabited-in-type when no channel feature is on.
+    #[allow(dead_code, reason = "no value of it exists")]
+    None(std::convert::Infallible),
     #[cfg(feature = "webhook")]
     Webhook(evolution_sink_webhook::WebhookConfig),
     #[cfg(feature = "rabbitmq")]
@@ -52,6 +55,7 @@ impl ChannelPlan {
     #[must_use]
     pub fn channel(&self) -> Channel {
         match &self.kind {
+            PlanKind::None(never) => match *never {},
             #[cfg(feature = "webhook")]
             PlanKind::Webhook(_) => Channel::Webhook,
             #[cfg(feature = "rabbitmq")]
@@ -67,15 +71,24 @@ impl ChannelPlan {
     /// # Errors
     /// The sink's configuration error.
     pub fn build(self) -> Result<(Arc<dyn EventSink>, ChannelConfig), SinkError> {
-        let sink: Arc<dyn EventSink> = match self.kind {
+        match (self.kind, self.dispatch) {
+            (PlanKind::None(never), _) => match never {},
             #[cfg(feature = "webhook")]
-            PlanKind::Webhook(config) => Arc::new(evolution_sink_webhook::WebhookSink::new(config)?),
+            (PlanKind::Webhook(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_webhook::WebhookSink::new(config)?);
+                Ok((sink, dispatch))
+            }
             #[cfg(feature = "rabbitmq")]
-            PlanKind::Rabbitmq(config) => Arc::new(evolution_sink_rabbitmq::RabbitmqSink::new(config)?),
+            (PlanKind::Rabbitmq(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_rabbitmq::RabbitmqSink::new(config)?);
+                Ok((sink, dispatch))
+            }
             #[cfg(feature = "nats")]
-            PlanKind::Nats(config) => Arc::new(evolution_sink_nats::NatsSink::new(config)?),
-        };
-        Ok((sink, self.dispatch))
+            (PlanKind::Nats(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_nats::NatsSink::new(config)?);
+                Ok((sink, dispatch))
+            }
+        }
     }
 }
 
