@@ -218,14 +218,14 @@ impl AmqpConsumer {
     async fn cleanup(&self, queues: &[String], exchanges: &[&str]) {
         for queue in queues {
             if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
+                let _ignored = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
         }
         for exchange in exchanges {
             if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
+                let _ignored = channel
                     .exchange_delete((*exchange).into(), ExchangeDeleteOptions::default())
                     .await;
             }
@@ -489,7 +489,7 @@ async fn nats_global_settings_in_jetstream_mode_are_stored_and_delivered() {
     assert_eq!(stored.len(), 1, "the stream holds the event");
     check_nats_message(&stored[0], &ids[0], "MESSAGES_UPSERT", &instance, &subject);
     let js = async_nats::jetstream::new(client.clone());
-    let _ = js.delete_stream(&stream).await;
+    let _ignored = js.delete_stream(&stream).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,6 +551,6 @@ async fn evolution_v2_profile_uses_evolution_api_names() {
     assert_eq!(stored.len(), 1);
     assert_eq!(nats_header(&stored[0], "Nats-Msg-Id"), ids[0]);
     let js = async_nats::jetstream::new(client.clone());
-    let _ = js.delete_stream(&stream).await;
+    let _ignored = js.delete_stream(&stream).await;
     consumer.cleanup(&[queue], &[&instance]).await;
 }

@@ -483,7 +483,9 @@ pub async fn unicode_and_near_limit_payloads<F: ContractFixture>(fx: &F) {
 
 /// **A redelivery keeps the idempotency key.** The same delivery sent twice (the second as
 /// attempt 2, as the dispatcher retries) gives two messages on the wire (at-least-once: sinks do
-/// not deduplicate), both carrying the event id and the same payload.
+/// not deduplicate), both carrying the event id and the same payload — or exactly one when the
+/// fixture says the server deduplicates by that key
+/// ([`ContractFixture::deduplicates_redeliveries`]).
 pub async fn same_id_on_redelivery<F: ContractFixture>(fx: &F) {
     const CASE: &str = "same_id_on_redelivery";
     let sink = fx.sink();
@@ -493,17 +495,27 @@ pub async fn same_id_on_redelivery<F: ContractFixture>(fx: &F) {
     again.attempt = 2;
     send_ok(CASE, &*sink, std::slice::from_ref(&first)).await;
     send_ok(CASE, &*sink, std::slice::from_ref(&again)).await;
-    let observed = fx.observed(&destination, 2, ARRIVAL).await;
-    let observed = if observed.len() == 2 {
-        fx.observed(&destination, 3, SETTLE).await
+    let expected = if fx.deduplicates_redeliveries() { 1 } else { 2 };
+    let observed = fx.observed(&destination, expected, ARRIVAL).await;
+    let observed = if observed.len() == expected {
+        fx.observed(&destination, expected + 1, SETTLE).await
     } else {
         observed
     };
-    assert_eq!(
-        observed.len(),
-        2,
-        "contract case `{CASE}`: one delivery sent twice must give two messages on the wire"
-    );
+    if expected == 1 {
+        assert_eq!(
+            observed.len(),
+            1,
+            "contract case `{CASE}`: the server deduplicates by the idempotency key, so one delivery sent \
+             twice must give one message"
+        );
+    } else {
+        assert_eq!(
+            observed.len(),
+            2,
+            "contract case `{CASE}`: one delivery sent twice must give two messages on the wire"
+        );
+    }
     for message in &observed {
         assert_same_message(CASE, message, &first);
     }
@@ -526,6 +538,7 @@ mod tests {
         Reverses,
         CorruptsPayload,
         DropsOne,
+        ClaimsDedupe,
     }
 
     struct Broken {
@@ -570,9 +583,12 @@ mod tests {
                 Fault::DropsOne => {
                     seen.pop();
                 }
-                Fault::SendFails | Fault::UnreachableIsUp => {}
+                Fault::SendFails | Fault::UnreachableIsUp | Fault::ClaimsDedupe => {}
             }
             seen
+        }
+        fn deduplicates_redeliveries(&self) -> bool {
+            matches!(self.fault, Fault::ClaimsDedupe)
         }
         async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
             match self.fault {
@@ -628,5 +644,11 @@ mod tests {
     #[should_panic(expected = "must give two messages")]
     async fn a_deduplicated_redelivery_fails() {
         same_id_on_redelivery(&Broken::new(Fault::DropsOne)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "must give one message")]
+    async fn a_duplicate_past_server_deduplication_fails() {
+        same_id_on_redelivery(&Broken::new(Fault::ClaimsDedupe)).await;
     }
 }

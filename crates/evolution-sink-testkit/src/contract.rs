@@ -37,6 +37,14 @@ pub trait ContractFixture: Send + Sync + 'static {
     async fn unreachable_destination(&self) -> Destination {
         self.destination().await
     }
+
+    /// Whether the server itself drops a redelivery that carries the same idempotency key (a
+    /// JetStream stream with `Nats-Msg-Id`, an SQS FIFO queue with `MessageDeduplicationId`).
+    /// `same_id_on_redelivery` then expects one message on the wire instead of two. Default:
+    /// `false`.
+    fn deduplicates_redeliveries(&self) -> bool {
+        false
+    }
 }
 
 /// One message as read from the wire by a fixture's probe.

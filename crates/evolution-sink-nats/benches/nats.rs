@@ -1,0 +1,216 @@
+//! Publishes per second to NATS through `Dispatcher` + `NatsSink` versus a raw async-nats loop
+//! doing the same work, on the same server, in one run: 20 000 events of ~1 KB over 16 instances
+//! (16 subjects), the sink's headers, batches of 256, 4 batches in flight, 3 rounds (best of each
+//! path is compared) (the dispatcher's 4
+//! workers; the raw loop's 4 tasks on one client). Core: publish the batch, then flush. JetStream:
+//! publish the batch into a stream, then await every acknowledgement.
+//!
+//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-nats --bench nats`
+//! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use evolution_events::{
+    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, NamingProfile, RawValue,
+};
+use evolution_outbox::{MemoryOutbox, Outbox};
+use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
+use evolution_sinks::{ChannelConfig, Dispatcher, Router};
+
+const EVENTS: usize = 20_000;
+const INSTANCES: usize = 16;
+const BATCH: usize = 256;
+const IN_FLIGHT: usize = 4;
+
+fn envelopes(tag: &str) -> Vec<EventEnvelope> {
+    (0..EVENTS)
+        .map(|i| {
+            let data = format!(
+                r#"{{"key":{{"id":"MSG{i:08}"}},"message":{{"conversation":"{}"}}}}"#,
+                "x".repeat(800)
+            );
+            EventEnvelope::new(
+                EventKind::MessagesUpsert,
+                InstanceName::new(&format!("{tag}-{}", i % INSTANCES)).unwrap(),
+                RawValue::from_string(data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn headers(envelope: &EventEnvelope) -> HeaderMap {
+    let id = envelope.id().to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    headers.insert("event", "MESSAGES_UPSERT");
+    headers.insert("instance", envelope.instance().as_str());
+    headers.insert("id", id.as_str());
+    headers.insert("Content-Type", "application/json");
+    headers
+}
+
+async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
+    let mut global = GlobalSettings::default();
+    global.nats.enabled = true;
+    global.nats.global_enabled = true;
+    global.nats.events.insert(EventKind::MessagesUpsert);
+    prefix.clone_into(&mut global.nats.prefix);
+    let mode = match stream {
+        None => NatsMode::Core,
+        Some(name) => NatsMode::JetStream(JetStreamConfig::new(name, vec![format!("{prefix}.>")])),
+    };
+    let sink = NatsSink::new(NatsConfig {
+        mode,
+        ..NatsConfig::new(NatsUrl::parse(url).unwrap())
+    })
+    .unwrap();
+    let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::default());
+    let dispatcher = Dispatcher::builder(outbox, Router::new(global).unwrap())
+        .sink_with(Arc::new(sink), ChannelConfig::default_for(Channel::Nats))
+        .start()
+        .unwrap();
+    let start = Instant::now();
+    let mut events = events;
+    while !events.is_empty() {
+        let chunk: Vec<_> = events
+            .drain(..events.len().min(1000))
+            .map(|e| (e, None))
+            .collect();
+        dispatcher.emit_many(chunk).await.unwrap();
+    }
+    while dispatcher.counters(Channel::Nats).unwrap().delivered < EVENTS as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    dispatcher.shutdown(Duration::from_secs(5)).await;
+    EVENTS as f64 / elapsed.as_secs_f64()
+}
+
+async fn raw(url: &str, prefix: &str, jetstream: bool, events: Vec<EventEnvelope>) -> f64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let events = Arc::new(events);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (client, events, next, prefix) = (
+                client.clone(),
+                Arc::clone(&events),
+                Arc::clone(&next),
+                prefix.to_owned(),
+            );
+            let js = jetstream::new(client.clone());
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                    if first >= events.len() {
+                        break;
+                    }
+                    let batch = &events[first..(first + BATCH).min(events.len())];
+                    let mut acks = Vec::with_capacity(batch.len());
+                    for envelope in batch {
+                        let subject = format!("{prefix}.{}.messages.upsert", envelope.instance());
+                        let payload = envelope.payload(NamingProfile::Seed);
+                        if jetstream {
+                            acks.push(
+                                js.publish_with_headers(subject, headers(envelope), payload)
+                                    .await
+                                    .unwrap(),
+                            );
+                        } else {
+                            client
+                                .publish_with_headers(subject, headers(envelope), payload)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    if jetstream {
+                        for ack in acks {
+                            ack.await.unwrap();
+                        }
+                    } else {
+                        client.flush().await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    EVENTS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let url = std::env::var("EVOLUTION_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = jetstream::new(client);
+        println!("| mode | run | raw async-nats loop, events/s | Dispatcher + NatsSink, events/s | ratio |");
+        println!("|---|---|---:|---:|---:|");
+        for jetstream in [false, true] {
+            let mode = if jetstream {
+                "JetStream (acks)"
+            } else {
+                "core (flush)"
+            };
+            let (mut best_raw, mut best_dispatcher) = (0.0f64, 0.0f64);
+            for round in 0..3 {
+                let mut rates = [0.0f64; 2];
+                // Alternate which path goes first, so that neither always runs on a warmer server.
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for through_dispatcher in order {
+                    let slot = usize::from(through_dispatcher);
+                    let tag = format!("bench{round}{slot}{}", u8::from(jetstream));
+                    let prefix = format!("evolution{tag}");
+                    let name = format!("BENCH_{}", tag.to_ascii_uppercase());
+                    if jetstream {
+                        js.get_or_create_stream(stream::Config {
+                            name: name.clone(),
+                            subjects: vec![format!("{prefix}.>")],
+                            storage: stream::StorageType::File,
+                            ..stream::Config::default()
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    let events = envelopes(&tag);
+                    rates[slot] = if through_dispatcher {
+                        dispatcher(&url, &prefix, jetstream.then_some(name.as_str()), events).await
+                    } else {
+                        raw(&url, &prefix, jetstream, events).await
+                    };
+                    if jetstream {
+                        let _ignored = js.delete_stream(&name).await;
+                    }
+                }
+                best_raw = best_raw.max(rates[0]);
+                best_dispatcher = best_dispatcher.max(rates[1]);
+                println!(
+                    "| {mode} | {} | {:.0} | {:.0} | {:.2} |",
+                    round + 1,
+                    rates[0],
+                    rates[1],
+                    rates[1] / rates[0]
+                );
+            }
+            println!(
+                "| {mode} | best | {best_raw:.0} | {best_dispatcher:.0} | {:.2} |",
+                best_dispatcher / best_raw
+            );
+        }
+    });
+}
