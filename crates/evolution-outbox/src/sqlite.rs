@@ -194,20 +194,18 @@ impl SqliteOutbox {
         } else {
             SqliteSynchronous::Normal
         };
-        let mut conn = base
+        let write_options = base
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
-            .pragma("cache_size", "-16384")
-            .connect()
-            .await
-            .map_err(|e| {
-                OutboxError::Storage(format!(
-                    "could not open the SQLite outbox at {shown}: {e}; check that the path is writable, \
+            .pragma("cache_size", "-16384");
+        let mut conn = write_options.connect().await.map_err(|e| {
+            OutboxError::Storage(format!(
+                "could not open the SQLite outbox at {shown}: {e}; check that the path is writable, \
                      is an SQLite database (or does not exist yet) and is not locked by another process"
-                ))
-            })?;
+            ))
+        })?;
         MIGRATOR.run(&mut conn).await.map_err(|e| {
             OutboxError::Storage(format!(
                 "could not bring the schema of the SQLite outbox at {shown} up to date: {e}; was it \
@@ -244,6 +242,7 @@ impl SqliteOutbox {
         let writer = Writer {
             _lock: lock,
             conn,
+            options: write_options,
             cache: Cache::default(),
             capacity: options.capacity.max(1),
             retention: options.delivered_retention,
@@ -453,6 +452,8 @@ struct Writer {
     /// Held while the writer runs: one process (one `SqliteOutbox`) per database at a time.
     _lock: std::fs::File,
     conn: SqliteConnection,
+    /// How to open the write connection again after a failure left it in an unknown state.
+    options: SqliteConnectOptions,
     cache: Cache,
     capacity: usize,
     retention: Duration,
@@ -592,7 +593,12 @@ impl Writer {
             if group.is_empty() {
                 continue;
             }
-            let pruned = self.process(group).await;
+            let (pruned, reconnect) = self.process(group).await;
+            if reconnect {
+                // A failed BEGIN or COMMIT (a full disk, say) may leave the connection inside a
+                // transaction SQLite already ended: start again from a fresh connection.
+                self.reconnect().await;
+            }
             if pruned >= PRUNE_BATCH {
                 // More to prune: go on soon, after the requests waiting.
                 next_prune = Instant::now();
@@ -606,16 +612,36 @@ impl Writer {
         }
     }
 
+    /// Replaces the write connection by a fresh one (after a failure that may have left it inside
+    /// a transaction); keeps the old one if the database cannot be opened now.
+    async fn reconnect(&mut self) {
+        match self.options.connect().await {
+            Ok(conn) => {
+                let old = std::mem::replace(&mut self.conn, conn);
+                if let Err(e) = sqlx::Connection::close(old).await {
+                    tracing::debug!(error = %e, "closing the failed write connection");
+                }
+                tracing::info!("the SQLite outbox reopened its write connection");
+            }
+            Err(e) => tracing::error!(error = %e, "the SQLite outbox could not reopen its write connection"),
+        }
+    }
+
     /// Runs a group of requests in one transaction and answers them. Returns how many deliveries a
     /// timer-driven prune deleted.
-    async fn process(&mut self, group: Vec<Request>) -> usize {
+    async fn process(&mut self, group: Vec<Request>) -> (usize, bool) {
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .requests
             .fetch_add(u64::try_from(group.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         let now = now_ms();
         let multi = group.len() > 1;
-        let mut tx = match self.conn.begin_with("BEGIN IMMEDIATE").await {
+        let begun = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| e.to_string());
+        let mut tx = match begun {
             Ok(tx) => tx,
             Err(e) => {
                 let message = format!(
@@ -627,7 +653,7 @@ impl Writer {
                 for request in group {
                     request.fail(&message);
                 }
-                return 0;
+                return (0, true);
             }
         };
         let mut done: Vec<Finish> = Vec::with_capacity(group.len());
@@ -721,12 +747,15 @@ impl Writer {
                 rollback = true;
             }
         }
+        let broken_before_commit = broken.clone();
+        let mut rollback_failed = false;
         let failed = if broken.is_some() || rollback {
             // A lone failed request merged nothing into the cache, and what it loaded into it is
             // what was committed before it: the cache stays valid if the rollback works.
             if let Err(e) = tx.rollback().await {
                 tracing::warn!(error = %e, "rolling back an SQLite outbox transaction failed");
                 self.cache.clear();
+                rollback_failed = true;
             }
             broken
         } else {
@@ -747,10 +776,11 @@ impl Writer {
         for fin in done {
             fin(failed.as_deref());
         }
+        let reconnect = rollback_failed || (failed.is_some() && !rollback && broken_before_commit.is_none());
         if failed.is_none() && !rollback {
             self.notifiers.notify(notify);
         }
-        if failed.is_some() { 0 } else { pruned }
+        (if failed.is_some() { 0 } else { pruned }, reconnect)
     }
 }
 

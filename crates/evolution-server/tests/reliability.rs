@@ -223,3 +223,165 @@ fn excerpt(text: &str, needle: &str) -> String {
     let start = at.saturating_sub(200);
     text.chars().skip(start).take(400).collect()
 }
+
+/// A small tmpfs mounted for the test (root only, as in CI); unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Self {
+        let path = common::temp_dir("small-disk");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Self { path }
+    }
+
+    /// Fills the free space with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let tail = vec![0u8; 512];
+        while file.write_all(&tail).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status()
+            .ok();
+        std::fs::remove_dir_all(&self.path).ok();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_events_with_503_and_stores_nothing_half() {
+    let disk = SmallDisk::mount(8);
+    let receiver = Receiver::start().await;
+    let server = Server::start(
+        "full-disk",
+        &[
+            ("SERVER_DATA_DIR", disk.path.to_str().unwrap()),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let hook = json!({"url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"]});
+    let (status, _) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(API_KEY),
+            Some(json!({"instanceName": "acme", "webhook": hook})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut accepted = Vec::new();
+    let post = |n: usize| {
+        let batch: Vec<Value> = (0..n)
+            .map(|i| json!({"event": "MESSAGES_UPSERT", "data": {"n": i, "pad": "x".repeat(2000)}}))
+            .collect();
+        server
+            .client
+            .post(server.url("/events/acme"))
+            .header("apikey", API_KEY)
+            .json(&batch)
+            .send()
+    };
+    let resp = post(20).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    accepted.extend(
+        body["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned()),
+    );
+
+    let filler = disk.fill();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let resp = post(50).await.unwrap();
+        match resp.status().as_u16() {
+            202 => {
+                let body: Value = resp.json().await.unwrap();
+                accepted.extend(
+                    body["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned()),
+                );
+            }
+            503 => {
+                assert!(resp.headers().contains_key("retry-after"));
+                let body: Value = resp.json().await.unwrap();
+                assert!(
+                    body["response"]["message"]
+                        .to_string()
+                        .contains("nothing was stored"),
+                    "{body}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", resp.text().await.unwrap()),
+        }
+    }
+    assert!(refused > 0, "the full disk refused some batches");
+
+    // Space again: new events are accepted and everything accepted is delivered, once each at least.
+    std::fs::remove_file(filler).unwrap();
+    let resp = post(10).await.unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let body: Value = resp.json().await.unwrap();
+    accepted.extend(
+        body["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned()),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<String> = receiver
+            .hits()
+            .iter()
+            .map(|h| h.body["id"].as_str().unwrap().to_owned())
+            .collect();
+        let missing = accepted.iter().filter(|id| !got.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} accepted events were not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The log has exactly the accepted events: nothing half-stored from the refused batches.
+    let (_, log) = server
+        .call("GET", "/deliveries/acme?limit=1000", Some(API_KEY), None)
+        .await;
+    let logged: std::collections::HashSet<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    let accepted_set: std::collections::HashSet<&str> = accepted.iter().map(String::as_str).collect();
+    assert_eq!(logged, accepted_set);
+    drop(server);
+}

@@ -21,6 +21,11 @@ use crate::router::Router;
 const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// Pause after an outbox error before the worker tries again.
 const OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between retries of recording outcomes.
+const MAX_OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(30);
+
+/// The longest [`Dispatcher::prepare`] waits for one channel.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How one channel is dispatched.
 #[derive(Clone, Debug, PartialEq)]
@@ -411,6 +416,54 @@ impl Dispatcher {
         self.shared.channels.get(&channel).map(|c| c.counters.snapshot())
     }
 
+    /// Provisions what `instance`'s settings deliver to — SQS queues, Kafka topics — through each
+    /// channel's [`EventSink::prepare`], at most [`PREPARE_TIMEOUT`] per channel (channels
+    /// concurrently). Call it when the settings are saved: a destination the backend refuses is
+    /// then reported at once (an error of kind `Rejected`), and the first events find everything
+    /// in place. The sinks provision on first use anyway, so the other failures (a backend that is
+    /// down) can be logged and ignored.
+    ///
+    /// Returns the channels that failed, with the reason.
+    pub async fn prepare(&self, instance: &InstanceName, settings: &InstanceSettings) -> Vec<(Channel, SinkError)> {
+        let mut by_channel: HashMap<Channel, Vec<Destination>> = HashMap::new();
+        for route in self.shared.router.instance_destinations(instance, settings) {
+            by_channel.entry(route.channel).or_default().push(route.destination);
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for (channel, destinations) in by_channel {
+            let Some(ctx) = self.shared.channels.get(&channel) else {
+                continue;
+            };
+            let sink = Arc::clone(&ctx.sink);
+            calls.spawn(async move {
+                match tokio::time::timeout(PREPARE_TIMEOUT, sink.prepare(&destinations)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((channel, e)),
+                    Err(_) => Some((
+                        channel,
+                        SinkError::new(
+                            channel,
+                            ErrorKind::Timeout,
+                            format!(
+                                "provisioning did not finish within {PREPARE_TIMEOUT:?}; the sink does it on first use"
+                            ),
+                        ),
+                    )),
+                }
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok(Some(failure)) => failures.push(failure),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "a provisioning task failed"),
+            }
+        }
+        failures.sort_by_key(|(channel, _)| channel.to_string());
+        failures
+    }
+
     /// Stops accepting events, lets the workers deliver what is due now, then flushes and shuts
     /// down every sink — all within `deadline`. Deliveries still in flight at the deadline go back
     /// to pending in the outbox (a durable outbox delivers them after a restart); retries
@@ -610,9 +663,17 @@ impl Worker {
                 attempt: Some(attempt),
             });
         }
-        if let Err(e) = self.outbox.settle(settlements).await {
-            tracing::error!(channel = %ctx.channel, error = %e, "cannot record delivery outcomes");
-            return;
+        // Outcomes that cannot be recorded (storage full or failing) are retried until they are:
+        // otherwise the deliveries would stay claimed until the next start.
+        let mut pause = OUTBOX_ERROR_PAUSE;
+        while let Err(e) = self.outbox.settle(settlements.clone()).await {
+            tracing::error!(channel = %ctx.channel, error = %e, ?pause, "cannot record delivery outcomes; retrying");
+            if *self.closing.borrow() {
+                // Shutting down: a durable outbox puts in-flight deliveries back at the next start.
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_OUTBOX_ERROR_PAUSE);
         }
         if let Some(hook) = &self.on_dead {
             for notice in dead {
