@@ -122,7 +122,8 @@ pub struct PusherApp {
 pub struct PusherTarget {
     /// The application.
     pub app: PusherApp,
-    /// Channel name.
+    /// Channel name. Stored as `pusher_channel`: `channel` is the tag of [`Destination`].
+    #[serde(rename = "pusher_channel")]
     pub channel: String,
     /// Event name.
     pub event: String,
@@ -198,6 +199,66 @@ impl Destination {
             Self::Nats(t) => naming::check_nats_subject(&t.subject),
             Self::Pusher(t) => naming::check_pusher(&t.channel, &t.event),
             Self::Custom(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Every destination survives the JSON the outbox stores it as (a field named like the
+    /// `channel` tag would make it unreadable).
+    #[test]
+    fn every_destination_round_trips_through_json() {
+        let app = PusherApp {
+            app_id: "1".into(),
+            key: "k".into(),
+            secret: Sensitive::new("s"),
+            cluster: "us2".into(),
+            use_tls: true,
+            host: Some("127.0.0.1".into()),
+            port: Some(6001),
+        };
+        let all = [
+            Destination::Webhook(WebhookTarget {
+                url: "https://a.example/x".into(),
+                headers: vec![("h".into(), Sensitive::new("v"))],
+                signing_secrets: Vec::new(),
+            }),
+            Destination::Websocket(WebsocketTarget {
+                namespace: "/".into(),
+                event: "acme".into(),
+                room: Some("acme".into()),
+            }),
+            Destination::Rabbitmq(RabbitmqTarget {
+                exchange: "e".into(),
+                routing_key: "r".into(),
+                queue: "q".into(),
+            }),
+            Destination::Sqs(SqsTarget {
+                queue: "q".into(),
+                fifo: false,
+                group_id: None,
+            }),
+            Destination::Kafka(KafkaTarget {
+                topic: "t".into(),
+                key: "k".into(),
+            }),
+            Destination::Nats(NatsTarget { subject: "s".into() }),
+            Destination::Pusher(PusherTarget {
+                app,
+                channel: "evolution.acme".into(),
+                event: "MESSAGES_UPSERT".into(),
+            }),
+            Destination::Custom(CustomTarget { target: "x".into() }),
+        ];
+        for destination in all {
+            let json = serde_json::to_string(&destination).unwrap();
+            let back: Destination = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(back, destination, "{json}");
         }
     }
 }

@@ -291,7 +291,7 @@ impl InstanceSettings {
                     "kafka" => out.kafka = ChannelSettings::parse(v, key, &mut errors),
                     "nats" => out.nats = ChannelSettings::parse(v, key, &mut errors),
                     other => errors.push(FieldError {
-                        field: other.to_owned(),
+                        field: join("", other),
                         message:
                             "unknown channel; use webhook, websocket, rabbitmq, sqs, kafka, nats or pusher"
                                 .to_owned(),
@@ -450,6 +450,8 @@ fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, ValidationErrors> {
 }
 
 fn join(path: &str, field: &str) -> String {
+    // An empty key is shown as `""`, so that every error names a field.
+    let field = if field.is_empty() { "\"\"" } else { field };
     if path.is_empty() {
         field.to_owned()
     } else {
@@ -908,6 +910,17 @@ mod tests {
         let bad = InstanceSettings::from_json(&json!({"pusher": {"enabled": true}, "mqtt": {}})).unwrap_err();
         assert!(bad.0.len() >= 6, "{bad}");
         assert!(bad.to_string().contains("pusher.appId: is required"));
+    }
+
+    #[test]
+    fn an_empty_key_is_still_named() {
+        let errors = InstanceSettings::from_json(&json!({"": 0})).unwrap_err().0;
+        assert_eq!(errors[0].field, "\"\"");
+        let errors =
+            WebhookSettings::from_json(&json!({"enabled": true, "url": "http://h/", "": 1}), "webhook")
+                .unwrap_err()
+                .0;
+        assert_eq!(errors[0].field, "webhook.\"\"");
     }
 
     #[test]

@@ -171,4 +171,19 @@ pub trait EventSink: Send + Sync + Debug + 'static {
     /// # Errors
     /// When the final flush failed.
     async fn shutdown(&self) -> Result<(), SinkError>;
+
+    /// **Optional.** Provisions `destinations` ahead of the first send — creates SQS queues, Kafka
+    /// topics — when an instance's settings are saved, so that a name the backend refuses is
+    /// reported then rather than at the first event. Sinks that provision on first use anyway
+    /// (every built-in one) treat it as a head start; the default does nothing.
+    ///
+    /// Destinations of other channels are ignored.
+    ///
+    /// # Errors
+    /// The classified reason a destination cannot be provisioned (a `Rejected` error means the
+    /// backend refuses the name).
+    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
+        let _ = destinations;
+        Ok(())
+    }
 }

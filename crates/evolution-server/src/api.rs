@@ -37,7 +37,7 @@ enum Access {
 /// The routes.
 pub(crate) fn routes(app: Arc<App>) -> Http {
     let body_limit = app.config.max_body_bytes;
-    Http::new()
+    let routes = Http::new()
         .route("/instance/create", post(create_instance))
         .route("/instance/fetchInstances", get(fetch_instances))
         .route("/instance/delete/{instance}", delete(delete_instance))
@@ -56,7 +56,12 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .with_state(Arc::clone(&app));
+    // Socket.IO (`WEBSOCKET_ENABLED=true`) on the same listener, under /socket.io.
+    match app.take_websocket_layer() {
+        Some(socketio) => routes.layer(socketio),
+        None => routes,
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -187,6 +192,24 @@ async fn check_webhook_target(app: &App, settings: &InstanceSettings, errors: &m
     }
 }
 
+/// Creates what the settings deliver to (SQS queues, Kafka topics) through the sinks
+/// (`Dispatcher::prepare`): a name the backend refuses is a 400; a backend that is down is only
+/// logged (the sinks provision on first use).
+async fn provision(
+    app: &App,
+    instance: &InstanceName,
+    settings: &InstanceSettings,
+    errors: &mut Vec<String>,
+) {
+    for (channel, e) in app.dispatcher.prepare(instance, settings).await {
+        if e.kind() == evolution_events::ErrorKind::Rejected {
+            errors.push(format!("{channel}: {e}"));
+        } else {
+            tracing::warn!(%instance, %channel, error = %e, "cannot provision the destinations now; done on first use");
+        }
+    }
+}
+
 /// One channel's settings as JSON (secrets redacted), or `null`.
 fn channel_json(settings: &InstanceSettings, channel: Channel) -> Value {
     let redacted = settings.redacted();
@@ -277,6 +300,9 @@ async fn create_instance(
                 format!("instanceName: an instance named `{name}` already exists"),
             ));
         }
+        if errors.is_empty() {
+            provision(&app, name, &settings, &mut errors).await;
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
@@ -343,6 +369,10 @@ async fn delete_instance(
     app.emit(vec![(deleted, None), (removed, None)]).await?;
     app.store.delete_instance(&record.name).await?;
     app.uncache(&record.name);
+    if let Some(websocket) = &app.websocket {
+        // Its token no longer opens anything, including the connections it already opened.
+        websocket.disconnect_instance(&record.name).await;
+    }
     tracing::info!(instance = %record.name, "instance deleted");
     Ok(
         Json(json!({"status": "SUCCESS", "error": false, "response": {"message": "Instance deleted"}}))
@@ -385,6 +415,9 @@ async fn set_channel(
         && let Err(e) = app.dispatcher.router().validate_instance(&record.name, &settings)
     {
         errors.extend(e.0.iter().map(ToString::to_string));
+    }
+    if errors.is_empty() {
+        provision(&app, &record.name, &settings, &mut errors).await;
     }
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 
 use evolution_events::{
     Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
 };
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
+use evolution_sinks::websocket::{Access, WebsocketLayer, WebsocketSink};
 use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
 
@@ -28,6 +29,10 @@ pub(crate) struct App {
     pub(crate) sqlite: Arc<SqliteOutbox>,
     instances: RwLock<BTreeMap<InstanceName, Arc<InstanceRecord>>>,
     pub(crate) accepted: AtomicU64,
+    /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
+    pub(crate) websocket: Option<Arc<WebsocketSink>>,
+    /// Its Socket.IO endpoint, until the HTTP router takes it (`api::routes`).
+    websocket_layer: Mutex<Option<WebsocketLayer>>,
 }
 
 /// Why the server could not start.
@@ -64,11 +69,31 @@ impl App {
         let router = Router::new(config.global.clone())?;
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
         let mut builder = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router);
+        // The websocket sink asks the app who may see what; the app exists only after the sinks.
+        let slot: Arc<OnceLock<Weak<App>>> = Arc::new(OnceLock::new());
+        let mut websocket = None;
         for plan in config.channels.clone() {
             let channel = plan.channel();
+            if channel == Channel::Websocket {
+                let slot = Arc::clone(&slot);
+                let authorizer = move |key: &str| match slot.get().and_then(Weak::upgrade) {
+                    Some(app) => app.access(key),
+                    None => Access::Denied,
+                };
+                let (sink, layer, dispatch) = plan
+                    .build_websocket(authorizer)
+                    .map_err(|e| StartError::Sink(channel, e))?;
+                builder = builder.sink_with(
+                    Arc::clone(&sink) as Arc<dyn evolution_events::EventSink>,
+                    dispatch,
+                );
+                websocket = Some((sink, layer));
+                continue;
+            }
             let (sink, dispatch) = plan.build().map_err(|e| StartError::Sink(channel, e))?;
             builder = builder.sink_with(sink, dispatch);
         }
+        let (websocket, websocket_layer) = websocket.unzip();
         let dispatcher = builder
             .on_dead(move |notice| {
                 if dead_tx.try_send(notice).is_err() {
@@ -91,7 +116,10 @@ impl App {
             sqlite,
             instances: RwLock::new(instances),
             accepted: AtomicU64::new(0),
+            websocket,
+            websocket_layer: Mutex::new(websocket_layer),
         });
+        let _ignored = slot.set(Arc::downgrade(&app));
         tokio::spawn(emit_errors(Arc::clone(&app), dead_rx));
         let data = serde_json::json!({"version": env!("CARGO_PKG_VERSION")});
         let startup = app.envelope(
@@ -142,6 +170,27 @@ impl App {
             }
         }
         found
+    }
+
+    /// What `key` may see: everything for the global key, one instance for its token (both
+    /// compared in constant time), nothing otherwise.
+    pub(crate) fn access(&self, key: &str) -> Access {
+        if constant_time_eq(key.as_bytes(), self.api_key.expose().as_bytes()) {
+            return Access::Global;
+        }
+        match self.instance_by_token(key) {
+            Some(record) => Access::Instance(record.name.clone()),
+            None => Access::Denied,
+        }
+    }
+
+    /// The Socket.IO endpoint to mount on the HTTP router (once; `None` without the websocket
+    /// channel).
+    pub(crate) fn take_websocket_layer(&self) -> Option<WebsocketLayer> {
+        self.websocket_layer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// An envelope for `instance`, with `SERVER_URL`, and the instance token as `apikey` when

@@ -93,6 +93,9 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("KAFKA_SSL_CA", Some("")),
     ("KAFKA_SSL_KEY", Some("")),
     ("KAFKA_SSL_CERT", Some("")),
+    ("KAFKA_LINGER_MS", Some("1")),
+    ("KAFKA_COMPRESSION", Some("none")),
+    ("KAFKA_IDEMPOTENCE", Some("true")),
     ("NATS_ENABLED", Some("false")),
     ("NATS_URI", Some("")),
     ("NATS_GLOBAL_ENABLED", Some("false")),
@@ -108,6 +111,9 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("PUSHER_GLOBAL_USE_TLS", Some("false")),
     ("PUSHER_HOST", Some("")),
     ("PUSHER_PORT", Some("")),
+    ("PUSHER_MAX_PAYLOAD_BYTES", Some("10240")),
+    ("PUSHER_BATCH_EVENTS", Some("true")),
+    ("PUSHER_REQUEST_TIMEOUT_MS", Some("10000")),
 ];
 
 /// Prefixes of per-event toggles: `<PREFIX><KEY>` (`SQS_GLOBAL_<KEY>` for SQS).

@@ -85,8 +85,19 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {address}: {e} (set SERVER_PORT / SERVER_HOST)"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, api::routes(std::sync::Arc::clone(&app)))
-        .with_graceful_shutdown(shutdown_signal())
+    // Peer addresses are recorded for WEBSOCKET_ALLOWED_HOSTS.
+    let service =
+        api::routes(std::sync::Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>();
+    let websocket = app.websocket.clone();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            if let Some(websocket) = websocket {
+                // Ends Socket.IO connections (long-polling requests would hold the HTTP server
+                // open); clients reconnect to the next server.
+                let _ignored = evolution_events::EventSink::shutdown(&*websocket).await;
+            }
+        })
         .await?;
     tracing::info!("shutting down: finishing in-flight deliveries");
     let report = app.dispatcher.shutdown(shutdown_timeout).await;

@@ -23,6 +23,14 @@ pub const AVAILABLE: &[Channel] = &[
     Channel::Rabbitmq,
     #[cfg(feature = "nats")]
     Channel::Nats,
+    #[cfg(feature = "websocket")]
+    Channel::Websocket,
+    #[cfg(feature = "pusher")]
+    Channel::Pusher,
+    #[cfg(feature = "kafka")]
+    Channel::Kafka,
+    #[cfg(feature = "sqs")]
+    Channel::Sqs,
 ];
 
 /// Webhook deliveries handed to the sink at once (the sink sends one destination's deliveries one
@@ -48,6 +56,14 @@ enum PlanKind {
     Rabbitmq(evolution_sink_rabbitmq::RabbitmqConfig),
     #[cfg(feature = "nats")]
     Nats(evolution_sink_nats::NatsConfig),
+    #[cfg(feature = "websocket")]
+    Websocket(evolution_sink_websocket::WebsocketConfig),
+    #[cfg(feature = "pusher")]
+    Pusher(evolution_sink_pusher::PusherConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(evolution_sink_kafka::KafkaConfig),
+    #[cfg(feature = "sqs")]
+    Sqs(evolution_sink_sqs::SqsConfig),
 }
 
 impl ChannelPlan {
@@ -62,6 +78,14 @@ impl ChannelPlan {
             PlanKind::Rabbitmq(_) => Channel::Rabbitmq,
             #[cfg(feature = "nats")]
             PlanKind::Nats(_) => Channel::Nats,
+            #[cfg(feature = "websocket")]
+            PlanKind::Websocket(_) => Channel::Websocket,
+            #[cfg(feature = "pusher")]
+            PlanKind::Pusher(_) => Channel::Pusher,
+            #[cfg(feature = "kafka")]
+            PlanKind::Kafka(_) => Channel::Kafka,
+            #[cfg(feature = "sqs")]
+            PlanKind::Sqs(_) => Channel::Sqs,
         }
     }
 
@@ -88,7 +112,59 @@ impl ChannelPlan {
                 let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_nats::NatsSink::new(config)?);
                 Ok((sink, dispatch))
             }
+            #[cfg(feature = "websocket")]
+            (PlanKind::Websocket(_), _) => Err(SinkError::new(
+                Channel::Websocket,
+                evolution_events::ErrorKind::ConfigInvalid,
+                "the websocket channel needs to know who may see what: build it with \
+                 ChannelPlan::build_websocket and an authorizer",
+            )),
+            #[cfg(feature = "pusher")]
+            (PlanKind::Pusher(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_pusher::PusherSink::new(config)?);
+                Ok((sink, dispatch))
+            }
+            #[cfg(feature = "kafka")]
+            (PlanKind::Kafka(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_kafka::KafkaSink::new(config)?);
+                Ok((sink, dispatch))
+            }
+            #[cfg(feature = "sqs")]
+            (PlanKind::Sqs(config), dispatch) => {
+                let sink: Arc<dyn EventSink> = Arc::new(evolution_sink_sqs::SqsSink::new(config)?);
+                Ok((sink, dispatch))
+            }
         }
+    }
+
+    /// Builds the websocket channel's sink and the Socket.IO endpoint to mount on the HTTP
+    /// listener. Unlike the other channels it needs `authorizer` (what an API key may see), which
+    /// only the server knows; [`ChannelPlan::build`] refuses a websocket plan.
+    ///
+    /// # Errors
+    /// `ConfigInvalid` when this is not the websocket plan, or the sink's configuration error.
+    #[cfg(feature = "websocket")]
+    pub fn build_websocket(
+        self,
+        authorizer: impl evolution_sink_websocket::Authorizer,
+    ) -> Result<
+        (
+            Arc<evolution_sink_websocket::WebsocketSink>,
+            evolution_sink_websocket::WebsocketLayer,
+            ChannelConfig,
+        ),
+        SinkError,
+    > {
+        let channel = self.channel();
+        let PlanKind::Websocket(config) = self.kind else {
+            return Err(SinkError::new(
+                channel,
+                evolution_events::ErrorKind::ConfigInvalid,
+                format!("build_websocket was given the {channel} plan; use ChannelPlan::build"),
+            ));
+        };
+        let (sink, layer) = evolution_sink_websocket::WebsocketSink::new(config, authorizer)?;
+        Ok((Arc::new(sink), layer, self.dispatch))
     }
 }
 
@@ -104,6 +180,14 @@ pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
     plans.extend(rabbitmq(vars, global));
     #[cfg(feature = "nats")]
     plans.extend(nats(vars, global));
+    #[cfg(feature = "websocket")]
+    plans.extend(websocket(vars, global));
+    #[cfg(feature = "pusher")]
+    plans.extend(pusher(vars, global));
+    #[cfg(feature = "kafka")]
+    plans.extend(kafka(vars, global));
+    #[cfg(feature = "sqs")]
+    plans.extend(sqs(vars, global));
     let switches = [
         (Channel::Websocket, global.websocket.enabled),
         (Channel::Rabbitmq, global.rabbitmq.enabled),
@@ -309,6 +393,401 @@ fn nats(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
     })
 }
 
+/// `WEBSOCKET_ALLOWED_HOSTS`; only with `WEBSOCKET_ENABLED=true`.
+#[cfg(feature = "websocket")]
+fn websocket(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
+    use evolution_sink_websocket::{WebsocketConfig, parse_allowed_hosts};
+    if !global.websocket.enabled {
+        return None;
+    }
+    let allowed_hosts = parse_allowed_hosts(vars.raw("WEBSOCKET_ALLOWED_HOSTS")).unwrap_or_else(|e| {
+        vars.error(format!("WEBSOCKET_ALLOWED_HOSTS: {e}"));
+        Vec::new()
+    });
+    Some(ChannelPlan {
+        dispatch: ChannelConfig::default_for(Channel::Websocket),
+        kind: PlanKind::Websocket(WebsocketConfig {
+            allowed_hosts,
+            ..WebsocketConfig::default()
+        }),
+    })
+}
+
+/// Pusher deliveries handed to the sink at once (one app's requests go one after the other).
+#[cfg(feature = "pusher")]
+pub const PUSHER_BATCH: usize = 20;
+
+/// `PUSHER_MAX_PAYLOAD_BYTES`, `PUSHER_BATCH_EVENTS`, `PUSHER_REQUEST_TIMEOUT_MS`; the global app
+/// (with `PUSHER_HOST`/`PUSHER_PORT`) is the health check's probe. Only with `PUSHER_ENABLED=true`.
+#[cfg(feature = "pusher")]
+fn pusher(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
+    use evolution_sink_pusher::PusherConfig;
+    if !global.pusher.enabled {
+        return None;
+    }
+    let max_payload_bytes = usize::try_from(vars.positive("PUSHER_MAX_PAYLOAD_BYTES")).unwrap_or(usize::MAX);
+    let batch_events = vars.bool("PUSHER_BATCH_EVENTS");
+    let request_timeout = Duration::from_millis(vars.positive("PUSHER_REQUEST_TIMEOUT_MS"));
+    let probe = global.pusher.app.clone().map(|mut app| {
+        if app.host.is_none() {
+            app.host.clone_from(&global.pusher.host);
+            app.port = app.port.or(global.pusher.port);
+        }
+        app
+    });
+    let batch = u32::try_from(PUSHER_BATCH).unwrap_or(u32::MAX);
+    let dispatch = ChannelConfig {
+        batch_size: Some(PUSHER_BATCH),
+        // Each request is bounded by the request timeout; this deadline is a safety net above it.
+        send_timeout: request_timeout.saturating_mul(batch) + Duration::from_secs(5),
+        ..ChannelConfig::default_for(Channel::Pusher)
+    };
+    Some(ChannelPlan {
+        dispatch,
+        kind: PlanKind::Pusher(PusherConfig {
+            max_payload_bytes,
+            batch_events,
+            request_timeout,
+            probe,
+            ..PusherConfig::default()
+        }),
+    })
+}
+
+/// `KAFKA_BROKERS`, `KAFKA_CLIENT_ID`, `KAFKA_CONNECTION_TIMEOUT`, `KAFKA_REQUEST_TIMEOUT`,
+/// `KAFKA_AUTO_CREATE_TOPICS`, `KAFKA_NUM_PARTITIONS`, `KAFKA_REPLICATION_FACTOR`, `KAFKA_LINGER_MS`,
+/// `KAFKA_COMPRESSION`, `KAFKA_IDEMPOTENCE`, `KAFKA_SASL_*`, `KAFKA_SSL_*`; only with
+/// `KAFKA_ENABLED=true`.
+/// (`KAFKA_CONSUMER_GROUP_ID` is accepted and unused: the sink only produces.)
+#[cfg(feature = "kafka")]
+fn kafka(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
+    use evolution_sink_kafka::{KafkaConfig, KafkaSasl, KafkaSsl, Pem};
+    if !global.kafka.enabled {
+        return None;
+    }
+    let brokers: Vec<String> = vars
+        .raw("KAFKA_BROKERS")
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if brokers.is_empty() {
+        vars.error("KAFKA_ENABLED=true needs KAFKA_BROKERS (host:port, comma-separated); set it, or set KAFKA_ENABLED=false");
+    }
+    let connection_timeout = Duration::from_millis(vars.positive("KAFKA_CONNECTION_TIMEOUT"));
+    let request_timeout = Duration::from_millis(vars.positive("KAFKA_REQUEST_TIMEOUT"));
+    let num_partitions: i32 = vars.number("KAFKA_NUM_PARTITIONS", "a number of partitions (1 or more)");
+    if num_partitions < 1 {
+        vars.error(format!(
+            "KAFKA_NUM_PARTITIONS={num_partitions} must be at least 1"
+        ));
+    }
+    let replication_factor: i32 = vars.number(
+        "KAFKA_REPLICATION_FACTOR",
+        "a replication factor (1 or more, or -1 for the broker's default)",
+    );
+    if replication_factor < 1 && replication_factor != -1 {
+        vars.error(format!(
+            "KAFKA_REPLICATION_FACTOR={replication_factor} must be at least 1 (or -1 for the broker's default)"
+        ));
+    }
+    let linger = Duration::from_millis(vars.number("KAFKA_LINGER_MS", "a whole number of milliseconds"));
+    let compression = vars.raw("KAFKA_COMPRESSION").parse().unwrap_or_else(|e| {
+        vars.error(format!("KAFKA_COMPRESSION: {e}"));
+        evolution_sink_kafka::Compression::None
+    });
+    let auto_create_topics = vars.bool("KAFKA_AUTO_CREATE_TOPICS");
+    let idempotence = vars.bool("KAFKA_IDEMPOTENCE");
+    let sasl = if vars.bool("KAFKA_SASL_ENABLED") {
+        let mechanism = vars.raw("KAFKA_SASL_MECHANISM").parse().unwrap_or_else(|e| {
+            vars.error(format!("KAFKA_SASL_MECHANISM: {e}"));
+            evolution_sink_kafka::SaslMechanism::Plain
+        });
+        let (username, password) = (
+            vars.string("KAFKA_SASL_USERNAME"),
+            vars.string("KAFKA_SASL_PASSWORD"),
+        );
+        if username.is_none() || password.is_none() {
+            // The password is never repeated.
+            vars.error("KAFKA_SASL_ENABLED=true needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD");
+        }
+        Some(KafkaSasl {
+            mechanism,
+            username: username.unwrap_or_default(),
+            password: evolution_events::Sensitive::new(password.unwrap_or_default()),
+        })
+    } else {
+        None
+    };
+    let ssl = if vars.bool("KAFKA_SSL_ENABLED") {
+        let mut pem = |name: &str| {
+            let pem = vars.string(name).map(|v| Pem::parse(&v));
+            if let Some(Pem::File(path)) = &pem
+                && !path.is_file()
+            {
+                vars.error(format!(
+                    "{name}: {} is not a readable file; give a PEM file path or the PEM text itself",
+                    path.display()
+                ));
+            }
+            pem
+        };
+        let (ca, cert, key) = (pem("KAFKA_SSL_CA"), pem("KAFKA_SSL_CERT"), pem("KAFKA_SSL_KEY"));
+        if cert.is_some() != key.is_some() {
+            vars.error("KAFKA_SSL_CERT and KAFKA_SSL_KEY go together (mutual TLS): set both, or neither");
+        }
+        // Evolution API: verification is on unless the value is exactly "false".
+        let verify = !vars
+            .raw("KAFKA_SSL_REJECT_UNAUTHORIZED")
+            .trim()
+            .eq_ignore_ascii_case("false");
+        Some(KafkaSsl {
+            verify,
+            ca,
+            key,
+            cert,
+        })
+    } else {
+        None
+    };
+    let config = KafkaConfig {
+        client_id: vars
+            .string("KAFKA_CLIENT_ID")
+            .unwrap_or_else(|| KafkaConfig::DEFAULT_CLIENT_ID.to_owned()),
+        connection_timeout,
+        request_timeout,
+        auto_create_topics,
+        num_partitions,
+        replication_factor,
+        linger,
+        compression,
+        idempotence,
+        sasl,
+        ssl,
+        ..KafkaConfig::new(brokers)
+    };
+    Some(ChannelPlan {
+        dispatch: ChannelConfig {
+            // A send looks topics up (at most 10 s) and waits for the acknowledgements (at most the
+            // request timeout); this deadline is a safety net above both.
+            send_timeout: request_timeout.saturating_mul(2) + Duration::from_secs(10),
+            ..ChannelConfig::default_for(Channel::Kafka)
+        },
+        kind: PlanKind::Kafka(config),
+    })
+}
+
+/// `SQS_REGION`, `SQS_ACCESS_KEY_ID`, `SQS_SECRET_ACCESS_KEY`, `SQS_ENDPOINT`, `SQS_ACCOUNT_ID`,
+/// `SQS_MAX_PAYLOAD_SIZE`; only with `SQS_ENABLED=true`. Without `SQS_REGION`, an `SQS_ENDPOINT`
+/// (an SQS-compatible server) implies `us-east-1`.
+#[cfg(feature = "sqs")]
+fn sqs(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
+    use evolution_sink_sqs::{SqsConfig, SqsCredentials};
+    if !global.sqs.broker.enabled {
+        return None;
+    }
+    let endpoint = vars.string("SQS_ENDPOINT");
+    if let Some(e) = &endpoint
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        vars.error(format!("SQS_ENDPOINT=`{e}` must be an http:// or https:// URL"));
+    }
+    let region = match (vars.string("SQS_REGION"), &endpoint) {
+        (Some(region), _) => region,
+        (None, Some(_)) => "us-east-1".to_owned(),
+        (None, None) => {
+            vars.error(
+                "SQS_ENABLED=true needs SQS_REGION (e.g. us-east-1); set it, or set SQS_ENABLED=false",
+            );
+            String::new()
+        }
+    };
+    let credentials = match (
+        vars.string("SQS_ACCESS_KEY_ID"),
+        vars.string("SQS_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(id), Some(secret)) => Some(SqsCredentials::new(id, secret)),
+        (None, None) => None,
+        // The secret is never repeated.
+        _ => {
+            vars.error(
+                "SQS_ACCESS_KEY_ID and SQS_SECRET_ACCESS_KEY go together: set both, or neither (the AWS default \
+                 credential chain)",
+            );
+            None
+        }
+    };
+    let max_payload_bytes = usize::try_from(vars.positive("SQS_MAX_PAYLOAD_SIZE")).unwrap_or(usize::MAX);
+    if !(2048..=SqsConfig::SQS_LIMIT_BYTES).contains(&max_payload_bytes) {
+        vars.error(format!(
+            "SQS_MAX_PAYLOAD_SIZE={max_payload_bytes} must be between 2048 and {} bytes (SQS's limit); larger \
+             events are refused per delivery",
+            SqsConfig::SQS_LIMIT_BYTES
+        ));
+    }
+    let config = SqsConfig {
+        credentials,
+        endpoint,
+        account_id: vars.string("SQS_ACCOUNT_ID"),
+        max_payload_bytes,
+        ..SqsConfig::new(region)
+    };
+    Some(ChannelPlan {
+        dispatch: ChannelConfig {
+            // Up to three calls in a row per queue (look up, create, send), each bounded by the
+            // operation timeout; this deadline is a safety net above them.
+            send_timeout: config.operation_timeout.saturating_mul(3) + Duration::from_secs(5),
+            ..ChannelConfig::default_for(Channel::Sqs)
+        },
+        kind: PlanKind::Sqs(config),
+    })
+}
+
+#[cfg(all(test, feature = "kafka", feature = "sqs"))]
+mod kafka_sqs_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
+        // The server's defaults for these channels (crates/evolution-server/src/config.rs KNOWN).
+        let mut values: BTreeMap<String, String> = [
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("KAFKA_CLIENT_ID", "evolution-api"),
+            ("KAFKA_CONNECTION_TIMEOUT", "3000"),
+            ("KAFKA_REQUEST_TIMEOUT", "30000"),
+            ("KAFKA_NUM_PARTITIONS", "1"),
+            ("KAFKA_REPLICATION_FACTOR", "1"),
+            ("KAFKA_LINGER_MS", "1"),
+            ("KAFKA_COMPRESSION", "none"),
+            ("KAFKA_IDEMPOTENCE", "true"),
+            ("KAFKA_SSL_REJECT_UNAUTHORIZED", "true"),
+            ("SQS_MAX_PAYLOAD_SIZE", "1048576"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        for (k, v) in pairs {
+            values.insert((*k).to_owned(), (*v).to_owned());
+        }
+        Vars::new(values)
+    }
+
+    fn global(kafka: bool, sqs: bool) -> GlobalSettings {
+        let mut g = GlobalSettings::default();
+        g.kafka.enabled = kafka;
+        g.sqs.broker.enabled = sqs;
+        g
+    }
+
+    fn ours(v: &Vars) -> Vec<String> {
+        v.errors()
+            .iter()
+            .filter(|e| e.contains("KAFKA") || e.contains("SQS"))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn planned_only_when_enabled_and_built_without_connecting() {
+        let mut v = vars(&[]);
+        let plans = plan(&mut v, &global(false, false));
+        assert!(
+            plans
+                .iter()
+                .all(|p| !matches!(p.channel(), Channel::Kafka | Channel::Sqs))
+        );
+        let mut v = vars(&[
+            ("KAFKA_SASL_ENABLED", "true"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "evolution"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+            ("KAFKA_AUTO_CREATE_TOPICS", "yes"),
+            ("KAFKA_NUM_PARTITIONS", "6"),
+            ("KAFKA_COMPRESSION", "lz4"),
+            ("SQS_ENDPOINT", "http://127.0.0.1:5000"),
+            ("SQS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("SQS_SECRET_ACCESS_KEY", "hunter3"),
+        ]);
+        let plans = plan(&mut v, &global(true, true));
+        assert!(ours(&v).is_empty(), "{:?}", v.errors());
+        for p in &plans {
+            let shown = format!("{p:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hunter3"),
+                "{shown}"
+            );
+        }
+        let kafka = plans.iter().find_map(|p| match &p.kind {
+            PlanKind::Kafka(c) => Some(c.clone()),
+            _ => None,
+        });
+        let kafka = kafka.unwrap_or_else(|| panic!("no kafka plan"));
+        assert!(kafka.auto_create_topics);
+        assert_eq!(kafka.num_partitions, 6);
+        assert_eq!(kafka.compression, evolution_sink_kafka::Compression::Lz4);
+        assert_eq!(
+            kafka.sasl.as_ref().map(|s| s.mechanism),
+            Some(evolution_sink_kafka::SaslMechanism::ScramSha512)
+        );
+        let sqs = plans.iter().find_map(|p| match &p.kind {
+            PlanKind::Sqs(c) => Some(c.clone()),
+            _ => None,
+        });
+        let sqs = sqs.unwrap_or_else(|| panic!("no sqs plan"));
+        assert_eq!(
+            sqs.region, "us-east-1",
+            "an endpoint without a region implies us-east-1"
+        );
+        for p in plans {
+            if matches!(p.channel(), Channel::Kafka | Channel::Sqs) {
+                assert_eq!(p.dispatch.retry, RetryPolicy::forever());
+                assert!(p.build().is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_variable_without_secrets() {
+        let mut v = vars(&[
+            ("KAFKA_BROKERS", " "),
+            ("KAFKA_NUM_PARTITIONS", "0"),
+            ("KAFKA_REPLICATION_FACTOR", "-3"),
+            ("KAFKA_COMPRESSION", "zstd"),
+            ("KAFKA_LINGER_MS", "soon"),
+            ("KAFKA_SASL_ENABLED", "true"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+            ("KAFKA_SSL_ENABLED", "true"),
+            ("KAFKA_SSL_CA", "/nonexistent/ca.pem"),
+            (
+                "KAFKA_SSL_KEY",
+                "-----BEGIN PRIVATE KEY-----hunter4-----END PRIVATE KEY-----",
+            ),
+            ("SQS_SECRET_ACCESS_KEY", "hunter3"),
+            ("SQS_MAX_PAYLOAD_SIZE", "2000000"),
+        ]);
+        let _ = plan(&mut v, &global(true, true));
+        let text = ours(&v).join("\n");
+        for needle in [
+            "KAFKA_ENABLED=true needs KAFKA_BROKERS",
+            "KAFKA_NUM_PARTITIONS=0",
+            "KAFKA_REPLICATION_FACTOR=-3",
+            "KAFKA_COMPRESSION: unknown compression `zstd`",
+            "KAFKA_LINGER_MS=`soon`",
+            "KAFKA_SASL_ENABLED=true needs KAFKA_SASL_USERNAME",
+            "KAFKA_SSL_CA: /nonexistent/ca.pem",
+            "KAFKA_SSL_CERT and KAFKA_SSL_KEY go together",
+            "SQS_ENABLED=true needs SQS_REGION",
+            "SQS_ACCESS_KEY_ID and SQS_SECRET_ACCESS_KEY go together",
+            "SQS_MAX_PAYLOAD_SIZE=2000000",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(!text.contains("hunter"), "{text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -427,6 +906,60 @@ mod tests {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[cfg(all(feature = "websocket", feature = "pusher"))]
+    #[tokio::test]
+    async fn websocket_and_pusher_are_planned_when_enabled() {
+        let mut g = GlobalSettings::default();
+        g.websocket.enabled = true;
+        g.pusher.enabled = true;
+        let ours = |v: &Vars| -> String {
+            v.errors()
+                .iter()
+                .filter(|e| e.contains("WEBSOCKET") || e.contains("PUSHER"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut v = vars(&[
+            ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1,*"),
+            ("PUSHER_MAX_PAYLOAD_BYTES", "0"),
+            ("PUSHER_BATCH_EVENTS", "maybe"),
+            ("PUSHER_REQUEST_TIMEOUT_MS", "1000"),
+        ]);
+        let _ = plan(&mut v, &g);
+        let text = ours(&v);
+        for needle in [
+            "WEBSOCKET_ALLOWED_HOSTS: `*` is not an IP address",
+            "PUSHER_MAX_PAYLOAD_BYTES must be greater than 0",
+            "PUSHER_BATCH_EVENTS=`maybe`",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let mut v = vars(&[
+            ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1, ::1"),
+            ("PUSHER_MAX_PAYLOAD_BYTES", "10240"),
+            ("PUSHER_BATCH_EVENTS", "true"),
+            ("PUSHER_REQUEST_TIMEOUT_MS", "1000"),
+        ]);
+        let plans = plan(&mut v, &g);
+        assert!(ours(&v).is_empty(), "{}", ours(&v));
+        for plan in plans {
+            match plan.channel() {
+                Channel::Websocket => {
+                    let refused = plan.clone().build().map(|_| ()).unwrap_err();
+                    assert!(refused.to_string().contains("build_websocket"), "{refused}");
+                    let built = plan.build_websocket(|_: &str| evolution_sink_websocket::Access::Denied);
+                    assert!(built.is_ok());
+                }
+                Channel::Pusher => {
+                    assert_eq!(plan.dispatch.batch_size, Some(PUSHER_BATCH));
+                    assert!(plan.build().is_ok());
+                }
+                _ => {}
+            }
+        }
     }
 
     #[cfg(feature = "nats")]

@@ -24,9 +24,6 @@ const OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// The longest pause between retries of recording outcomes.
 const MAX_OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(30);
 
-/// The longest [`Dispatcher::prepare`] waits for one channel.
-pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How one channel is dispatched.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelConfig {
@@ -320,6 +317,9 @@ pub struct ShutdownReport {
 }
 
 impl Dispatcher {
+    /// The longest [`Dispatcher::prepare`] waits for one channel.
+    pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// Starts building a dispatcher over an outbox and a router.
     #[must_use]
     pub fn builder(outbox: Arc<dyn Outbox>, router: Router) -> DispatcherBuilder {
@@ -417,17 +417,24 @@ impl Dispatcher {
     }
 
     /// Provisions what `instance`'s settings deliver to — SQS queues, Kafka topics — through each
-    /// channel's [`EventSink::prepare`], at most [`PREPARE_TIMEOUT`] per channel (channels
+    /// channel's [`EventSink::prepare`], at most [`Dispatcher::PREPARE_TIMEOUT`] per channel (channels
     /// concurrently). Call it when the settings are saved: a destination the backend refuses is
     /// then reported at once (an error of kind `Rejected`), and the first events find everything
     /// in place. The sinks provision on first use anyway, so the other failures (a backend that is
     /// down) can be logged and ignored.
     ///
     /// Returns the channels that failed, with the reason.
-    pub async fn prepare(&self, instance: &InstanceName, settings: &InstanceSettings) -> Vec<(Channel, SinkError)> {
+    pub async fn prepare(
+        &self,
+        instance: &InstanceName,
+        settings: &InstanceSettings,
+    ) -> Vec<(Channel, SinkError)> {
         let mut by_channel: HashMap<Channel, Vec<Destination>> = HashMap::new();
         for route in self.shared.router.instance_destinations(instance, settings) {
-            by_channel.entry(route.channel).or_default().push(route.destination);
+            by_channel
+                .entry(route.channel)
+                .or_default()
+                .push(route.destination);
         }
         let mut calls = tokio::task::JoinSet::new();
         for (channel, destinations) in by_channel {
@@ -436,7 +443,7 @@ impl Dispatcher {
             };
             let sink = Arc::clone(&ctx.sink);
             calls.spawn(async move {
-                match tokio::time::timeout(PREPARE_TIMEOUT, sink.prepare(&destinations)).await {
+                match tokio::time::timeout(Self::PREPARE_TIMEOUT, sink.prepare(&destinations)).await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some((channel, e)),
                     Err(_) => Some((
@@ -445,7 +452,8 @@ impl Dispatcher {
                             channel,
                             ErrorKind::Timeout,
                             format!(
-                                "provisioning did not finish within {PREPARE_TIMEOUT:?}; the sink does it on first use"
+                                "provisioning did not finish within {:?}; the sink does it on first use",
+                                Self::PREPARE_TIMEOUT
                             ),
                         ),
                     )),

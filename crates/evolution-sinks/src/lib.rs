@@ -39,6 +39,22 @@ pub use evolution_sink_rabbitmq as rabbitmq;
 #[cfg(feature = "nats")]
 pub use evolution_sink_nats as nats;
 
+/// The WebSocket (Socket.IO) channel (feature `websocket`).
+#[cfg(feature = "websocket")]
+pub use evolution_sink_websocket as websocket;
+
+/// The Pusher channel (feature `pusher`).
+#[cfg(feature = "pusher")]
+pub use evolution_sink_pusher as pusher;
+
+/// The Kafka channel (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use evolution_sink_kafka as kafka;
+
+/// The SQS channel (feature `sqs`).
+#[cfg(feature = "sqs")]
+pub use evolution_sink_sqs as sqs;
+
 pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
     EmitError, LATENCY_BUCKETS, LatencyHistogram, ShutdownReport,

@@ -196,6 +196,27 @@ impl Router {
         }
     }
 
+    /// Every distinct route the instance's own settings produce, over every event they select
+    /// (global routes are not included): what to provision when the settings are saved (see
+    /// [`Dispatcher::prepare`](crate::Dispatcher::prepare)). Routes that could not be named are
+    /// left out ([`Router::validate_instance`] reports them).
+    #[must_use]
+    pub fn instance_destinations(&self, instance: &InstanceName, settings: &InstanceSettings) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for kind in EventKind::all() {
+            let mut more = Vec::new();
+            if self
+                .instance_routes(instance, kind, settings, &mut more, false)
+                .is_ok()
+            {
+                for route in more {
+                    push(&mut routes, route.channel, route.scope, route.destination);
+                }
+            }
+        }
+        routes
+    }
+
     /// `all_selected`: ignore the per-channel enabled switches (validation of settings that may be
     /// enabled later).
     fn instance_routes(

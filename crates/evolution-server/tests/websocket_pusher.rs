@@ -1,0 +1,446 @@
+//! The WebSocket (Socket.IO) and Pusher channels end to end through the server, with the seed's
+//! own client snippets (`tests/node/seed-socketio.mjs`, `tests/node/seed-pusher.js`) and real
+//! clients (node socket.io-client and pusher-js) against a real Pusher-protocol server (soketi).
+//! Needs `EVOLUTION_TEST_NODE_DIR` and `EVOLUTION_TEST_PUSHER_*` (`scripts/services up node pusher`,
+//! then `eval "$(scripts/services env)"`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{API_KEY, Server};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+const QUIET: Duration = Duration::from_millis(800);
+
+/// The seed's example data of a `MESSAGES_UPSERT`.
+fn seed_data() -> Value {
+    json!({
+        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "MESSAGE_ID"},
+        "message": {"conversation": "olá"},
+        "messageTimestamp": "1234567890"
+    })
+}
+
+fn required(what: &str) -> Option<()> {
+    if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) {
+        panic!("{what} is required in CI: run `scripts/services up node pusher`");
+    }
+    eprintln!("skipped: {what} (scripts/services up node pusher; eval \"$(scripts/services env)\")");
+    None
+}
+
+/// `EVOLUTION_TEST_NODE_DIR` with socket.io-client and pusher-js installed.
+fn node_dir() -> Option<PathBuf> {
+    match std::env::var("EVOLUTION_TEST_NODE_DIR") {
+        Ok(dir) if PathBuf::from(&dir).join("node_modules/socket.io-client").is_dir() => Some(dir.into()),
+        _ => required("EVOLUTION_TEST_NODE_DIR").map(|()| PathBuf::new()),
+    }
+}
+
+/// Writes `tests/node/<name>` with `replacements` applied next to the installed node_modules,
+/// under a unique name; returns its path.
+fn node_script(dir: &std::path::Path, name: &str, replacements: &[(&str, &str)]) -> PathBuf {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/node")
+        .join(name);
+    let mut text = std::fs::read_to_string(&source).unwrap();
+    for (from, to) in replacements {
+        assert!(text.contains(from), "{name} has no `{from}`");
+        text = text.replace(from, to);
+    }
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let (stem, ext) = name.rsplit_once('.').unwrap();
+    let unique = format!(
+        "{stem}-{}-{}.{ext}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let path = scripts.join(unique);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A node process whose stdout JSON lines are collected.
+struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<Value>>>,
+    script: Option<PathBuf>,
+}
+
+impl Node {
+    fn run(script: PathBuf, args: &[&str], temporary: bool) -> Self {
+        let mut child = Command::new("node")
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(value);
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            script: temporary.then_some(script),
+        }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` lines match `f` (or `within` passed) and returns those.
+    async fn wait(&self, n: usize, within: Duration, f: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found: Vec<Value> = self.lines().into_iter().filter(|l| f(l)).collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        if let Some(script) = &self.script {
+            std::fs::remove_file(script).ok();
+        }
+    }
+}
+
+/// `sio-probe.mjs`: a socket.io-client connected with `key` to `namespaces`.
+fn sio_probe(dir: &std::path::Path, server: &Server, key: &str, namespaces: &[&str]) -> Node {
+    let script = node_script(dir, "sio-probe.mjs", &[]);
+    let url = server.url("");
+    let mut args = vec![url.as_str(), key];
+    args.extend_from_slice(namespaces);
+    Node::run(script, &args, true)
+}
+
+async fn create(server: &Server, body: Value) {
+    let (status, answer) = server
+        .call("POST", "/instance/create", Some(API_KEY), Some(body))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+async fn post_event(server: &Server, key: &str, instance: &str, data: Value) -> String {
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/events/{instance}"),
+            Some(key),
+            Some(json!({"event": "MESSAGES_UPSERT", "data": data, "sender": "5511999999999@s.whatsapp.net"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["ids"][0].as_str().unwrap().to_owned()
+}
+
+fn assert_seed_payload(payload: &Value, id: &str, instance: &str) {
+    assert_eq!(payload["id"], id, "{payload}");
+    assert_eq!(payload["event"], "MESSAGES_UPSERT");
+    assert_eq!(payload["instance"], instance);
+    assert_eq!(payload["data"], seed_data());
+    assert_eq!(payload["sender"], "5511999999999@s.whatsapp.net");
+    assert!(payload["date_time"].as_str().unwrap().ends_with('Z'));
+}
+
+/// The seed's snippet, unchanged but for its URL, receives the seed payload on
+/// `socket.on('minha-instancia')` and, in global mode, on `socket.on('*')`; an instance token sees
+/// its instance but not the global stream; another instance's token sees nothing of it and cannot
+/// join its namespace; namespaces exist before any event.
+#[tokio::test]
+async fn socketio_seed_snippet_and_access() {
+    let Some(dir) = node_dir() else { return };
+    // The seed's placeholder key is the global key here, so the snippet runs as written.
+    let server = Server::start(
+        "websocket-e2e",
+        &[
+            ("AUTHENTICATION_API_KEY", "sua-api-key"),
+            ("WEBSOCKET_ENABLED", "true"),
+            ("WEBSOCKET_GLOBAL_EVENTS", "true"),
+            ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ],
+    )
+    .await;
+    let global = "sua-api-key";
+    let (status, body) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(global),
+            Some(
+                json!({"instanceName": "minha-instancia", "token": "token-minha-instancia",
+                        "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            "/instance/create",
+            Some(global),
+            Some(
+                json!({"instanceName": "outra-instancia", "token": "token-outra-instancia",
+                        "websocket": {"enabled": true}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let base = server.url("");
+    let snippet = Node::run(
+        node_script(&dir, "seed-socketio.mjs", &[("http://localhost:8080", &base)]),
+        &[],
+        true,
+    );
+    let own = sio_probe(&dir, &server, "token-minha-instancia", &["/", "/minha-instancia"]);
+    let other = sio_probe(
+        &dir,
+        &server,
+        "token-outra-instancia",
+        &["/", "/outra-instancia", "/minha-instancia"],
+    );
+    let connected = snippet.wait(1, WAIT, |l| l["label"] == "connected").await;
+    assert_eq!(
+        connected.len(),
+        1,
+        "the seed snippet did not connect: {:?}",
+        snippet.lines()
+    );
+    let answers = |l: &Value| matches!(l["type"].as_str(), Some("connect" | "connect_error"));
+    assert_eq!(
+        own.wait(2, WAIT, answers)
+            .await
+            .iter()
+            .filter(|a| a["type"] == "connect")
+            .count(),
+        2
+    );
+    let other_answers = other.wait(3, WAIT, answers).await;
+    let refused: Vec<&Value> = other_answers
+        .iter()
+        .filter(|a| a["type"] == "connect_error")
+        .collect();
+    assert_eq!(refused.len(), 1, "{other_answers:?}");
+    assert_eq!(refused[0]["ns"], "/minha-instancia");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to another instance"),
+        "{refused:?}"
+    );
+
+    let id = post_event(&server, global, "minha-instancia", seed_data()).await;
+    let received = snippet.wait(2, WAIT, |l| l["data"]["id"] == id).await;
+    let mut labels: Vec<&str> = received.iter().map(|l| l["label"].as_str().unwrap()).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["Evento global:", "Evento recebido:"], "{received:?}");
+    for line in &received {
+        assert_seed_payload(&line["data"], &id, "minha-instancia");
+    }
+
+    let own_events = own.wait(2, WAIT, |l| l["type"] == "event").await;
+    let mut seen: Vec<String> = own_events
+        .iter()
+        .map(|e| format!("{} {}", e["ns"].as_str().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["/ minha-instancia", "/minha-instancia messages.upsert"]);
+    let payload: Value = serde_json::from_str(own_events[0]["raw"].as_str().unwrap()).unwrap();
+    assert_seed_payload(&payload, &id, "minha-instancia");
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        own.lines().iter().filter(|l| l["type"] == "event").count(),
+        2,
+        "an instance token does not get the global `*` stream"
+    );
+    assert!(
+        other.lines().iter().all(|l| l["type"] != "event"),
+        "another instance's token received something: {:?}",
+        other.lines()
+    );
+
+    // Deleting the instance cuts off the connections its token opened.
+    let (status, _) = server
+        .call("DELETE", "/instance/delete/minha-instancia", Some(global), None)
+        .await;
+    assert_eq!(status, 200);
+    let gone = own.wait(2, WAIT, |l| l["type"] == "disconnect").await;
+    assert_eq!(gone.len(), 2, "{:?}", own.lines());
+}
+
+/// The test Pusher server from `EVOLUTION_TEST_PUSHER_*`: host, port, app id, key, secret.
+fn pusher_server() -> Option<[String; 5]> {
+    let var = |n: &str| std::env::var(n).ok();
+    match (
+        var("EVOLUTION_TEST_PUSHER_HOST"),
+        var("EVOLUTION_TEST_PUSHER_PORT"),
+        var("EVOLUTION_TEST_PUSHER_APP_ID"),
+        var("EVOLUTION_TEST_PUSHER_KEY"),
+        var("EVOLUTION_TEST_PUSHER_SECRET"),
+    ) {
+        (Some(h), Some(p), Some(a), Some(k), Some(s)) => Some([h, p, a, k, s]),
+        _ => required("EVOLUTION_TEST_PUSHER_*").map(|()| Default::default()),
+    }
+}
+
+/// The seed's pusher-js snippet (pointed at the local server) receives `MESSAGES_UPSERT` on
+/// `evolution.minha-instancia` from the global app and from a per-instance app; an event over
+/// Pusher's 10 KB limit is dead with the reason, not dropped.
+#[tokio::test]
+async fn pusher_seed_snippet_and_oversize() {
+    let Some(dir) = node_dir() else { return };
+    let Some([host, port, app_id, key, secret]) = pusher_server() else {
+        return;
+    };
+    let server = Server::start(
+        "pusher-e2e",
+        &[
+            ("PUSHER_ENABLED", "true"),
+            ("PUSHER_GLOBAL_ENABLED", "true"),
+            ("PUSHER_GLOBAL_APP_ID", &app_id),
+            ("PUSHER_GLOBAL_KEY", &key),
+            ("PUSHER_GLOBAL_SECRET", &secret),
+            ("PUSHER_GLOBAL_CLUSTER", "us2"),
+            ("PUSHER_GLOBAL_USE_TLS", "false"),
+            ("PUSHER_HOST", &host),
+            ("PUSHER_PORT", &port),
+            ("PUSHER_EVENTS_MESSAGES_UPSERT", "true"),
+        ],
+    )
+    .await;
+    let (status, ready) = server.call("GET", "/ready", None, None).await;
+    assert_eq!(
+        status, 200,
+        "the Pusher health check (signed GET /apps/{{id}}/channels): {ready}"
+    );
+    create(&server, json!({"instanceName": "minha-instancia"})).await;
+    // Another instance delivers through its own app settings (the same test app here).
+    create(
+        &server,
+        json!({"instanceName": "outra-instancia", "pusher": {
+            "enabled": true, "appId": app_id, "key": key, "secret": secret, "cluster": "us2",
+            "useTLS": false, "host": host, "port": port.parse::<u16>().unwrap(), "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+
+    let options = format!(
+        "encrypted: true,\n  wsHost: '{host}', wsPort: {port}, forceTLS: false, enabledTransports: ['ws'], disableStats: true\n}});"
+    );
+    let snippet = Node::run(
+        node_script(
+            &dir,
+            "seed-pusher.js",
+            &[
+                ("'your-key'", &format!("'{key}'")),
+                ("encrypted: true\n});", &options),
+            ],
+        ),
+        &[],
+        true,
+    );
+    let subscribed = snippet.wait(1, WAIT, |l| l["label"] == "subscribed").await;
+    assert_eq!(
+        subscribed.len(),
+        1,
+        "the seed snippet did not subscribe: {:?}",
+        snippet.lines()
+    );
+    let mut probe = Node::run(
+        node_script(&dir, "pusher-probe.js", &[]),
+        &[&host, &port, &key],
+        true,
+    );
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "connected").await.len(), 1);
+    probe.send_line("evolution.outra-instancia");
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "subscribed").await.len(), 1);
+
+    let id = post_event(&server, API_KEY, "minha-instancia", seed_data()).await;
+    let received = snippet.wait(1, WAIT, |l| l["label"] == "Nova mensagem:").await;
+    let log = server
+        .call(
+            "GET",
+            "/deliveries/minha-instancia?channel=pusher",
+            Some(API_KEY),
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(received.len(), 1, "{:?}\ndeliveries: {log}", snippet.lines());
+    assert_seed_payload(&received[0]["data"], &id, "minha-instancia");
+
+    let other_id = post_event(&server, API_KEY, "outra-instancia", seed_data()).await;
+    let events = probe.wait(1, WAIT, |l| l["type"] == "event").await;
+    assert_eq!(events.len(), 1, "{:?}", probe.lines());
+    assert_eq!(events[0]["event"], "MESSAGES_UPSERT");
+    let payload: Value = serde_json::from_str(events[0]["raw"].as_str().unwrap()).unwrap();
+    assert_seed_payload(&payload, &other_id, "outra-instancia");
+
+    // Over Pusher's 10 KB: never sent, never dropped silently — dead, with the reason.
+    let big = json!({"key": {"id": "BIG"}, "pad": "x".repeat(12_000)});
+    let big_id = post_event(&server, API_KEY, "minha-instancia", big).await;
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let (_, list) = server
+            .call(
+                "GET",
+                "/deliveries/minha-instancia?status=dead&channel=pusher",
+                Some(API_KEY),
+                None,
+            )
+            .await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        if !list.is_empty() || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let text = dead[0].to_string();
+    assert!(text.contains(&big_id), "{text}");
+    assert!(text.contains("over the Pusher limit of 10240 bytes"), "{text}");
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        snippet.lines().iter().all(|l| l["data"]["id"] != big_id.as_str()),
+        "the oversize event must not reach the client"
+    );
+}

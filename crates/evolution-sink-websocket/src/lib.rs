@@ -1,0 +1,98 @@
+//! The **WebSocket** sink of evolution events: emits each event to the Socket.IO clients allowed
+//! to see it, with [socketioxide](https://docs.rs/socketioxide), and gives the server the
+//! Socket.IO endpoint as a tower layer to mount on its HTTP listener.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use evolution_events::{EventSink, InstanceName};
+//! use evolution_sink_websocket::{Access, WebsocketConfig, WebsocketSink};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (sink, layer) = WebsocketSink::new(WebsocketConfig::default(), |apikey: &str| match apikey {
+//!     "global-key" => Access::Global,
+//!     "token-of-acme" => Access::Instance(InstanceName::new("acme").unwrap()),
+//!     _ => Access::Denied,
+//! })?;
+//! let sink: Arc<dyn EventSink> = Arc::new(sink);
+//! let app = axum::Router::<()>::new().layer(layer); // serve it with ConnectInfo<SocketAddr>
+//! # Ok(()) }
+//! ```
+//!
+//! # Configuration
+//!
+//! [`WebsocketConfig`]: `allowed_hosts` (`WEBSOCKET_ALLOWED_HOSTS`, default Evolution API's
+//! `127.0.0.1,::1,::ffff:127.0.0.1`), the endpoint `path` (`/socket.io`), the per-socket send
+//! buffer (`max_buffer_size`, 1024 packets) and the Engine.IO timings. Who may see what is decided
+//! by an [`Authorizer`] the server provides (`Fn(&str) -> Access`): the server owns the keys.
+//!
+//! # Connections
+//!
+//! A connection presents an API key in the handshake's auth object (socket.io-client
+//! `auth: { apikey }`), else as the `apikey` query parameter, else as the `apikey` header:
+//!
+//! | key | access |
+//! |---|---|
+//! | the global key (`AUTHENTICATION_API_KEY`) | every instance, and the global stream |
+//! | an instance's token | that instance only |
+//! | none, from an address in `allowed_hosts` (the server must record peers: `ConnectInfo<SocketAddr>`) | every instance (as in Evolution API) |
+//! | none, from elsewhere | refused: `connect_error` "apikey is required: …" |
+//! | anything else (even from an allowed host) | refused: `connect_error` "invalid apikey" |
+//!
+//! Namespaces: `/` (every admitted connection) and `/{instance}` for **every** valid instance name
+//! from the start (no "Invalid namespace" before an instance's first event): the global key may
+//! join any of them, an instance token only its own (`connect_error` "this apikey belongs to
+//! another instance …").
+//!
+//! # Wire mapping
+//!
+//! A delivery's [`WebsocketTarget`](evolution_events::WebsocketTarget) names a namespace, an event
+//! and a room; the sink emits `Delivery::payload()` (the JSON object
+//! `{"id","event","instance","data",…}`, written as is) as the event's only argument:
+//!
+//! | room | receives it |
+//! |---|---|
+//! | an instance name | on that namespace, the sockets of that instance's token and the sockets with global access |
+//! | `*` | the sockets with global access |
+//! | none (per-instance namespaces only) | every socket of the namespace (each was admitted for that instance) |
+//!
+//! So, in the `seed` profile, an event of `minha-instancia` reaches `socket.on('minha-instancia')`
+//! on `/` for its token and the global key, `socket.on('messages.upsert')` on `/minha-instancia`,
+//! and, with `WEBSOCKET_GLOBAL_EVENTS=true`, `socket.on('*')` for global connections.
+//!
+//! # Limits and semantics
+//!
+//! Socket.IO has no delivery confirmation: an item counts as delivered once it is written to the
+//! send buffer of every socket allowed to see it (none connected = delivered to nobody). A socket
+//! whose buffer is full (a client reading too slowly) misses that event; this is counted
+//! ([`WebsocketSink::missed`]) and logged, not retried (a retry would duplicate the event for
+//! every other socket). No payload limit. [`Capabilities`](evolution_events::Capabilities):
+//! batches of up to 256, ordered (one socket receives emissions in send order), not acknowledged.
+//! Replay of missed events on reconnection is not implemented.
+//!
+//! # Classification
+//!
+//! | outcome | kind | retry |
+//! |---|---|---|
+//! | written (some sockets full or closing) | delivered | — |
+//! | the layer is not mounted on a live router (never mounted, server stopped) | `Unavailable` (whole send) | `Backoff` |
+//! | shut down | `Closed` (whole send) | — |
+//! | not a websocket destination, or namespace `/` without a room | `ConfigInvalid` | `Never` |
+//! | payload cannot be encoded | `Rejected` | `Never` |
+//!
+//! # Health, flush, shutdown
+//!
+//! `health_check` is `Ok` while the layer is mounted on a live router and the sink is open.
+//! `flush` has nothing to do. `shutdown` disconnects every socket (clients reconnect to the next
+//! server) and is idempotent; afterwards `send` fails with `Closed`. API keys are never logged nor
+//! shown in errors.
+
+mod auth;
+mod classify;
+mod config;
+mod layer;
+mod sink;
+
+pub use auth::{Access, Authorizer, Refusal};
+pub use config::{DEFAULT_ALLOWED_HOSTS, WebsocketConfig, parse_allowed_hosts};
+pub use layer::{WebsocketLayer, WebsocketService};
+pub use sink::{NAME, WebsocketSink};
