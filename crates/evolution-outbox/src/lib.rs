@@ -23,13 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use evolution_events::{
-    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
-    NamingProfile, Scope, Sensitive, Uuid,
+    Bytes, Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName,
+    InstanceSettings, NamingProfile, Scope, Sensitive, Uuid,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-pub use memory::{DEFAULT_CAPACITY, MemoryOutbox};
+pub use memory::{DEFAULT_CAPACITY, DEFAULT_EVENT_HISTORY, MemoryOutbox};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteOutbox, WriteStats};
 
@@ -331,6 +331,31 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     /// # Errors
     /// Storage errors.
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError>;
+
+    /// The event `id` of `instance`, while the outbox still keeps it (`GET /events/{instance}/{id}`:
+    /// how a client resolves a reference, such as the Pusher channel's `truncated` events). `None`
+    /// when it was never accepted, belongs to another instance, or was pruned.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError>;
+}
+
+/// An accepted event as the outbox keeps it.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// The event, with its sequence.
+    pub envelope: Arc<EventEnvelope>,
+    /// The naming profile of its payloads.
+    pub profile: NamingProfile,
+}
+
+impl StoredEvent {
+    /// The JSON payload its deliveries carry.
+    #[must_use]
+    pub fn payload(&self) -> Bytes {
+        self.envelope.payload(self.profile)
+    }
 }
 
 /// A stored instance.

@@ -5,21 +5,26 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use evolution_events::{Channel, Delivery, DeliveryId, EventEnvelope, InstanceName};
+use evolution_events::{Channel, Delivery, DeliveryId, EventEnvelope, InstanceName, NamingProfile, Uuid};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{
     ChannelStats, DeadLetter, DeliveryQuery, DeliveryRecord, DeliveryStatus, NewEvent, Outbox, OutboxError,
-    Outcome, RedriveFilter, Settlement, StatusFilter,
+    Outcome, RedriveFilter, Settlement, StatusFilter, StoredEvent,
 };
 
 /// Default capacity: pending plus in-flight deliveries per channel.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
+/// Default number of recent events kept for [`Outbox::event`].
+pub const DEFAULT_EVENT_HISTORY: usize = 1_024;
+
 /// An [`Outbox`] in memory. Each channel holds at most `capacity` unsettled deliveries (enqueue
 /// beyond that fails with [`OutboxError::Full`], storing nothing); at most `capacity` dead letters
 /// are kept per outbox, the oldest evicted first (counted by [`MemoryOutbox::dead_evicted`]).
+/// The last [`DEFAULT_EVENT_HISTORY`] accepted events (see [`MemoryOutbox::with_event_history`])
+/// can be looked up by id ([`Outbox::event`]).
 ///
 /// Time is `tokio::time`, so tests can run it under a paused clock.
 #[derive(Debug)]
@@ -27,6 +32,7 @@ pub struct MemoryOutbox {
     state: Mutex<State>,
     notifiers: Mutex<HashMap<Channel, Arc<Notify>>>,
     capacity: usize,
+    history: usize,
 }
 
 #[derive(Debug)]
@@ -68,6 +74,9 @@ struct State {
     channels: HashMap<Channel, ChannelState>,
     dead: VecDeque<DeadEntry>,
     dead_evicted: u64,
+    /// The last `history` accepted events, for [`Outbox::event`]; `recent` in acceptance order.
+    events: HashMap<Uuid, StoredEvent>,
+    recent: VecDeque<Uuid>,
 }
 
 impl Default for MemoryOutbox {
@@ -84,7 +93,15 @@ impl MemoryOutbox {
             state: Mutex::new(State::default()),
             notifiers: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            history: DEFAULT_EVENT_HISTORY,
         }
+    }
+
+    /// Keeps the last `events` accepted events for [`Outbox::event`] (0: none).
+    #[must_use]
+    pub fn with_event_history(mut self, events: usize) -> Self {
+        self.history = events;
+        self
     }
 
     /// How many dead letters were evicted because more than `capacity` were kept.
@@ -105,6 +122,22 @@ impl MemoryOutbox {
 }
 
 impl State {
+    /// Keeps `envelope` for [`Outbox::event`], forgetting the oldest beyond `capacity`.
+    fn remember(&mut self, envelope: &Arc<EventEnvelope>, profile: NamingProfile, history: usize) {
+        let stored = StoredEvent {
+            envelope: Arc::clone(envelope),
+            profile,
+        };
+        if self.events.insert(envelope.id(), stored).is_none() {
+            self.recent.push_back(envelope.id());
+        }
+        while self.recent.len() > history {
+            if let Some(old) = self.recent.pop_front() {
+                self.events.remove(&old);
+            }
+        }
+    }
+
     /// Puts the head of `key` in the ready set when nothing of that key is in flight.
     fn arm_key(&mut self, channel: Channel, key: &Arc<str>) {
         let Some(ch) = self.channels.get_mut(&channel) else {
@@ -175,6 +208,7 @@ impl Outbox for MemoryOutbox {
                     .or_insert(0);
                 *seq += 1;
                 let envelope = Arc::new(event.envelope.with_sequence(*seq));
+                state.remember(&envelope, event.profile, self.history);
                 for d in event.deliveries {
                     state.next_id += 1;
                     let id = state.next_id;
@@ -468,6 +502,15 @@ impl Outbox for MemoryOutbox {
         }
         self.notify(touched);
         Ok(count)
+    }
+
+    async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError> {
+        Ok(self
+            .lock()
+            .events
+            .get(&id)
+            .filter(|e| e.envelope.instance() == instance)
+            .cloned())
     }
 
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError> {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::{
     Attempt, AttemptRecord, ChannelStats, DeadLetter, DeliveryQuery, DeliveryRecord, DeliveryStatus,
     InstanceRecord, NewEvent, Outbox, OutboxError, Outcome, RedriveFilter, Settlement, StatusFilter, Store,
-    StoreError,
+    StoreError, StoredEvent,
 };
 
 /// Default [`SqliteOptions::capacity`]: unsettled deliveries per channel.
@@ -1833,6 +1833,31 @@ impl Outbox for SqliteOutbox {
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
         let filter = filter.clone();
         Ok(self.call(|reply| Request::Redrive(filter, reply)).await?)
+    }
+
+    async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError> {
+        let row = sqlx::query(
+            "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
+             FROM events WHERE uuid = ?1 AND instance = ?2 LIMIT 1",
+        )
+        .bind(id.to_string())
+        .bind(instance.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(|e| OutboxError::Storage(self.read_error("the event", &e)))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let decoded = envelope(&row).and_then(|envelope| {
+            let profile: String = get(&row, "profile")?;
+            Ok(StoredEvent {
+                envelope: Arc::new(envelope),
+                profile: NamingProfile::parse(&profile).map_err(|e| e.to_string())?,
+            })
+        });
+        decoded.map(Some).map_err(|e| {
+            OutboxError::Storage(format!("event {id} of instance {instance} is unreadable: {e}"))
+        })
     }
 
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError> {

@@ -247,3 +247,34 @@ async fn enqueue_wakes_waiting_workers() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn recent_events_can_be_looked_up_by_id() {
+    let outbox = MemoryOutbox::new(100).with_event_history(2);
+    let stored = outbox
+        .enqueue(vec![
+            event("a", 1, None),
+            event("a", 0, None),
+            event("b", 1, None),
+        ])
+        .await
+        .unwrap();
+    let a = InstanceName::new("a").unwrap();
+    let b = InstanceName::new("b").unwrap();
+    // The oldest of three is forgotten with a history of 2.
+    assert!(outbox.event(&a, stored[0].id()).await.unwrap().is_none());
+    let found = outbox.event(&a, stored[1].id()).await.unwrap().unwrap();
+    assert_eq!(found.envelope.id(), stored[1].id());
+    assert_eq!(found.envelope.sequence(), 2);
+    assert_eq!(found.payload(), stored[1].payload(NamingProfile::Seed));
+    // Only under its own instance.
+    assert!(outbox.event(&b, stored[1].id()).await.unwrap().is_none());
+    assert!(outbox.event(&b, stored[2].id()).await.unwrap().is_some());
+    // Still there once delivered.
+    let claimed = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(claimed.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+        .await
+        .unwrap();
+    assert!(outbox.event(&b, stored[2].id()).await.unwrap().is_some());
+}

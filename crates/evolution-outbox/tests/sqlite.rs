@@ -1276,3 +1276,49 @@ async fn batch_enqueue_rate() {
     assert_eq!(claimed, 20_000);
     outbox.close().await;
 }
+
+#[tokio::test]
+async fn events_can_be_looked_up_by_id_until_pruned() {
+    let db = TempDb::new("lookup");
+    let outbox = SqliteOutbox::open(
+        &db.path,
+        SqliteOptions {
+            delivered_retention: Duration::ZERO,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stored = outbox
+        .enqueue(vec![event("a", 1, None), event("b", 1, None)])
+        .await
+        .unwrap();
+    let a = InstanceName::new("a").unwrap();
+    let b = InstanceName::new("b").unwrap();
+    let found = outbox.event(&a, stored[0].id()).await.unwrap().unwrap();
+    assert_eq!(found.envelope.id(), stored[0].id());
+    assert_eq!(found.profile, NamingProfile::Seed);
+    assert_eq!(found.payload(), stored[0].payload(NamingProfile::Seed));
+    assert!(
+        outbox.event(&b, stored[0].id()).await.unwrap().is_none(),
+        "another instance's"
+    );
+    assert!(
+        outbox
+            .event(&a, evolution_events::Uuid::nil())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Kept while delivered deliveries are kept, gone once they are pruned.
+    let claimed = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(claimed.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+        .await
+        .unwrap();
+    assert!(outbox.event(&a, stored[0].id()).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(outbox.prune().await.unwrap(), 2);
+    assert!(outbox.event(&a, stored[0].id()).await.unwrap().is_none());
+    outbox.close().await;
+}

@@ -44,6 +44,7 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/{channel}/set/{instance}", post(set_channel))
         .route("/{channel}/find/{instance}", get(find_channel))
         .route("/events/{instance}", post(post_events))
+        .route("/events/{instance}/{id}", get(get_event))
         .route("/deliveries/{target}", get(list_deliveries))
         .route("/deliveries/{target}/retry", post(retry_delivery))
         .route("/deliveries/{target}/redrive", post(redrive))
@@ -518,6 +519,30 @@ async fn post_events(
     let stored = app.emit(events).await?;
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response())
+}
+
+/// `GET /events/{instance}/{id}`: one accepted event, as its deliveries carry it, while the outbox
+/// keeps it (how a Pusher client resolves a `truncated` reference).
+async fn get_event(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((instance, id)): Path<(String, String)>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request(format!("id: `{id}` is not an event id (a UUID)")))?;
+    match app.sqlite.event(&record.name, id).await? {
+        Some(event) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            event.payload(),
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "id: no event {id} of instance {}: never accepted, or pruned (an event is kept until 24 hours \
+             after its last delivery)",
+            record.name
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

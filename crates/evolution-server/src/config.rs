@@ -112,6 +112,7 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("PUSHER_HOST", Some("")),
     ("PUSHER_PORT", Some("")),
     ("PUSHER_MAX_PAYLOAD_BYTES", Some("10240")),
+    ("PUSHER_OVERSIZE", Some("reject")),
     ("PUSHER_BATCH_EVENTS", Some("true")),
     ("PUSHER_REQUEST_TIMEOUT_MS", Some("10000")),
 ];

@@ -115,6 +115,14 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/events/{instance}/{id}",
+            summary: "One accepted event as its deliveries carry it (resolves a Pusher `truncated` reference); 404 once pruned",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
+        },
+        Op {
+            method: "get",
             path: "/deliveries/{instance}",
             summary: "Delivery log, newest first (?status=pending|failed|dead|delivered&channel=&limit=)",
             body: None,

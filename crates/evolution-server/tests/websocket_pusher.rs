@@ -444,3 +444,99 @@ async fn pusher_seed_snippet_and_oversize() {
         "the oversize event must not reach the client"
     );
 }
+
+/// With `PUSHER_OVERSIZE=reference` an event over Pusher's 10 KB reaches the pusher-js client as
+/// `{id, event, instance, truncated: true}`, and `GET /events/{instance}/{id}` gives it whole, to
+/// its own instance's token only.
+#[tokio::test]
+async fn pusher_oversize_reference_resolves_through_rest() {
+    let Some(dir) = node_dir() else { return };
+    let Some([host, port, app_id, key, secret]) = pusher_server() else {
+        return;
+    };
+    let server = Server::start(
+        "pusher-reference",
+        &[
+            ("PUSHER_ENABLED", "true"),
+            ("PUSHER_GLOBAL_ENABLED", "true"),
+            ("PUSHER_GLOBAL_APP_ID", &app_id),
+            ("PUSHER_GLOBAL_KEY", &key),
+            ("PUSHER_GLOBAL_SECRET", &secret),
+            ("PUSHER_GLOBAL_CLUSTER", "us2"),
+            ("PUSHER_GLOBAL_USE_TLS", "false"),
+            ("PUSHER_HOST", &host),
+            ("PUSHER_PORT", &port),
+            ("PUSHER_EVENTS_MESSAGES_UPSERT", "true"),
+            ("PUSHER_OVERSIZE", "reference"),
+        ],
+    )
+    .await;
+    create(
+        &server,
+        json!({"instanceName": "ref-instancia", "token": "ref-token"}),
+    )
+    .await;
+    create(
+        &server,
+        json!({"instanceName": "ref-outra", "token": "ref-outra-token"}),
+    )
+    .await;
+    let mut probe = Node::run(
+        node_script(&dir, "pusher-probe.js", &[]),
+        &[&host, &port, &key],
+        true,
+    );
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "connected").await.len(), 1);
+    probe.send_line("evolution.ref-instancia");
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "subscribed").await.len(), 1);
+
+    let pad = "x".repeat(12_000);
+    let big = json!({"key": {"id": "BIG"}, "pad": pad});
+    let big_id = post_event(&server, "ref-token", "ref-instancia", big).await;
+    let events = probe.wait(1, WAIT, |l| l["type"] == "event").await;
+    assert_eq!(events.len(), 1, "{:?}", probe.lines());
+    assert_eq!(events[0]["event"], "MESSAGES_UPSERT");
+    let reference: Value = serde_json::from_str(events[0]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        reference,
+        json!({"id": big_id, "event": "MESSAGES_UPSERT", "instance": "ref-instancia", "truncated": true})
+    );
+
+    // The client resolves it with the instance's token.
+    let path = format!("/events/ref-instancia/{big_id}");
+    let (status, whole) = server.call("GET", &path, Some("ref-token"), None).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["id"], big_id.as_str());
+    assert_eq!(whole["event"], "MESSAGES_UPSERT");
+    assert_eq!(whole["instance"], "ref-instancia");
+    assert_eq!(whole["data"]["pad"], pad.as_str());
+    // Another instance's token gets nothing of it; unknown and malformed ids are named.
+    let (status, body) = server.call("GET", &path, Some("ref-outra-token"), None).await;
+    assert!(matches!(status, 401 | 403), "{status} {body}");
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/events/ref-outra/{big_id}"),
+            Some("ref-outra-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.to_string().contains("id: no event"), "{body}");
+    let (status, body) = server
+        .call("GET", "/events/ref-instancia/not-a-uuid", Some("ref-token"), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("id: `not-a-uuid`"), "{body}");
+
+    // The delivery itself succeeded: nothing is dead.
+    let (_, dead) = server
+        .call(
+            "GET",
+            "/deliveries/ref-instancia?status=dead",
+            Some("ref-token"),
+            None,
+        )
+        .await;
+    assert_eq!(dead, json!([]), "{dead}");
+}

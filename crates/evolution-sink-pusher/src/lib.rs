@@ -38,9 +38,13 @@
 //!
 //! # Limits, batches and order
 //!
-//! A payload over `max_payload_bytes` is **never sent and never dropped silently**: the item fails
-//! as `Rejected` (not retried) with a message that gives its size and the limit, so it shows up
-//! dead, with that reason, in the delivery log. (Evolution API logs it and drops the event.)
+//! A payload over `max_payload_bytes` is **never dropped silently** (Evolution API logs it and
+//! drops the event). With [`Oversize::Reject`] (`PUSHER_OVERSIZE=reject`, the default) it is not
+//! sent: the item fails as `Rejected` (not retried) with a message that gives its size and the
+//! limit, so it shows up dead, with that reason, in the delivery log. With
+//! [`Oversize::Reference`] (`PUSHER_OVERSIZE=reference`) a small reference goes instead,
+//! `{"id": "<event id>", "event": "<payload event name>", "instance": "<instance>", "truncated": true}`,
+//! which a client resolves with the server's `GET /events/{instance}/{id}`.
 //! [`Capabilities`](evolution_events::Capabilities): batches of up to 100, ordered, acknowledged.
 //! One app's items go one request after the other, in batch order; after a failure the rest of
 //! that app's items are reported "not sent" (retryable) so nothing overtakes a failed event.
@@ -61,7 +65,7 @@
 //! | other statuses | `Unexpected` | `Backoff` |
 //! | connection refused, reset, DNS, TLS | `Unavailable` | `Backoff` |
 //! | timeout | `Timeout` | `Backoff` |
-//! | payload over the limit | `Rejected` | `Never` |
+//! | payload over the limit (`reject` policy) | `Rejected` | `Never` |
 //! | incomplete app (no appId, key, secret, cluster or host), not a Pusher destination | `ConfigInvalid` | `Never` |
 //!
 //! Errors carry the HTTP status and quote at most 200 bytes of the answer; they name the app id,
@@ -80,5 +84,5 @@ mod config;
 pub mod sign;
 mod sink;
 
-pub use config::{PUSHER_MAX_BATCH, PUSHER_MAX_PAYLOAD_BYTES, PusherConfig};
+pub use config::{Oversize, PUSHER_MAX_BATCH, PUSHER_MAX_PAYLOAD_BYTES, PusherConfig};
 pub use sink::{NAME, PusherSink};

@@ -14,7 +14,7 @@ use reqwest::{Client, Method};
 use serde::Serialize;
 
 use crate::classify::{classify, error, transport};
-use crate::config::{PUSHER_MAX_BATCH, PusherConfig};
+use crate::config::{Oversize, PUSHER_MAX_BATCH, PusherConfig};
 use crate::sign::signed_query;
 
 /// The channel name of this sink (`pusher`).
@@ -125,7 +125,10 @@ impl PusherSink {
             ));
         };
         base_url(&target.app)?;
-        let payload = delivery.payload();
+        let mut payload = delivery.payload();
+        if payload.len() > self.config.max_payload_bytes && self.config.oversize == Oversize::Reference {
+            payload = reference(delivery);
+        }
         if payload.len() > self.config.max_payload_bytes {
             return Err(error(
                 ErrorKind::Rejected,
@@ -308,6 +311,26 @@ pub(crate) fn base_url(app: &PusherApp) -> Result<String, SinkError> {
         Some(port) => format!("{scheme}://{host}:{port}"),
         None => format!("{scheme}://{host}"),
     })
+}
+
+/// What [`Oversize::Reference`] sends instead of an oversize payload.
+fn reference(delivery: &Delivery) -> Bytes {
+    #[derive(Serialize)]
+    struct Reference<'a> {
+        id: evolution_events::Uuid,
+        event: &'a str,
+        instance: &'a str,
+        truncated: bool,
+    }
+    let envelope = &delivery.envelope;
+    let reference = Reference {
+        id: envelope.id(),
+        event: delivery.profile.payload_event(envelope.kind()),
+        instance: envelope.instance().as_str(),
+        truncated: true,
+    };
+    // Serializing a UUID and two strings cannot fail.
+    serde_json::to_vec(&reference).map_or_else(|_| Bytes::new(), Bytes::from)
 }
 
 fn now() -> u64 {

@@ -417,15 +417,19 @@ fn websocket(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
 #[cfg(feature = "pusher")]
 pub const PUSHER_BATCH: usize = 20;
 
-/// `PUSHER_MAX_PAYLOAD_BYTES`, `PUSHER_BATCH_EVENTS`, `PUSHER_REQUEST_TIMEOUT_MS`; the global app
+/// `PUSHER_MAX_PAYLOAD_BYTES`, `PUSHER_OVERSIZE`, `PUSHER_BATCH_EVENTS`, `PUSHER_REQUEST_TIMEOUT_MS`; the global app
 /// (with `PUSHER_HOST`/`PUSHER_PORT`) is the health check's probe. Only with `PUSHER_ENABLED=true`.
 #[cfg(feature = "pusher")]
 fn pusher(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
-    use evolution_sink_pusher::PusherConfig;
+    use evolution_sink_pusher::{Oversize, PusherConfig};
     if !global.pusher.enabled {
         return None;
     }
     let max_payload_bytes = usize::try_from(vars.positive("PUSHER_MAX_PAYLOAD_BYTES")).unwrap_or(usize::MAX);
+    let oversize = Oversize::parse(vars.raw("PUSHER_OVERSIZE")).unwrap_or_else(|e| {
+        vars.error(format!("PUSHER_OVERSIZE: {e}"));
+        Oversize::Reject
+    });
     let batch_events = vars.bool("PUSHER_BATCH_EVENTS");
     let request_timeout = Duration::from_millis(vars.positive("PUSHER_REQUEST_TIMEOUT_MS"));
     let probe = global.pusher.app.clone().map(|mut app| {
@@ -446,6 +450,7 @@ fn pusher(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
         dispatch,
         kind: PlanKind::Pusher(PusherConfig {
             max_payload_bytes,
+            oversize,
             batch_events,
             request_timeout,
             probe,
@@ -926,6 +931,7 @@ mod tests {
             ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1,*"),
             ("PUSHER_MAX_PAYLOAD_BYTES", "0"),
             ("PUSHER_BATCH_EVENTS", "maybe"),
+            ("PUSHER_OVERSIZE", "drop"),
             ("PUSHER_REQUEST_TIMEOUT_MS", "1000"),
         ]);
         let _ = plan(&mut v, &g);
@@ -934,6 +940,7 @@ mod tests {
             "WEBSOCKET_ALLOWED_HOSTS: `*` is not an IP address",
             "PUSHER_MAX_PAYLOAD_BYTES must be greater than 0",
             "PUSHER_BATCH_EVENTS=`maybe`",
+            "PUSHER_OVERSIZE: `drop` is not a policy: use `reject` or `reference`",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
@@ -941,6 +948,7 @@ mod tests {
             ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1, ::1"),
             ("PUSHER_MAX_PAYLOAD_BYTES", "10240"),
             ("PUSHER_BATCH_EVENTS", "true"),
+            ("PUSHER_OVERSIZE", "Reference"),
             ("PUSHER_REQUEST_TIMEOUT_MS", "1000"),
         ]);
         let plans = plan(&mut v, &g);
