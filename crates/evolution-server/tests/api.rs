@@ -171,6 +171,7 @@ async fn apikey_rules() {
         ("GET", "/webhook/find/b"),
         ("POST", "/webhook/set/b"),
         ("POST", "/events/b"),
+        ("GET", "/events/b/01934b5e-7c3a-7a00-8000-000000000000"),
         ("GET", "/deliveries/b"),
         ("POST", "/deliveries/b/redrive"),
         ("DELETE", "/instance/delete/b"),
@@ -366,6 +367,24 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
         .call("GET", "/deliveries/acme?status=bogus", Some(API_KEY), None)
         .await;
     assert_eq!(status, 400, "{resp}");
+    let (status, resp) = server
+        .call("GET", "/events/acme/not-a-uuid", Some(API_KEY), None)
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        messages(&resp).contains("id: `not-a-uuid` is not an event id"),
+        "{resp}"
+    );
+    let (status, resp) = server
+        .call(
+            "GET",
+            "/events/acme/01934b5e-7c3a-7a00-8000-000000000000",
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{resp}");
+    assert!(messages(&resp).contains("id: no event"), "{resp}");
 }
 
 #[tokio::test]
