@@ -1,8 +1,9 @@
 // A real Socket.IO client (npm socket.io-client) for the tests: connects to one or more
 // namespaces and prints what happens as JSON lines on stdout.
 //
-//   node sio-probe.mjs URL APIKEY NAMESPACE...        (APIKEY "-" = no key)
+//   node sio-probe.mjs [--last-event-id=ID] URL APIKEY NAMESPACE...   (APIKEY "-" = no key)
 //
+// --last-event-id=ID sends auth.lastEventId (replay of what was missed after that event).
 // Lines: {"type":"connect","ns"} | {"type":"connect_error","ns","message"} |
 //        {"type":"disconnect","ns","reason"} |
 //        {"type":"event","ns","event","raw","at"}   raw = JSON.stringify(first argument),
@@ -10,7 +11,9 @@
 // Never reconnects on its own after a refusal (a refused connection stays refused).
 import { io } from 'socket.io-client';
 
-const [url, apikey, ...namespaces] = process.argv.slice(2);
+const flags = process.argv.slice(2).filter((a) => a.startsWith('--'));
+const [url, apikey, ...namespaces] = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+const lastEventId = flags.find((f) => f.startsWith('--last-event-id='))?.split('=')[1];
 if (!url || !apikey || namespaces.length === 0) {
   process.stderr.write('usage: node sio-probe.mjs URL APIKEY NAMESPACE...\n');
   process.exit(2);
@@ -19,7 +22,9 @@ const print = (line) => process.stdout.write(JSON.stringify(line) + '\n');
 
 for (const ns of namespaces) {
   const options = { transports: ['websocket'], reconnection: false, forceNew: true };
-  if (apikey !== '-') options.auth = { apikey };
+  options.auth = {};
+  if (apikey !== '-') options.auth.apikey = apikey;
+  if (lastEventId !== undefined) options.auth.lastEventId = lastEventId;
   const socket = io(url.replace(/\/$/, '') + (ns === '/' ? '/' : ns), options);
   socket.on('connect', () => print({ type: 'connect', ns }));
   socket.on('connect_error', (err) => print({ type: 'connect_error', ns, message: err.message }));

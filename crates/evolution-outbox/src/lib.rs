@@ -339,6 +339,22 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     /// # Errors
     /// Storage errors.
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError>;
+
+    /// The deliveries of `channel` made for the events accepted after the event `after`, oldest
+    /// event first, at most `limit`, only of `instance` when given (then `after` must be one of
+    /// its events): what a reconnecting Socket.IO client missed. `None` when `after` is not kept
+    /// (never accepted, another instance's, or pruned), or the backend keeps no delivery history
+    /// (the memory outbox forgets delivered deliveries at once).
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn deliveries_after(
+        &self,
+        channel: Channel,
+        after: Uuid,
+        instance: Option<&InstanceName>,
+        limit: usize,
+    ) -> Result<Option<Vec<Delivery>>, OutboxError>;
 }
 
 /// An accepted event as the outbox keeps it.

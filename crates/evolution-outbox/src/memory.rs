@@ -513,6 +513,17 @@ impl Outbox for MemoryOutbox {
             .cloned())
     }
 
+    /// Always `None`: delivered deliveries are not kept.
+    async fn deliveries_after(
+        &self,
+        _channel: Channel,
+        _after: Uuid,
+        _instance: Option<&InstanceName>,
+        _limit: usize,
+    ) -> Result<Option<Vec<Delivery>>, OutboxError> {
+        Ok(None)
+    }
+
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError> {
         let now = Instant::now();
         let wall = chrono::Utc::now();

@@ -1860,6 +1860,51 @@ impl Outbox for SqliteOutbox {
         })
     }
 
+    async fn deliveries_after(
+        &self,
+        channel: Channel,
+        after: Uuid,
+        instance: Option<&InstanceName>,
+        limit: usize,
+    ) -> Result<Option<Vec<Delivery>>, OutboxError> {
+        let failed = |e: sqlx::Error| OutboxError::Storage(self.read_error("the events to replay", &e));
+        let instance = instance.map(InstanceName::as_str);
+        let from: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE uuid = ?1 AND (?2 IS NULL OR instance = ?2) LIMIT 1",
+        )
+        .bind(after.to_string())
+        .bind(instance)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(failed)?;
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(&format!(
+            "{DELIVERY_SELECT} WHERE d.event_id > ?1 AND d.channel = ?2 AND (?3 IS NULL OR e.instance = ?3) \
+             ORDER BY d.event_id, d.id LIMIT ?4"
+        ))
+        .bind(from)
+        .bind(channel.as_str())
+        .bind(instance)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(failed)?;
+        let mut decoder = Decoder::default();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decoder.delivery(row) {
+                Ok(delivery) => out.push(delivery),
+                Err(error) => {
+                    let id: i64 = row.try_get("id").unwrap_or_default();
+                    tracing::warn!(delivery = id, %error, "skipping an unreadable delivery to replay");
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryRecord>, OutboxError> {
         let status = match query.status {
             None => "1",

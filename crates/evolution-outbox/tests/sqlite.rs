@@ -1322,3 +1322,60 @@ async fn events_can_be_looked_up_by_id_until_pruned() {
     assert!(outbox.event(&a, stored[0].id()).await.unwrap().is_none());
     outbox.close().await;
 }
+
+#[tokio::test]
+async fn deliveries_after_an_event_for_replay() {
+    let db = TempDb::new("after");
+    let outbox = open(&db).await;
+    let stored = outbox
+        .enqueue(vec![
+            event_on(Channel::Websocket, "a", 1, None),
+            event_on(Channel::Websocket, "b", 1, None),
+            event_on(Channel::Nats, "a", 1, None),
+            event_on(Channel::Websocket, "a", 2, None),
+        ])
+        .await
+        .unwrap();
+    // Delivered deliveries are replayed too (that is the point).
+    let claimed = outbox.claim(Channel::Websocket, 10).await.unwrap();
+    outbox
+        .settle(claimed.iter().map(|d| settle(d.id, Outcome::Delivered)).collect())
+        .await
+        .unwrap();
+    let a = InstanceName::new("a").unwrap();
+    let ids = |d: &[evolution_events::Delivery]| d.iter().map(|d| d.envelope.id()).collect::<Vec<_>>();
+    let all = outbox
+        .deliveries_after(Channel::Websocket, stored[0].id(), None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&all), [stored[1].id(), stored[3].id(), stored[3].id()]);
+    let own = outbox
+        .deliveries_after(Channel::Websocket, stored[0].id(), Some(&a), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&own), [stored[3].id(), stored[3].id()]);
+    let limited = outbox
+        .deliveries_after(Channel::Websocket, stored[0].id(), None, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&limited), [stored[1].id()]);
+    // Another instance's event, or an unknown one: nothing to resume after.
+    assert!(
+        outbox
+            .deliveries_after(Channel::Websocket, stored[1].id(), Some(&a), 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        outbox
+            .deliveries_after(Channel::Websocket, evolution_events::Uuid::nil(), None, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    outbox.close().await;
+}

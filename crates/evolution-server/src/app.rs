@@ -83,6 +83,7 @@ impl App {
                 let (sink, layer, dispatch) = plan
                     .build_websocket(authorizer)
                     .map_err(|e| StartError::Sink(channel, e))?;
+                sink.set_history(Arc::new(OutboxHistory(Arc::clone(&sqlite))));
                 builder = builder.sink_with(
                     Arc::clone(&sink) as Arc<dyn evolution_events::EventSink>,
                     dispatch,
@@ -367,4 +368,23 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
+}
+
+/// What a reconnecting Socket.IO client missed, read from the outbox (`lastEventId` replay).
+#[derive(Debug)]
+struct OutboxHistory(Arc<SqliteOutbox>);
+
+#[async_trait::async_trait]
+impl evolution_sinks::websocket::History for OutboxHistory {
+    async fn after(
+        &self,
+        after: evolution_events::Uuid,
+        instance: Option<&InstanceName>,
+        limit: usize,
+    ) -> Result<Option<Vec<evolution_events::Delivery>>, String> {
+        self.0
+            .deliveries_after(Channel::Websocket, after, instance, limit)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }

@@ -54,6 +54,7 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("WEBSOCKET_ENABLED", Some("false")),
     ("WEBSOCKET_GLOBAL_EVENTS", Some("false")),
     ("WEBSOCKET_ALLOWED_HOSTS", Some("127.0.0.1,::1,::ffff:127.0.0.1")),
+    ("WEBSOCKET_REPLAY_MAX", Some("500")),
     ("RABBITMQ_ENABLED", Some("false")),
     ("RABBITMQ_URI", Some("")),
     ("RABBITMQ_EXCHANGE_NAME", Some("evolution")),

@@ -540,3 +540,116 @@ async fn pusher_oversize_reference_resolves_through_rest() {
         .await;
     assert_eq!(dead, json!([]), "{dead}");
 }
+
+/// A Socket.IO client that connects with `auth.lastEventId` gets, in order, the events it missed
+/// that it may see, then a `replay` summary, then live events; another instance's token replays
+/// nothing of it; an id that is not a UUID is refused at connection.
+#[tokio::test]
+async fn socketio_replays_missed_events_after_last_event_id() {
+    let Some(dir) = node_dir() else { return };
+    let server = Server::start(
+        "websocket-replay",
+        &[("WEBSOCKET_ENABLED", "true"), ("WEBSOCKET_ALLOWED_HOSTS", "")],
+    )
+    .await;
+    create(
+        &server,
+        json!({"instanceName": "replay-a", "token": "replay-a-token",
+               "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    create(
+        &server,
+        json!({"instanceName": "replay-b", "token": "replay-b-token", "websocket": {"enabled": true}}),
+    )
+    .await;
+    // Three events while nobody is connected.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(post_event(&server, API_KEY, "replay-a", json!({"n": n})).await);
+    }
+    let replay = |key: &str, after: &str, namespaces: &[&str]| {
+        let script = node_script(&dir, "sio-probe.mjs", &[]);
+        let url = server.url("");
+        let flag = format!("--last-event-id={after}");
+        let mut args = vec![flag.as_str(), url.as_str(), key];
+        args.extend_from_slice(namespaces);
+        Node::run(script, &args, true)
+    };
+    let summary = |node: &Node| {
+        node.lines()
+            .into_iter()
+            .find(|l| l["type"] == "event" && l["event"] == "replay")
+            .map(|l| serde_json::from_str::<Value>(l["raw"].as_str().unwrap()).unwrap())
+    };
+
+    // The instance's token on `/`: the two events after the first, in order, on
+    // `socket.on('replay-a')`, then the summary.
+    let own = replay("replay-a-token", &ids[0], &["/"]);
+    own.wait(1, WAIT, |l| l["event"] == "replay").await;
+    let got: Vec<Value> = own
+        .lines()
+        .into_iter()
+        .filter(|l| l["type"] == "event" && l["event"] == "replay-a")
+        .map(|l| serde_json::from_str(l["raw"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        got.iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        [ids[1].as_str(), ids[2].as_str()],
+        "{:?}",
+        own.lines()
+    );
+    assert_eq!(got[0]["data"]["n"], 1);
+    assert_eq!(
+        summary(&own).unwrap(),
+        json!({"after": ids[0], "replayed": 2, "complete": true})
+    );
+    // Then live events as usual.
+    let live = post_event(&server, API_KEY, "replay-a", json!({"n": 3})).await;
+    let seen = own
+        .wait(1, WAIT, |l| {
+            l["event"] == "replay-a" && l["raw"].as_str().is_some_and(|r| r.contains(&live))
+        })
+        .await;
+    assert_eq!(seen.len(), 1, "{:?}", own.lines());
+
+    // The global key on the instance's namespace: the three after the first (`messages.upsert`).
+    let global = replay(API_KEY, &ids[0], &["/replay-a"]);
+    global.wait(1, WAIT, |l| l["event"] == "replay").await;
+    let replayed = global
+        .lines()
+        .iter()
+        .filter(|l| l["event"] == "messages.upsert")
+        .count();
+    assert_eq!(replayed, 3, "{:?}", global.lines());
+    assert_eq!(summary(&global).unwrap()["replayed"], 3);
+
+    // Another instance's token cannot replay this instance's events, nor learn they exist.
+    let other = replay("replay-b-token", &ids[0], &["/"]);
+    other.wait(1, WAIT, |l| l["event"] == "replay").await;
+    let s = summary(&other).unwrap();
+    assert_eq!(
+        (s["replayed"].clone(), s["complete"].clone()),
+        (json!(0), json!(false)),
+        "{s}"
+    );
+    assert!(s["error"].as_str().unwrap().contains("not kept"), "{s}");
+    assert!(
+        other.lines().iter().all(|l| l["event"] != "replay-a"),
+        "{:?}",
+        other.lines()
+    );
+
+    // Not a UUID: refused, naming it.
+    let bad = replay("replay-a-token", "nope", &["/"]);
+    let refused = bad.wait(1, WAIT, |l| l["type"] == "connect_error").await;
+    assert_eq!(refused.len(), 1, "{:?}", bad.lines());
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lastEventId `nope` is not an event id"),
+        "{:?}",
+        refused[0]
+    );
+}

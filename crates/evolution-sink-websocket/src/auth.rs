@@ -56,6 +56,9 @@ pub enum Refusal {
     /// A namespace that is not `/{instance name}`.
     #[error("no such namespace {0}: use / or /{{instance name}}")]
     BadNamespace(String),
+    /// A `lastEventId` (replay) that is not an event id.
+    #[error("{0}")]
+    BadLastEventId(String),
 }
 
 /// The key a connection presents: the handshake's `auth.apikey`, else the `apikey` query parameter

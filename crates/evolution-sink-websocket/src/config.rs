@@ -20,12 +20,15 @@ pub struct WebsocketConfig {
     pub ping_timeout: Duration,
     /// How long a client has to connect to a namespace after the Engine.IO handshake.
     pub connect_timeout: Duration,
+    /// `WEBSOCKET_REPLAY_MAX`: at most this many missed events are replayed to a client that
+    /// connects with `lastEventId` (0: no replay). Kept under `max_buffer_size`.
+    pub replay_limit: usize,
 }
 
 impl Default for WebsocketConfig {
     /// Evolution API's allowed hosts (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`), path `/socket.io`,
     /// 1024 buffered packets per socket, Socket.IO's default timings (ping every 25 s, 20 s to
-    /// answer, 45 s to connect).
+    /// answer, 45 s to connect), replay of up to 500 missed events.
     fn default() -> Self {
         Self {
             allowed_hosts: parse_allowed_hosts(DEFAULT_ALLOWED_HOSTS).unwrap_or_default(),
@@ -34,9 +37,13 @@ impl Default for WebsocketConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(45),
+            replay_limit: DEFAULT_REPLAY_LIMIT,
         }
     }
 }
+
+/// Default [`WebsocketConfig::replay_limit`].
+pub const DEFAULT_REPLAY_LIMIT: usize = 500;
 
 /// Evolution API's default `WEBSOCKET_ALLOWED_HOSTS`.
 pub const DEFAULT_ALLOWED_HOSTS: &str = "127.0.0.1,::1,::ffff:127.0.0.1";

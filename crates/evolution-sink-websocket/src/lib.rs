@@ -67,7 +67,19 @@
 //! ([`WebsocketSink::missed`]) and logged, not retried (a retry would duplicate the event for
 //! every other socket). No payload limit. [`Capabilities`](evolution_events::Capabilities):
 //! batches of up to 256, ordered (one socket receives emissions in send order), not acknowledged.
-//! Replay of missed events on reconnection is not implemented.
+//!
+//! # Replay on reconnection
+//!
+//! A client that connects with the id of the last event it saw — `auth: { apikey, lastEventId }`
+//! (or the `lastEventId` query parameter) — first joins its rooms, then gets the events it missed
+//! that it may see on that namespace, oldest first, up to `replay_limit` (`WEBSOCKET_REPLAY_MAX`,
+//! 500), read from the [`History`] the server sets ([`WebsocketSink::set_history`]: its outbox,
+//! which keeps events until 24 hours after their delivery), and then a `replay` event
+//! `{"after", "replayed", "complete"}` (`complete: false` with an `error` when the id is not kept
+//! for this connection — never accepted, another instance's, or pruned — or the limit cut it
+//! short). An event accepted during the replay may arrive twice (live and replayed), and live
+//! events may arrive before older replayed ones: dedupe by `id`. A `lastEventId` that is not a
+//! UUID refuses the connection (`connect_error` naming it).
 //!
 //! # Classification
 //!
@@ -90,9 +102,11 @@ mod auth;
 mod classify;
 mod config;
 mod layer;
+mod replay;
 mod sink;
 
 pub use auth::{Access, Authorizer, Refusal};
-pub use config::{DEFAULT_ALLOWED_HOSTS, WebsocketConfig, parse_allowed_hosts};
+pub use config::{DEFAULT_ALLOWED_HOSTS, DEFAULT_REPLAY_LIMIT, WebsocketConfig, parse_allowed_hosts};
 pub use layer::{WebsocketLayer, WebsocketService};
+pub use replay::{History, REPLAY_EVENT};
 pub use sink::{NAME, WebsocketSink};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use evolution_events::naming::GLOBAL_ROOM;
@@ -19,6 +19,7 @@ use crate::auth::{self, Access, Authorizer};
 use crate::classify::{Emitted, classify, error};
 use crate::config::WebsocketConfig;
 use crate::layer::{Attachment, WebsocketLayer};
+use crate::replay::{self, History};
 
 /// The channel name of this sink (`websocket`).
 pub const NAME: &str = "websocket";
@@ -35,6 +36,7 @@ pub struct WebsocketSink {
     io: SocketIo,
     /// Alive while the [`WebsocketLayer`] or a service it built exists.
     attachment: Weak<Attachment>,
+    gate: Arc<Gate>,
     closed: AtomicBool,
     /// Emissions a socket missed because its send buffer was full.
     missed: AtomicU64,
@@ -54,10 +56,13 @@ impl fmt::Debug for WebsocketSink {
     }
 }
 
-/// What the connect middlewares need.
+/// What the connect middlewares and handlers need.
 struct Gate {
     authorizer: Box<dyn Authorizer>,
     allowed_hosts: Vec<std::net::IpAddr>,
+    /// Set once by [`WebsocketSink::set_history`]; without it `lastEventId` replays nothing.
+    history: OnceLock<Arc<dyn History>>,
+    replay_limit: usize,
 }
 
 impl Gate {
@@ -99,6 +104,15 @@ impl WebsocketSink {
                 "the per-socket buffer size must be at least 1",
             ));
         }
+        if config.replay_limit >= config.max_buffer_size {
+            return Err(error(
+                ErrorKind::ConfigInvalid,
+                format!(
+                    "WEBSOCKET_REPLAY_MAX ({}) must be under the per-socket buffer of {} packets",
+                    config.replay_limit, config.max_buffer_size
+                ),
+            ));
+        }
         let (layer, io) = SocketIo::builder()
             .req_path(config.path.clone())
             .max_buffer_size(config.max_buffer_size)
@@ -109,12 +123,15 @@ impl WebsocketSink {
         let gate = Arc::new(Gate {
             authorizer: Box::new(authorizer),
             allowed_hosts: config.allowed_hosts.iter().map(|ip| ip.to_canonical()).collect(),
+            history: OnceLock::new(),
+            replay_limit: config.replay_limit,
         });
         register_namespaces(&io, &gate)?;
         let attachment = Arc::new(Attachment);
         let sink = Self {
             io,
             attachment: Arc::downgrade(&attachment),
+            gate,
             closed: AtomicBool::new(false),
             missed: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
@@ -127,6 +144,12 @@ impl WebsocketSink {
     #[must_use]
     pub fn config(&self) -> &WebsocketConfig {
         &self.config
+    }
+
+    /// Where connections that present a `lastEventId` find the events they missed (the server's
+    /// outbox). Set once; later calls are ignored and return `false`.
+    pub fn set_history(&self, history: Arc<dyn History>) -> bool {
+        self.gate.history.set(history).is_ok()
     }
 
     /// How many times a socket missed an event because its send buffer was full (a client that
@@ -228,32 +251,40 @@ impl WebsocketSink {
 }
 
 /// `/` (rooms by access) and `/{instance}` (one namespace per instance, admitted by access),
-/// both with the authentication middleware.
+/// both with the authentication middleware, and replay for connections with a `lastEventId`.
 fn register_namespaces(io: &SocketIo, gate: &Arc<Gate>) -> Result<(), SinkError> {
     let root_gate = Arc::clone(gate);
+    let root_handler = Arc::clone(gate);
     io.ns(
         "/",
-        root_connected.with(move |s: SocketRef, TryData(auth): TryData<Value>| {
+        (move |s: SocketRef, TryData(auth): TryData<Value>| {
+            connected(Arc::clone(&root_handler), s, auth.ok())
+        })
+        .with(move |s: SocketRef, TryData(auth): TryData<Value>| {
             let gate = Arc::clone(&root_gate);
             async move {
-                let access = gate.access(&s, auth.ok().as_ref())?;
+                let access = gate.access(&s, auth.as_ref().ok())?;
+                replay::requested(auth.as_ref().ok(), &s).map_err(auth::Refusal::BadLastEventId)?;
                 s.extensions.insert(access);
                 Ok::<(), auth::Refusal>(())
             }
         }),
     );
     let ns_gate = Arc::clone(gate);
+    let ns_handler = Arc::clone(gate);
     io.dyn_ns(
         "/{instance}",
-        instance_connected.with(move |s: SocketRef, TryData(auth): TryData<Value>| {
-            let gate = Arc::clone(&ns_gate);
-            async move {
-                let access = gate.access(&s, auth.ok().as_ref())?;
-                auth::admit_namespace(&access, s.ns())?;
-                s.extensions.insert(access);
-                Ok::<(), auth::Refusal>(())
-            }
-        }),
+        (move |s: SocketRef, TryData(auth): TryData<Value>| connected(Arc::clone(&ns_handler), s, auth.ok()))
+            .with(move |s: SocketRef, TryData(auth): TryData<Value>| {
+                let gate = Arc::clone(&ns_gate);
+                async move {
+                    let access = gate.access(&s, auth.as_ref().ok())?;
+                    auth::admit_namespace(&access, s.ns())?;
+                    replay::requested(auth.as_ref().ok(), &s).map_err(auth::Refusal::BadLastEventId)?;
+                    s.extensions.insert(access);
+                    Ok::<(), auth::Refusal>(())
+                }
+            }),
     )
     .map_err(|e| {
         error(
@@ -263,14 +294,30 @@ fn register_namespaces(io: &SocketIo, gate: &Arc<Gate>) -> Result<(), SinkError>
     })
 }
 
-/// Rooms on `/`: the instance's name for an instance token, `*` for global access.
-async fn root_connected(s: SocketRef) {
+/// Joins the rooms of the socket's access (on `/`: the instance's name for an instance token,
+/// `*` for global access; on `/{instance}` the same, so that deleting an instance can find its
+/// sockets), then replays what it missed if it asked to. Joining first means an event accepted
+/// while the replay is read arrives live (and perhaps replayed too), never not at all.
+async fn connected(gate: Arc<Gate>, s: SocketRef, auth: Option<Value>) {
     join_by_access(&s);
-}
-
-/// Rooms on `/{instance}`: the same, so that deleting an instance can find its sockets.
-async fn instance_connected(s: SocketRef) {
-    join_by_access(&s);
+    let Ok(Some(after)) = replay::requested(auth.as_ref(), &s) else {
+        return;
+    };
+    let Some(access) = s.extensions.get::<Access>() else {
+        return;
+    };
+    match gate.history.get() {
+        Some(history) if gate.replay_limit > 0 => {
+            replay::replay(Arc::clone(history), s, access, after, gate.replay_limit).await;
+        }
+        _ => {
+            let summary = serde_json::json!({"after": after, "replayed": 0, "complete": false,
+                "error": "replay is not available on this server (WEBSOCKET_REPLAY_MAX=0 or no event history)"});
+            if let Err(e) = s.emit(replay::REPLAY_EVENT, &summary) {
+                tracing::debug!(error = %e, "cannot send the replay summary");
+            }
+        }
+    }
 }
 
 fn join_by_access(s: &SocketRef) {

@@ -404,10 +404,22 @@ fn websocket(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
         vars.error(format!("WEBSOCKET_ALLOWED_HOSTS: {e}"));
         Vec::new()
     });
+    let replay_limit: usize = if vars.raw("WEBSOCKET_REPLAY_MAX").trim().is_empty() {
+        evolution_sink_websocket::DEFAULT_REPLAY_LIMIT
+    } else {
+        vars.number("WEBSOCKET_REPLAY_MAX", "a whole number of events")
+    };
+    let buffer = WebsocketConfig::default().max_buffer_size;
+    if replay_limit >= buffer {
+        vars.error(format!(
+            "WEBSOCKET_REPLAY_MAX must be under {buffer} (the per-socket buffer); 0 turns replay off"
+        ));
+    }
     Some(ChannelPlan {
         dispatch: ChannelConfig::default_for(Channel::Websocket),
         kind: PlanKind::Websocket(WebsocketConfig {
             allowed_hosts,
+            replay_limit: replay_limit.min(buffer - 1),
             ..WebsocketConfig::default()
         }),
     })
@@ -929,6 +941,7 @@ mod tests {
         };
         let mut v = vars(&[
             ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1,*"),
+            ("WEBSOCKET_REPLAY_MAX", "5000"),
             ("PUSHER_MAX_PAYLOAD_BYTES", "0"),
             ("PUSHER_BATCH_EVENTS", "maybe"),
             ("PUSHER_OVERSIZE", "drop"),
@@ -938,6 +951,7 @@ mod tests {
         let text = ours(&v);
         for needle in [
             "WEBSOCKET_ALLOWED_HOSTS: `*` is not an IP address",
+            "WEBSOCKET_REPLAY_MAX must be under 1024",
             "PUSHER_MAX_PAYLOAD_BYTES must be greater than 0",
             "PUSHER_BATCH_EVENTS=`maybe`",
             "PUSHER_OVERSIZE: `drop` is not a policy: use `reject` or `reference`",
@@ -946,6 +960,7 @@ mod tests {
         }
         let mut v = vars(&[
             ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1, ::1"),
+            ("WEBSOCKET_REPLAY_MAX", "500"),
             ("PUSHER_MAX_PAYLOAD_BYTES", "10240"),
             ("PUSHER_BATCH_EVENTS", "true"),
             ("PUSHER_OVERSIZE", "Reference"),
