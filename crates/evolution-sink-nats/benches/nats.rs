@@ -5,12 +5,19 @@
 //! workers; the raw loop's 4 tasks on one client). Core: publish the batch, then flush. JetStream:
 //! publish the batch into a stream, then await every acknowledgement.
 //!
+//! A second, fixed-rate phase per mode measures latency: [`PACED`] events offered one at a time at
+//! [`RATE`] per second (well below both paths' saturation), each timed from its hand-over (raw: its
+//! task starting the publish; pipeline: the `Dispatcher::emit` call) to its arrival at a subscriber
+//! of the subjects (its own connection, keyed by the `id` header) — one clock, one definition for
+//! both paths and both modes.
+//!
 //! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-nats --bench nats`
 //! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -21,11 +28,94 @@ use evolution_events::{
 use evolution_outbox::{MemoryOutbox, Outbox};
 use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
+use futures_util::StreamExt as _;
 
 const EVENTS: usize = 20_000;
 const INSTANCES: usize = 16;
 const BATCH: usize = 256;
 const IN_FLIGHT: usize = 4;
+/// Events of the fixed-rate (latency) phase, per path.
+const PACED: usize = 6_000;
+/// Events per second offered in the latency phase.
+const RATE: f64 = 2_000.0;
+
+/// Arrival instants by event id (latency phase).
+type Acks = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
+/// time; returns the instant each was handed over, by event id.
+async fn paced(
+    envelopes: Vec<EventEnvelope>,
+    rate: f64,
+    mut hand_over: impl AsyncFnMut(EventEnvelope),
+) -> HashMap<String, Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = HashMap::with_capacity(envelopes.len());
+    let start = tokio::time::Instant::now();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
+        sent.insert(envelope.id().to_string(), Instant::now());
+        hand_over(envelope).await;
+    }
+    sent
+}
+
+/// Waits (at most 60 s) until every event of `sent` arrived; returns the p50 and p99 of
+/// arrival − hand-over.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = {
+            let acks = acks.lock().unwrap();
+            sent.keys().filter(|id| acks.contains_key(*id)).count()
+        };
+        if n >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} events arrived",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acks = acks.lock().unwrap();
+    let mut all: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| acks.get(id).expect("arrived").saturating_duration_since(*t))
+        .collect();
+    all.sort_unstable();
+    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Subscribes to `{prefix}.>` on its own connection; notes when each event (`id` header) arrives.
+async fn subscriber(url: &str, prefix: &str) -> Acks {
+    let client = async_nats::connect(url).await.unwrap();
+    let mut subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let acks: Acks = Arc::default();
+    let arrivals = Arc::clone(&acks);
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(message) = subscription.next().await {
+            let now = Instant::now();
+            if let Some(id) = message.headers.as_ref().and_then(|h| h.get("id")) {
+                arrivals.lock().unwrap().insert(id.as_str().to_owned(), now);
+            }
+        }
+    });
+    acks
+}
 
 fn envelopes(tag: &str) -> Vec<EventEnvelope> {
     (0..EVENTS)
@@ -54,7 +144,8 @@ fn headers(envelope: &EventEnvelope) -> HeaderMap {
     headers
 }
 
-async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
+/// The dispatcher (memory outbox, the channel's defaults) over a `NatsSink`, global route.
+fn start(url: &str, prefix: &str, stream: Option<&str>) -> Dispatcher {
     let mut global = GlobalSettings::default();
     global.nats.enabled = true;
     global.nats.global_enabled = true;
@@ -70,10 +161,14 @@ async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<E
     })
     .unwrap();
     let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::default());
-    let dispatcher = Dispatcher::builder(outbox, Router::new(global).unwrap())
+    Dispatcher::builder(outbox, Router::new(global).unwrap())
         .sink_with(Arc::new(sink), ChannelConfig::default_for(Channel::Nats))
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
+    let dispatcher = start(url, prefix, stream);
     let start = Instant::now();
     let mut events = events;
     while !events.is_empty() {
@@ -89,6 +184,59 @@ async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<E
     let elapsed = start.elapsed();
     dispatcher.shutdown(Duration::from_secs(5)).await;
     EVENTS as f64 / elapsed.as_secs_f64()
+}
+
+/// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
+async fn dispatcher_paced(
+    url: &str,
+    prefix: &str,
+    stream: Option<&str>,
+    events: Vec<EventEnvelope>,
+) -> (Duration, Duration) {
+    let acks = subscriber(url, prefix).await;
+    let dispatcher = start(url, prefix, stream);
+    let sent = paced(events, RATE, async |envelope| {
+        dispatcher.emit(envelope, None).await.unwrap();
+    })
+    .await;
+    let latency = percentiles(&sent, &acks).await;
+    dispatcher.shutdown(Duration::from_secs(5)).await;
+    latency
+}
+
+/// Latency phase of the raw loop: each event published at its time by its own task (core: then
+/// flushed; JetStream: its acknowledgement awaited), one connected client.
+async fn raw_paced(
+    url: &str,
+    prefix: &str,
+    jetstream: bool,
+    events: Vec<EventEnvelope>,
+) -> (Duration, Duration) {
+    let acks = subscriber(url, prefix).await;
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let sent = paced(events, RATE, async |envelope| {
+        let (client, js) = (client.clone(), js.clone());
+        let subject = format!("{prefix}.{}.messages.upsert", envelope.instance());
+        tokio::spawn(async move {
+            let payload = envelope.payload(NamingProfile::Seed);
+            if jetstream {
+                js.publish_with_headers(subject, headers(&envelope), payload)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            } else {
+                client
+                    .publish_with_headers(subject, headers(&envelope), payload)
+                    .await
+                    .unwrap();
+                client.flush().await.unwrap();
+            }
+        });
+    })
+    .await;
+    percentiles(&sent, &acks).await
 }
 
 async fn raw(url: &str, prefix: &str, jetstream: bool, events: Vec<EventEnvelope>) -> f64 {
@@ -155,6 +303,7 @@ fn main() {
     runtime.block_on(async {
         let client = async_nats::connect(&url).await.unwrap();
         let js = jetstream::new(client);
+        let mut latencies = Vec::new();
         println!("| mode | run | raw async-nats loop, events/s | Dispatcher + NatsSink, events/s | ratio |");
         println!("|---|---|---:|---:|---:|");
         for jetstream in [false, true] {
@@ -211,6 +360,54 @@ fn main() {
                 "| {mode} | best | {best_raw:.0} | {best_dispatcher:.0} | {:.2} |",
                 best_dispatcher / best_raw
             );
+            // Latency: both paths at a fixed rate, fresh subjects (and stream), raw first.
+            let mut latency = Vec::new();
+            for through_dispatcher in [false, true] {
+                let tag = format!("lat{}{}", u8::from(through_dispatcher), u8::from(jetstream));
+                let prefix = format!("evolution{tag}{}", evolution_events::Uuid::now_v7().simple());
+                let name = format!("BENCH_{}", tag.to_ascii_uppercase());
+                if jetstream {
+                    let _ignored = js.delete_stream(&name).await;
+                    js.get_or_create_stream(stream::Config {
+                        name: name.clone(),
+                        subjects: vec![format!("{prefix}.>")],
+                        storage: stream::StorageType::File,
+                        ..stream::Config::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+                let events: Vec<EventEnvelope> = envelopes(&tag).into_iter().take(PACED).collect();
+                latency.push(if through_dispatcher {
+                    dispatcher_paced(&url, &prefix, jetstream.then_some(name.as_str()), events).await
+                } else {
+                    raw_paced(&url, &prefix, jetstream, events).await
+                });
+                if jetstream {
+                    let _ignored = js.delete_stream(&name).await;
+                }
+            }
+            latencies.push((mode, best_raw, best_dispatcher, latency[0], latency[1]));
         }
+        println!(
+            "\n| mode ({EVENTS} events of ~1 KB, {INSTANCES} subjects) | raw async-nats loop, events/s (best) | p50 | p99 | Dispatcher + NatsSink, events/s (best) | p50 | p99 | ratio |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (mode, best_raw, best_dispatcher, raw_latency, pipe_latency) in latencies {
+            println!(
+                "| {mode} | {best_raw:.0} | {} | {} | {best_dispatcher:.0} | {} | {} | {:.2}× |",
+                ms(raw_latency.0),
+                ms(raw_latency.1),
+                ms(pipe_latency.0),
+                ms(pipe_latency.1),
+                best_dispatcher / best_raw
+            );
+        }
+        println!(
+            "\nevents/s: best of 3 runs of {EVENTS} events handed over at once, until the last is published \
+             (core: flushed; JetStream: acknowledged). p50/p99: {PACED} events offered one at a time at \
+             {RATE:.0}/s, each from its hand-over (raw: its task starting the publish; pipeline: \
+             `Dispatcher::emit`) to its arrival at a subscriber of the subjects."
+        );
     });
 }

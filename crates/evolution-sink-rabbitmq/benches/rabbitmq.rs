@@ -5,20 +5,29 @@
 //! awaited, 4 batches in flight (the dispatcher's 4 workers; the raw loop's 4 tasks on one
 //! confirm-mode channel).
 //!
+//! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
+//! per second (well below both paths' saturation), each timed from its hand-over (raw: the
+//! `basic_publish` call; pipeline: the `Dispatcher::emit` call) to the broker's publisher confirm
+//! (raw: that message's confirm; pipeline: `RabbitmqSink::send` returned it confirmed, just before
+//! the dispatcher settles it).
+//!
 //! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-rabbitmq --bench rabbitmq`
 //! (default broker `amqp://guest:guest@127.0.0.1:5672/%2f`). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, NamingProfile, RawValue,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, EventEnvelope, EventKind, EventSink,
+    GlobalSettings, InstanceName, NamingProfile, RawValue, SinkError, async_trait,
 };
 use evolution_outbox::{MemoryOutbox, Outbox};
 use evolution_sink_rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
+use lapin::PublisherConfirm;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -30,6 +39,116 @@ const EVENTS: usize = 20_000;
 const INSTANCES: usize = 16;
 const BATCH: usize = 256;
 const IN_FLIGHT: usize = 4;
+/// Events of the fixed-rate (latency) phase, per path.
+const PACED: usize = 6_000;
+/// Events per second offered in the latency phase.
+const RATE: f64 = 2_000.0;
+
+/// Acknowledgement instants by event id (latency phase).
+type Acks = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
+/// time; returns the instant each was handed over, by event id.
+async fn paced(
+    envelopes: Vec<EventEnvelope>,
+    rate: f64,
+    mut hand_over: impl AsyncFnMut(EventEnvelope),
+) -> HashMap<String, Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = HashMap::with_capacity(envelopes.len());
+    let start = tokio::time::Instant::now();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
+        sent.insert(envelope.id().to_string(), Instant::now());
+        hand_over(envelope).await;
+    }
+    sent
+}
+
+/// Waits (at most 60 s) until every event of `sent` is acknowledged; returns the p50 and p99 of
+/// acknowledgement − hand-over.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = {
+            let acks = acks.lock().unwrap();
+            sent.keys().filter(|id| acks.contains_key(*id)).count()
+        };
+        if n >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} events acknowledged",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acks = acks.lock().unwrap();
+    let mut all: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| acks.get(id).expect("acknowledged").saturating_duration_since(*t))
+        .collect();
+    all.sort_unstable();
+    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The sink, recording when each item of a batch was reported acknowledged (`send` returned).
+#[derive(Debug)]
+struct Acked {
+    inner: Arc<dyn EventSink>,
+    acks: Acks,
+}
+
+#[async_trait]
+impl EventSink for Acked {
+    fn channel(&self) -> Channel {
+        self.inner.channel()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
+        let report = self.inner.send(batch).await?;
+        let now = Instant::now();
+        let failed: HashSet<usize> = report.failures().iter().map(|(i, _)| *i).collect();
+        let mut acks = self.acks.lock().unwrap();
+        for (i, delivery) in batch.iter().enumerate() {
+            if !failed.contains(&i) {
+                acks.insert(delivery.envelope.id().to_string(), now);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn health_check(&self) -> Result<(), SinkError> {
+        self.inner.health_check().await
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.inner.flush().await
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        self.inner.shutdown().await
+    }
+
+    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
+        self.inner.prepare(destinations).await
+    }
+}
 
 fn envelopes(tag: &str) -> Vec<EventEnvelope> {
     (0..EVENTS)
@@ -51,19 +170,30 @@ fn routing_key(instance: &str) -> String {
     format!("evolution.{instance}.messages-upsert")
 }
 
-/// Through the dispatcher: emits every event (global route), waits until all are delivered.
-async fn dispatcher(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
+/// The dispatcher (memory outbox, the channel's defaults) over a `RabbitmqSink` (wrapped to record
+/// its confirms when `acks` is given), global route.
+fn start(uri: &str, exchange: &str, acks: Option<Acks>) -> Dispatcher {
     let mut global = GlobalSettings::default();
     global.rabbitmq.enabled = true;
     global.rabbitmq.global_enabled = true;
     global.rabbitmq.events.insert(EventKind::MessagesUpsert);
     exchange.clone_into(&mut global.rabbitmq_exchange);
-    let sink = RabbitmqSink::new(RabbitmqConfig::new(AmqpUri::parse(uri).unwrap())).unwrap();
+    let sink: Arc<dyn EventSink> =
+        Arc::new(RabbitmqSink::new(RabbitmqConfig::new(AmqpUri::parse(uri).unwrap())).unwrap());
+    let sink = match acks {
+        Some(acks) => Arc::new(Acked { inner: sink, acks }),
+        None => sink,
+    };
     let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::default());
-    let dispatcher = Dispatcher::builder(outbox, Router::new(global).unwrap())
-        .sink_with(Arc::new(sink), ChannelConfig::default_for(Channel::Rabbitmq))
+    Dispatcher::builder(outbox, Router::new(global).unwrap())
+        .sink_with(sink, ChannelConfig::default_for(Channel::Rabbitmq))
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+/// Through the dispatcher: emits every event (global route), waits until all are delivered.
+async fn dispatcher(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
+    let dispatcher = start(uri, exchange, None);
     let start = Instant::now();
     let mut events = events;
     while !events.is_empty() {
@@ -79,6 +209,83 @@ async fn dispatcher(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f6
     let elapsed = start.elapsed();
     dispatcher.shutdown(Duration::from_secs(5)).await;
     EVENTS as f64 / elapsed.as_secs_f64()
+}
+
+/// Publishes one event as the sink does (serializing it, same properties, mandatory).
+async fn publish(channel: &lapin::Channel, exchange: &str, envelope: &EventEnvelope) -> PublisherConfirm {
+    let id = envelope.id().to_string();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "event".into(),
+        AMQPValue::LongString(LongString::from("MESSAGES_UPSERT")),
+    );
+    headers.insert(
+        "instance".into(),
+        AMQPValue::LongString(LongString::from(envelope.instance().as_str())),
+    );
+    headers.insert("id".into(), AMQPValue::LongString(LongString::from(id.as_str())));
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.as_str().into())
+        .with_timestamp(u64::try_from(envelope.date_time().timestamp()).unwrap())
+        .with_app_id("evolution-events".into())
+        .with_headers(headers);
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key(envelope.instance().as_str()).as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &envelope.payload(NamingProfile::Seed),
+            properties,
+        )
+        .await
+        .unwrap()
+}
+
+/// Latency phase of the raw loop: each event published at its time on one confirm-mode channel,
+/// its confirm awaited in its own task.
+async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
+    let connection = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let acks: Acks = Arc::default();
+    let sent = paced(events, RATE, async |envelope| {
+        let confirm = publish(&channel, exchange, &envelope).await;
+        let acks = Arc::clone(&acks);
+        tokio::spawn(async move {
+            let confirmation = confirm.await.unwrap();
+            assert!(confirmation.is_ack() && confirmation.take_message().is_none());
+            acks.lock()
+                .unwrap()
+                .insert(envelope.id().to_string(), Instant::now());
+        });
+    })
+    .await;
+    let latency = percentiles(&sent, &acks).await;
+    let _ignored = connection.close(200, "done".into()).await;
+    latency
+}
+
+/// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
+async fn dispatcher_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
+    let acks: Acks = Arc::default();
+    let dispatcher = start(uri, exchange, Some(Arc::clone(&acks)));
+    let sent = paced(events, RATE, async |envelope| {
+        dispatcher.emit(envelope, None).await.unwrap();
+    })
+    .await;
+    let latency = percentiles(&sent, &acks).await;
+    dispatcher.shutdown(Duration::from_secs(5)).await;
+    latency
 }
 
 /// The raw loop: the same topology declared up front, then `IN_FLIGHT` tasks take batches of
@@ -112,38 +319,7 @@ async fn raw(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
                     }
                     let mut confirms = Vec::with_capacity(BATCH);
                     for envelope in &events[first..(first + BATCH).min(events.len())] {
-                        let id = envelope.id().to_string();
-                        let mut headers = FieldTable::default();
-                        headers.insert(
-                            "event".into(),
-                            AMQPValue::LongString(LongString::from("MESSAGES_UPSERT")),
-                        );
-                        headers.insert(
-                            "instance".into(),
-                            AMQPValue::LongString(LongString::from(envelope.instance().as_str())),
-                        );
-                        headers.insert("id".into(), AMQPValue::LongString(LongString::from(id.as_str())));
-                        let properties = BasicProperties::default()
-                            .with_content_type("application/json".into())
-                            .with_delivery_mode(2)
-                            .with_message_id(id.as_str().into())
-                            .with_timestamp(u64::try_from(envelope.date_time().timestamp()).unwrap())
-                            .with_app_id("evolution-events".into())
-                            .with_headers(headers);
-                        let confirm = channel
-                            .basic_publish(
-                                exchange.as_str().into(),
-                                routing_key(envelope.instance().as_str()).as_str().into(),
-                                BasicPublishOptions {
-                                    mandatory: true,
-                                    ..BasicPublishOptions::default()
-                                },
-                                &envelope.payload(NamingProfile::Seed),
-                                properties,
-                            )
-                            .await
-                            .unwrap();
-                        confirms.push(confirm);
+                        confirms.push(publish(&channel, &exchange, envelope).await);
                     }
                     for confirm in confirms {
                         let confirmation = confirm.await.unwrap();
@@ -265,6 +441,20 @@ fn main() {
                 rows.push((round, through_dispatcher, rate));
             }
         }
+        // Latency: both paths at a fixed rate, fresh queues, raw first.
+        let mut latency = Vec::new();
+        for through_dispatcher in [false, true] {
+            let tag = format!("benchlat{}", u8::from(through_dispatcher));
+            let exchange = format!("evolution-bench-{tag}");
+            declare(&uri, &exchange, &tag).await;
+            let events: Vec<EventEnvelope> = envelopes(&tag).into_iter().take(PACED).collect();
+            latency.push(if through_dispatcher {
+                dispatcher_paced(&uri, &exchange, events).await
+            } else {
+                raw_paced(&uri, &exchange, events).await
+            });
+            cleanup(&uri, &exchange, &tag).await;
+        }
         println!("| run | path | events/s |");
         println!("|---|---|---:|");
         for (round, through_dispatcher, rate) in rows {
@@ -275,10 +465,26 @@ fn main() {
             };
             println!("| {} | {path} | {rate:.0} |", round + 1);
         }
-        println!();
         println!(
-            "best: raw {best_raw:.0}/s, dispatcher {best_dispatcher:.0}/s, ratio {:.2}",
-            best_dispatcher / best_raw
+            "\n| path ({EVENTS} events of ~1 KB, {INSTANCES} quorum queues, batches of {BATCH}, {IN_FLIGHT} in flight) | events/s (best of 3) | ratio | p50 | p99 |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| raw lapin loop | {best_raw:.0} | 1.00× | {} | {} |",
+            ms(latency[0].0),
+            ms(latency[0].1)
+        );
+        println!(
+            "| Dispatcher + RabbitmqSink | {best_dispatcher:.0} | {:.2}× | {} | {} |",
+            best_dispatcher / best_raw,
+            ms(latency[1].0),
+            ms(latency[1].1)
+        );
+        println!(
+            "\nevents/s: {EVENTS} events handed over at once, until the last is confirmed. p50/p99: {PACED} \
+             events offered one at a time at {RATE:.0}/s, each from its hand-over (raw: `basic_publish`; \
+             pipeline: `Dispatcher::emit`) to the publisher confirm (raw: its own; pipeline: \
+             `RabbitmqSink::send` returned it confirmed)."
         );
     });
 }

@@ -1,17 +1,32 @@
 //! Kafka records per second through `Dispatcher` + `KafkaSink` versus a raw rdkafka loop doing the
 //! same work (same payloads, key and headers, same producer settings: idempotent, `acks=all`,
-//! 1 ms linger), against the same broker, in one run.
+//! 1 ms linger), against the same broker, in one run. Two more raw rows have the dispatcher's
+//! shape — batches of 1 024 whose acknowledgements are awaited before the next batch, 1 in flight
+//! (one ordered key, ADR 0002) or 4 (4 workers) — and each pipeline row is also compared with
+//! its same-shape raw row.
+//!
+//! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
+//! per second (well below both paths' saturation), each timed from its hand-over (raw: the
+//! `send_result` call; pipeline: the `Dispatcher::emit` call) to the broker's acknowledgement
+//! (raw: its delivery future resolved; pipeline: `KafkaSink::send` returned it acknowledged, just
+//! before the dispatcher settles it).
 //!
 //! Run: `eval "$(scripts/services env kafka)"; cargo bench -p evolution-sinks --bench kafka` —
-//! prints a Markdown table. The broker is `EVOLUTION_TEST_KAFKA_BROKERS` (default 127.0.0.1:9092,
-//! the tansu of `scripts/services up kafka`).
+//! prints a Markdown table. The broker is `EVOLUTION_TEST_KAFKA_BROKERS` (default
+//! 127.0.0.1:9092, the tansu of `scripts/services up kafka`).
+//!
+//! Profiling: with `KAFKA_BENCH_PROFILE=raw|raw1|raw4|ordered|ordered16|unordered` the bench runs
+//! only that path (`raw1`/`raw4`: the same-shape raw loops), [`PROFILE_RUNS`] times (fresh topics
+//! each time), and prints each rate — run it under `perf record` or `valgrind --tool=callgrind`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, InstanceSettings, NamingProfile,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, EventEnvelope, EventKind, EventSink,
+    GlobalSettings, InstanceName, InstanceSettings, NamingProfile, SinkError, async_trait,
 };
 use evolution_outbox::MemoryOutbox;
 use evolution_sinks::kafka::{KafkaConfig, KafkaSink};
@@ -23,6 +38,121 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 const EVENTS: usize = 20_000;
+/// The dispatcher's batch for Kafka (the sink's largest).
+const BATCH: usize = 1024;
+/// Events of the fixed-rate (latency) phase, per path.
+const PACED: usize = 6_000;
+/// Events per second offered in the latency phase.
+const RATE: f64 = 2_000.0;
+
+/// Runs of one path in profiling mode (`KAFKA_BENCH_PROFILE`).
+const PROFILE_RUNS: usize = 10;
+
+/// Acknowledgement instants by event id (latency phase).
+type Acks = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
+/// time; returns the instant each was handed over, by event id.
+async fn paced(
+    envelopes: Vec<EventEnvelope>,
+    rate: f64,
+    mut hand_over: impl AsyncFnMut(EventEnvelope),
+) -> HashMap<String, Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = HashMap::with_capacity(envelopes.len());
+    let start = tokio::time::Instant::now();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
+        sent.insert(envelope.id().to_string(), Instant::now());
+        hand_over(envelope).await;
+    }
+    sent
+}
+
+/// Waits (at most 60 s) until every event of `sent` is acknowledged; returns the p50 and p99 of
+/// acknowledgement − hand-over.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = {
+            let acks = acks.lock().unwrap();
+            sent.keys().filter(|id| acks.contains_key(*id)).count()
+        };
+        if n >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} events acknowledged",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acks = acks.lock().unwrap();
+    let mut all: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| acks.get(id).expect("acknowledged").saturating_duration_since(*t))
+        .collect();
+    all.sort_unstable();
+    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The sink, recording when each item of a batch was reported acknowledged (`send` returned).
+#[derive(Debug)]
+struct Acked {
+    inner: Arc<dyn EventSink>,
+    acks: Acks,
+}
+
+#[async_trait]
+impl EventSink for Acked {
+    fn channel(&self) -> Channel {
+        self.inner.channel()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
+        let report = self.inner.send(batch).await?;
+        let now = Instant::now();
+        let failed: HashSet<usize> = report.failures().iter().map(|(i, _)| *i).collect();
+        let mut acks = self.acks.lock().unwrap();
+        for (i, delivery) in batch.iter().enumerate() {
+            if !failed.contains(&i) {
+                acks.insert(delivery.envelope.id().to_string(), now);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn health_check(&self) -> Result<(), SinkError> {
+        self.inner.health_check().await
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.inner.flush().await
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        self.inner.shutdown().await
+    }
+
+    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
+        self.inner.prepare(destinations).await
+    }
+}
 
 /// `KAFKA_LINGER_MS` (default 1, the sink's default), for both paths.
 fn linger() -> Duration {
@@ -81,20 +211,7 @@ async fn raw(producer: &FutureProducer, topic: &str, instance: &str, envelopes: 
     let mut pending = Vec::with_capacity(envelopes.len());
     for envelope in &envelopes {
         let payload = envelope.payload(NamingProfile::Seed);
-        let id = envelope.id().to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "event",
-                value: Some("MESSAGES_UPSERT"),
-            })
-            .insert(Header {
-                key: "instance",
-                value: Some(instance),
-            })
-            .insert(Header {
-                key: "id",
-                value: Some(id.as_str()),
-            });
+        let headers = headers(instance, &envelope.id().to_string());
         loop {
             let record = FutureRecord::to(topic)
                 .key(instance)
@@ -118,6 +235,110 @@ async fn raw(producer: &FutureProducer, topic: &str, instance: &str, envelopes: 
     rate(envelopes.len(), start)
 }
 
+/// The raw loop shaped like the dispatcher's delivery: `in_flight` tasks on one producer each take
+/// [`BATCH`] events at a time, produce them, and await every acknowledgement before taking the next
+/// batch (ordered delivery of one key is `in_flight` = 1: one batch per key in flight, ADR 0002).
+async fn raw_batched(
+    producer: &FutureProducer,
+    topic: &str,
+    instance: &str,
+    envelopes: Vec<EventEnvelope>,
+    in_flight: usize,
+) -> f64 {
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let n = envelopes.len();
+    let envelopes = Arc::new(envelopes);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (producer, envelopes, next) = (producer.clone(), Arc::clone(&envelopes), Arc::clone(&next));
+            let (topic, instance) = (topic.to_owned(), instance.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
+                    let Some(batch) = envelopes.get(first..(first + BATCH).min(envelopes.len())) else {
+                        break;
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let mut pending = Vec::with_capacity(batch.len());
+                    for envelope in batch {
+                        let payload = envelope.payload(NamingProfile::Seed);
+                        let record = FutureRecord::to(&topic)
+                            .key(instance.as_str())
+                            .payload(&payload[..])
+                            .headers(headers(&instance, &envelope.id().to_string()));
+                        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                    }
+                    for future in pending {
+                        future.await.unwrap().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    rate(n, start)
+}
+
+/// The sink's headers: event, instance, id.
+fn headers(instance: &str, id: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "event",
+            value: Some("MESSAGES_UPSERT"),
+        })
+        .insert(Header {
+            key: "instance",
+            value: Some(instance),
+        })
+        .insert(Header {
+            key: "id",
+            value: Some(id),
+        })
+}
+
+/// Latency phase of the raw loop: each event produced at its time (event `i` to `topics[i % n]`,
+/// key = the topic's instance), its acknowledgement awaited in its own task.
+async fn raw_paced(producer: &FutureProducer, topics: &[(String, String)]) -> (Duration, Duration) {
+    for (topic, _) in topics {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+    }
+    let acks: Acks = Arc::default();
+    let envelopes = (0..PACED)
+        .map(|i| envelope(&topics[i % topics.len()].1, i))
+        .collect();
+    let mut i = 0;
+    let sent = paced(envelopes, RATE, async |envelope| {
+        let (topic, instance) = &topics[i % topics.len()];
+        i += 1;
+        let payload = envelope.payload(NamingProfile::Seed);
+        let id = envelope.id().to_string();
+        let record = FutureRecord::to(topic)
+            .key(instance.as_str())
+            .payload(&payload[..])
+            .headers(headers(instance, &id));
+        let future = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+        let acks = Arc::clone(&acks);
+        tokio::spawn(async move {
+            future.await.unwrap().unwrap();
+            acks.lock().unwrap().insert(id, Instant::now());
+        });
+    })
+    .await;
+    percentiles(&sent, &acks).await
+}
+
 async fn create_topics(brokers: &str, topics: &[String]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -130,20 +351,33 @@ async fn create_topics(brokers: &str, topics: &[String]) {
     admin.create_topics(&new, &AdminOptions::new()).await.unwrap();
 }
 
-/// The same events through the dispatcher (memory outbox, 4 workers), `instances` instances.
-async fn pipeline(brokers: &str, prefix: &str, instances: &[String], ordered: bool) -> f64 {
-    let sink = KafkaSink::new(KafkaConfig {
-        auto_create_topics: true,
-        linger: linger(),
-        ..KafkaConfig::new([brokers])
-    })
-    .unwrap();
+/// A dispatcher (memory outbox, 4 workers) over a `KafkaSink` (wrapped to record its
+/// acknowledgements when `acks` is given), with the topics of `instances` created.
+async fn start(
+    brokers: &str,
+    prefix: &str,
+    instances: &[String],
+    ordered: bool,
+    acks: Option<Acks>,
+) -> (Dispatcher, InstanceSettings) {
+    let sink: Arc<dyn EventSink> = Arc::new(
+        KafkaSink::new(KafkaConfig {
+            auto_create_topics: true,
+            linger: linger(),
+            ..KafkaConfig::new([brokers])
+        })
+        .unwrap(),
+    );
+    let sink = match acks {
+        Some(acks) => Arc::new(Acked { inner: sink, acks }),
+        None => sink,
+    };
     let mut global = GlobalSettings::default();
     global.kafka.enabled = true;
     global.kafka.prefix = prefix.to_owned();
     let dispatcher = Dispatcher::builder(Arc::new(MemoryOutbox::default()), Router::new(global).unwrap())
         .sink_with(
-            Arc::new(sink),
+            sink,
             ChannelConfig {
                 ordered: Some(ordered),
                 ..ChannelConfig::default_for(Channel::Kafka)
@@ -164,6 +398,12 @@ async fn pipeline(brokers: &str, prefix: &str, instances: &[String], ordered: bo
                 .is_empty()
         );
     }
+    (dispatcher, settings)
+}
+
+/// The same events through the dispatcher (memory outbox, 4 workers), `instances` instances.
+async fn pipeline(brokers: &str, prefix: &str, instances: &[String], ordered: bool) -> f64 {
+    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, None).await;
     let envelopes: Vec<EventEnvelope> = (0..EVENTS)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
@@ -188,18 +428,95 @@ async fn pipeline(brokers: &str, prefix: &str, instances: &[String], ordered: bo
     r
 }
 
+/// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
+async fn pipeline_paced(
+    brokers: &str,
+    prefix: &str,
+    instances: &[String],
+    ordered: bool,
+) -> (Duration, Duration) {
+    let acks: Acks = Arc::default();
+    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, Some(Arc::clone(&acks))).await;
+    let envelopes = (0..PACED)
+        .map(|i| envelope(&instances[i % instances.len()], i))
+        .collect();
+    let sent = paced(envelopes, RATE, async |envelope| {
+        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
+    })
+    .await;
+    let latency = percentiles(&sent, &acks).await;
+    dispatcher.shutdown(Duration::from_secs(10)).await;
+    latency
+}
+
+/// Profiling mode: one path only, [`PROFILE_RUNS`] times.
+async fn profile(brokers: &str, run: &str, producer: &FutureProducer, path: &str) {
+    let instance = format!("bench-{run}");
+    let sixteen: Vec<String> = (0..16).map(|i| format!("bench-{run}-{i}")).collect();
+    for i in 0..PROFILE_RUNS {
+        let r = match path {
+            "raw" => {
+                let topic = format!("prof{run}.{i}");
+                create_topics(brokers, std::slice::from_ref(&topic)).await;
+                let envelopes = (0..EVENTS).map(|i| envelope(&instance, i)).collect();
+                raw(producer, &topic, &instance, envelopes).await
+            }
+            "raw1" | "raw4" => {
+                let topic = format!("prof{run}.{i}");
+                create_topics(brokers, std::slice::from_ref(&topic)).await;
+                let envelopes = (0..EVENTS).map(|i| envelope(&instance, i)).collect();
+                let in_flight = if path == "raw1" { 1 } else { 4 };
+                raw_batched(producer, &topic, &instance, envelopes, in_flight).await
+            }
+            "ordered" => {
+                pipeline(
+                    brokers,
+                    &format!("prof{i}{run}"),
+                    std::slice::from_ref(&instance),
+                    true,
+                )
+                .await
+            }
+            "ordered16" => pipeline(brokers, &format!("prof{i}{run}"), &sixteen, true).await,
+            "unordered" => {
+                pipeline(
+                    brokers,
+                    &format!("prof{i}{run}"),
+                    std::slice::from_ref(&instance),
+                    false,
+                )
+                .await
+            }
+            other => {
+                panic!("KAFKA_BENCH_PROFILE={other}: use raw, raw1, raw4, ordered, ordered16 or unordered")
+            }
+        };
+        println!("{path} run {}: {r:.0} records/s", i + 1);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let brokers = brokers();
     let run = tag();
     let instance = format!("bench-{run}");
-    let raw_topics = [format!("raw{run}.a"), format!("raw{run}.b")];
+    let raw_topics = [
+        format!("raw{run}.a"),
+        format!("raw{run}.b"),
+        format!("raw{run}.c"),
+        format!("raw{run}.d"),
+        format!("raw{run}.e"),
+    ];
     create_topics(&brokers, &raw_topics).await;
     // Warm up once, then measure both paths on the same number of events, each serializing every
     // payload once. The raw loop's second topic is fresh, but the producer knows the broker.
     // One producer for both runs (connected and warmed up by the first), as the sink's is before
     // the pipeline's clock starts.
     let producer = producer(&brokers);
+    if let Ok(path) = std::env::var("KAFKA_BENCH_PROFILE") {
+        profile(&brokers, &run, &producer, &path).await;
+        return;
+    }
     let _warm = raw(
         &producer,
         &raw_topics[0],
@@ -214,25 +531,105 @@ async fn main() {
         (0..EVENTS).map(|i| envelope(&instance, i)).collect(),
     )
     .await;
+    let raw_latency = raw_paced(&producer, &[(raw_topics[2].clone(), instance.clone())]).await;
+    // The same over 16 topics (one per instance), as the pipeline's 16-instance row.
+    let raw16: Vec<(String, String)> = (0..16)
+        .map(|i| (format!("raw{run}.t{i}"), format!("bench-{run}-{i}")))
+        .collect();
+    create_topics(
+        &brokers,
+        &raw16.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+    )
+    .await;
+    let raw16_latency = raw_paced(&producer, &raw16).await;
+    // The raw loop shaped like the dispatcher's delivery (batches of 1 024, acknowledgements
+    // awaited per batch): 1 batch in flight (one ordered key) and 4 (4 workers).
+    let raw1 = raw_batched(
+        &producer,
+        &raw_topics[3],
+        &instance,
+        (0..EVENTS).map(|i| envelope(&instance, i)).collect(),
+        1,
+    )
+    .await;
+    let raw4 = raw_batched(
+        &producer,
+        &raw_topics[4],
+        &instance,
+        (0..EVENTS).map(|i| envelope(&instance, i)).collect(),
+        4,
+    )
+    .await;
     let one = [instance.clone()];
     let sixteen: Vec<String> = (0..16).map(|i| format!("bench-{run}-{i}")).collect();
-    let ordered_one = pipeline(&brokers, &format!("p1{run}"), &one, true).await;
-    let ordered_sixteen = pipeline(&brokers, &format!("p16{run}"), &sixteen, true).await;
-    let unordered_one = pipeline(&brokers, &format!("u1{run}"), &one, false).await;
-    println!("\n| path ({EVENTS} events of ~1 KB, broker {brokers}) | records/s | ratio |");
-    println!("|---|---:|---:|");
-    println!("| raw rdkafka loop (one topic, produce all, then await every ack) | {raw_rate:.0} | 1.00× |");
-    for (label, r) in [
+    let mut rows = Vec::new();
+    for (label, prefix, instances, ordered, shape) in [
         (
             "Dispatcher + KafkaSink, ordered (default), 1 instance",
-            ordered_one,
+            "p1",
+            &one[..],
+            true,
+            raw1,
         ),
         (
             "Dispatcher + KafkaSink, ordered (default), 16 instances",
-            ordered_sixteen,
+            "p16",
+            &sixteen[..],
+            true,
+            raw4,
         ),
-        ("Dispatcher + KafkaSink, unordered, 1 instance", unordered_one),
+        (
+            "Dispatcher + KafkaSink, unordered, 1 instance",
+            "u1",
+            &one[..],
+            false,
+            raw4,
+        ),
     ] {
-        println!("| {label} | {r:.0} | {:.2}× |", r / raw_rate);
+        let r = pipeline(&brokers, &format!("{prefix}{run}"), instances, ordered).await;
+        let latency = pipeline_paced(&brokers, &format!("l{prefix}{run}"), instances, ordered).await;
+        rows.push((label, r, shape, latency));
     }
+    println!(
+        "\n| path ({EVENTS} events of ~1 KB, broker {brokers}) | records/s | ratio | ratio to the same-shape raw loop | p50 | p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| raw rdkafka loop (one topic, produce all, then await every ack) | {raw_rate:.0} | 1.00× | | {} | {} |",
+        ms(raw_latency.0),
+        ms(raw_latency.1)
+    );
+    for (label, r) in [
+        (
+            "raw rdkafka loop, batches of 1 024, acks awaited per batch, 1 in flight",
+            raw1,
+        ),
+        (
+            "raw rdkafka loop, batches of 1 024, acks awaited per batch, 4 in flight",
+            raw4,
+        ),
+    ] {
+        println!("| {label} | {r:.0} | {:.2}× | | | |", r / raw_rate);
+    }
+    println!(
+        "| raw rdkafka loop, latency over 16 topics (one per instance) | | | | {} | {} |",
+        ms(raw16_latency.0),
+        ms(raw16_latency.1)
+    );
+    for (label, r, shape, (p50, p99)) in rows {
+        println!(
+            "| {label} | {r:.0} | {:.2}× | {:.2}× | {} | {} |",
+            r / raw_rate,
+            r / shape,
+            ms(p50),
+            ms(p99)
+        );
+    }
+    println!(
+        "\nrecords/s: {EVENTS} events handed over at once, until the last is acknowledged. p50/p99: \
+         {PACED} events offered one at a time at {RATE:.0}/s, each from its hand-over (raw: `send_result`; \
+         pipeline: `Dispatcher::emit`) to the broker's acknowledgement (raw: its delivery future; pipeline: \
+         `KafkaSink::send` returned it acknowledged). Same-shape raw loop: ordered 1 instance against 1 batch \
+         in flight, the others against 4."
+    );
 }

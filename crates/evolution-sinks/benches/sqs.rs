@@ -6,10 +6,17 @@
 //! Markdown table. The server is `EVOLUTION_TEST_SQS_ENDPOINT` (default http://127.0.0.1:5000, the
 //! moto of `scripts/services up sqs`). moto's cost per call grows with the length of a queue, so
 //! every run sends to fresh queues, spread over [`QUEUES`] instances.
+//!
+//! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
+//! per second (well below both paths' saturation), each timed from its hand-over (raw: its task
+//! starting the call; pipeline: the `Dispatcher::emit` call) to the server's acknowledgement (raw:
+//! the `SendMessageBatch` response of that event, sent alone; pipeline: `SqsSink::send` returned it
+//! acknowledged, just before the dispatcher settles it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
@@ -17,7 +24,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, InstanceSettings, NamingProfile,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, EventEnvelope, EventKind, EventSink,
+    GlobalSettings, InstanceName, InstanceSettings, NamingProfile, SinkError, async_trait,
 };
 use evolution_outbox::MemoryOutbox;
 use evolution_sinks::sqs::{SqsConfig, SqsCredentials, SqsSink};
@@ -27,6 +35,116 @@ const EVENTS: usize = 2_000;
 const QUEUES: usize = 10;
 /// Calls in flight: the dispatcher's 4 workers each send one batch at a time.
 const IN_FLIGHT: usize = 4;
+/// Events of the fixed-rate (latency) phase, per path.
+const PACED: usize = 400;
+/// Events per second offered in the latency phase (moto serves ~50–100 calls/s).
+const RATE: f64 = 50.0;
+
+/// Acknowledgement instants by event id (latency phase).
+type Acks = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
+/// time; returns the instant each was handed over, by event id.
+async fn paced(
+    envelopes: Vec<EventEnvelope>,
+    rate: f64,
+    mut hand_over: impl AsyncFnMut(EventEnvelope),
+) -> HashMap<String, Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = HashMap::with_capacity(envelopes.len());
+    let start = tokio::time::Instant::now();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
+        sent.insert(envelope.id().to_string(), Instant::now());
+        hand_over(envelope).await;
+    }
+    sent
+}
+
+/// Waits (at most 60 s) until every event of `sent` is acknowledged; returns the p50 and p99 of
+/// acknowledgement − hand-over.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = {
+            let acks = acks.lock().unwrap();
+            sent.keys().filter(|id| acks.contains_key(*id)).count()
+        };
+        if n >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} events acknowledged",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acks = acks.lock().unwrap();
+    let mut all: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| acks.get(id).expect("acknowledged").saturating_duration_since(*t))
+        .collect();
+    all.sort_unstable();
+    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The sink, recording when each item of a batch was reported acknowledged (`send` returned).
+#[derive(Debug)]
+struct Acked {
+    inner: Arc<dyn EventSink>,
+    acks: Acks,
+}
+
+#[async_trait]
+impl EventSink for Acked {
+    fn channel(&self) -> Channel {
+        self.inner.channel()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
+        let report = self.inner.send(batch).await?;
+        let now = Instant::now();
+        let failed: HashSet<usize> = report.failures().iter().map(|(i, _)| *i).collect();
+        let mut acks = self.acks.lock().unwrap();
+        for (i, delivery) in batch.iter().enumerate() {
+            if !failed.contains(&i) {
+                acks.insert(delivery.envelope.id().to_string(), now);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn health_check(&self) -> Result<(), SinkError> {
+        self.inner.health_check().await
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        self.inner.flush().await
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        self.inner.shutdown().await
+    }
+
+    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
+        self.inner.prepare(destinations).await
+    }
+}
 
 fn endpoint() -> String {
     std::env::var("EVOLUTION_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".to_owned())
@@ -69,9 +187,8 @@ fn attribute(value: &str) -> MessageAttributeValue {
         .unwrap()
 }
 
-/// `IN_FLIGHT` tasks take 10 events of one queue at a time and send them with one
-/// `SendMessageBatch` (bodies serialized once, the sink's three attributes).
-async fn raw(client: &Client, run: &str, instances: &[String]) -> f64 {
+/// Fresh queues, one per instance; their URLs.
+async fn queues(client: &Client, run: &str, instances: &[String]) -> Vec<String> {
     let mut urls = Vec::new();
     for instance in instances {
         let queue = format!("raw{run}-{instance}");
@@ -85,6 +202,56 @@ async fn raw(client: &Client, run: &str, instances: &[String]) -> f64 {
             .unwrap();
         urls.push(url);
     }
+    urls
+}
+
+/// The entry of one event (body serialized once, the sink's three attributes).
+fn entry(i: usize, e: &EventEnvelope) -> SendMessageBatchRequestEntry {
+    let payload = e.payload(NamingProfile::Seed);
+    SendMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .message_body(std::str::from_utf8(&payload).unwrap())
+        .message_attributes("event", attribute("MESSAGES_UPSERT"))
+        .message_attributes("instance", attribute(e.instance().as_str()))
+        .message_attributes("id", attribute(&e.id().to_string()))
+        .build()
+        .unwrap()
+}
+
+/// Latency phase of the raw loop: each event sent at its time, alone, by its own task.
+async fn raw_paced(client: &Client, run: &str, instances: &[String]) -> (Duration, Duration) {
+    let urls = Arc::new(queues(client, run, instances).await);
+    let acks: Acks = Arc::default();
+    let envelopes = (0..PACED)
+        .map(|i| envelope(&instances[i % instances.len()], i))
+        .collect();
+    let mut n = 0;
+    let sent = paced(envelopes, RATE, async |envelope| {
+        let (client, urls, acks) = (client.clone(), Arc::clone(&urls), Arc::clone(&acks));
+        let url = n % urls.len();
+        n += 1;
+        tokio::spawn(async move {
+            let out = client
+                .send_message_batch()
+                .queue_url(&urls[url])
+                .entries(entry(0, &envelope))
+                .send()
+                .await
+                .unwrap();
+            assert!(out.failed().is_empty());
+            acks.lock()
+                .unwrap()
+                .insert(envelope.id().to_string(), Instant::now());
+        });
+    })
+    .await;
+    percentiles(&sent, &acks).await
+}
+
+/// `IN_FLIGHT` tasks take 10 events of one queue at a time and send them with one
+/// `SendMessageBatch` (bodies serialized once, the sink's three attributes).
+async fn raw(client: &Client, run: &str, instances: &[String]) -> f64 {
+    let urls = queues(client, run, instances).await;
     let envelopes: Vec<EventEnvelope> = (0..EVENTS)
         .map(|i| envelope(&instances[(i / 10) % instances.len()], i))
         .collect();
@@ -109,21 +276,8 @@ async fn raw(client: &Client, run: &str, instances: &[String]) -> f64 {
                     if batch.is_empty() {
                         break;
                     }
-                    let entries: Vec<SendMessageBatchRequestEntry> = batch
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| {
-                            let payload = e.payload(NamingProfile::Seed);
-                            SendMessageBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .message_body(std::str::from_utf8(&payload).unwrap())
-                                .message_attributes("event", attribute("MESSAGES_UPSERT"))
-                                .message_attributes("instance", attribute(e.instance().as_str()))
-                                .message_attributes("id", attribute(&e.id().to_string()))
-                                .build()
-                                .unwrap()
-                        })
-                        .collect();
+                    let entries: Vec<SendMessageBatchRequestEntry> =
+                        batch.iter().enumerate().map(|(i, e)| entry(i, e)).collect();
                     let out = client
                         .send_message_batch()
                         .queue_url(&urls[chunk % urls.len()])
@@ -142,19 +296,31 @@ async fn raw(client: &Client, run: &str, instances: &[String]) -> f64 {
     rate(EVENTS, start)
 }
 
-/// The same events through the dispatcher (memory outbox, 4 workers, ordered per instance).
-async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
-    let sink = SqsSink::new(SqsConfig {
-        endpoint: Some(endpoint.to_owned()),
-        credentials: Some(SqsCredentials::new("test", "test")),
-        ..SqsConfig::new("us-east-1")
-    })
-    .unwrap();
+/// A dispatcher (memory outbox, 4 workers, ordered per instance) over an `SqsSink` (wrapped to
+/// record its acknowledgements when `acks` is given), with the queues of `instances` created.
+async fn start(
+    endpoint: &str,
+    run: &str,
+    instances: &[String],
+    acks: Option<Acks>,
+) -> (Dispatcher, InstanceSettings) {
+    let sink: Arc<dyn EventSink> = Arc::new(
+        SqsSink::new(SqsConfig {
+            endpoint: Some(endpoint.to_owned()),
+            credentials: Some(SqsCredentials::new("test", "test")),
+            ..SqsConfig::new("us-east-1")
+        })
+        .unwrap(),
+    );
+    let sink = match acks {
+        Some(acks) => Arc::new(Acked { inner: sink, acks }),
+        None => sink,
+    };
     let mut global = GlobalSettings::default();
     global.sqs.broker.enabled = true;
     global.sqs.broker.prefix = format!("pipe{run}");
     let dispatcher = Dispatcher::builder(Arc::new(MemoryOutbox::default()), Router::new(global).unwrap())
-        .sink_with(Arc::new(sink), ChannelConfig::default_for(Channel::Sqs))
+        .sink_with(sink, ChannelConfig::default_for(Channel::Sqs))
         .start()
         .unwrap();
     let settings = InstanceSettings::from_json(
@@ -170,6 +336,12 @@ async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
                 .is_empty()
         );
     }
+    (dispatcher, settings)
+}
+
+/// The same events through the dispatcher (memory outbox, 4 workers, ordered per instance).
+async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
+    let (dispatcher, settings) = start(endpoint, run, instances, None).await;
     let envelopes: Vec<EventEnvelope> = (0..EVENTS)
         .map(|i| envelope(&instances[(i / 10) % instances.len()], i))
         .collect();
@@ -194,6 +366,22 @@ async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
     r
 }
 
+/// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
+async fn pipeline_paced(endpoint: &str, run: &str, instances: &[String]) -> (Duration, Duration) {
+    let acks: Acks = Arc::default();
+    let (dispatcher, settings) = start(endpoint, run, instances, Some(Arc::clone(&acks))).await;
+    let envelopes = (0..PACED)
+        .map(|i| envelope(&instances[i % instances.len()], i))
+        .collect();
+    let sent = paced(envelopes, RATE, async |envelope| {
+        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
+    })
+    .await;
+    let latency = percentiles(&sent, &acks).await;
+    dispatcher.shutdown(Duration::from_secs(10)).await;
+    latency
+}
+
 #[tokio::main]
 async fn main() {
     let endpoint = endpoint();
@@ -204,11 +392,27 @@ async fn main() {
     let _warm = raw(&client, &format!("w{run}"), &instances).await;
     let raw_rate = raw(&client, &run, &instances).await;
     let pipe_rate = pipeline(&endpoint, &run, &instances).await;
+    let raw_latency = raw_paced(&client, &format!("l{run}"), &instances).await;
+    let pipe_latency = pipeline_paced(&endpoint, &format!("l{run}"), &instances).await;
     println!(
-        "\n| path ({EVENTS} events of ~1 KB over {QUEUES} queues, {IN_FLIGHT} calls in flight, {endpoint}) | messages/s |"
+        "\n| path ({EVENTS} events of ~1 KB over {QUEUES} queues, {IN_FLIGHT} calls in flight, {endpoint}) | messages/s | ratio | p50 | p99 |"
     );
-    println!("|---|---:|");
-    println!("| raw aws-sdk-sqs loop (SendMessageBatch of 10) | {raw_rate:.0} |");
-    println!("| Dispatcher + SqsSink (memory outbox, ordered per instance) | {pipe_rate:.0} |");
-    println!("| ratio | {:.2}× |", pipe_rate / raw_rate);
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| raw aws-sdk-sqs loop (SendMessageBatch of 10) | {raw_rate:.0} | 1.00× | {} | {} |",
+        ms(raw_latency.0),
+        ms(raw_latency.1)
+    );
+    println!(
+        "| Dispatcher + SqsSink (memory outbox, ordered per instance) | {pipe_rate:.0} | {:.2}× | {} | {} |",
+        pipe_rate / raw_rate,
+        ms(pipe_latency.0),
+        ms(pipe_latency.1)
+    );
+    println!(
+        "\nmessages/s: {EVENTS} events handed over at once, until the last is acknowledged. p50/p99: {PACED} \
+         events offered one at a time at {RATE:.0}/s over {QUEUES} fresh queues, each from its hand-over (raw: \
+         its call started; pipeline: `Dispatcher::emit`) to the server's acknowledgement (raw: the response to \
+         its own SendMessageBatch; pipeline: `SqsSink::send` returned it acknowledged)."
+    );
 }

@@ -2,11 +2,17 @@
 //! doing the same work (same payloads, same number of requests in flight, same loopback
 //! receiver), in one run.
 //!
+//! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
+//! per second (well below both paths' saturation), each timed from its hand-over (raw: the task
+//! starting its POST; pipeline: the `Dispatcher::emit` call) to its arrival at the receiver (the
+//! handler, keyed by the `webhook-id` header) — one clock, one definition for both.
+//!
 //! Run: `cargo bench -p evolution-sinks --bench webhook` — prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evolution_events::{Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, InstanceSettings};
@@ -17,13 +23,36 @@ use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 
 const EVENTS: usize = 20_000;
 const IN_FLIGHT: usize = 32;
+/// Events of the fixed-rate (latency) phase, per path.
+const PACED: usize = 6_000;
+/// Events per second offered in the latency phase.
+const RATE: f64 = 2_000.0;
 
-async fn receiver() -> (String, Arc<AtomicU64>) {
+/// Arrival instants by event id (latency phase).
+type Acks = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// The loopback receiver: counts requests; while `recording`, notes when each `webhook-id`
+/// arrived.
+struct Receiver {
+    url: String,
+    count: Arc<AtomicU64>,
+    recording: Arc<AtomicBool>,
+    arrivals: Acks,
+}
+
+async fn receiver() -> Receiver {
     let count = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&count);
-    let app = axum::Router::new().fallback(move || {
-        let c = Arc::clone(&c);
+    let recording = Arc::new(AtomicBool::new(false));
+    let arrivals: Acks = Arc::default();
+    let (c, r, a) = (Arc::clone(&count), Arc::clone(&recording), Arc::clone(&arrivals));
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let (c, r, a) = (Arc::clone(&c), Arc::clone(&r), Arc::clone(&a));
         async move {
+            if r.load(Ordering::Relaxed)
+                && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
+            {
+                a.lock().unwrap().insert(id.to_owned(), Instant::now());
+            }
             c.fetch_add(1, Ordering::Relaxed);
             "ok"
         }
@@ -31,7 +60,81 @@ async fn receiver() -> (String, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, count)
+    Receiver {
+        url,
+        count,
+        recording,
+        arrivals,
+    }
+}
+
+/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
+/// time; returns the instant each was handed over, by event id.
+async fn paced(
+    envelopes: Vec<EventEnvelope>,
+    rate: f64,
+    mut hand_over: impl AsyncFnMut(EventEnvelope),
+) -> HashMap<String, Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = HashMap::with_capacity(envelopes.len());
+    let start = tokio::time::Instant::now();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
+        sent.insert(envelope.id().to_string(), Instant::now());
+        hand_over(envelope).await;
+    }
+    sent
+}
+
+/// Waits (at most 60 s) until every event of `sent` arrived; returns the p50 and p99 of
+/// arrival − hand-over.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = {
+            let acks = acks.lock().unwrap();
+            sent.keys().filter(|id| acks.contains_key(*id)).count()
+        };
+        if n >= sent.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} events arrived",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acks = acks.lock().unwrap();
+    let mut all: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| acks.get(id).expect("arrived").saturating_duration_since(*t))
+        .collect();
+    all.sort_unstable();
+    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs `phase` with the receiver noting arrivals; returns its p50 and p99.
+async fn measured(
+    receiver: &Receiver,
+    phase: impl AsyncFnOnce() -> HashMap<String, Instant>,
+) -> (Duration, Duration) {
+    receiver.arrivals.lock().unwrap().clear();
+    receiver.recording.store(true, Ordering::Relaxed);
+    let sent = phase().await;
+    let latency = percentiles(&sent, &receiver.arrivals).await;
+    receiver.recording.store(false, Ordering::Relaxed);
+    latency
 }
 
 fn envelope(i: usize) -> EventEnvelope {
@@ -49,13 +152,46 @@ async fn wait(count: &AtomicU64, expected: u64) {
     }
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// One POST with the headers the sink sends (content type, user agent, idempotency key).
+async fn post(client: &reqwest::Client, url: &str, envelope: &EventEnvelope) {
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", evolution_sinks::webhook::DEFAULT_USER_AGENT)
+        .header("webhook-id", envelope.id().to_string())
+        .body(envelope.payload(evolution_events::NamingProfile::Seed))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let _body = resp.bytes().await.unwrap();
+}
+
+/// Latency phase of the raw loop: each event POSTed at its time by its own task (one shared,
+/// warmed-up client).
+async fn raw_paced(
+    client: &reqwest::Client,
+    url: &str,
+    envelopes: Vec<EventEnvelope>,
+) -> HashMap<String, Instant> {
+    paced(envelopes, RATE, async |envelope| {
+        let (client, url) = (client.clone(), url.to_owned());
+        tokio::spawn(async move { post(&client, &url, &envelope).await });
+    })
+    .await
+}
+
 /// `IN_FLIGHT` tasks serialize each event and POST it with one shared client, with the same
 /// headers the sink sends (content type, user agent, idempotency key).
 async fn raw(url: &str, envelopes: Arc<Vec<EventEnvelope>>) -> f64 {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = client();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
@@ -71,17 +207,7 @@ async fn raw(url: &str, envelopes: Arc<Vec<EventEnvelope>>) -> f64 {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     // Fresh envelopes (cloned before the clock started): `payload` serializes once.
                     let Some(envelope) = envelopes.get(i) else { break };
-                    let resp = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("user-agent", evolution_sinks::webhook::DEFAULT_USER_AGENT)
-                        .header("webhook-id", envelope.id().to_string())
-                        .body(envelope.payload(evolution_events::NamingProfile::Seed))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(resp.status().is_success());
-                    let _body = resp.bytes().await.unwrap();
+                    post(&client, &url, envelope).await;
                 }
             })
         })
@@ -97,8 +223,8 @@ fn rate(start: Instant) -> f64 {
     EVENTS as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The same events through the dispatcher (memory outbox, unordered, `IN_FLIGHT` workers).
-async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -> f64 {
+/// The dispatcher (memory outbox, unordered, `IN_FLIGHT` workers) over a `WebhookSink`.
+fn start(url: &str) -> (Dispatcher, InstanceSettings) {
     let sink = WebhookSink::new(WebhookConfig {
         allowed_networks: parse_networks("127.0.0.0/8").unwrap(),
         max_concurrency_per_host: IN_FLIGHT,
@@ -119,6 +245,12 @@ async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -
     .unwrap();
     let settings =
         InstanceSettings::from_json(&serde_json::json!({"webhook": {"enabled": true, "url": url}})).unwrap();
+    (dispatcher, settings)
+}
+
+/// The same events through the dispatcher (memory outbox, unordered, `IN_FLIGHT` workers).
+async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -> f64 {
+    let (dispatcher, settings) = start(url);
     let before = count.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut envelopes = envelopes.into_iter();
@@ -139,19 +271,67 @@ async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -
     r
 }
 
+/// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
+async fn pipeline_paced(url: &str, envelopes: Vec<EventEnvelope>) -> HashMap<String, Instant> {
+    let (dispatcher, settings) = start(url);
+    // One delivery first, so that the sink's connection is open, as the raw client's is.
+    let before = envelope(usize::MAX);
+    dispatcher.emit(before, Some(&settings)).await.unwrap();
+    while dispatcher.counters(Channel::Webhook).unwrap().delivered < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sent = paced(envelopes, RATE, async |envelope| {
+        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
+    })
+    .await;
+    // Delivered by now or soon: the caller waits for the arrivals before shutting down.
+    let watcher = dispatcher.clone();
+    tokio::spawn(async move {
+        while watcher.counters(Channel::Webhook).unwrap().delivered < PACED as u64 + 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        watcher.shutdown(Duration::from_secs(5)).await;
+    });
+    sent
+}
+
 #[tokio::main]
 async fn main() {
-    let (url, count) = receiver().await;
+    let receiver = receiver().await;
+    let (url, count) = (receiver.url.clone(), Arc::clone(&receiver.count));
     let envelopes: Vec<EventEnvelope> = (0..EVENTS).map(envelope).collect();
     // Warm up once, then measure both paths on the same events, each serializing every payload once.
     let _warm = raw(&url, Arc::new(envelopes.clone())).await;
     let raw_rate = raw(&url, Arc::new(envelopes.clone())).await;
     let pipe_rate = pipeline(&url, envelopes, &count).await;
+    let client = client();
+    post(&client, &url, &envelope(usize::MAX)).await;
+    let raw_latency = measured(&receiver, async || {
+        raw_paced(&client, &url, (0..PACED).map(envelope).collect()).await
+    })
+    .await;
+    let pipe_latency = measured(&receiver, async || {
+        pipeline_paced(&url, (0..PACED).map(envelope).collect()).await
+    })
+    .await;
     println!(
-        "\n| path ({IN_FLIGHT} requests in flight, {EVENTS} events of ~1 KB, loopback receiver) | deliveries/s |"
+        "\n| path ({IN_FLIGHT} requests in flight, {EVENTS} events of ~1 KB, loopback receiver) | deliveries/s | ratio | p50 | p99 |"
     );
-    println!("|---|---:|");
-    println!("| raw reqwest loop | {raw_rate:.0} |");
-    println!("| Dispatcher + WebhookSink (memory outbox) | {pipe_rate:.0} |");
-    println!("| ratio | {:.2}× |", pipe_rate / raw_rate);
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| raw reqwest loop | {raw_rate:.0} | 1.00× | {} | {} |",
+        ms(raw_latency.0),
+        ms(raw_latency.1)
+    );
+    println!(
+        "| Dispatcher + WebhookSink (memory outbox, unordered) | {pipe_rate:.0} | {:.2}× | {} | {} |",
+        pipe_rate / raw_rate,
+        ms(pipe_latency.0),
+        ms(pipe_latency.1)
+    );
+    println!(
+        "\ndeliveries/s: {EVENTS} events handed over at once, until the receiver counted the last. p50/p99: \
+         {PACED} events offered one at a time at {RATE:.0}/s, each from its hand-over (raw: its POST started; \
+         pipeline: `Dispatcher::emit`) to its arrival at the receiver."
+    );
 }
