@@ -334,12 +334,17 @@ fn latencies(due: &HashMap<usize, Instant>, arrivals: &HashMap<usize, Instant>) 
     (all.len(), text)
 }
 
-/// Single events at a fixed rate (each posted at its due time, whatever the earlier ones are
-/// doing, so a slow answer does not hide the wait of the next: no coordinated omission), to 16
-/// instances whose events go to a webhook receiver and to NATS.
+/// Single events at a fixed rate (`BENCH_LATENCY_RATE`, default 1 000/s, for 10 s), each posted
+/// at its due time whatever the earlier ones are doing, so a slow answer does not hide the wait of
+/// the next (no coordinated omission), to 16 instances whose events go to a webhook receiver and
+/// to NATS.
 async fn latency(rows: &mut Rows) {
-    const RATE: u64 = 1_000;
-    const EVENTS: usize = 10_000;
+    let rate: u64 = std::env::var("BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(1_000);
+    let events = usize::try_from(rate * 10).unwrap();
     let url = nats_url();
     let prefix = format!("lat{}", unique());
     let nats = nats_subscriber(&url, format!("{prefix}.>"), None).await;
@@ -350,9 +355,9 @@ async fn latency(rows: &mut Rows) {
     let accepted: Arrivals = Arc::default();
     let mut due = HashMap::new();
     let start = Instant::now() + Duration::from_millis(100);
-    let mut tasks = Vec::with_capacity(EVENTS);
-    for n in 0..EVENTS {
-        let at = start + Duration::from_micros(1_000_000 / RATE * n as u64);
+    let mut tasks = Vec::with_capacity(events);
+    for n in 0..events {
+        let at = start + Duration::from_micros(1_000_000 * n as u64 / rate);
         due.insert(n, at);
         tokio::time::sleep_until(at.into()).await;
         let client = server.client.clone();
@@ -374,19 +379,19 @@ async fn latency(rows: &mut Rows) {
         t.await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (webhook.lock().unwrap().len() < EVENTS || nats.lock().unwrap().len() < EVENTS)
+    while (webhook.lock().unwrap().len() < events || nats.lock().unwrap().len() < events)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let label = format!("{EVENTS} single events at {RATE}/s over 16 instances, ~1 KB");
+    let label = format!("{events} single events at {rate}/s over 16 instances, ~1 KB");
     for (what, arrivals) in [
         ("due → 202 (durably stored)", &accepted),
         ("due → webhook receiver", &webhook),
         ("due → NATS subscriber", &nats),
     ] {
         let (n, text) = latencies(&due, &arrivals.lock().unwrap());
-        rows.push((format!("{label}: {what}"), format!("{n} / {EVENTS}; {text}")));
+        rows.push((format!("{label}: {what}"), format!("{n} / {events}; {text}")));
     }
     drop(server);
 }
