@@ -34,6 +34,11 @@ use serde_json::{Value, json};
 
 /// A receiver that only counts (so it is never the bottleneck).
 async fn counting_receiver() -> (String, Arc<AtomicU64>) {
+    counting_receiver_on(0).await
+}
+
+/// [`counting_receiver`] on `port` (0: any free port).
+async fn counting_receiver_on(port: u16) -> (String, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&count);
     let app = axum::Router::new().fallback(move || {
@@ -43,7 +48,7 @@ async fn counting_receiver() -> (String, Arc<AtomicU64>) {
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, count)
@@ -551,18 +556,8 @@ async fn footprint(rows: &mut Rows) {
     let disk = dir_size_mb(&server.data_dir);
 
     // The receiver comes back on the same port.
-    let count = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&count);
-    let app = axum::Router::new().fallback(move || {
-        let c = Arc::clone(&c);
-        async move {
-            c.fetch_add(1, Ordering::Relaxed);
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let back = Instant::now();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_, count) = counting_receiver_on(port).await;
     let mut first = None;
     let deadline = back + Duration::from_secs(1_800);
     let total = u64::try_from(EVENTS).unwrap();

@@ -15,9 +15,8 @@
 //! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -27,6 +26,7 @@ use evolution_events::{
 };
 use evolution_outbox::{MemoryOutbox, Outbox};
 use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
+use evolution_sink_testkit::bench::{Acks, ms, paced, percentiles};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use futures_util::StreamExt as _;
 
@@ -39,78 +39,19 @@ const PACED: usize = 6_000;
 /// Events per second offered in the latency phase.
 const RATE: f64 = 2_000.0;
 
-/// Arrival instants by event id (latency phase).
-type Acks = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
-/// time; returns the instant each was handed over, by event id.
-async fn paced(
-    envelopes: Vec<EventEnvelope>,
-    rate: f64,
-    mut hand_over: impl AsyncFnMut(EventEnvelope),
-) -> HashMap<String, Instant> {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let mut sent = HashMap::with_capacity(envelopes.len());
-    let start = tokio::time::Instant::now();
-    for (i, envelope) in envelopes.into_iter().enumerate() {
-        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
-        sent.insert(envelope.id().to_string(), Instant::now());
-        hand_over(envelope).await;
-    }
-    sent
-}
-
-/// Waits (at most 60 s) until every event of `sent` arrived; returns the p50 and p99 of
-/// arrival − hand-over.
-#[allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = {
-            let acks = acks.lock().unwrap();
-            sent.keys().filter(|id| acks.contains_key(*id)).count()
-        };
-        if n >= sent.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} events arrived",
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let acks = acks.lock().unwrap();
-    let mut all: Vec<Duration> = sent
-        .iter()
-        .map(|(id, t)| acks.get(id).expect("arrived").saturating_duration_since(*t))
-        .collect();
-    all.sort_unstable();
-    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
-    (at(0.50), at(0.99))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 /// Subscribes to `{prefix}.>` on its own connection; notes when each event (`id` header) arrives.
 async fn subscriber(url: &str, prefix: &str) -> Acks {
     let client = async_nats::connect(url).await.unwrap();
     let mut subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
     client.flush().await.unwrap();
-    let acks: Acks = Arc::default();
-    let arrivals = Arc::clone(&acks);
+    let acks: Acks = Acks::default();
+    let arrivals = acks.clone();
     tokio::spawn(async move {
         let _client = client;
         while let Some(message) = subscription.next().await {
             let now = Instant::now();
             if let Some(id) = message.headers.as_ref().and_then(|h| h.get("id")) {
-                arrivals.lock().unwrap().insert(id.as_str().to_owned(), now);
+                arrivals.note(id.as_str().to_owned(), now);
             }
         }
     });

@@ -19,6 +19,7 @@
 //! with `EVOLUTION_CONTRACT_STRICT=1`, where an unavailable fixture fails them (see [`require`]).
 //! The suite runs against [`MemoryFixture`] in this crate's own tests.
 
+pub mod bench;
 pub mod cases;
 mod contract;
 pub mod fixtures;

@@ -20,15 +20,15 @@
 //! each time), and prints each rate — run it under `perf record` or `valgrind --tool=callgrind`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evolution_events::{
-    Capabilities, Channel, Delivery, DeliveryReport, Destination, EventEnvelope, EventKind, EventSink,
-    GlobalSettings, InstanceName, InstanceSettings, NamingProfile, SinkError, async_trait,
+    Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, InstanceName, InstanceSettings,
+    NamingProfile,
 };
 use evolution_outbox::MemoryOutbox;
+use evolution_sink_testkit::bench::{Acked, Acks, ms, paced, percentiles};
 use evolution_sinks::kafka::{KafkaConfig, KafkaSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use rdkafka::ClientConfig;
@@ -47,112 +47,6 @@ const RATE: f64 = 2_000.0;
 
 /// Runs of one path in profiling mode (`KAFKA_BENCH_PROFILE`).
 const PROFILE_RUNS: usize = 10;
-
-/// Acknowledgement instants by event id (latency phase).
-type Acks = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
-/// time; returns the instant each was handed over, by event id.
-async fn paced(
-    envelopes: Vec<EventEnvelope>,
-    rate: f64,
-    mut hand_over: impl AsyncFnMut(EventEnvelope),
-) -> HashMap<String, Instant> {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let mut sent = HashMap::with_capacity(envelopes.len());
-    let start = tokio::time::Instant::now();
-    for (i, envelope) in envelopes.into_iter().enumerate() {
-        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
-        sent.insert(envelope.id().to_string(), Instant::now());
-        hand_over(envelope).await;
-    }
-    sent
-}
-
-/// Waits (at most 60 s) until every event of `sent` is acknowledged; returns the p50 and p99 of
-/// acknowledgement − hand-over.
-#[allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = {
-            let acks = acks.lock().unwrap();
-            sent.keys().filter(|id| acks.contains_key(*id)).count()
-        };
-        if n >= sent.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} events acknowledged",
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let acks = acks.lock().unwrap();
-    let mut all: Vec<Duration> = sent
-        .iter()
-        .map(|(id, t)| acks.get(id).expect("acknowledged").saturating_duration_since(*t))
-        .collect();
-    all.sort_unstable();
-    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
-    (at(0.50), at(0.99))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// The sink, recording when each item of a batch was reported acknowledged (`send` returned).
-#[derive(Debug)]
-struct Acked {
-    inner: Arc<dyn EventSink>,
-    acks: Acks,
-}
-
-#[async_trait]
-impl EventSink for Acked {
-    fn channel(&self) -> Channel {
-        self.inner.channel()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
-        let report = self.inner.send(batch).await?;
-        let now = Instant::now();
-        let failed: HashSet<usize> = report.failures().iter().map(|(i, _)| *i).collect();
-        let mut acks = self.acks.lock().unwrap();
-        for (i, delivery) in batch.iter().enumerate() {
-            if !failed.contains(&i) {
-                acks.insert(delivery.envelope.id().to_string(), now);
-            }
-        }
-        Ok(report)
-    }
-
-    async fn health_check(&self) -> Result<(), SinkError> {
-        self.inner.health_check().await
-    }
-
-    async fn flush(&self) -> Result<(), SinkError> {
-        self.inner.flush().await
-    }
-
-    async fn shutdown(&self) -> Result<(), SinkError> {
-        self.inner.shutdown().await
-    }
-
-    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
-        self.inner.prepare(destinations).await
-    }
-}
 
 /// `KAFKA_LINGER_MS` (default 1, the sink's default), for both paths.
 fn linger() -> Duration {
@@ -314,7 +208,7 @@ async fn raw_paced(producer: &FutureProducer, topics: &[(String, String)]) -> (D
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .unwrap();
     }
-    let acks: Acks = Arc::default();
+    let acks: Acks = Acks::default();
     let envelopes = (0..PACED)
         .map(|i| envelope(&topics[i % topics.len()].1, i))
         .collect();
@@ -329,10 +223,10 @@ async fn raw_paced(producer: &FutureProducer, topics: &[(String, String)]) -> (D
             .payload(&payload[..])
             .headers(headers(instance, &id));
         let future = producer.send_result(record).map_err(|(e, _)| e).unwrap();
-        let acks = Arc::clone(&acks);
+        let acks = acks.clone();
         tokio::spawn(async move {
             future.await.unwrap().unwrap();
-            acks.lock().unwrap().insert(id, Instant::now());
+            acks.note(id, Instant::now());
         });
     })
     .await;
@@ -369,7 +263,7 @@ async fn start(
         .unwrap(),
     );
     let sink = match acks {
-        Some(acks) => Arc::new(Acked { inner: sink, acks }),
+        Some(acks) => Arc::new(Acked::new(sink, acks)),
         None => sink,
     };
     let mut global = GlobalSettings::default();
@@ -435,8 +329,8 @@ async fn pipeline_paced(
     instances: &[String],
     ordered: bool,
 ) -> (Duration, Duration) {
-    let acks: Acks = Arc::default();
-    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, Some(Arc::clone(&acks))).await;
+    let acks: Acks = Acks::default();
+    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, Some(acks.clone())).await;
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();

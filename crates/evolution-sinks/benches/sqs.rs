@@ -14,9 +14,8 @@
 //! acknowledged, just before the dispatcher settles it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
@@ -24,10 +23,11 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use evolution_events::{
-    Capabilities, Channel, Delivery, DeliveryReport, Destination, EventEnvelope, EventKind, EventSink,
-    GlobalSettings, InstanceName, InstanceSettings, NamingProfile, SinkError, async_trait,
+    Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, InstanceName, InstanceSettings,
+    NamingProfile,
 };
 use evolution_outbox::MemoryOutbox;
+use evolution_sink_testkit::bench::{Acked, Acks, ms, paced, percentiles};
 use evolution_sinks::sqs::{SqsConfig, SqsCredentials, SqsSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 
@@ -39,112 +39,6 @@ const IN_FLIGHT: usize = 4;
 const PACED: usize = 400;
 /// Events per second offered in the latency phase (moto serves ~50–100 calls/s).
 const RATE: f64 = 50.0;
-
-/// Acknowledgement instants by event id (latency phase).
-type Acks = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
-/// time; returns the instant each was handed over, by event id.
-async fn paced(
-    envelopes: Vec<EventEnvelope>,
-    rate: f64,
-    mut hand_over: impl AsyncFnMut(EventEnvelope),
-) -> HashMap<String, Instant> {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let mut sent = HashMap::with_capacity(envelopes.len());
-    let start = tokio::time::Instant::now();
-    for (i, envelope) in envelopes.into_iter().enumerate() {
-        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
-        sent.insert(envelope.id().to_string(), Instant::now());
-        hand_over(envelope).await;
-    }
-    sent
-}
-
-/// Waits (at most 60 s) until every event of `sent` is acknowledged; returns the p50 and p99 of
-/// acknowledgement − hand-over.
-#[allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = {
-            let acks = acks.lock().unwrap();
-            sent.keys().filter(|id| acks.contains_key(*id)).count()
-        };
-        if n >= sent.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} events acknowledged",
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let acks = acks.lock().unwrap();
-    let mut all: Vec<Duration> = sent
-        .iter()
-        .map(|(id, t)| acks.get(id).expect("acknowledged").saturating_duration_since(*t))
-        .collect();
-    all.sort_unstable();
-    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
-    (at(0.50), at(0.99))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// The sink, recording when each item of a batch was reported acknowledged (`send` returned).
-#[derive(Debug)]
-struct Acked {
-    inner: Arc<dyn EventSink>,
-    acks: Acks,
-}
-
-#[async_trait]
-impl EventSink for Acked {
-    fn channel(&self) -> Channel {
-        self.inner.channel()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
-        let report = self.inner.send(batch).await?;
-        let now = Instant::now();
-        let failed: HashSet<usize> = report.failures().iter().map(|(i, _)| *i).collect();
-        let mut acks = self.acks.lock().unwrap();
-        for (i, delivery) in batch.iter().enumerate() {
-            if !failed.contains(&i) {
-                acks.insert(delivery.envelope.id().to_string(), now);
-            }
-        }
-        Ok(report)
-    }
-
-    async fn health_check(&self) -> Result<(), SinkError> {
-        self.inner.health_check().await
-    }
-
-    async fn flush(&self) -> Result<(), SinkError> {
-        self.inner.flush().await
-    }
-
-    async fn shutdown(&self) -> Result<(), SinkError> {
-        self.inner.shutdown().await
-    }
-
-    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
-        self.inner.prepare(destinations).await
-    }
-}
 
 fn endpoint() -> String {
     std::env::var("EVOLUTION_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".to_owned())
@@ -221,13 +115,13 @@ fn entry(i: usize, e: &EventEnvelope) -> SendMessageBatchRequestEntry {
 /// Latency phase of the raw loop: each event sent at its time, alone, by its own task.
 async fn raw_paced(client: &Client, run: &str, instances: &[String]) -> (Duration, Duration) {
     let urls = Arc::new(queues(client, run, instances).await);
-    let acks: Acks = Arc::default();
+    let acks: Acks = Acks::default();
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
     let mut n = 0;
     let sent = paced(envelopes, RATE, async |envelope| {
-        let (client, urls, acks) = (client.clone(), Arc::clone(&urls), Arc::clone(&acks));
+        let (client, urls, acks) = (client.clone(), Arc::clone(&urls), acks.clone());
         let url = n % urls.len();
         n += 1;
         tokio::spawn(async move {
@@ -239,9 +133,7 @@ async fn raw_paced(client: &Client, run: &str, instances: &[String]) -> (Duratio
                 .await
                 .unwrap();
             assert!(out.failed().is_empty());
-            acks.lock()
-                .unwrap()
-                .insert(envelope.id().to_string(), Instant::now());
+            acks.note(envelope.id().to_string(), Instant::now());
         });
     })
     .await;
@@ -313,7 +205,7 @@ async fn start(
         .unwrap(),
     );
     let sink = match acks {
-        Some(acks) => Arc::new(Acked { inner: sink, acks }),
+        Some(acks) => Arc::new(Acked::new(sink, acks)),
         None => sink,
     };
     let mut global = GlobalSettings::default();
@@ -368,8 +260,8 @@ async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
 
 /// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
 async fn pipeline_paced(endpoint: &str, run: &str, instances: &[String]) -> (Duration, Duration) {
-    let acks: Acks = Arc::default();
-    let (dispatcher, settings) = start(endpoint, run, instances, Some(Arc::clone(&acks))).await;
+    let acks: Acks = Acks::default();
+    let (dispatcher, settings) = start(endpoint, run, instances, Some(acks.clone())).await;
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();

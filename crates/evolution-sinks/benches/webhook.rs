@@ -11,12 +11,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evolution_events::{Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, InstanceSettings};
 use evolution_outbox::MemoryOutbox;
+use evolution_sink_testkit::bench::{Acks, ms, paced, percentiles};
 use evolution_sinks::webhook::network::parse_networks;
 use evolution_sinks::webhook::{WebhookConfig, WebhookSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
@@ -27,9 +28,6 @@ const IN_FLIGHT: usize = 32;
 const PACED: usize = 6_000;
 /// Events per second offered in the latency phase.
 const RATE: f64 = 2_000.0;
-
-/// Arrival instants by event id (latency phase).
-type Acks = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// The loopback receiver: counts requests; while `recording`, notes when each `webhook-id`
 /// arrived.
@@ -43,15 +41,15 @@ struct Receiver {
 async fn receiver() -> Receiver {
     let count = Arc::new(AtomicU64::new(0));
     let recording = Arc::new(AtomicBool::new(false));
-    let arrivals: Acks = Arc::default();
-    let (c, r, a) = (Arc::clone(&count), Arc::clone(&recording), Arc::clone(&arrivals));
+    let arrivals: Acks = Acks::default();
+    let (c, r, a) = (Arc::clone(&count), Arc::clone(&recording), arrivals.clone());
     let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let (c, r, a) = (Arc::clone(&c), Arc::clone(&r), Arc::clone(&a));
+        let (c, r, a) = (Arc::clone(&c), Arc::clone(&r), a.clone());
         async move {
             if r.load(Ordering::Relaxed)
                 && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
             {
-                a.lock().unwrap().insert(id.to_owned(), Instant::now());
+                a.note(id.to_owned(), Instant::now());
             }
             c.fetch_add(1, Ordering::Relaxed);
             "ok"
@@ -68,68 +66,12 @@ async fn receiver() -> Receiver {
     }
 }
 
-/// Offers the events one at a time at `rate` per second, calling `hand_over` for each at its own
-/// time; returns the instant each was handed over, by event id.
-async fn paced(
-    envelopes: Vec<EventEnvelope>,
-    rate: f64,
-    mut hand_over: impl AsyncFnMut(EventEnvelope),
-) -> HashMap<String, Instant> {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let mut sent = HashMap::with_capacity(envelopes.len());
-    let start = tokio::time::Instant::now();
-    for (i, envelope) in envelopes.into_iter().enumerate() {
-        tokio::time::sleep_until(start + period * u32::try_from(i).unwrap()).await;
-        sent.insert(envelope.id().to_string(), Instant::now());
-        hand_over(envelope).await;
-    }
-    sent
-}
-
-/// Waits (at most 60 s) until every event of `sent` arrived; returns the p50 and p99 of
-/// arrival − hand-over.
-#[allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-async fn percentiles(sent: &HashMap<String, Instant>, acks: &Acks) -> (Duration, Duration) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = {
-            let acks = acks.lock().unwrap();
-            sent.keys().filter(|id| acks.contains_key(*id)).count()
-        };
-        if n >= sent.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {} events arrived",
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let acks = acks.lock().unwrap();
-    let mut all: Vec<Duration> = sent
-        .iter()
-        .map(|(id, t)| acks.get(id).expect("arrived").saturating_duration_since(*t))
-        .collect();
-    all.sort_unstable();
-    let at = |p: f64| all[((p * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
-    (at(0.50), at(0.99))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 /// Runs `phase` with the receiver noting arrivals; returns its p50 and p99.
 async fn measured(
     receiver: &Receiver,
     phase: impl AsyncFnOnce() -> HashMap<String, Instant>,
 ) -> (Duration, Duration) {
-    receiver.arrivals.lock().unwrap().clear();
+    receiver.arrivals.clear();
     receiver.recording.store(true, Ordering::Relaxed);
     let sent = phase().await;
     let latency = percentiles(&sent, &receiver.arrivals).await;

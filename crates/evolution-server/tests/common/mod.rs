@@ -267,3 +267,72 @@ async fn record(
     }
     StatusCode::from_u16(status).unwrap()
 }
+
+/// The specification's RabbitMQ consumer: declares the durable topic exchange, an exclusive
+/// server-named queue bound with `pattern`, and consumes it (no acks). Returns each delivery as it
+/// arrives, through `on_delivery`, from a task that keeps the channel open; the connection must be
+/// kept alive by the caller.
+pub async fn amqp_consumer(
+    uri: &str,
+    exchange: &str,
+    pattern: &str,
+    mut on_delivery: impl FnMut(lapin::message::Delivery) + Send + 'static,
+) -> lapin::Connection {
+    use futures_util::StreamExt as _;
+    use lapin::options::{
+        BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await
+        .unwrap();
+    let name = queue.name().clone();
+    channel
+        .queue_bind(
+            name.clone(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = channel
+        .basic_consume(name, "".into(), no_ack, FieldTable::default())
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _channel = channel;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            on_delivery(delivery);
+        }
+    });
+    connection
+}
