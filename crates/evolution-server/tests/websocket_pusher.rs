@@ -323,6 +323,28 @@ fn pusher_server() -> Option<[String; 5]> {
     }
 }
 
+/// The server's settings for the test Pusher server as the global app, `MESSAGES_UPSERT` on.
+fn pusher_env<'a>(
+    host: &'a str,
+    port: &'a str,
+    app_id: &'a str,
+    key: &'a str,
+    secret: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("PUSHER_ENABLED", "true"),
+        ("PUSHER_GLOBAL_ENABLED", "true"),
+        ("PUSHER_GLOBAL_APP_ID", app_id),
+        ("PUSHER_GLOBAL_KEY", key),
+        ("PUSHER_GLOBAL_SECRET", secret),
+        ("PUSHER_GLOBAL_CLUSTER", "us2"),
+        ("PUSHER_GLOBAL_USE_TLS", "false"),
+        ("PUSHER_HOST", host),
+        ("PUSHER_PORT", port),
+        ("PUSHER_EVENTS_MESSAGES_UPSERT", "true"),
+    ]
+}
+
 /// The seed's pusher-js snippet (pointed at the local server) receives `MESSAGES_UPSERT` on
 /// `evolution.minha-instancia` from the global app and from a per-instance app; an event over
 /// Pusher's 10 KB limit is dead with the reason, not dropped.
@@ -332,22 +354,7 @@ async fn pusher_seed_snippet_and_oversize() {
     let Some([host, port, app_id, key, secret]) = pusher_server() else {
         return;
     };
-    let server = Server::start(
-        "pusher-e2e",
-        &[
-            ("PUSHER_ENABLED", "true"),
-            ("PUSHER_GLOBAL_ENABLED", "true"),
-            ("PUSHER_GLOBAL_APP_ID", &app_id),
-            ("PUSHER_GLOBAL_KEY", &key),
-            ("PUSHER_GLOBAL_SECRET", &secret),
-            ("PUSHER_GLOBAL_CLUSTER", "us2"),
-            ("PUSHER_GLOBAL_USE_TLS", "false"),
-            ("PUSHER_HOST", &host),
-            ("PUSHER_PORT", &port),
-            ("PUSHER_EVENTS_MESSAGES_UPSERT", "true"),
-        ],
-    )
-    .await;
+    let server = Server::start("pusher-e2e", &pusher_env(&host, &port, &app_id, &key, &secret)).await;
     let (status, ready) = server.call("GET", "/ready", None, None).await;
     assert_eq!(
         status, 200,
@@ -454,23 +461,9 @@ async fn pusher_oversize_reference_resolves_through_rest() {
     let Some([host, port, app_id, key, secret]) = pusher_server() else {
         return;
     };
-    let server = Server::start(
-        "pusher-reference",
-        &[
-            ("PUSHER_ENABLED", "true"),
-            ("PUSHER_GLOBAL_ENABLED", "true"),
-            ("PUSHER_GLOBAL_APP_ID", &app_id),
-            ("PUSHER_GLOBAL_KEY", &key),
-            ("PUSHER_GLOBAL_SECRET", &secret),
-            ("PUSHER_GLOBAL_CLUSTER", "us2"),
-            ("PUSHER_GLOBAL_USE_TLS", "false"),
-            ("PUSHER_HOST", &host),
-            ("PUSHER_PORT", &port),
-            ("PUSHER_EVENTS_MESSAGES_UPSERT", "true"),
-            ("PUSHER_OVERSIZE", "reference"),
-        ],
-    )
-    .await;
+    let mut env = pusher_env(&host, &port, &app_id, &key, &secret);
+    env.push(("PUSHER_OVERSIZE", "reference"));
+    let server = Server::start("pusher-reference", &env).await;
     create(
         &server,
         json!({"instanceName": "ref-instancia", "token": "ref-token"}),
