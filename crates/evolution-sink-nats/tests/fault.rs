@@ -95,6 +95,7 @@ fn a_server_restart_loses_no_event_in_jetstream_mode() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let delivered_at_stop = delivered(&dispatcher);
         server.stop().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         server.boot().await;
@@ -114,10 +115,17 @@ fn a_server_restart_loses_no_event_in_jetstream_mode() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let counters = dispatcher.counters(Channel::Nats).unwrap();
+        // The restart came mid-stream. Whether it failed sends (retried by the dispatcher) or
+        // async-nats absorbed it by reconnecting and publishing its buffer depends on timing;
+        // either way every event must be in the stream.
         assert!(
-            counters.failed_attempts > 0,
-            "the restart must have failed some sends: {counters:?}"
+            delivered_at_stop < EVENTS as u64,
+            "the restart must come while events are still being delivered ({delivered_at_stop} of {EVENTS})"
+        );
+        let counters = dispatcher.counters(Channel::Nats).unwrap();
+        eprintln!(
+            "nats fault: delivered before the stop {delivered_at_stop}, failed attempts {}, retried {}",
+            counters.failed_attempts, counters.retried
         );
         dispatcher.shutdown(Duration::from_secs(5)).await;
 

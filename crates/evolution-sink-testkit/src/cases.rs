@@ -22,7 +22,7 @@ use crate::fixtures;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a call to an unreachable server may take before it must fail.
 const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long sent messages have to show up at the probe.
+/// How long sent messages have to show up at the probe (observe_exactly: without a new one).
 const ARRIVAL: Duration = Duration::from_secs(10);
 /// How long to keep watching for messages that must not arrive.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -151,8 +151,10 @@ fn assert_exactly(case: &str, observed: &[Observed], sent: &[Delivery]) {
     );
 }
 
-/// Observes `destination` until `sent.len()` messages arrived (or [`ARRIVAL`] elapsed), keeps
-/// watching for [`SETTLE`] in case more arrive, and checks the messages are exactly `sent`.
+/// Observes `destination` until `sent.len()` messages arrived — waiting as long as messages keep
+/// arriving, and failing once [`ARRIVAL`] passes without a new one (a slow test server is not a
+/// lost message) — keeps watching for [`SETTLE`] in case more arrive, and checks the messages are
+/// exactly `sent`.
 async fn observe_exactly<F: ContractFixture>(
     case: &str,
     fx: &F,
@@ -160,7 +162,15 @@ async fn observe_exactly<F: ContractFixture>(
     sent: &[Delivery],
 ) -> Vec<Observed> {
     let wait = ARRIVAL.max(Duration::from_millis(20) * sent.len() as u32);
-    let arrived = fx.observed(destination, sent.len(), wait).await;
+    let mut arrived = fx.observed(destination, sent.len(), wait).await;
+    while arrived.len() < sent.len() {
+        let more = fx.observed(destination, sent.len(), ARRIVAL).await;
+        let progressed = more.len() > arrived.len();
+        arrived = more;
+        if !progressed {
+            break;
+        }
+    }
     assert_exactly(case, &arrived, sent);
     let settled = fx.observed(destination, sent.len() + 1, SETTLE).await;
     assert_exactly(case, &settled, sent);
