@@ -12,6 +12,7 @@ pub mod error;
 pub mod instance;
 pub mod kind;
 pub mod naming;
+pub mod reconnect;
 pub mod retry;
 pub mod secret;
 pub mod settings;

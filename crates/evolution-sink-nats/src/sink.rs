@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::connection::State as ConnectionState;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use evolution_events::reconnect::{ConnectBackoff, backoff};
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry,
     SinkError, async_trait,
@@ -41,9 +42,7 @@ pub struct NatsSink {
 #[derive(Debug, Default)]
 struct State {
     link: Option<Arc<Link>>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
+    attempts: ConnectBackoff<Instant>,
 }
 
 /// A connected client (it reconnects by itself) and, in JetStream mode, the stream's state.
@@ -150,19 +149,8 @@ impl NatsSink {
                 )),
             };
         }
-        let now = Instant::now();
-        if let Some(at) = state.retry_at
-            && now < at
-        {
-            let last = state.last_error.as_deref().unwrap_or("unknown");
-            return Err(error(
-                ErrorKind::Unavailable,
-                format!(
-                    "not connected to {}: next connection attempt in {} ms (last error: {last})",
-                    self.label(),
-                    (at - now).as_millis()
-                ),
-            ));
+        if let Some(why) = state.attempts.too_early(Instant::now(), self.label()) {
+            return Err(error(ErrorKind::Unavailable, why));
         }
         match self.connect().await {
             Ok(client) => {
@@ -174,23 +162,19 @@ impl NatsSink {
                         Some((context, Mutex::new(StreamState::default())))
                     }
                 };
-                state.failures = 0;
-                state.retry_at = None;
-                state.last_error = None;
+                state.attempts.succeeded();
                 let link = Arc::new(Link { client, jetstream });
                 state.link = Some(Arc::clone(&link));
                 Ok(link)
             }
             Err(e) => {
-                state.failures = state.failures.saturating_add(1);
-                let pause = backoff(
+                let (pause, attempt) = state.attempts.failed(
+                    Instant::now(),
                     self.config.reconnect_min,
                     self.config.reconnect_max,
-                    state.failures,
+                    e.message(),
                 );
-                state.retry_at = Some(Instant::now() + pause);
-                state.last_error = Some(e.message().to_owned());
-                tracing::warn!(server = %self.label(), attempt = state.failures, next_in = ?pause, error = %e, "cannot connect to NATS");
+                tracing::warn!(server = %self.label(), attempt, next_in = ?pause, error = %e, "cannot connect to NATS");
                 Err(e)
             }
         }
@@ -476,12 +460,6 @@ fn headers(delivery: &Delivery) -> HeaderMap {
     headers
 }
 
-/// The pause after `failures` consecutive failed attempts: `min · 2^(failures-1)`, at most `max`.
-pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(20);
-    min.saturating_mul(1 << exponent).min(max)
-}
-
 /// Whether the subject filter `filter` (with `*` and `>` wildcards) matches the literal `subject`.
 pub(crate) fn subject_matches(filter: &str, subject: &str) -> bool {
     let mut tokens = subject.split('.');
@@ -690,13 +668,6 @@ mod tests {
         ] {
             assert_eq!(NatsSink::new(bad).unwrap_err().kind(), ErrorKind::ConfigInvalid);
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let (min, max) = (Duration::from_millis(200), Duration::from_secs(5));
-        let pauses: Vec<u128> = (1..=7).map(|n| backoff(min, max, n).as_millis()).collect();
-        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
+use evolution_events::reconnect::ConnectBackoff;
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, RabbitmqTarget,
     Retry, SinkError, async_trait,
@@ -50,12 +51,7 @@ pub struct RabbitmqSink {
 #[derive(Debug, Default)]
 struct State {
     link: Option<Arc<Link>>,
-    /// Consecutive failed connection attempts.
-    failures: u32,
-    /// No new attempt before this.
-    retry_at: Option<Instant>,
-    /// Why the last attempt failed (no secrets).
-    last_error: Option<String>,
+    attempts: ConnectBackoff<Instant>,
 }
 
 /// One connection and what was declared on it.
@@ -165,44 +161,27 @@ impl RabbitmqSink {
                 });
             }
         }
-        let now = Instant::now();
-        if let Some(at) = state.retry_at
-            && now < at
-        {
-            let wait = at - now;
-            let last = state.last_error.as_deref().unwrap_or("unknown");
-            return Err(error(
-                ErrorKind::Unavailable,
-                format!(
-                    "not connected to {}: next connection attempt in {} ms (last error: {last})",
-                    self.label,
-                    wait.as_millis()
-                ),
-            )
-            .with_retry(Retry::Backoff));
+        if let Some(why) = state.attempts.too_early(Instant::now(), &self.label) {
+            return Err(error(ErrorKind::Unavailable, why).with_retry(Retry::Backoff));
         }
         match self.connect().await {
             Ok(link) => {
-                if state.failures > 0 {
-                    tracing::info!(broker = %self.label, attempts = state.failures + 1, "reconnected to RabbitMQ");
+                let failed = state.attempts.succeeded();
+                if failed > 0 {
+                    tracing::info!(broker = %self.label, attempts = failed + 1, "reconnected to RabbitMQ");
                 }
-                state.failures = 0;
-                state.retry_at = None;
-                state.last_error = None;
                 let link = Arc::new(link);
                 state.link = Some(Arc::clone(&link));
                 Ok(link)
             }
             Err(e) => {
-                state.failures = state.failures.saturating_add(1);
-                let pause = backoff(
+                let (pause, attempt) = state.attempts.failed(
+                    Instant::now(),
                     self.config.reconnect_min,
                     self.config.reconnect_max,
-                    state.failures,
+                    e.message(),
                 );
-                state.retry_at = Some(Instant::now() + pause);
-                state.last_error = Some(e.message().to_owned());
-                tracing::warn!(broker = %self.label, attempt = state.failures, next_in = ?pause, error = %e, "cannot connect to RabbitMQ");
+                tracing::warn!(broker = %self.label, attempt, next_in = ?pause, error = %e, "cannot connect to RabbitMQ");
                 Err(e)
             }
         }
@@ -380,12 +359,6 @@ impl RabbitmqSink {
                 )
             })
     }
-}
-
-/// The pause after `failures` consecutive failed attempts: `min · 2^(failures-1)`, at most `max`.
-pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(20);
-    min.saturating_mul(1 << exponent).min(max)
 }
 
 /// The AMQP properties of a delivery.
@@ -607,15 +580,6 @@ mod tests {
             })
             .is_ok()
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let (min, max) = (Duration::from_millis(200), Duration::from_secs(10));
-        let pauses: Vec<u128> = (1..=9).map(|n| backoff(min, max, n).as_millis()).collect();
-        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
-        assert_eq!(backoff(min, max, 0), min);
-        assert_eq!(backoff(min, max, u32::MAX), max);
     }
 
     #[tokio::test]
