@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use common::{API_KEY, Server};
+use common::{Server, assert_seed_payload, service_env, unique};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
@@ -24,95 +24,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// How long to keep watching for messages that must not arrive.
 const SETTLE: Duration = Duration::from_millis(700);
 
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) => Some(v),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("{name} is not set in CI: run through scripts/test (scripts/services env)")
-        }
-        Err(_) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("skipped: set {name} (eval \"$(scripts/services env)\")");
-            }
-            None
-        }
-    }
-}
-
-/// A short unique token for instance names, exchanges and prefixes.
-fn unique() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..12].to_owned()
-}
-
-/// The event of the specification's example, and one of each other kind used here.
-fn seed_event(kind: &str) -> Value {
-    json!({"event": kind, "sender": "5511999999999@s.whatsapp.net", "data": {
-        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "MESSAGE_ID"},
-        "message": {"conversation": "olá 👋"}, "messageTimestamp": "1234567890"}})
-}
-
 /// Creates `instance` with `body` merged in, posts MESSAGES_UPSERT, CALL, CONNECTION_UPDATE (in
 /// that order, one request) and returns their ids.
 async fn create_and_post(server: &Server, instance: &str, settings: Value) -> Vec<String> {
-    let mut body = json!({"instanceName": instance});
-    if let (Some(b), Some(s)) = (body.as_object_mut(), settings.as_object()) {
-        b.extend(s.clone());
-    }
-    let (status, created) = server
-        .call("POST", "/instance/create", Some(API_KEY), Some(body))
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let events = json!([
-        seed_event("MESSAGES_UPSERT"),
-        seed_event("CALL"),
-        seed_event("CONNECTION_UPDATE")
-    ]);
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/events/{instance}"),
-            Some(API_KEY),
-            Some(events),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The seed payload of `kind` (`event` as in the seed profile) with id `id`.
-fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
-    let text = std::str::from_utf8(raw).unwrap();
-    let body: Value = serde_json::from_str(text).unwrap();
-    // Field order of DESIGN §4 (serde_json's map here sorts keys: check the raw text).
-    let positions: Vec<usize> = [
-        "id",
-        "event",
-        "instance",
-        "data",
-        "date_time",
-        "sender",
-        "server_url",
-        "apikey",
-        "sequence",
-    ]
-    .iter()
-    .map(|k| text.find(&format!("\"{k}\":")).unwrap())
-    .collect();
-    assert!(positions.is_sorted(), "field order: {text}");
-    assert_eq!(body["id"], id, "{text}");
-    assert_eq!(body["event"], kind, "{text}");
-    assert_eq!(body["instance"], instance, "{text}");
-    assert_eq!(body["data"], seed_event(kind)["data"], "{text}");
-    assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
-    assert_eq!(body["apikey"], Value::Null, "no secret by default");
-    assert!(text.starts_with(r#"{"id":"#), "{text}");
+    common::create_instance(server, instance, settings).await;
+    common::post_three(server, instance).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,7 +120,7 @@ fn check_amqp_message(d: &lapin::message::Delivery, id: &str, kind: &str, instan
 
 #[tokio::test]
 async fn rabbitmq_instance_settings_reach_a_seed_consumer() {
-    let Some(uri) = env("EVOLUTION_TEST_RABBITMQ_URI") else {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
         return;
     };
     let tag = unique();
@@ -255,7 +171,7 @@ async fn rabbitmq_instance_settings_reach_a_seed_consumer() {
 
 #[tokio::test]
 async fn rabbitmq_global_settings_reach_a_seed_consumer() {
-    let Some(uri) = env("EVOLUTION_TEST_RABBITMQ_URI") else {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
         return;
     };
     let tag = unique();
@@ -369,7 +285,7 @@ async fn read_stream(
 
 #[tokio::test]
 async fn nats_instance_settings_reach_a_subscriber() {
-    let Some(url) = env("EVOLUTION_TEST_NATS_URL") else {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
         return;
     };
     let instance = format!("nats-{}", unique());
@@ -402,7 +318,7 @@ async fn nats_instance_settings_reach_a_subscriber() {
 
 #[tokio::test]
 async fn nats_global_settings_in_jetstream_mode_are_stored_and_delivered() {
-    let Some(url) = env("EVOLUTION_TEST_NATS_URL") else {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
         return;
     };
     let tag = unique();
@@ -444,7 +360,10 @@ async fn nats_global_settings_in_jetstream_mode_are_stored_and_delivered() {
 
 #[tokio::test]
 async fn evolution_v2_profile_uses_evolution_api_names() {
-    let (Some(uri), Some(url)) = (env("EVOLUTION_TEST_RABBITMQ_URI"), env("EVOLUTION_TEST_NATS_URL")) else {
+    let (Some(uri), Some(url)) = (
+        service_env("EVOLUTION_TEST_RABBITMQ_URI"),
+        service_env("EVOLUTION_TEST_NATS_URL"),
+    ) else {
         return;
     };
     let tag = unique();

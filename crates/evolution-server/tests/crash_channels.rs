@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use common::{API_KEY, Receiver, Server};
+use common::{API_KEY, Receiver, Server, service_env, unique};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -42,30 +42,6 @@ const KILL_DELAY_MS: std::ops::Range<u64> = 150..1_500;
 const DRAIN: Duration = Duration::from_secs(60);
 
 const CHANNELS: [&str; 4] = ["webhook", "rabbitmq", "nats", "kafka"];
-
-fn strict() -> bool {
-    ["CI", "EVOLUTION_CONTRACT_STRICT"].iter().any(|name| {
-        std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
-    })
-}
-
-/// A service address from `scripts/services env`; in CI (or with `EVOLUTION_CONTRACT_STRICT`) a
-/// missing one fails the test instead of skipping it.
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if strict() => panic!("{name} is not set in CI: run through scripts/test (scripts/services env)"),
-        _ => {
-            eprintln!("skipped: set {name} (eval \"$(scripts/services env)\")");
-            None
-        }
-    }
-}
-
-fn unique() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..12].to_owned()
-}
 
 /// splitmix64: a small seeded generator, so that a failing run's delays can be replayed.
 struct Rng(u64);
@@ -237,9 +213,9 @@ fn covered(seen: &Seen, acked: &HashSet<String>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_no_event_on_any_channel() {
     let (Some(amqp), Some(nats), Some(brokers)) = (
-        env("EVOLUTION_TEST_RABBITMQ_URI"),
-        env("EVOLUTION_TEST_NATS_URL"),
-        env("EVOLUTION_TEST_KAFKA_BROKERS"),
+        service_env("EVOLUTION_TEST_RABBITMQ_URI"),
+        service_env("EVOLUTION_TEST_NATS_URL"),
+        service_env("EVOLUTION_TEST_KAFKA_BROKERS"),
     ) else {
         return;
     };

@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_sqs::config::{Credentials, Region};
-use common::{API_KEY, Server, free_port, temp_dir};
+use common::{
+    API_KEY, Server, assert_seed_payload, create_instance, free_port, post_events, post_three, service_env,
+    temp_dir, unique,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::Producer as _;
@@ -37,101 +40,6 @@ const SETTLE: Duration = Duration::from_millis(1500);
 const STREAM: usize = 10_000;
 /// Events per `POST /events` of the fault tests.
 const PER_REQUEST: usize = 500;
-
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("{name} is not set in CI: run through scripts/test (scripts/services env)")
-        }
-        _ => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("skipped: set {name} (eval \"$(scripts/services env)\")");
-            }
-            None
-        }
-    }
-}
-
-/// A short unique token for instance names and prefixes.
-fn unique() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..12].to_owned()
-}
-
-/// The specification's example event of `kind`.
-fn seed_event(kind: &str) -> Value {
-    json!({"event": kind, "sender": "5511999999999@s.whatsapp.net", "data": {
-        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "MESSAGE_ID"},
-        "message": {"conversation": "olá 👋"}, "messageTimestamp": "1234567890"}})
-}
-
-async fn create(server: &Server, instance: &str, settings: Value) {
-    let mut body = json!({"instanceName": instance});
-    if let (Some(b), Some(s)) = (body.as_object_mut(), settings.as_object()) {
-        b.extend(s.clone());
-    }
-    let (status, created) = server
-        .call("POST", "/instance/create", Some(API_KEY), Some(body))
-        .await;
-    assert_eq!(status, 201, "{created}");
-}
-
-async fn post(server: &Server, instance: &str, events: Value) -> Vec<String> {
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/events/{instance}"),
-            Some(API_KEY),
-            Some(events),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Posts MESSAGES_UPSERT, CALL, CONNECTION_UPDATE (in that order, one request); their ids.
-async fn post_three(server: &Server, instance: &str) -> Vec<String> {
-    let events = json!([
-        seed_event("MESSAGES_UPSERT"),
-        seed_event("CALL"),
-        seed_event("CONNECTION_UPDATE")
-    ]);
-    post(server, instance, events).await
-}
-
-/// The seed payload of `kind` with id `id`, fields in the design's order.
-fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
-    let text = std::str::from_utf8(raw).unwrap();
-    let body: Value = serde_json::from_str(text).unwrap();
-    let positions: Vec<usize> = [
-        "id",
-        "event",
-        "instance",
-        "data",
-        "date_time",
-        "sender",
-        "server_url",
-        "apikey",
-        "sequence",
-    ]
-    .iter()
-    .map(|k| text.find(&format!("\"{k}\":")).unwrap())
-    .collect();
-    assert!(positions.is_sorted(), "field order: {text}");
-    assert_eq!(body["id"], id, "{text}");
-    assert_eq!(body["event"], kind, "{text}");
-    assert_eq!(body["instance"], instance, "{text}");
-    assert_eq!(body["data"], seed_event(kind)["data"], "{text}");
-    assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
-    assert_eq!(body["apikey"], Value::Null, "no secret by default");
-}
 
 // ---------------------------------------------------------------------------------------------
 // Kafka: an independent consumer
@@ -281,12 +189,12 @@ fn as_refs<'a>(pairs: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
 
 #[tokio::test]
 async fn kafka_instance_settings_reach_an_independent_consumer() {
-    let Some(brokers) = env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
         return;
     };
     let instance = format!("kafka-{}", unique());
     let server = Server::start("kafka-instance", &as_refs(&kafka_env(&brokers))).await;
-    create(
+    create_instance(
         &server,
         &instance,
         json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT", "CONNECTION_UPDATE"]}}),
@@ -315,7 +223,7 @@ async fn kafka_instance_settings_reach_an_independent_consumer() {
 
 #[tokio::test]
 async fn kafka_global_settings_reach_an_independent_consumer() {
-    let Some(brokers) = env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
         return;
     };
     let tag = unique();
@@ -328,7 +236,7 @@ async fn kafka_global_settings_reach_an_independent_consumer() {
         ("KAFKA_TOPIC_PREFIX", prefix.clone()),
     ]);
     let server = Server::start("kafka-global", &as_refs(&vars)).await;
-    create(&server, &instance, json!({})).await;
+    create_instance(&server, &instance, json!({})).await;
     let watch = TopicWatcher::start(&brokers, &format!("{prefix}.{instance}.messages-upsert"));
     let ids = post_three(&server, &instance).await;
     let got = watch.wait(1).await;
@@ -489,13 +397,13 @@ fn sqs_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn sqs_instance_settings_reach_a_receiver() {
-    let Some(endpoint) = env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
         return;
     };
     let instance = format!("sqs-{}", unique());
     let server = Server::start("sqs-instance", &as_refs(&sqs_env(&endpoint))).await;
     let client = sqs_client(&endpoint).await;
-    create(&server, &instance, json!({})).await;
+    create_instance(&server, &instance, json!({})).await;
     let (status, body) = server
         .call(
             "POST",
@@ -526,7 +434,7 @@ async fn sqs_instance_settings_reach_a_receiver() {
 
 #[tokio::test]
 async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
-    let Some(endpoint) = env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
         return;
     };
     let tag = unique();
@@ -542,8 +450,8 @@ async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
     ]);
     let server = Server::start("sqs-global", &as_refs(&vars)).await;
     let (a, b) = (format!("sqs-a-{tag}"), format!("sqs-b-{tag}"));
-    create(&server, &a, json!({})).await;
-    create(&server, &b, json!({})).await;
+    create_instance(&server, &a, json!({})).await;
+    create_instance(&server, &b, json!({})).await;
     let watch = QueueWatcher::start(sqs_client(&endpoint).await, &format!("{prefix}-global.fifo"));
     let ids_a = post_three(&server, &a).await;
     let ids_b = post_three(&server, &b).await;
@@ -571,10 +479,10 @@ async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
 
 #[tokio::test]
 async fn names_sqs_would_refuse_are_refused_when_saved() {
-    let Some(endpoint) = env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
         return;
     };
-    let Some(brokers) = env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
         return;
     };
     let mut vars = sqs_env(&endpoint);
@@ -583,7 +491,7 @@ async fn names_sqs_would_refuse_are_refused_when_saved() {
     // A valid instance name, but `evolution-<64 characters>-group-participants-update` is over
     // SQS's 80 characters.
     let long = format!("l{}", "x".repeat(63));
-    create(&server, &long, json!({})).await;
+    create_instance(&server, &long, json!({})).await;
     let (status, body) = server
         .call(
             "POST",
@@ -728,7 +636,7 @@ async fn post_stream(server: &Server, instance: &str, from: usize, count: usize)
     let mut n = from;
     while n < from + count {
         let size = PER_REQUEST.min(from + count - n);
-        ids.extend(post(server, instance, numbered(n, size)).await);
+        ids.extend(post_events(server, instance, numbered(n, size)).await);
         n += size;
     }
     ids
@@ -736,7 +644,10 @@ async fn post_stream(server: &Server, instance: &str, from: usize, count: usize)
 
 #[tokio::test]
 async fn kafka_broker_restarts_lose_no_event() {
-    let (Some(tansu), Some(moto)) = (env("EVOLUTION_TEST_TANSU"), env("EVOLUTION_TEST_MOTO")) else {
+    let (Some(tansu), Some(moto)) = (
+        service_env("EVOLUTION_TEST_TANSU"),
+        service_env("EVOLUTION_TEST_MOTO"),
+    ) else {
         return;
     };
     let dir = temp_dir("kafka-fault");
@@ -788,7 +699,7 @@ async fn kafka_broker_restarts_lose_no_event() {
     vars.push(("KAFKA_IDEMPOTENCE", "false".to_owned()));
     let server = Server::start("kafka-fault", &as_refs(&vars)).await;
     let instance = format!("kfault-{}", unique());
-    create(
+    create_instance(
         &server,
         &instance,
         json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
@@ -840,7 +751,7 @@ const SQS_PER_REQUEST: usize = 200;
 
 #[tokio::test]
 async fn sqs_server_restarts_lose_no_event() {
-    let Some(moto) = env("EVOLUTION_TEST_MOTO") else {
+    let Some(moto) = service_env("EVOLUTION_TEST_MOTO") else {
         return;
     };
     let dir = temp_dir("sqs-fault");
@@ -854,7 +765,7 @@ async fn sqs_server_restarts_lose_no_event() {
     let client = sqs_client(&endpoint).await;
     let mut watches = Vec::new();
     for instance in &instances {
-        create(
+        create_instance(
             &server,
             instance,
             json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
@@ -871,7 +782,9 @@ async fn sqs_server_restarts_lose_no_event() {
             let mut ids = Vec::new();
             for r in range {
                 let instance = &instances[r % SQS_FAULT_INSTANCES];
-                ids.extend(post(server, instance, numbered(r * SQS_PER_REQUEST, SQS_PER_REQUEST)).await);
+                ids.extend(
+                    post_events(server, instance, numbered(r * SQS_PER_REQUEST, SQS_PER_REQUEST)).await,
+                );
             }
             ids
         }

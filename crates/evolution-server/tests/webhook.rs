@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{API_KEY, Receiver, Server};
+use common::{API_KEY, Receiver, Server, post_events};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,24 +24,6 @@ async fn instance(server: &Server, name: &str, webhook: Value) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-}
-
-async fn post(server: &Server, instance: &str, events: Value) -> Vec<String> {
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/events/{instance}"),
-            Some(API_KEY),
-            Some(events),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn deliveries(server: &Server, instance: &str, status: &str) -> Vec<Value> {
@@ -125,13 +107,13 @@ async fn signatures_verify_with_the_standardwebhooks_package() {
         json!({"url": receiver.url("/b"), "events": ["MESSAGES_UPSERT"], "secret": [SECRET_2, SECRET]}),
     )
     .await;
-    post(
+    post_events(
         &server,
         "global-secret",
         json!({"event": "MESSAGES_UPSERT", "data": {"text": "olá 👋"}}),
     )
     .await;
-    post(
+    post_events(
         &server,
         "rotating",
         json!({"event": "MESSAGES_UPSERT", "data": {"text": "tchau"}}),
@@ -184,7 +166,7 @@ async fn by_events_urls_headers_and_filters() {
         .map(|k| json!({"event": k.wire(), "data": {}}))
         .collect();
     let n = all.len();
-    post(&server, "acme", Value::Array(all)).await;
+    post_events(&server, "acme", Value::Array(all)).await;
     let hits = receiver.wait_for(n + 1, WAIT).await;
     let mut paths: Vec<String> = hits.iter().map(|h| h.path.clone()).collect();
     paths.sort();
@@ -208,7 +190,7 @@ async fn by_events_urls_headers_and_filters() {
         )
         .await;
     assert_eq!(status, 201);
-    post(
+    post_events(
         &server,
         "acme",
         json!([{"event": "MESSAGES_UPSERT"}, {"event": "CALL"}, {"event": "CHATS_SET"}]),
@@ -245,7 +227,7 @@ async fn retries_follow_the_seed_settings_and_non_retryable_statuses_die_at_once
         json!({"url": receiver.url("/hook"), "events": ["CALL"]}),
     )
     .await;
-    post(&server, "acme", json!({"event": "CALL"})).await;
+    post_events(&server, "acme", json!({"event": "CALL"})).await;
     let dead = wait_dead(&server, "acme", 1).await;
     assert_eq!(dead.len(), 1, "three 500s, then dead");
     let log = dead[0]["attempt_log"].as_array().unwrap();
@@ -266,7 +248,7 @@ async fn retries_follow_the_seed_settings_and_non_retryable_statuses_die_at_once
     );
 
     receiver.set_status(422);
-    post(&server, "acme", json!({"event": "CALL"})).await;
+    post_events(&server, "acme", json!({"event": "CALL"})).await;
     let dead = wait_dead(&server, "acme", 2).await;
     let newest = &dead[0];
     assert_eq!(
@@ -303,7 +285,7 @@ async fn a_receiver_that_is_down_for_a_while_then_receives_everything() {
         let batch: Vec<Value> = (0..10)
             .map(|j| json!({"event": "MESSAGES_UPSERT", "data": {"n": i * 10 + j}}))
             .collect();
-        ids.extend(post(&server, "acme", Value::Array(batch)).await);
+        ids.extend(post_events(&server, "acme", Value::Array(batch)).await);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let failed = deliveries(&server, "acme", "failed").await;
@@ -391,7 +373,7 @@ async fn private_targets_are_refused_at_set_time_and_at_delivery() {
         assert_eq!(status, 400, "{url}: {body}");
     }
     // The global webhook (from the environment) points at loopback: refused when connecting.
-    post(&server, "acme", json!({"event": "CALL"})).await;
+    post_events(&server, "acme", json!({"event": "CALL"})).await;
     let dead = wait_dead(&server, "acme", 1).await;
     let error = dead[0]["last_error"].as_str().unwrap();
     assert!(
@@ -413,7 +395,7 @@ async fn gone_disables_the_instance_webhook() {
         json!({"url": receiver.url("/hook"), "events": ["CALL"]}),
     )
     .await;
-    post(&server, "acme", json!({"event": "CALL"})).await;
+    post_events(&server, "acme", json!({"event": "CALL"})).await;
     let dead = wait_dead(&server, "acme", 1).await;
     assert!(
         dead[0]["last_error"]
@@ -437,7 +419,7 @@ async fn gone_disables_the_instance_webhook() {
     assert_eq!(found["enabled"], false, "{found}");
     assert_eq!(found["events"], json!(["CALL"]), "the settings are kept");
     receiver.set_status(200);
-    post(&server, "acme", json!({"event": "CALL"})).await;
+    post_events(&server, "acme", json!({"event": "CALL"})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.hits().is_empty(), "nothing is sent to a gone receiver");
 }
@@ -470,9 +452,9 @@ async fn a_slow_receiver_does_not_hold_up_the_others() {
         let calls: Vec<Value> = (0..100)
             .map(|i| json!({"event": "CALL", "data": {"n": i}}))
             .collect();
-        post(&server, "slow", Value::Array(calls.clone())).await;
+        post_events(&server, "slow", Value::Array(calls.clone())).await;
         let start = std::time::Instant::now();
-        post(&server, "fast", Value::Array(calls)).await;
+        post_events(&server, "fast", Value::Array(calls)).await;
         let hits = fast.wait_for(100, WAIT).await;
         assert_eq!(hits.len(), 100, "WEBHOOK_ORDERED={ordered}");
         assert!(

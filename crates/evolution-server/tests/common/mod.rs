@@ -336,3 +336,105 @@ pub async fn amqp_consumer(
     });
     connection
 }
+
+/// A test service's address from `scripts/services env`. Unset (or empty): the test is skipped
+/// with a note, except in CI (`CI` or `EVOLUTION_CONTRACT_STRICT` = `true`/`1`), where it fails.
+pub fn service_env(name: &str) -> Option<String> {
+    let strict = ["CI", "EVOLUTION_CONTRACT_STRICT"].iter().any(|var| {
+        std::env::var(var).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+    });
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if strict => panic!("{name} is not set in CI: run through scripts/test (scripts/services env)"),
+        _ => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipped: set {name} (eval \"$(scripts/services env)\")");
+            }
+            None
+        }
+    }
+}
+
+/// A short unique token for instance names, exchanges, streams, topics and prefixes.
+pub fn unique() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_owned()
+}
+
+/// The specification's example event of `kind`.
+pub fn seed_event(kind: &str) -> Value {
+    serde_json::json!({"event": kind, "sender": "5511999999999@s.whatsapp.net", "data": {
+        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "MESSAGE_ID"},
+        "message": {"conversation": "olá 👋"}, "messageTimestamp": "1234567890"}})
+}
+
+/// Creates `instance` (global key) with `settings` (an object of channel settings) merged in.
+pub async fn create_instance(server: &Server, instance: &str, settings: Value) {
+    let mut body = serde_json::json!({"instanceName": instance});
+    if let (Some(b), Some(s)) = (body.as_object_mut(), settings.as_object()) {
+        b.extend(s.clone());
+    }
+    let (status, created) = server
+        .call("POST", "/instance/create", Some(API_KEY), Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+}
+
+/// Posts `events` (one or an array) to `instance` with the global key; the ids of the `202`.
+pub async fn post_events(server: &Server, instance: &str, events: Value) -> Vec<String> {
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/events/{instance}"),
+            Some(API_KEY),
+            Some(events),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Posts MESSAGES_UPSERT, CALL, CONNECTION_UPDATE (in that order, one request); their ids.
+pub async fn post_three(server: &Server, instance: &str) -> Vec<String> {
+    let events = serde_json::json!([
+        seed_event("MESSAGES_UPSERT"),
+        seed_event("CALL"),
+        seed_event("CONNECTION_UPDATE")
+    ]);
+    post_events(server, instance, events).await
+}
+
+/// The seed payload of `kind` (its `event` as in the seed profile) with id `id`, fields in the
+/// design's order (checked on the raw text), no secret.
+pub fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
+    let text = std::str::from_utf8(raw).unwrap();
+    let body: Value = serde_json::from_str(text).unwrap();
+    let positions: Vec<usize> = [
+        "id",
+        "event",
+        "instance",
+        "data",
+        "date_time",
+        "sender",
+        "server_url",
+        "apikey",
+        "sequence",
+    ]
+    .iter()
+    .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+    .collect();
+    assert!(positions.is_sorted(), "field order: {text}");
+    assert!(text.starts_with(r#"{"id":"#), "{text}");
+    assert_eq!(body["id"], id, "{text}");
+    assert_eq!(body["event"], kind, "{text}");
+    assert_eq!(body["instance"], instance, "{text}");
+    assert_eq!(body["data"], seed_event(kind)["data"], "{text}");
+    assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
+    assert_eq!(body["apikey"], Value::Null, "no secret by default");
+}
