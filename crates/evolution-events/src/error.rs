@@ -72,6 +72,22 @@ pub enum Retry {
     After(Duration),
 }
 
+/// The messages of an error and its sources, joined with `: ` (a message already contained in
+/// the previous one is skipped, as drivers often repeat their source); `""` for `None`.
+#[must_use]
+pub fn error_chain(first: Option<&dyn StdError>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn StdError> = first;
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source().map(|source| source as &dyn StdError);
+    }
+    parts.join(": ")
+}
+
 /// A failed send, classified. Sinks build it; the dispatcher reads `kind`, `retry` and `status` to
 /// decide between retry and dead letter. Its message never contains a secret.
 #[derive(Debug)]
@@ -191,6 +207,30 @@ impl StdError for SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chains_skip_repeated_messages() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "tcp connect error: refused")
+            }
+        }
+        impl StdError for Outer {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("refused"));
+        assert_eq!(error_chain(Some(&e)), "tcp connect error: refused");
+        let e = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(
+            error_chain(Some(&e)),
+            "tcp connect error: refused: connection reset"
+        );
+        assert_eq!(error_chain(None), "");
+    }
 
     #[test]
     fn kinds_carry_their_retry_class() {

@@ -26,12 +26,12 @@ pub use destination::{
     WebhookTarget, WebsocketTarget,
 };
 pub use envelope::EventEnvelope;
-pub use error::{ErrorKind, Retry, SinkError};
+pub use error::{ErrorKind, Retry, SinkError, error_chain};
 pub use instance::{InstanceName, InvalidInstanceName};
 pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
 pub use naming::{NameError, NamingProfile, Scope};
 pub use retry::{DeadReason, Decision, RetryPolicy};
-pub use secret::{REDACTED, Sensitive};
+pub use secret::{REDACTED, Sensitive, scrub};
 pub use serde_json::value::RawValue;
 pub use settings::{
     ChannelSettings, EventSelection, FieldError, GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs,

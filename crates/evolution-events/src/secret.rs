@@ -7,6 +7,22 @@ use serde::{Deserialize, Serialize};
 /// What [`Sensitive`] prints instead of its value.
 pub const REDACTED: &str = "**REDACTED**";
 
+/// `text` with every secret of 3 characters or more replaced by [`REDACTED`], longest first (a
+/// shorter "secret" would mangle the message more than it hides). For error messages that may
+/// quote a URL, a driver's error or a server's answer.
+#[must_use]
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() > 2).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in secrets {
+        if out.contains(secret) {
+            out = out.replace(secret, REDACTED);
+        }
+    }
+    out
+}
+
 /// A secret string (a password, a token, a header value). `Debug` and `Display` print
 /// [`REDACTED`]; the value is reachable only through [`Sensitive::expose`]. It serializes in clear so
 /// that it can be stored: use [`Sensitive::redacted`] before showing it to anyone.
@@ -71,6 +87,16 @@ impl From<&str> for Sensitive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_replaces_secrets_longest_first_and_skips_tiny_ones() {
+        assert_eq!(scrub("x hunter2 y", &["hunter2"]), format!("x {REDACTED} y"));
+        assert_eq!(
+            scrub("user:pass-word@host", &["pass", "pass-word"]),
+            format!("user:{REDACTED}@host")
+        );
+        assert_eq!(scrub("a b", &["", "b"]), "a b", "too short to be a secret");
+    }
 
     #[test]
     fn never_prints() {

@@ -11,7 +11,7 @@ use async_nats::ConnectErrorKind;
 use async_nats::client::{FlushErrorKind, PublishErrorKind};
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{CreateStreamErrorKind, PublishErrorKind as JsPublishErrorKind};
-use evolution_events::{Channel, ErrorKind, REDACTED, Retry, SinkError};
+use evolution_events::{Channel, ErrorKind, Retry, SinkError, error_chain, scrub};
 
 /// A NATS [`SinkError`].
 pub(crate) fn error(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> SinkError {
@@ -38,7 +38,10 @@ pub(crate) fn connect_error(label: &str, e: &async_nats::ConnectError, secrets: 
     let (kind, what) = connect_class(&e.kind());
     error(
         kind,
-        scrub(&format!("connect to {label}: {what} ({})", chain(e)), secrets),
+        scrub(
+            &format!("connect to {label}: {what} ({})", error_chain(Some(e))),
+            secrets,
+        ),
     )
     .with_retry(Retry::Backoff)
 }
@@ -147,42 +150,18 @@ pub(crate) fn classified(
 ) -> SinkError {
     error(
         kind,
-        scrub(&format!("{what}: {advice} ({})", chain(source)), secrets),
+        scrub(
+            &format!("{what}: {advice} ({})", error_chain(Some(source))),
+            secrets,
+        ),
     )
     .with_retry(retry)
-}
-
-/// The messages of an error chain, joined with `: ` (a message already in the previous one is
-/// skipped).
-pub(crate) fn chain(first: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(first);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
-/// `text` with every secret longer than 2 characters replaced by [`REDACTED`] (longest first).
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() > 2).collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in secrets {
-        if out.contains(secret) {
-            out = out.replace(secret, REDACTED);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use evolution_events::REDACTED;
 
     #[test]
     fn connect_failures_are_all_retried() {
@@ -280,7 +259,10 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("outer")]
         struct Outer(#[source] std::io::Error);
-        assert_eq!(chain(&Outer(std::io::Error::other("inner"))), "outer: inner");
+        assert_eq!(
+            error_chain(Some(&Outer(std::io::Error::other("inner")))),
+            "outer: inner"
+        );
         assert_eq!(scrub("a b", &["", "b"]), "a b");
         assert_eq!(scrub("x hunter2 y", &["hunter2"]), format!("x {REDACTED} y"));
     }

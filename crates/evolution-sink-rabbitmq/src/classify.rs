@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use evolution_events::{Channel, ErrorKind, REDACTED, Retry, SinkError};
+use evolution_events::{Channel, ErrorKind, Retry, SinkError, scrub};
 
 /// A RabbitMQ [`SinkError`].
 pub(crate) fn error(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> SinkError {
@@ -193,19 +193,6 @@ pub(crate) fn classify(stage: Stage, what: &str, failure: &Failure, secrets: &[&
         ),
     };
     error(kind, scrub(&format!("{what}: {detail}"), secrets)).with_retry(retry)
-}
-
-/// `text` with every non-empty secret replaced by [`REDACTED`] (longest first).
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() > 2).collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in secrets {
-        if out.contains(secret) {
-            out = out.replace(secret, REDACTED);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use evolution_events::{Channel, ErrorKind, Retry, SinkError};
+use evolution_events::{Channel, ErrorKind, Retry, SinkError, error_chain};
 
 /// An SQS [`SinkError`].
 pub(crate) fn error(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> SinkError {
@@ -64,18 +64,18 @@ impl Failure {
         R: fmt::Debug + HasStatus,
     {
         match e {
-            SdkError::ConstructionFailure(_) => Self::Construction(chain(e)),
-            SdkError::TimeoutError(_) => Self::Timeout(chain(e)),
-            SdkError::DispatchFailure(d) if d.is_timeout() => Self::Timeout(chain(e)),
-            SdkError::DispatchFailure(d) if d.is_user() => Self::Construction(chain(e)),
-            SdkError::DispatchFailure(_) => Self::Transport(chain(e)),
-            SdkError::ResponseError(_) => Self::Response(chain(e)),
+            SdkError::ConstructionFailure(_) => Self::Construction(error_chain(Some(e))),
+            SdkError::TimeoutError(_) => Self::Timeout(error_chain(Some(e))),
+            SdkError::DispatchFailure(d) if d.is_timeout() => Self::Timeout(error_chain(Some(e))),
+            SdkError::DispatchFailure(d) if d.is_user() => Self::Construction(error_chain(Some(e))),
+            SdkError::DispatchFailure(_) => Self::Transport(error_chain(Some(e))),
+            SdkError::ResponseError(_) => Self::Response(error_chain(Some(e))),
             SdkError::ServiceError(context) => Self::Service {
                 code: context.err().code().map(str::to_owned),
                 message: context.err().message().map(str::to_owned),
                 status: context.raw().status(),
             },
-            _ => Self::Response(chain(e)),
+            _ => Self::Response(error_chain(Some(e))),
         }
     }
 
@@ -104,21 +104,6 @@ impl HasStatus for aws_sdk_sqs::config::http::HttpResponse {
     fn status(&self) -> u16 {
         self.status().as_u16()
     }
-}
-
-/// The error and its sources, joined (`a: b: c`), with no request or credential in it.
-fn chain(e: &dyn StdError) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// `QueueDoesNotExist` in the JSON protocol, `AWS.SimpleQueueService.NonExistentQueue` in the

@@ -3,11 +3,10 @@
 //! Every message names the destination by its label (no user info, no query string) and never
 //! shows a header value; transport error texts are scrubbed of the URL's secrets.
 
-use std::cmp::Reverse;
 use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
 
-use evolution_events::{Channel, ErrorKind, REDACTED, Retry, SinkError};
+use evolution_events::{Channel, ErrorKind, Retry, SinkError, error_chain, scrub};
 use reqwest::{StatusCode, Url};
 
 /// How many bytes of an answer's body a message quotes.
@@ -183,7 +182,7 @@ pub(crate) fn classify_transport(label: &str, e: &reqwest::Error, secrets: &[&st
     }
     let (kind, retry, what) = transport_class(TransportFacts::of(e));
     // The error's own Display names the URL: describe only its causes.
-    let detail = scrub(&chain(e.source()), secrets);
+    let detail = scrub(&error_chain(e.source()), secrets);
     let out = error(kind, format!("{label}: {what}")).with_retry(retry);
     if detail.is_empty() {
         out
@@ -209,21 +208,6 @@ pub(crate) fn forbidden_error(label: &str, refused: &crate::network::Forbidden) 
     error(ErrorKind::Rejected, format!("{label}: {refused}")).with_retry(Retry::Never)
 }
 
-/// The messages of an error chain, joined with `: ` (a message already contained in the previous
-/// one is skipped).
-pub(crate) fn chain(first: Option<&(dyn StdError + 'static)>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = first;
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
 /// The parts of a URL that may be secret: the URL itself (as given and as parsed), its user
 /// name, password, query and fragment.
 pub(crate) fn url_secrets<'a>(raw: &'a str, url: &'a Url) -> Vec<&'a str> {
@@ -232,19 +216,6 @@ pub(crate) fn url_secrets<'a>(raw: &'a str, url: &'a Url) -> Vec<&'a str> {
     secrets.extend(url.query());
     secrets.extend(url.fragment());
     secrets
-}
-
-/// `text` with every non-empty secret replaced by [`REDACTED`] (longest first).
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
-    secrets.sort_by_key(|s| Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in secrets {
-        if out.contains(secret) {
-            out = out.replace(secret, REDACTED);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -458,8 +429,8 @@ mod tests {
         #[error("tcp connect error: refused")]
         struct Middle(#[source] std::io::Error);
         let e = Outer(Middle(std::io::Error::other("refused")));
-        assert_eq!(chain(Some(&e)), "outer: tcp connect error: refused");
-        assert_eq!(chain(None), "");
+        assert_eq!(error_chain(Some(&e)), "outer: tcp connect error: refused");
+        assert_eq!(error_chain(None), "");
     }
 
     #[tokio::test]

@@ -127,7 +127,7 @@ impl WebhookSink {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| {
-                let detail = classify::chain(Some(&e));
+                let detail = evolution_events::error_chain(Some(&e));
                 error(ErrorKind::ConfigInvalid, "cannot build the HTTP client").with_source(HttpError(detail))
             })?;
         Ok(Self {
