@@ -41,6 +41,11 @@ struct Item<'a> {
     payload: Bytes,
 }
 
+/// The payload as the `data` string (`prepare` checked it is UTF-8), borrowed: no copy.
+fn data<'b>(item: &'b Item<'_>) -> &'b str {
+    std::str::from_utf8(&item.payload).unwrap_or_default()
+}
+
 #[derive(Serialize)]
 struct BatchBody<'a> {
     batch: Vec<BatchEvent<'a>>,
@@ -191,23 +196,20 @@ impl PusherSink {
 
     /// One request: `POST /apps/{id}/events` for one item, `/batch_events` for several.
     async fn trigger(&self, client: &Client, app: &PusherApp, chunk: &[Item<'_>]) -> Result<(), SinkError> {
-        let data = |item: &Item<'_>| std::str::from_utf8(&item.payload).unwrap_or_default().to_owned();
-        let datas: Vec<String> = chunk.iter().map(data).collect();
         let (path, body) = if let [item] = chunk {
             let body = EventBody {
                 name: &item.target.event,
                 channels: [&item.target.channel],
-                data: &datas[0],
+                data: data(item),
             };
             (format!("/apps/{}/events", app.app_id), serde_json::to_vec(&body))
         } else {
             let batch = chunk
                 .iter()
-                .zip(&datas)
-                .map(|(item, data)| BatchEvent {
+                .map(|item| BatchEvent {
                     channel: &item.target.channel,
                     name: &item.target.event,
-                    data,
+                    data: data(item),
                 })
                 .collect();
             (
