@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 pub use memory::{DEFAULT_CAPACITY, DEFAULT_EVENT_HISTORY, MemoryOutbox};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteOutbox, WriteStats};
+pub use sqlite::{DEFAULT_RETENTION, Durability, SqliteOptions, SqliteOutbox, WriteStats};
 
 /// A delivery to store with its event.
 #[derive(Clone, Debug)]

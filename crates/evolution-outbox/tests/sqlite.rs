@@ -21,8 +21,9 @@ use evolution_events::{
     NamingProfile, RawValue, Scope, Sensitive, Uuid,
 };
 use evolution_outbox::{
-    Attempt, DeliveryQuery, DeliveryStatus, InstanceRecord, NewDelivery, NewEvent, Outbox, OutboxError,
-    Outcome, RedriveFilter, Settlement, SqliteOptions, SqliteOutbox, StatusFilter, Store, StoreError,
+    Attempt, DeliveryQuery, DeliveryStatus, Durability, InstanceRecord, NewDelivery, NewEvent, Outbox,
+    OutboxError, Outcome, RedriveFilter, Settlement, SqliteOptions, SqliteOutbox, StatusFilter, Store,
+    StoreError,
 };
 use serde_json::json;
 
@@ -1170,13 +1171,17 @@ async fn concurrent_producers(name: &str, options: SqliteOptions) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_share_commits() {
-    concurrent_producers("synchronous=NORMAL", SqliteOptions::default()).await;
+    let options = SqliteOptions {
+        durability: Durability::ProcessCrash,
+        ..SqliteOptions::default()
+    };
+    concurrent_producers("synchronous=NORMAL", options).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_share_commits_synchronous_full() {
     let options = SqliteOptions {
-        synchronous_full: true,
+        durability: Durability::PowerLoss,
         ..SqliteOptions::default()
     };
     concurrent_producers("synchronous=FULL", options).await;

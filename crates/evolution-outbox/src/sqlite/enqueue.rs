@@ -1,0 +1,235 @@
+//! Storing accepted events and their deliveries.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use evolution_events::{Channel, EventEnvelope};
+use rusqlite::{Connection, params};
+
+use super::decode::scope_str;
+use super::writer::{Cache, Staged, WriteError, db};
+use super::{READY, WAITING, to_i64};
+use crate::NewEvent;
+
+/// One event row, ready to insert.
+struct EventRow {
+    id: i64,
+    envelope: Arc<EventEnvelope>,
+    profile: &'static str,
+}
+
+/// One delivery row, ready to insert.
+struct DeliveryRow {
+    id: i64,
+    event_id: i64,
+    channel: Channel,
+    scope: &'static str,
+    destination: Arc<str>,
+    okey: Option<Arc<str>>,
+    state: i64,
+}
+
+/// Consecutive `enqueue` requests of a transaction, stored together. [`EnqueueRun::add`] writes
+/// nothing (it only reads), so a refused request leaves no trace; [`EnqueueRun::flush`] writes
+/// every accepted one.
+#[derive(Default)]
+pub(super) struct EnqueueRun {
+    staged: Staged,
+    /// Ordering keys with unsettled deliveries (in the database or in this run).
+    busy_keys: HashSet<(Channel, Arc<str>)>,
+    /// Ordering keys looked up in the database.
+    checked_keys: HashSet<(Channel, Arc<str>)>,
+    events: Vec<EventRow>,
+    deliveries: Vec<DeliveryRow>,
+}
+
+impl EnqueueRun {
+    /// Checks capacity, assigns sequences and ids, and queues the rows of one request.
+    pub(super) fn add(
+        &mut self,
+        conn: &Connection,
+        cache: &mut Cache,
+        capacity: usize,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, WriteError> {
+        // Everything that can fail comes first.
+        let mut wanted: BTreeMap<Channel, usize> = BTreeMap::new();
+        for event in &events {
+            for d in &event.deliveries {
+                *wanted.entry(d.channel).or_default() += 1;
+            }
+        }
+        for (channel, n) in &wanted {
+            let stored = cache.live(conn, *channel)?;
+            let queued = self.staged.live.get(channel).copied().unwrap_or(0);
+            let used = usize::try_from(i64::try_from(stored).unwrap_or(i64::MAX).saturating_add(queued))
+                .unwrap_or(usize::MAX);
+            if used.saturating_add(*n) > capacity {
+                return Err(WriteError::Full {
+                    channel: *channel,
+                    capacity,
+                });
+            }
+        }
+        let mut json: HashMap<usize, Arc<str>> = HashMap::new();
+        let mut destinations: Vec<Vec<Arc<str>>> = Vec::with_capacity(events.len());
+        for event in &events {
+            let mut of_event = Vec::with_capacity(event.deliveries.len());
+            for d in &event.deliveries {
+                let ptr = Arc::as_ptr(&d.destination) as usize;
+                if let Some(text) = json.get(&ptr) {
+                    of_event.push(Arc::clone(text));
+                    continue;
+                }
+                let text: Arc<str> = serde_json::to_string(&*d.destination)
+                    .map_err(|e| {
+                        WriteError::Storage(format!(
+                            "could not serialize a {} destination: {e}; this is a bug, please report it",
+                            d.channel
+                        ))
+                    })?
+                    .into();
+                json.insert(ptr, Arc::clone(&text));
+                of_event.push(text);
+            }
+            destinations.push(of_event);
+        }
+        for event in &events {
+            let instance = event.envelope.instance();
+            if !self.staged.sequences.contains_key(instance) {
+                cache.last_sequence(conn, instance)?;
+            }
+            for d in &event.deliveries {
+                let Some(key) = &d.ordering_key else {
+                    continue;
+                };
+                let entry = (d.channel, Arc::clone(key));
+                if self.checked_keys.contains(&entry) || self.busy_keys.contains(&entry) {
+                    continue;
+                }
+                let busy: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE channel = ?1 AND okey = ?2 \
+                         AND state IN (0, 1, 4))",
+                    )
+                    .and_then(|mut s| s.query_row(params![d.channel.as_str(), &**key], |row| row.get(0)))
+                    .map_err(db("look up an ordering key"))?;
+                if busy {
+                    self.busy_keys.insert(entry.clone());
+                }
+                self.checked_keys.insert(entry);
+            }
+        }
+        let stored_events = events.iter().filter(|e| !e.deliveries.is_empty()).count();
+        let mut event_id = cache.event_ids(conn, stored_events)?;
+        let mut delivery_id = cache.delivery_ids(conn, wanted.values().sum())?;
+
+        // From here on nothing fails.
+        let mut stored = Vec::with_capacity(events.len());
+        for (event, destinations) in events.into_iter().zip(destinations) {
+            let instance = event.envelope.instance().clone();
+            let last = match self.staged.sequences.get(&instance) {
+                Some(n) => *n,
+                None => cache.sequences.get(&instance).copied().unwrap_or(0),
+            };
+            let sequence = last + 1;
+            self.staged.sequences.insert(instance, sequence);
+            let envelope = Arc::new(event.envelope.with_sequence(sequence));
+            if !event.deliveries.is_empty() {
+                self.events.push(EventRow {
+                    id: event_id,
+                    envelope: Arc::clone(&envelope),
+                    profile: event.profile.as_str(),
+                });
+                for (d, destination) in event.deliveries.into_iter().zip(destinations) {
+                    let state = match &d.ordering_key {
+                        None => READY,
+                        // The first delivery of an idle key is its head; the others wait behind it.
+                        Some(key) if self.busy_keys.insert((d.channel, Arc::clone(key))) => READY,
+                        Some(_) => WAITING,
+                    };
+                    self.staged.notify.insert(d.channel);
+                    *self.staged.live.entry(d.channel).or_default() += 1;
+                    self.deliveries.push(DeliveryRow {
+                        id: delivery_id,
+                        event_id,
+                        channel: d.channel,
+                        scope: scope_str(d.scope),
+                        destination,
+                        okey: d.ordering_key,
+                        state,
+                    });
+                    delivery_id += 1;
+                }
+                event_id += 1;
+            }
+            stored.push(envelope);
+        }
+        Ok(stored)
+    }
+
+    /// Writes every accepted request; returns the cache changes to apply.
+    pub(super) fn flush(self, conn: &Connection, now: i64) -> Result<Staged, WriteError> {
+        if !self.events.is_empty() {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO events (id, uuid, instance, kind, data, date_time, sender, server_url, apikey, \
+                     sequence, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(db("store the events"))?;
+            let mut uuid = evolution_events::Uuid::encode_buffer();
+            for row in &self.events {
+                let e = &row.envelope;
+                insert
+                    .execute(params![
+                        row.id,
+                        &*e.id().hyphenated().encode_lower(&mut uuid),
+                        e.instance().as_str(),
+                        e.kind().key(),
+                        e.data().get(),
+                        e.date_time().timestamp_millis(),
+                        e.sender(),
+                        e.server_url(),
+                        e.apikey().map(|k| k.expose()),
+                        to_i64(e.sequence()),
+                        row.profile,
+                    ])
+                    .map_err(db("store the events"))?;
+            }
+        }
+        if !self.deliveries.is_empty() {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, event_id, channel, scope, destination, okey, state, due_at, \
+                     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                )
+                .map_err(db("store the deliveries"))?;
+            for row in &self.deliveries {
+                insert
+                    .execute(params![
+                        row.id,
+                        row.event_id,
+                        row.channel.as_str(),
+                        row.scope,
+                        &*row.destination,
+                        row.okey.as_deref(),
+                        row.state,
+                        now,
+                    ])
+                    .map_err(db("store the deliveries"))?;
+            }
+        }
+        let mut upsert = conn
+            .prepare_cached(
+                "INSERT INTO sequences (instance, last) VALUES (?1, ?2) \
+                 ON CONFLICT (instance) DO UPDATE SET last = excluded.last",
+            )
+            .map_err(db("store the sequence numbers"))?;
+        for (instance, last) in &self.staged.sequences {
+            upsert
+                .execute(params![instance.as_str(), to_i64(*last)])
+                .map_err(db("store the sequence numbers"))?;
+        }
+        Ok(self.staged)
+    }
+}
