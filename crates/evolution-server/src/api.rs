@@ -48,6 +48,7 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/deliveries/{target}", get(list_deliveries))
         .route("/deliveries/{target}/retry", post(retry_delivery))
         .route("/deliveries/{target}/redrive", post(redrive))
+        .route("/deliveries/{target}/dead", delete(purge_dead))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
@@ -621,19 +622,21 @@ struct RedriveBody {
     until: Option<DateTime<Utc>>,
 }
 
-async fn redrive(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path(instance): Path<String>,
+/// The dead letters of `instance` that the request's `channel`, `since` and `until` (query string
+/// or JSON body) select.
+fn dead_filter(
+    app: &App,
+    headers: &HeaderMap,
+    instance: &str,
     query: Result<Query<RedriveBody>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
-) -> ApiResult {
-    let record = instance_access(&app, &headers, &instance)?;
+    body: &Bytes,
+) -> Result<RedriveFilter, ApiError> {
+    let record = instance_access(app, headers, instance)?;
     let Query(from_query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let params = if body.iter().all(u8::is_ascii_whitespace) {
         from_query
     } else {
-        serde_json::from_slice::<RedriveBody>(&body)
+        serde_json::from_slice::<RedriveBody>(body)
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}; fields: channel, since, until")))?
     };
     let channel = params
@@ -642,15 +645,38 @@ async fn redrive(
         .map(Channel::parse_built_in)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("channel: {e}")))?;
-    let filter = RedriveFilter {
+    Ok(RedriveFilter {
         ids: Vec::new(),
         channel,
         instance: Some(record.name.clone()),
         since: params.since,
         until: params.until,
-    };
+    })
+}
+
+async fn redrive(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<RedriveBody>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult {
+    let filter = dead_filter(&app, &headers, &instance, query, &body)?;
     let n = app.sqlite.redrive(&filter).await?;
     Ok(Json(json!({ "redriven": n })).into_response())
+}
+
+/// Deletes dead letters for good (they are kept until redriven or purged).
+async fn purge_dead(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<RedriveBody>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult {
+    let filter = dead_filter(&app, &headers, &instance, query, &body)?;
+    let n = app.sqlite.purge_dead(&filter).await?;
+    Ok(Json(json!({ "purged": n })).into_response())
 }
 
 async fn health() -> Json<Value> {

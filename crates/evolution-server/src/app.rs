@@ -59,7 +59,8 @@ impl App {
         let Database::Sqlite(path) = &config.database;
         let options = SqliteOptions {
             capacity: config.max_backlog,
-            ..SqliteOptions::default()
+            durability: config.durability,
+            delivered_retention: config.retention,
         };
         let sqlite = Arc::new(
             SqliteOutbox::open(path, options)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
+use evolution_outbox::{DEFAULT_RETENTION, Durability};
 use evolution_sinks::build::ChannelPlan;
 use evolution_sinks::env::Vars;
 use evolution_sinks::webhook::network::Guard;
@@ -25,6 +26,8 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("SERVER_NAME", Some("evolution")),
     ("SERVER_DATA_DIR", Some("./data")),
     ("DATABASE_CONNECTION_URI", None),
+    ("OUTBOX_SYNCHRONOUS", Some("full")),
+    ("OUTBOX_RETENTION", Some("24h")),
     ("AUTHENTICATION_API_KEY", None),
     ("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", Some("false")),
     ("EVENT_NAMING", Some("seed")),
@@ -144,6 +147,10 @@ pub(crate) struct Config {
     pub(crate) server_name: InstanceName,
     pub(crate) data_dir: PathBuf,
     pub(crate) database: Database,
+    /// What an acknowledged event survives (`OUTBOX_SYNCHRONOUS`).
+    pub(crate) durability: Durability,
+    /// How long delivered deliveries stay in the delivery log (`OUTBOX_RETENTION`).
+    pub(crate) retention: Duration,
     pub(crate) api_key: Option<Sensitive>,
     pub(crate) expose_in_fetch: bool,
     pub(crate) global: GlobalSettings,
@@ -232,6 +239,7 @@ fn is_ours(name: &str) -> bool {
             "SERVER_",
             "AUTHENTICATION_",
             "DATABASE_",
+            "OUTBOX_",
             "WEBHOOK_",
             "WEBSOCKET_",
             "RABBITMQ_",
@@ -243,6 +251,26 @@ fn is_ours(name: &str) -> bool {
         ]
         .iter()
         .any(|p| name.starts_with(p))
+}
+
+/// A duration such as `90s`, `30m`, `24h` or `7d` (a bare number is seconds).
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let seconds = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if seconds > 0 => Ok(Duration::from_secs(n.saturating_mul(seconds))),
+        _ => Err(format!(
+            "`{value}` is not a duration: use a whole number with s, m, h or d (e.g. 90s, 30m, 24h, 7d)"
+        )),
+    }
 }
 
 impl Config {
@@ -337,6 +365,14 @@ impl Config {
                 }
             }
         };
+        let durability = Durability::parse(v.raw("OUTBOX_SYNCHRONOUS")).unwrap_or_else(|e| {
+            v.error(format!("OUTBOX_SYNCHRONOUS: {e}"));
+            Durability::default()
+        });
+        let retention = parse_duration(v.raw("OUTBOX_RETENTION")).unwrap_or_else(|e| {
+            v.error(format!("OUTBOX_RETENTION: {e}"));
+            DEFAULT_RETENTION
+        });
         let naming = match NamingProfile::parse(v.raw("EVENT_NAMING")) {
             Ok(p) => p,
             Err(e) => {
@@ -428,6 +464,8 @@ impl Config {
             server_url: v.string("SERVER_URL"),
             server_name,
             database,
+            durability,
+            retention,
             api_key: v.string("AUTHENTICATION_API_KEY").map(Sensitive::new),
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
             global,
@@ -538,6 +576,8 @@ mod tests {
                 ("DATABASE_CONNECTION_URI", "postgresql://x"),
                 ("RABBITMQ_ENABLED", "true"),
                 ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "maybe"),
+                ("OUTBOX_SYNCHRONOUS", "off"),
+                ("OUTBOX_RETENTION", "3 weeks"),
             ]),
         )
         .unwrap_err();
@@ -551,8 +591,32 @@ mod tests {
             "DATABASE_CONNECTION_URI",
             "RABBITMQ_ENABLED=true",
             "WEBHOOK_EVENTS_MESSAGES_UPSERT=`maybe`",
+            "OUTBOX_SYNCHRONOUS: `off` is not a durability setting",
+            "OUTBOX_RETENTION: `3 weeks` is not a duration",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn durability_and_retention() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            (c.durability, c.retention),
+            (Durability::PowerLoss, DEFAULT_RETENTION)
+        );
+        let c = Config::load(
+            None,
+            env(&[("OUTBOX_SYNCHRONOUS", "NORMAL"), ("OUTBOX_RETENTION", "90m")]),
+        )
+        .unwrap();
+        assert_eq!(c.durability, Durability::ProcessCrash);
+        assert_eq!(c.retention, Duration::from_secs(90 * 60));
+        for (text, seconds) in [("0", 0), ("45", 45), ("45s", 45), ("2h", 7200), ("7d", 604_800)] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(seconds)), "{text}");
+        }
+        for bad in ["", "h", "1.5h", "-1s", "10w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

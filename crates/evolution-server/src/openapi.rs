@@ -154,6 +154,19 @@ fn operations() -> Vec<Op> {
             auth: true,
         },
         Op {
+            method: "delete",
+            path: "/deliveries/{instance}/dead",
+            summary: "Delete an instance's dead deliveries for good (optional body or query: channel, since, until); they are kept until redriven or purged",
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "properties": {"channel": {"type": "string"}, "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}}}),
+            ),
+            ok: (
+                "200",
+                json!({"type": "object", "properties": {"purged": {"type": "integer"}}}),
+            ),
+            auth: true,
+        },
+        Op {
             method: "get",
             path: "/health",
             summary: "Liveness",

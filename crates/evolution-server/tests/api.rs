@@ -174,6 +174,7 @@ async fn apikey_rules() {
         ("GET", "/events/b/01934b5e-7c3a-7a00-8000-000000000000"),
         ("GET", "/deliveries/b"),
         ("POST", "/deliveries/b/redrive"),
+        ("DELETE", "/deliveries/b/dead"),
         ("DELETE", "/instance/delete/b"),
     ];
     for (method, path) in paths {
@@ -460,6 +461,77 @@ async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
         .call("GET", "/deliveries/acme?status=delivered", Some(API_KEY), None)
         .await;
     assert_eq!(delivered.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn dead_deliveries_can_be_purged() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(404);
+    let server = Server::start("purge", &[]).await;
+    let webhook = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["CALL", "ERRORS"]});
+    let (status, _) = create(&server, json!({"instanceName": "acme", "webhook": webhook})).await;
+    assert_eq!(status, 201);
+    let (status, _) = server
+        .call(
+            "POST",
+            "/events/acme",
+            Some(API_KEY),
+            Some(json!({"event": "CALL", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // 404 is non-retryable: the CALL delivery and its ERRORS event both die.
+    let mut dead = 0;
+    for _ in 0..200 {
+        let (_, list) = server
+            .call("GET", "/deliveries/acme?status=dead", Some(API_KEY), None)
+            .await;
+        dead = list.as_array().unwrap().len();
+        if dead >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead, 2);
+    let (status, resp) = server
+        .call(
+            "DELETE",
+            "/deliveries/acme/dead",
+            Some(API_KEY),
+            Some(json!({"channel": "bogus"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(messages(&resp).contains("channel"), "{resp}");
+    let (status, resp) = server
+        .call(
+            "DELETE",
+            "/deliveries/acme/dead?channel=nats",
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, resp["purged"].as_u64()),
+        (200, Some(0)),
+        "another channel: {resp}"
+    );
+    let (status, resp) = server
+        .call("DELETE", "/deliveries/acme/dead", Some(API_KEY), None)
+        .await;
+    assert_eq!((status, resp["purged"].as_u64()), (200, Some(2)), "{resp}");
+    let (_, list) = server
+        .call("GET", "/deliveries/acme?status=dead", Some(API_KEY), None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "purged for good: {list}");
+    let (status, resp) = server
+        .call("POST", "/deliveries/acme/redrive", Some(API_KEY), None)
+        .await;
+    assert_eq!(
+        (status, resp["redriven"].as_u64()),
+        (200, Some(0)),
+        "nothing left to redrive"
+    );
 }
 
 #[tokio::test]
