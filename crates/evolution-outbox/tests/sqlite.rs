@@ -1023,6 +1023,125 @@ async fn pruning_forgets_old_deliveries() {
     outbox.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_prunes_by_itself() {
+    let db = TempDb::new("auto-prune");
+    let outbox = SqliteOutbox::open(
+        &db.path,
+        SqliteOptions {
+            delivered_retention: Duration::from_secs(1),
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // More than two prune steps (1 000 each) of delivered deliveries, and one that stays pending.
+    for _ in 0..5 {
+        let events = (0..500).map(|_| event("a", 1, None)).collect();
+        outbox.enqueue(events).await.unwrap();
+    }
+    let delivered = outbox.claim(CH, 10_000).await.unwrap();
+    assert_eq!(delivered.len(), 2_500);
+    outbox
+        .settle(
+            delivered
+                .iter()
+                .map(|d| settle(d.id, Outcome::Delivered))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let kept = outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    // Nobody calls prune(): the writer's timer (every second with this retention) and the steps
+    // that follow a full one must delete all 2 500 within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = outbox
+            .deliveries(&DeliveryQuery {
+                limit: 10_000,
+                ..query(Some(StatusFilter::Delivered))
+            })
+            .await
+            .unwrap()
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} delivered deliveries still kept after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = outbox.claim(CH, 10).await.unwrap();
+    assert_eq!(pending.len(), 1, "pending work is never pruned");
+    assert_eq!(pending[0].envelope.id(), kept[0].id());
+    assert!(
+        outbox
+            .event(&InstanceName::new("a").unwrap(), kept[0].id())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        outbox
+            .event(&InstanceName::new("a").unwrap(), delivered[0].envelope.id())
+            .await
+            .unwrap()
+            .is_none(),
+        "events left with no delivery are pruned with them"
+    );
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_kept_until_purged() {
+    let db = TempDb::new("purge");
+    let outbox = SqliteOutbox::open(
+        &db.path,
+        SqliteOptions {
+            delivered_retention: Duration::ZERO,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    outbox
+        .enqueue(vec![
+            event("a", 1, None),
+            event("b", 1, None),
+            event("a", 1, None),
+        ])
+        .await
+        .unwrap();
+    let batch = outbox.claim(CH, 10).await.unwrap();
+    outbox
+        .settle(batch.iter().map(|d| settle(d.id, dead("gone"))).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(outbox.prune().await.unwrap(), 0, "pruning keeps dead letters");
+    let only_b = RedriveFilter {
+        instance: Some(InstanceName::new("b").unwrap()),
+        ..RedriveFilter::default()
+    };
+    assert_eq!(outbox.purge_dead(&only_b).await.unwrap(), 1);
+    assert_eq!(outbox.purge_dead(&only_b).await.unwrap(), 0);
+    assert_eq!(outbox.stats(CH).await.unwrap().dead, 2);
+    assert!(
+        outbox
+            .event(&InstanceName::new("b").unwrap(), batch[1].envelope.id())
+            .await
+            .unwrap()
+            .is_none(),
+        "the purged dead letter's event is gone with it"
+    );
+    assert_eq!(outbox.purge_dead(&RedriveFilter::default()).await.unwrap(), 2);
+    assert_eq!(outbox.stats(CH).await.unwrap().dead, 0);
+    assert_eq!(outbox.redrive(&RedriveFilter::default()).await.unwrap(), 0);
+    outbox.close().await;
+}
+
 fn settings() -> InstanceSettings {
     InstanceSettings::from_json(&json!({
         "webhook": {

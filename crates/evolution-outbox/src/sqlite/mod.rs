@@ -34,8 +34,9 @@ use crate::{
     RedriveFilter, Settlement, Store, StoreError, StoredEvent,
 };
 
-/// How often the writer starts pruning delivered deliveries (it goes on, one small step per
-/// transaction, while each step finds a full batch).
+/// How often the writer starts pruning delivered deliveries at most (it goes on, one small step per
+/// transaction, while each step finds a full batch); as often as the retention when that is
+/// shorter, but not more than once a second.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 // Delivery states (the `deliveries.state` column).
@@ -192,9 +193,12 @@ impl SqliteOutbox {
         // Wakes the pruning every PRUNE_EVERY for as long as the outbox is open (a weak sender does
         // not keep the writer alive).
         let timer = tx.downgrade();
+        let every = options
+            .delivered_retention
+            .clamp(Duration::from_secs(1), PRUNE_EVERY);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(PRUNE_EVERY).await;
+                tokio::time::sleep(every).await;
                 let Some(tx) = timer.upgrade() else {
                     return;
                 };
