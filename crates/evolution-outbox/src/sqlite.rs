@@ -347,6 +347,7 @@ enum Request {
     Settle(Vec<Settlement>, Reply<()>),
     Release(Channel, Reply<()>),
     Redrive(RedriveFilter, Reply<usize>),
+    Purge(RedriveFilter, Reply<usize>),
     Prune(Option<Reply<usize>>),
     CreateInstance(InstanceRecord, Reply<()>),
     UpdateSettings(InstanceName, InstanceSettings, Reply<bool>),
@@ -372,7 +373,7 @@ impl Request {
             Self::Enqueue(_, r) => answer(r, Err(err())),
             Self::Claim(_, _, r) => answer(r, Err(err())),
             Self::Settle(_, r) | Self::Release(_, r) | Self::CreateInstance(_, r) => answer(r, Err(err())),
-            Self::Redrive(_, r) => answer(r, Err(err())),
+            Self::Redrive(_, r) | Self::Purge(_, r) => answer(r, Err(err())),
             Self::Prune(r) => {
                 if let Some(r) = r {
                     answer(r, Err(err()));
@@ -814,6 +815,7 @@ async fn handle(
         Request::Settle(settlements, reply) => finish(reply, settle(conn, staged, settlements, now).await),
         Request::Release(channel, reply) => finish(reply, release(conn, staged, channel, now).await),
         Request::Redrive(filter, reply) => finish(reply, redrive(conn, staged, &filter, now).await),
+        Request::Purge(filter, reply) => finish(reply, purge(conn, &filter).await),
         Request::Prune(reply) => {
             let result = prune(conn, retention, now).await;
             match reply {
@@ -1485,35 +1487,46 @@ async fn release(
     Ok(())
 }
 
+/// The ids of the dead letters matching a [`RedriveFilter`]: a subquery over the parameters ?1 to
+/// ?5, bound by [`bind_filter`].
+const DEAD_MATCHING: &str = "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id \
+    WHERE d.state = 3 \
+    AND (?1 IS NULL OR d.id IN (SELECT value FROM json_each(?1))) \
+    AND (?2 IS NULL OR d.channel = ?2) \
+    AND (?3 IS NULL OR e.instance = ?3) \
+    AND (?4 IS NULL OR e.date_time >= ?4) \
+    AND (?5 IS NULL OR e.date_time < ?5)";
+
+/// Binds `filter` to the parameters ?1 to ?5 of [`DEAD_MATCHING`].
+fn bind_filter<'q>(
+    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+    filter: &'q RedriveFilter,
+) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    let ids: Option<String> = (!filter.ids.is_empty())
+        .then(|| json_ids(&filter.ids.iter().map(|id| to_i64(*id)).collect::<Vec<_>>()));
+    query
+        .bind(ids)
+        .bind(filter.channel.map(Channel::as_str))
+        .bind(filter.instance.as_ref().map(InstanceName::as_str))
+        .bind(filter.since.map(|t| t.timestamp_millis()))
+        .bind(filter.until.map(|t| t.timestamp_millis()))
+}
+
 async fn redrive(
     conn: &mut SqliteConnection,
     staged: &mut Staged,
     filter: &RedriveFilter,
     now: i64,
 ) -> Result<usize, WriteError> {
-    let ids: Option<String> = (!filter.ids.is_empty())
-        .then(|| json_ids(&filter.ids.iter().map(|id| to_i64(*id)).collect::<Vec<_>>()));
-    let rows = sqlx::query(
+    let sql = format!(
         "UPDATE deliveries SET state = CASE WHEN okey IS NULL THEN 0 ELSE 4 END, attempts = 0, \
-         due_at = ?1, updated_at = ?1 \
-         WHERE state = 3 AND id IN (SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id \
-           WHERE d.state = 3 \
-           AND (?2 IS NULL OR d.id IN (SELECT value FROM json_each(?2))) \
-           AND (?3 IS NULL OR d.channel = ?3) \
-           AND (?4 IS NULL OR e.instance = ?4) \
-           AND (?5 IS NULL OR e.date_time >= ?5) \
-           AND (?6 IS NULL OR e.date_time < ?6)) \
-         RETURNING channel, okey",
-    )
-    .bind(now)
-    .bind(ids)
-    .bind(filter.channel.map(Channel::as_str))
-    .bind(filter.instance.as_ref().map(InstanceName::as_str))
-    .bind(filter.since.map(|t| t.timestamp_millis()))
-    .bind(filter.until.map(|t| t.timestamp_millis()))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db("redrive dead letters"))?;
+         due_at = ?6, updated_at = ?6 WHERE state = 3 AND id IN ({DEAD_MATCHING}) RETURNING channel, okey"
+    );
+    let rows = bind_filter(sqlx::query(&sql), filter)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("redrive dead letters"))?;
     let mut keys = BTreeSet::new();
     for row in &rows {
         let channel: String = row.try_get(0).map_err(db("read the redriven deliveries"))?;
@@ -1531,6 +1544,42 @@ async fn redrive(
     Ok(rows.len())
 }
 
+/// Deletes the dead letters matching `filter`, their attempts (by cascade) and the events left
+/// without deliveries. Dead letters are not unsettled, so the capacity count does not change.
+async fn purge(conn: &mut SqliteConnection, filter: &RedriveFilter) -> Result<usize, WriteError> {
+    let sql = format!("DELETE FROM deliveries WHERE id IN ({DEAD_MATCHING}) RETURNING event_id");
+    let rows = bind_filter(sqlx::query(&sql), filter)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("purge dead letters"))?;
+    let events = rows
+        .iter()
+        .map(|row| row.try_get::<i64, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db("read the purged dead letters"))?;
+    delete_orphan_events(conn, &events).await?;
+    Ok(events.len())
+}
+
+/// Deletes those of `events` (row ids, repeats allowed) that have no delivery left.
+async fn delete_orphan_events(conn: &mut SqliteConnection, events: &[i64]) -> Result<(), WriteError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut unique = events.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)",
+    )
+    .bind(json_ids(&unique))
+    .execute(&mut *conn)
+    .await
+    .map_err(db("delete the events left without deliveries"))?;
+    Ok(())
+}
+
 async fn prune(conn: &mut SqliteConnection, retention: Duration, now: i64) -> Result<usize, WriteError> {
     let cutoff = now.saturating_sub(duration_ms(retention));
     let events: Vec<i64> = sqlx::query_scalar(
@@ -1542,19 +1591,7 @@ async fn prune(conn: &mut SqliteConnection, retention: Duration, now: i64) -> Re
     .fetch_all(&mut *conn)
     .await
     .map_err(db("prune delivered deliveries"))?;
-    if !events.is_empty() {
-        let mut unique = events.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        sqlx::query(
-            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?1)) \
-             AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)",
-        )
-        .bind(json_ids(&unique))
-        .execute(&mut *conn)
-        .await
-        .map_err(db("prune delivered events"))?;
-    }
+    delete_orphan_events(conn, &events).await?;
     Ok(events.len())
 }
 
@@ -1833,6 +1870,11 @@ impl Outbox for SqliteOutbox {
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
         let filter = filter.clone();
         Ok(self.call(|reply| Request::Redrive(filter, reply)).await?)
+    }
+
+    async fn purge(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
+        let filter = filter.clone();
+        Ok(self.call(|reply| Request::Purge(filter, reply)).await?)
     }
 
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError> {
