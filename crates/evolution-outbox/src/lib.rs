@@ -15,6 +15,8 @@
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::fmt::Debug;
 use std::sync::Arc;
