@@ -15,6 +15,8 @@
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -99,7 +101,8 @@ pub struct Settlement {
     pub attempt: Option<Attempt>,
 }
 
-/// Which dead letters to move back to pending. Empty fields match everything.
+/// Which dead letters to move back to pending ([`Outbox::redrive`]) or delete ([`Outbox::purge`]).
+/// Empty fields match everything.
 #[derive(Clone, Debug, Default)]
 pub struct RedriveFilter {
     /// Only these deliveries.
@@ -325,6 +328,13 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     /// # Errors
     /// Storage errors.
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError>;
+
+    /// Deletes the dead letters that match `filter` (for good: they cannot be redriven). Returns
+    /// how many.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn purge(&self, filter: &RedriveFilter) -> Result<usize, OutboxError>;
 
     /// The delivery log, newest first.
     ///

@@ -504,6 +504,13 @@ impl Outbox for MemoryOutbox {
         Ok(count)
     }
 
+    async fn purge(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
+        let mut state = self.lock();
+        let before = state.dead.len();
+        state.dead.retain(|d| !filter.matches(&d.letter.delivery));
+        Ok(before - state.dead.len())
+    }
+
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError> {
         Ok(self
             .lock()

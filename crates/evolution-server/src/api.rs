@@ -675,7 +675,7 @@ async fn purge_dead(
     body: Bytes,
 ) -> ApiResult {
     let filter = dead_filter(&app, &headers, &instance, query, &body)?;
-    let n = app.sqlite.purge_dead(&filter).await?;
+    let n = app.sqlite.purge(&filter).await?;
     Ok(Json(json!({ "purged": n })).into_response())
 }
 

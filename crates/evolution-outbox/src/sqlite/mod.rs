@@ -88,7 +88,7 @@ pub struct WriteStats {
 ///
 /// **Retention.** Delivered deliveries and every attempt are kept for the delivery log for
 /// [`SqliteOptions::delivered_retention`], then pruned in steps of 1 000 between other work; dead
-/// letters are kept until redriven or purged ([`SqliteOutbox::purge_dead`]). Freed pages are
+/// letters are kept until redriven or purged ([`Outbox::purge`]). Freed pages are
 /// reused, so under a steady load the file stops growing.
 ///
 /// **One at a time.** `open` takes the lock file `<path>.lock` for as long as the writer runs: a
@@ -255,16 +255,6 @@ impl SqliteOutbox {
         }
     }
 
-    /// Deletes the dead letters that match `filter` (with their attempts, and their events once no
-    /// delivery of them is left). Returns how many.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn purge_dead(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
-        let filter = filter.clone();
-        Ok(self.call(|reply| Request::Purge(filter, reply)).await?)
-    }
-
     /// Waits until the writer has finished every request sent before this call, closes the
     /// database, and stops the writer. Later operations fail with [`OutboxError::Storage`].
     /// Idempotent. (Dropping the outbox without closing it is safe too: the writer finishes the
@@ -391,6 +381,11 @@ impl Outbox for SqliteOutbox {
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
         let filter = filter.clone();
         Ok(self.call(|reply| Request::Redrive(filter, reply)).await?)
+    }
+
+    async fn purge(&self, filter: &RedriveFilter) -> Result<usize, OutboxError> {
+        let filter = filter.clone();
+        Ok(self.call(|reply| Request::Purge(filter, reply)).await?)
     }
 
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError> {
