@@ -25,6 +25,9 @@ pub const NAME: &str = "kafka";
 
 /// The largest batch `send` takes.
 const MAX_BATCH: usize = 1024;
+/// Batches of one key the dispatcher may have in flight with the idempotent producer: librdkafka
+/// keeps a partition's order with up to 5 requests in flight (`max.in.flight.requests.per.connection`).
+const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
 /// The longest a metadata lookup (health check, topic check) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +52,10 @@ pub struct KafkaSink {
     state: Mutex<Option<State>>,
     /// Topics known to exist (checked, or created, once).
     known: Mutex<HashSet<String>>,
+    /// Taken by each `send` before anything else and held while it queues its records (never while
+    /// awaiting acknowledgements): tokio's mutex is fair, so overlapping sends queue their records
+    /// in the order they were started — the promise behind `max_in_flight_per_key` above 1.
+    queueing: tokio::sync::Mutex<()>,
 }
 
 /// The live clients.
@@ -86,6 +93,7 @@ impl KafkaSink {
                 admin: None,
             })),
             known: Mutex::new(HashSet::new()),
+            queueing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -470,17 +478,25 @@ impl EventSink for KafkaSink {
             .with_max_payload_bytes(self.config.max_payload_bytes)
             .ordered()
             .acknowledged()
+            .with_max_in_flight_per_key(if self.config.idempotence {
+                MAX_IN_FLIGHT_IDEMPOTENT
+            } else {
+                1
+            })
     }
 
     /// Produces every item and waits for the brokers' acknowledgements (`acks=all`). Items of a
     /// topic that cannot be used fail alone; after an item fails to be queued, the later items of
     /// its topic and key are not sent (reported "not sent", retryable), so nothing overtakes it.
+    /// Overlapping sends queue their records in the order they were started.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let producer = self.producer()?;
         let mut report = DeliveryReport::success();
         if batch.is_empty() {
             return Ok(report);
         }
+        // The first await of a send: its place in the queue is taken when it is first polled.
+        let queueing = self.queueing.lock().await;
         let mut targets: Vec<Option<&KafkaTarget>> = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
             match &*delivery.destination {
@@ -567,6 +583,8 @@ impl EventSink for KafkaSink {
                 }
             }
         }
+
+        drop(queueing);
 
         let mut any_failed = false;
         let mut state_error = None;
