@@ -713,5 +713,16 @@ mod tests {
         let sink = KafkaSink::new(KafkaConfig::new(["127.0.0.1:9092"])).unwrap();
         assert_eq!(sink.capabilities().max_batch_size, MAX_BATCH);
         assert!(sink.capabilities().ordered);
+        assert_eq!(
+            sink.capabilities().max_in_flight_per_key,
+            5,
+            "the idempotent producer keeps order with 5 requests in flight"
+        );
+        let sink = KafkaSink::new(KafkaConfig {
+            idempotence: false,
+            ..KafkaConfig::new(["127.0.0.1:9092"])
+        })
+        .unwrap();
+        assert_eq!(sink.capabilities().max_in_flight_per_key, 1);
     }
 }

@@ -41,6 +41,9 @@ pub struct ChannelConfig {
     pub send_timeout: Duration,
     /// Keep per-(instance, destination) order; `None` uses the sink's `ordered` capability.
     pub ordered: Option<bool>,
+    /// Batches of one ordering key in flight at once (ADR 0012); `None` uses the sink's
+    /// `max_in_flight_per_key` (always clamped to it).
+    pub max_in_flight_per_key: Option<usize>,
 }
 
 impl ChannelConfig {
@@ -59,6 +62,7 @@ impl ChannelConfig {
             batch_size: None,
             send_timeout: Duration::from_secs(30),
             ordered: None,
+            max_in_flight_per_key: None,
         }
     }
 }
@@ -260,7 +264,10 @@ impl DispatcherBuilder {
                     .batch_size
                     .unwrap_or(caps.max_batch_size)
                     .clamp(1, caps.max_batch_size),
-                in_flight: caps.max_in_flight_per_key.max(1),
+                in_flight: config
+                    .max_in_flight_per_key
+                    .unwrap_or(caps.max_in_flight_per_key)
+                    .clamp(1, caps.max_in_flight_per_key.max(1)),
                 ordered: config.ordered.unwrap_or(caps.ordered),
                 sink,
                 config,
@@ -623,11 +630,14 @@ impl Worker {
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
         for ((delivery, failure), latency) in batch.iter().zip(failures).zip(latencies) {
-            let key = ctx
-                .ordered
-                .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination));
-            if let Some(key) = &key
-                && blocked.contains(key)
+            // Computed only when needed: a failure so far, or this delivery failing.
+            let key = || {
+                ctx.ordered
+                    .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination))
+            };
+            if !blocked.is_empty()
+                && let Some(key) = key()
+                && blocked.contains(&key)
             {
                 // An earlier delivery of this key failed in this batch: send this one again after it.
                 settlements.push(Settlement {
@@ -660,7 +670,7 @@ impl Worker {
                                 channel = %ctx.channel, delivery = delivery.id, attempt = delivery.attempt,
                                 destination = %delivery.destination.label(), ?delay, %error, "delivery failed; will retry"
                             );
-                            if let Some(key) = key {
+                            if let Some(key) = key() {
                                 blocked.insert(key);
                             }
                             Outcome::Retry {
