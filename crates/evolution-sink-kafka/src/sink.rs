@@ -52,9 +52,10 @@ pub struct KafkaSink {
     state: Mutex<Option<State>>,
     /// Topics known to exist (checked, or created, once).
     known: Mutex<HashSet<String>>,
-    /// Taken by each `send` before anything else and held while it queues its records (never while
-    /// awaiting acknowledgements): tokio's mutex is fair, so overlapping sends queue their records
-    /// in the order they were started — the promise behind `max_in_flight_per_key` above 1.
+    /// Taken by each `send` before anything else and held while it queues its records — and
+    /// provisions unknown topics — but never while awaiting acknowledgements: tokio's mutex is
+    /// fair, so overlapping sends queue their records in the order they were started, the promise
+    /// behind `max_in_flight_per_key` above 1 (idempotent producer only).
     queueing: tokio::sync::Mutex<()>,
 }
 
@@ -496,7 +497,12 @@ impl EventSink for KafkaSink {
             return Ok(report);
         }
         // The first await of a send: its place in the queue is taken when it is first polled.
-        let queueing = self.queueing.lock().await;
+        // Only needed when overlapping sends of a key are allowed (the idempotent producer).
+        let queueing = if self.config.idempotence {
+            Some(self.queueing.lock().await)
+        } else {
+            None
+        };
         let mut targets: Vec<Option<&KafkaTarget>> = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
             match &*delivery.destination {
