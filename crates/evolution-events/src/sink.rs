@@ -56,11 +56,16 @@ pub struct Capabilities {
     /// Whether a successful `send` means the backend acknowledged every item (publisher
     /// confirms, HTTP 2xx), as opposed to "written to a socket".
     pub acknowledged: bool,
+    /// How many batches of one ordering key the dispatcher may have in flight at once (at least
+    /// 1). Above 1 the sink promises that the items of overlapping `send` calls reach each
+    /// destination in the order the calls were started (first polled), as a Kafka idempotent
+    /// producer keeps a partition's order with up to 5 requests in flight. See ADR 0012.
+    pub max_in_flight_per_key: usize,
 }
 
 impl Capabilities {
     /// Batches of up to `max_batch_size` (clamped to at least 1), no size limit, unordered,
-    /// unacknowledged.
+    /// unacknowledged, one batch per ordering key in flight.
     #[must_use]
     pub const fn new(max_batch_size: usize) -> Self {
         Self {
@@ -68,7 +73,17 @@ impl Capabilities {
             max_payload_bytes: None,
             ordered: false,
             acknowledged: false,
+            max_in_flight_per_key: 1,
         }
+    }
+
+    /// Declares that up to `n` batches of one ordering key may be in flight at once (clamped to
+    /// at least 1): the sink keeps the items of overlapping sends in the order the sends were
+    /// started.
+    #[must_use]
+    pub const fn with_max_in_flight_per_key(mut self, n: usize) -> Self {
+        self.max_in_flight_per_key = if n == 0 { 1 } else { n };
+        self
     }
 
     /// Sets the payload limit.

@@ -256,7 +256,7 @@ impl Outbox for MemoryOutbox {
 
     async fn claim(&self, channel: Channel, limit: usize) -> Result<Vec<Delivery>, OutboxError> {
         let now = Instant::now();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(1024));
         let mut state = self.lock();
         let State {
             records, channels, ..
@@ -372,6 +372,8 @@ impl Outbox for MemoryOutbox {
                     }
                 }
             }
+            // A batch settles runs of a key: arm each key once.
+            touched_keys.dedup();
             for (channel, key) in &touched_keys {
                 state.arm_key(*channel, key);
             }

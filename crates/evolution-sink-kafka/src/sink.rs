@@ -25,6 +25,9 @@ pub const NAME: &str = "kafka";
 
 /// The largest batch `send` takes.
 const MAX_BATCH: usize = 1024;
+/// Batches of one key the dispatcher may have in flight with the idempotent producer: librdkafka
+/// keeps a partition's order with up to 5 requests in flight (`max.in.flight.requests.per.connection`).
+const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
 /// The longest a metadata lookup (health check, topic check) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +52,11 @@ pub struct KafkaSink {
     state: Mutex<Option<State>>,
     /// Topics known to exist (checked, or created, once).
     known: Mutex<HashSet<String>>,
+    /// Taken by each `send` before anything else and held while it queues its records — and
+    /// provisions unknown topics — but never while awaiting acknowledgements: tokio's mutex is
+    /// fair, so overlapping sends queue their records in the order they were started, the promise
+    /// behind `max_in_flight_per_key` above 1 (idempotent producer only).
+    queueing: tokio::sync::Mutex<()>,
 }
 
 /// The live clients.
@@ -86,6 +94,7 @@ impl KafkaSink {
                 admin: None,
             })),
             known: Mutex::new(HashSet::new()),
+            queueing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -470,17 +479,30 @@ impl EventSink for KafkaSink {
             .with_max_payload_bytes(self.config.max_payload_bytes)
             .ordered()
             .acknowledged()
+            .with_max_in_flight_per_key(if self.config.idempotence {
+                MAX_IN_FLIGHT_IDEMPOTENT
+            } else {
+                1
+            })
     }
 
     /// Produces every item and waits for the brokers' acknowledgements (`acks=all`). Items of a
     /// topic that cannot be used fail alone; after an item fails to be queued, the later items of
     /// its topic and key are not sent (reported "not sent", retryable), so nothing overtakes it.
+    /// Overlapping sends queue their records in the order they were started.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let producer = self.producer()?;
         let mut report = DeliveryReport::success();
         if batch.is_empty() {
             return Ok(report);
         }
+        // The first await of a send: its place in the queue is taken when it is first polled.
+        // Only needed when overlapping sends of a key are allowed (the idempotent producer).
+        let queueing = if self.config.idempotence {
+            Some(self.queueing.lock().await)
+        } else {
+            None
+        };
         let mut targets: Vec<Option<&KafkaTarget>> = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
             match &*delivery.destination {
@@ -567,6 +589,8 @@ impl EventSink for KafkaSink {
                 }
             }
         }
+
+        drop(queueing);
 
         let mut any_failed = false;
         let mut state_error = None;
@@ -695,5 +719,16 @@ mod tests {
         let sink = KafkaSink::new(KafkaConfig::new(["127.0.0.1:9092"])).unwrap();
         assert_eq!(sink.capabilities().max_batch_size, MAX_BATCH);
         assert!(sink.capabilities().ordered);
+        assert_eq!(
+            sink.capabilities().max_in_flight_per_key,
+            5,
+            "the idempotent producer keeps order with 5 requests in flight"
+        );
+        let sink = KafkaSink::new(KafkaConfig {
+            idempotence: false,
+            ..KafkaConfig::new(["127.0.0.1:9092"])
+        })
+        .unwrap();
+        assert_eq!(sink.capabilities().max_in_flight_per_key, 1);
     }
 }

@@ -13,6 +13,10 @@
 //!
 //! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-nats --bench nats`
 //! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
+//!
+//! Profiling: with `NATS_BENCH_PROFILE=raw|core` the bench runs only that core-mode path (`raw`:
+//! the raw loop; `core`: the pipeline), [`PROFILE_RUNS`] times, and prints each rate — run it
+//! under `perf record`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
 use std::sync::Arc;
@@ -38,6 +42,26 @@ const IN_FLIGHT: usize = 4;
 const PACED: usize = 6_000;
 /// Events per second offered in the latency phase.
 const RATE: f64 = 2_000.0;
+/// Runs of one path in profiling mode (`NATS_BENCH_PROFILE`).
+const PROFILE_RUNS: usize = 20;
+
+/// Profiling mode: one core-mode path only, [`PROFILE_RUNS`] times.
+async fn profile(url: &str, path: &str) {
+    for i in 0..PROFILE_RUNS {
+        let tag = format!(
+            "prof{i}{}",
+            &evolution_events::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let prefix = format!("evolution{tag}");
+        let events = envelopes(&tag);
+        let r = match path {
+            "raw" => raw(url, &prefix, false, events).await,
+            "core" => dispatcher(url, &prefix, None, events).await,
+            other => panic!("NATS_BENCH_PROFILE={other}: use raw or core"),
+        };
+        println!("{path} run {}: {r:.0} events/s", i + 1);
+    }
+}
 
 /// Subscribes to `{prefix}.>` on its own connection; notes when each event (`id` header) arrives.
 async fn subscriber(url: &str, prefix: &str) -> Acks {
@@ -111,12 +135,14 @@ fn start(url: &str, prefix: &str, stream: Option<&str>) -> Dispatcher {
 async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
     let dispatcher = start(url, prefix, stream);
     let start = Instant::now();
-    let mut events = events;
-    while !events.is_empty() {
-        let chunk: Vec<_> = events
-            .drain(..events.len().min(1000))
-            .map(|e| (e, None))
-            .collect();
+    // Chunks taken off the front without moving the rest (a `drain` from the front would shift
+    // every remaining event each time: quadratic copying charged to the pipeline).
+    let mut events = events.into_iter();
+    loop {
+        let chunk: Vec<_> = events.by_ref().take(1000).map(|e| (e, None)).collect();
+        if chunk.is_empty() {
+            break;
+        }
         dispatcher.emit_many(chunk).await.unwrap();
     }
     while dispatcher.counters(Channel::Nats).unwrap().delivered < EVENTS as u64 {
@@ -242,6 +268,10 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if let Ok(path) = std::env::var("NATS_BENCH_PROFILE") {
+            profile(&url, &path).await;
+            return;
+        }
         let client = async_nats::connect(&url).await.unwrap();
         let js = jetstream::new(client);
         let mut latencies = Vec::new();

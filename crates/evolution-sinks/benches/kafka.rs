@@ -2,8 +2,9 @@
 //! same work (same payloads, key and headers, same producer settings: idempotent, `acks=all`,
 //! 1 ms linger), against the same broker, in one run. Two more raw rows have the dispatcher's
 //! shape — batches of 1 024 whose acknowledgements are awaited before the next batch, 1 in flight
-//! (one ordered key, ADR 0002) or 4 (4 workers) — and each pipeline row is also compared with
-//! its same-shape raw row.
+//! (one ordered key as before ADR 0012) or 4 — and each pipeline row is also compared with its
+//! same-shape raw row. One pipeline row keeps one batch per key in flight (as before ADR 0012),
+//! for comparison with the default (the sink's 5) in the same run.
 //!
 //! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
 //! per second (well below both paths' saturation), each timed from its hand-over (raw: the
@@ -15,9 +16,10 @@
 //! prints a Markdown table. The broker is `EVOLUTION_TEST_KAFKA_BROKERS` (default
 //! 127.0.0.1:9092, the tansu of `scripts/services up kafka`).
 //!
-//! Profiling: with `KAFKA_BENCH_PROFILE=raw|raw1|raw4|ordered|ordered16|unordered` the bench runs
-//! only that path (`raw1`/`raw4`: the same-shape raw loops), [`PROFILE_RUNS`] times (fresh topics
-//! each time), and prints each rate — run it under `perf record` or `valgrind --tool=callgrind`.
+//! Profiling: with `KAFKA_BENCH_PROFILE=raw|raw1|raw4|ordered|ordered1|ordered16|unordered` the
+//! bench runs only that path (`raw1`/`raw4`: the same-shape raw loops; `ordered1`: one batch per
+//! key in flight, as before ADR 0012), [`PROFILE_RUNS`] times (fresh topics each time), and prints
+//! each rate — run it under `perf record` or `valgrind --tool=callgrind`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
 use std::sync::Arc;
@@ -252,6 +254,7 @@ async fn start(
     prefix: &str,
     instances: &[String],
     ordered: bool,
+    in_flight: Option<usize>,
     acks: Option<Acks>,
 ) -> (Dispatcher, InstanceSettings) {
     let sink: Arc<dyn EventSink> = Arc::new(
@@ -274,6 +277,7 @@ async fn start(
             sink,
             ChannelConfig {
                 ordered: Some(ordered),
+                max_in_flight_per_key: in_flight,
                 ..ChannelConfig::default_for(Channel::Kafka)
             },
         )
@@ -295,9 +299,16 @@ async fn start(
     (dispatcher, settings)
 }
 
-/// The same events through the dispatcher (memory outbox, 4 workers), `instances` instances.
-async fn pipeline(brokers: &str, prefix: &str, instances: &[String], ordered: bool) -> f64 {
-    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, None).await;
+/// The same events through the dispatcher (memory outbox, 4 workers), `instances` instances;
+/// `in_flight` batches per key (`None`: the sink's 5).
+async fn pipeline(
+    brokers: &str,
+    prefix: &str,
+    instances: &[String],
+    ordered: bool,
+    in_flight: Option<usize>,
+) -> f64 {
+    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, in_flight, None).await;
     let envelopes: Vec<EventEnvelope> = (0..EVENTS)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
@@ -330,7 +341,7 @@ async fn pipeline_paced(
     ordered: bool,
 ) -> (Duration, Duration) {
     let acks: Acks = Acks::default();
-    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, Some(acks.clone())).await;
+    let (dispatcher, settings) = start(brokers, prefix, instances, ordered, None, Some(acks.clone())).await;
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
@@ -362,27 +373,31 @@ async fn profile(brokers: &str, run: &str, producer: &FutureProducer, path: &str
                 let in_flight = if path == "raw1" { 1 } else { 4 };
                 raw_batched(producer, &topic, &instance, envelopes, in_flight).await
             }
-            "ordered" => {
+            "ordered" | "ordered1" => {
                 pipeline(
                     brokers,
                     &format!("prof{i}{run}"),
                     std::slice::from_ref(&instance),
                     true,
+                    (path == "ordered1").then_some(1),
                 )
                 .await
             }
-            "ordered16" => pipeline(brokers, &format!("prof{i}{run}"), &sixteen, true).await,
+            "ordered16" => pipeline(brokers, &format!("prof{i}{run}"), &sixteen, true, None).await,
             "unordered" => {
                 pipeline(
                     brokers,
                     &format!("prof{i}{run}"),
                     std::slice::from_ref(&instance),
                     false,
+                    None,
                 )
                 .await
             }
             other => {
-                panic!("KAFKA_BENCH_PROFILE={other}: use raw, raw1, raw4, ordered, ordered16 or unordered")
+                panic!(
+                    "KAFKA_BENCH_PROFILE={other}: use raw, raw1, raw4, ordered, ordered1, ordered16 or unordered"
+                )
             }
         };
         println!("{path} run {}: {r:.0} records/s", i + 1);
@@ -456,6 +471,8 @@ async fn main() {
     .await;
     let one = [instance.clone()];
     let sixteen: Vec<String> = (0..16).map(|i| format!("bench-{run}-{i}")).collect();
+    // As before ADR 0012 (one batch per key in flight), for comparison in the same run.
+    let before = pipeline(&brokers, &format!("b1{run}"), &one, true, Some(1)).await;
     let mut rows = Vec::new();
     for (label, prefix, instances, ordered, shape) in [
         (
@@ -463,7 +480,7 @@ async fn main() {
             "p1",
             &one[..],
             true,
-            raw1,
+            raw4,
         ),
         (
             "Dispatcher + KafkaSink, ordered (default), 16 instances",
@@ -480,7 +497,7 @@ async fn main() {
             raw4,
         ),
     ] {
-        let r = pipeline(&brokers, &format!("{prefix}{run}"), instances, ordered).await;
+        let r = pipeline(&brokers, &format!("{prefix}{run}"), instances, ordered, None).await;
         let latency = pipeline_paced(&brokers, &format!("l{prefix}{run}"), instances, ordered).await;
         rows.push((label, r, shape, latency));
     }
@@ -510,6 +527,11 @@ async fn main() {
         ms(raw16_latency.0),
         ms(raw16_latency.1)
     );
+    println!(
+        "| Dispatcher + KafkaSink, ordered, 1 instance, 1 batch per key in flight (before ADR 0012) | {before:.0} | {:.2}× | {:.2}× | | |",
+        before / raw_rate,
+        before / raw1
+    );
     for (label, r, shape, (p50, p99)) in rows {
         println!(
             "| {label} | {r:.0} | {:.2}× | {:.2}× | {} | {} |",
@@ -523,7 +545,7 @@ async fn main() {
         "\nrecords/s: {EVENTS} events handed over at once, until the last is acknowledged. p50/p99: \
          {PACED} events offered one at a time at {RATE:.0}/s, each from its hand-over (raw: `send_result`; \
          pipeline: `Dispatcher::emit`) to the broker's acknowledgement (raw: its delivery future; pipeline: \
-         `KafkaSink::send` returned it acknowledged). Same-shape raw loop: ordered 1 instance against 1 batch \
-         in flight, the others against 4."
+         `KafkaSink::send` returned it acknowledged). Same-shape raw loop: the row with 1 batch per key in \
+         flight against 1 batch in flight, the others against 4 (the closest to 5 per key)."
     );
 }

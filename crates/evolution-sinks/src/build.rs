@@ -268,6 +268,7 @@ fn webhook(vars: &mut Vars, global: &GlobalSettings) -> ChannelPlan {
         // Each request is bounded by the request timeout; this deadline is a safety net above it.
         send_timeout: request_timeout.saturating_mul(batch) + Duration::from_secs(5),
         ordered: Some(vars.bool("WEBHOOK_ORDERED")),
+        max_in_flight_per_key: None,
     };
     let max_per_host = vars.positive("WEBHOOK_MAX_CONCURRENCY_PER_HOST");
     let config = evolution_sink_webhook::WebhookConfig {

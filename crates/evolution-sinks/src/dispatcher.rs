@@ -1,8 +1,11 @@
 //! The Dispatcher: one bounded queue and worker pool per channel over an [`Outbox`].
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
@@ -38,6 +41,9 @@ pub struct ChannelConfig {
     pub send_timeout: Duration,
     /// Keep per-(instance, destination) order; `None` uses the sink's `ordered` capability.
     pub ordered: Option<bool>,
+    /// Batches of one ordering key in flight at once (ADR 0012); `None` uses the sink's
+    /// `max_in_flight_per_key` (always clamped to it).
+    pub max_in_flight_per_key: Option<usize>,
 }
 
 impl ChannelConfig {
@@ -56,6 +62,7 @@ impl ChannelConfig {
             batch_size: None,
             send_timeout: Duration::from_secs(30),
             ordered: None,
+            max_in_flight_per_key: None,
         }
     }
 }
@@ -192,6 +199,9 @@ struct ChannelCtx {
     sink: Arc<dyn EventSink>,
     config: ChannelConfig,
     batch_size: usize,
+    /// Batches a worker sends at once (the sink's `max_in_flight_per_key`): it claims up to
+    /// `batch_size × in_flight` deliveries and sends them as that many batches, started in order.
+    in_flight: usize,
     ordered: bool,
     counters: Counters,
 }
@@ -254,6 +264,10 @@ impl DispatcherBuilder {
                     .batch_size
                     .unwrap_or(caps.max_batch_size)
                     .clamp(1, caps.max_batch_size),
+                in_flight: config
+                    .max_in_flight_per_key
+                    .unwrap_or(caps.max_in_flight_per_key)
+                    .clamp(1, caps.max_in_flight_per_key.max(1)),
                 ordered: config.ordered.unwrap_or(caps.ordered),
                 sink,
                 config,
@@ -536,7 +550,8 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let closing = *self.closing.borrow() || self.closing.has_changed().is_err();
-            let batch = match self.outbox.claim(self.ctx.channel, self.ctx.batch_size).await {
+            let limit = self.ctx.batch_size.saturating_mul(self.ctx.in_flight);
+            let batch = match self.outbox.claim(self.ctx.channel, limit).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(channel = %self.ctx.channel, error = %e, "cannot claim deliveries; retrying");
@@ -563,33 +578,49 @@ impl Worker {
         }
     }
 
+    /// Sends a claim as batches of at most `batch_size` — several at once when the sink allows
+    /// several in flight per key (ADR 0012), started in claim order — and settles the whole claim
+    /// in order: after a failed delivery, the later ones of its key are put back (ADR 0002).
     async fn deliver(&self, batch: Vec<Delivery>) {
         let ctx = &self.ctx;
-        ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
-        let mut failures: Vec<Option<SinkError>> = batch.iter().map(|_| None).collect();
-        let started = Instant::now();
-        let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(&batch)).await;
-        let latency = started.elapsed();
-        match sent {
-            Err(_) => {
-                let timeout = ctx.config.send_timeout;
-                for slot in &mut failures {
-                    *slot = Some(SinkError::new(
-                        ctx.channel,
-                        ErrorKind::Timeout,
-                        format!("the sink did not answer within {timeout:?}"),
-                    ));
+        let chunks: Vec<&[Delivery]> = batch.chunks(ctx.batch_size).collect();
+        ctx.counters
+            .batches
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        let sends = chunks.iter().map(|chunk| async move {
+            let started = Instant::now();
+            let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(chunk)).await;
+            (sent, started.elapsed())
+        });
+        let outcomes = join_in_order(sends.collect()).await;
+        let mut failures: Vec<Option<SinkError>> = Vec::with_capacity(batch.len());
+        let mut latencies: Vec<Duration> = Vec::with_capacity(batch.len());
+        for (chunk, (sent, latency)) in chunks.iter().zip(outcomes) {
+            let first = failures.len();
+            failures.extend(chunk.iter().map(|_| None));
+            latencies.extend(chunk.iter().map(|_| latency));
+            let slots = failures.get_mut(first..).unwrap_or_default();
+            match sent {
+                Err(_) => {
+                    let timeout = ctx.config.send_timeout;
+                    for slot in slots {
+                        *slot = Some(SinkError::new(
+                            ctx.channel,
+                            ErrorKind::Timeout,
+                            format!("the sink did not answer within {timeout:?}"),
+                        ));
+                    }
                 }
-            }
-            Ok(Err(error)) => {
-                for slot in &mut failures {
-                    *slot = Some(error.duplicate());
+                Ok(Err(error)) => {
+                    for slot in slots {
+                        *slot = Some(error.duplicate());
+                    }
                 }
-            }
-            Ok(Ok(report)) => {
-                for (index, error) in report.into_failures() {
-                    if let Some(slot) = failures.get_mut(index) {
-                        *slot = Some(error);
+                Ok(Ok(report)) => {
+                    for (index, error) in report.into_failures() {
+                        if let Some(slot) = slots.get_mut(index) {
+                            *slot = Some(error);
+                        }
                     }
                 }
             }
@@ -598,12 +629,15 @@ impl Worker {
         let mut settlements = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
-        for (delivery, failure) in batch.iter().zip(failures) {
-            let key = ctx
-                .ordered
-                .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination));
-            if let Some(key) = &key
-                && blocked.contains(key)
+        for ((delivery, failure), latency) in batch.iter().zip(failures).zip(latencies) {
+            // Computed only when needed: a failure so far, or this delivery failing.
+            let key = || {
+                ctx.ordered
+                    .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination))
+            };
+            if !blocked.is_empty()
+                && let Some(key) = key()
+                && blocked.contains(&key)
             {
                 // An earlier delivery of this key failed in this batch: send this one again after it.
                 settlements.push(Settlement {
@@ -636,7 +670,7 @@ impl Worker {
                                 channel = %ctx.channel, delivery = delivery.id, attempt = delivery.attempt,
                                 destination = %delivery.destination.label(), ?delay, %error, "delivery failed; will retry"
                             );
-                            if let Some(key) = key {
+                            if let Some(key) = key() {
                                 blocked.insert(key);
                             }
                             Outcome::Retry {
@@ -689,4 +723,26 @@ impl Worker {
             }
         }
     }
+}
+
+/// Runs `futures` concurrently and returns their outputs in input order. Each is first polled in
+/// input order, so sends start in claim order — what a sink with several batches in flight per
+/// key relies on to keep them in order (ADR 0012).
+async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }

@@ -282,6 +282,92 @@ async fn batches_respect_the_sink_capability() {
     assert_eq!(kafka.batch_sizes(), [10, 10, 10, 5]);
 }
 
+/// A dispatcher with one worker over `sink` (Kafka channel, ordered).
+fn one_worker(sink: &MemorySink) -> Dispatcher {
+    Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink_with(
+            Arc::new(sink.clone()),
+            ChannelConfig {
+                workers: 1,
+                ..ChannelConfig::default_for(Channel::Kafka)
+            },
+        )
+        .start()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_allows_several_batches_per_key_gets_them_at_once_and_in_order() {
+    let s = settings(json!({"kafka": {"enabled": true}}));
+    for (in_flight, at_once) in [(1, vec![10]), (3, vec![10, 10, 10])] {
+        let kafka = MemorySink::new(Channel::Kafka).with_capabilities(
+            Capabilities::new(10)
+                .ordered()
+                .acknowledged()
+                .with_max_in_flight_per_key(in_flight),
+        );
+        kafka.set_hang(true);
+        let d = one_worker(&kafka);
+        let events = (1..=35).map(|i| (event("acme", i), Some(&s))).collect();
+        d.emit_many(events).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            kafka.batch_sizes(),
+            at_once,
+            "batches of one key in flight with max_in_flight_per_key = {in_flight}"
+        );
+        kafka.set_hang(false);
+        let received = kafka.wait_for(35, LONG).await;
+        let sequences: Vec<u64> = received.iter().map(|r| r.sequence).collect();
+        assert_eq!(sequences, (1..=35).collect::<Vec<_>>(), "once each, in order");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
+    let kafka = MemorySink::new(Channel::Kafka).with_capabilities(
+        Capabilities::new(10)
+            .ordered()
+            .acknowledged()
+            .with_max_in_flight_per_key(3),
+    );
+    let d = one_worker(&kafka);
+    let s = settings(json!({"kafka": {"enabled": true}}));
+    // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,
+    // fails once (the sink delivers the rest of that batch and the whole third one).
+    let stored = d
+        .emit_many((1..=30).map(|i| (event("acme", i), Some(&s))).collect())
+        .await
+        .unwrap();
+    kafka.fail_event(stored[14].id(), 1, ErrorKind::Unavailable, None);
+    let received = kafka.wait_for(29 + 16, LONG).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(kafka.received().len(), received.len(), "nothing more was sent");
+    assert_eq!(
+        kafka.batch_sizes(),
+        [10, 10, 10, 10, 6],
+        "three at once, then the requeued 15–30"
+    );
+    assert_in_order(&received, "acme", 30);
+    let copies = |seq: u64| received.iter().filter(|r| r.sequence == seq).count();
+    assert!(
+        (1..=14).all(|seq| copies(seq) == 1),
+        "what came before #15 was sent once"
+    );
+    assert!(
+        (16..=30).all(|seq| copies(seq) == 2),
+        "what came after #15 — in its batch and the next — was sent again after it"
+    );
+    let fifteen: Vec<u32> = received
+        .iter()
+        .filter(|r| r.sequence == 15)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(fifteen, [2], "#15 arrived once, on its second attempt");
+    let counters = d.counters(Channel::Kafka).unwrap();
+    assert_eq!((counters.delivered, counters.retried), (30, 1));
+}
+
 #[tokio::test]
 async fn shutdown_drains_what_is_due_then_refuses_new_events() {
     let nats = MemorySink::new(Channel::Nats);
