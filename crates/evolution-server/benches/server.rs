@@ -1,15 +1,25 @@
 //! End-to-end benchmarks of the server binary (release build, SQLite outbox, loopback only):
 //!
-//! - `throughput`: events accepted per second by `POST /events` (single events and batches,
-//!   concurrent producers) and events delivered per second to a loopback webhook receiver;
+//! - `throughput`: a **ceiling** first — a bare axum handler in this process that reads the same
+//!   JSON body, checks the `apikey` header in constant time and answers `202 {"ids": […]}` without
+//!   storing anything — then events accepted per second by `POST /events` (single events and
+//!   batches) and events accepted and delivered per second to a loopback webhook receiver
+//!   (unsigned and signed), each with its ratio to the ceiling measured in the same run; batch
+//!   ingest also against the SQLite outbox's own enqueue rate (same shape, measured in this
+//!   process in the same run). The load generator is `wrk` (64 keep-alive connections for single
+//!   events, the seed event as the body, 16 instances in turn; `benches/post_events.lua`);
 //! - `latency`: p50/p99 from the moment an event is due to be posted until its `202`, and until it
 //!   reaches a webhook receiver and a NATS subscriber, at a fixed offered rate below saturation;
 //! - `isolation`: healthy webhook + NATS delivery with and without one extra instance whose
 //!   webhook never answers;
-//! - `footprint`: server RSS idle, with 1 000 000 pending deliveries (receiver down), and the time
-//!   to drain them once the receiver is back.
+//! - `footprint`: server RSS idle, with 1 000 000 pending deliveries (receiver down), the time to
+//!   drain them once the receiver is back; then the SQLite files' size under a steady load of
+//!   1 000 000 events with a short retention (`OUTBOX_RETENTION=1s`), and after pruning;
+//! - `generators` (only when named): the ceiling driven by the reqwest generator of `latency`,
+//!   `isolation` and `footprint` against `wrk`, to show which one can drive it at full speed.
 //!
-//! Run: `cargo bench -p evolution-server --bench server [-- SCENARIO…]` (all by default). The
+//! Run: `cargo bench -p evolution-server --bench server [-- SCENARIO…]` (all but `generators` by
+//! default). `throughput` needs `wrk` (`apt-get install wrk`; `scripts/bench` installs it); the
 //! `latency` and `isolation` scenarios need NATS (`EVOLUTION_TEST_NATS_URL`, from
 //! `scripts/services env`). Prints Markdown tables; `docs/benchmarks.md` records the results.
 #![allow(
@@ -161,67 +171,468 @@ async fn wait_delivered(count: &AtomicU64, expected: u64, start: Instant) -> f64
     rate
 }
 
-type Rows = Vec<(String, String)>;
+/// One table row: a label and its values.
+type Rows = Vec<Vec<String>>;
 
+/// A row of a `| measure | result |` table.
+fn row(label: impl Into<String>, value: impl Into<String>) -> Vec<String> {
+    vec![label.into(), value.into()]
+}
+
+/// Accepting single events (the throughput scenarios' load and the ceiling's): 64 keep-alive
+/// connections at full speed.
+const CONNECTIONS: usize = 64;
+/// How long `wrk` drives an ingest (and the ceiling).
+const INGEST_TIME: Duration = Duration::from_secs(8);
+/// How long `wrk` drives a scenario that also waits for the deliveries.
+const DELIVER_TIME: Duration = Duration::from_secs(5);
+/// `WEBHOOK_SIGNING_SECRET` of the signed scenario (Standard Webhooks, `whsec_` + base64).
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The body of one request: the seed event alone, or an array of `n` of them.
+fn body(n: usize) -> Vec<u8> {
+    let event = common::seed_event("MESSAGES_UPSERT");
+    let value = if n == 1 {
+        event
+    } else {
+        Value::Array(vec![event; n])
+    };
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// The event of a `POST /events` body, as the server reads it.
+#[derive(serde::Deserialize)]
+struct EventInput {
+    event: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    sender: Option<String>,
+}
+
+/// Compares two byte strings in time that depends only on their lengths (as the server does).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The ceiling's `POST /events/{instance}`: the server's request handling without the server —
+/// the `apikey` header checked in constant time, the body read as the server reads it (one event
+/// or an array, each event name parsed), `202 {"ids": […]}` with a fresh id per event; nothing
+/// stored, nothing delivered.
+async fn accept(
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(_instance): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let key = headers.get("apikey").and_then(|v| v.to_str().ok());
+    if !key.is_some_and(|k| constant_time_eq(k.as_bytes(), API_KEY.as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, "invalid `apikey`").into_response();
+    }
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let inputs: Result<Vec<EventInput>, _> = if is_array {
+        serde_json::from_slice(&body)
+    } else {
+        serde_json::from_slice(&body).map(|one| vec![one])
+    };
+    let Ok(inputs) = inputs else {
+        return (StatusCode::BAD_REQUEST, "invalid event body").into_response();
+    };
+    if inputs
+        .iter()
+        .any(|i| evolution_events::EventKind::parse(&i.event).is_err())
+    {
+        return (StatusCode::BAD_REQUEST, "unknown event").into_response();
+    }
+    let ids: Vec<evolution_events::Uuid> = inputs.iter().map(|_| evolution_events::Uuid::now_v7()).collect();
+    (StatusCode::ACCEPTED, axum::Json(json!({ "ids": ids }))).into_response()
+}
+
+/// Starts the ceiling on a free loopback port; its base URL.
+async fn ceiling() -> String {
+    let app = axum::Router::new().route("/events/{instance}", axum::routing::post(accept));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// What one `wrk` run did.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// Requests answered (every one 2xx: checked).
+    requests: u64,
+    /// From the first connection to the end.
+    seconds: f64,
+}
+
+impl Load {
+    #[allow(clippy::cast_precision_loss)]
+    fn rate(self, per_request: usize) -> f64 {
+        (self.requests * per_request as u64) as f64 / self.seconds
+    }
+}
+
+/// Runs `wrk` against `base` for `time`: `connections` keep-alive connections at full speed,
+/// each request `POST /events/<instance>` with `body`, the instances in turn (the global key).
+/// Panics when `wrk` is missing, fails, or any request failed or was not answered 2xx.
+async fn wrk(base: &str, instances: &[String], body: &[u8], connections: usize, time: Duration) -> Load {
+    let dir = common::temp_dir("bench-wrk");
+    let body_file = dir.join("body.json");
+    std::fs::write(&body_file, body).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/post_events.lua");
+    let mut command = std::process::Command::new("wrk");
+    command
+        .args(["-t", &connections.min(2).to_string()])
+        .args(["-c", &connections.to_string()])
+        .args(["-d", &format!("{}s", time.as_secs())])
+        .args(["--timeout", "60s", "-s", script, base])
+        .env("WRK_BODY_FILE", &body_file)
+        .env("WRK_INSTANCES", instances.join(","))
+        .env("WRK_APIKEY", API_KEY);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("cannot run wrk ({e}): install it (`apt-get install wrk`; scripts/bench does)")
+        });
+    std::fs::remove_dir_all(&dir).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "wrk failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("wrk-result "))
+        .unwrap_or_else(|| panic!("no wrk-result line in wrk's output: {stdout}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
+    };
+    let failed: u64 = ["connect", "read", "write", "status", "timeout"]
+        .iter()
+        .map(|f| field(f))
+        .sum();
+    assert_eq!(failed, 0, "failed or non-2xx requests: {line}");
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = field("duration_us") as f64 / 1e6;
+    Load {
+        requests: field("requests"),
+        seconds,
+    }
+}
+
+/// The SQLite outbox's own enqueue rate in this process, on a temporary file with its default
+/// options: 200 000 events of the seed event's shape in batches of 500 over 16 instances, one
+/// ordered webhook delivery each, from 8 concurrent tasks (the shape of the server's batch
+/// ingest). The events are built before the clock starts.
+async fn outbox_enqueue_rate(hook: &str) -> f64 {
+    use evolution_events::{
+        Channel, Destination, EventEnvelope, EventKind, InstanceName, NamingProfile, Scope, WebhookTarget,
+    };
+    use evolution_outbox::{NewDelivery, NewEvent, Outbox as _, SqliteOptions, SqliteOutbox};
+    const BATCHES: usize = 400;
+    const PER_BATCH: usize = 500;
+    let dir = common::temp_dir("bench-outbox");
+    let outbox = Arc::new(
+        SqliteOutbox::open(&dir.join("outbox.db"), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    let data = serde_json::value::to_raw_value(&common::seed_event("MESSAGES_UPSERT")["data"]).unwrap();
+    let destination = Arc::new(Destination::Webhook(WebhookTarget {
+        url: hook.to_owned(),
+        headers: Vec::new(),
+        signing_secrets: Vec::new(),
+    }));
+    let batches: Vec<Vec<NewEvent>> = (0..BATCHES)
+        .map(|b| {
+            let instance = InstanceName::new(&format!("bench-{}", b % 16)).unwrap();
+            let key: Arc<str> = Arc::from(format!("{instance}\u{1f}{}", destination.label()));
+            (0..PER_BATCH)
+                .map(|_| NewEvent {
+                    envelope: EventEnvelope::new(EventKind::MessagesUpsert, instance.clone(), data.clone()),
+                    profile: NamingProfile::Seed,
+                    deliveries: vec![NewDelivery {
+                        channel: Channel::Webhook,
+                        scope: Scope::Instance,
+                        destination: Arc::clone(&destination),
+                        ordering_key: Some(Arc::clone(&key)),
+                    }],
+                })
+                .collect()
+        })
+        .collect();
+    let queue = Arc::new(Mutex::new(batches));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (outbox, queue) = (Arc::clone(&outbox), Arc::clone(&queue));
+            tokio::spawn(async move {
+                loop {
+                    let Some(batch) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    outbox.enqueue(batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = (BATCHES * PER_BATCH) as f64 / start.elapsed().as_secs_f64();
+    outbox.close().await;
+    std::fs::remove_dir_all(&dir).ok();
+    rate
+}
+
+/// What the server says of its SQLite durability: the `/metrics` lines (not comments) whose name
+/// mentions `synchronous` or `durability`, if it exposes any.
+async fn durability(server: &Server) -> Option<String> {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .header("apikey", API_KEY)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && (l.contains("synchronous") || l.contains("durability")))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// `0.13×`.
+fn ratio(rate: f64, of: f64) -> String {
+    format!("{:.3}×", rate / of)
+}
+
+/// A row whose ratio needs the ceiling, known at the end of the run.
+type Later = Box<dyn FnOnce(f64) -> Vec<String>>;
+
+/// The throughput scenarios. The ceiling is measured at the start and at the end of the run (the
+/// machine's load moves in between); every ratio is to the higher of the two.
 async fn throughput(rows: &mut Rows) {
+    let names: Vec<String> = (0..16).map(|i| format!("bench-{i}")).collect();
+    let single = body(1);
+    let label = |what: &str| format!("{what}, 16 instances, {CONNECTIONS} connections");
+    let mut later: Vec<Later> = Vec::new();
+
+    // The ceiling: the same generator, body and connections against a handler that stores nothing.
+    let ceiling_base = ceiling().await;
+    let ceiling_start = wrk(&ceiling_base, &names, &single, CONNECTIONS, INGEST_TIME)
+        .await
+        .rate(1);
+
     // The durable accept path: every event is stored with its webhook delivery, and the receiver
     // never answers, so delivery work does not compete for the CPU.
     let stalled = stalled_receiver().await;
-    let (server, names) = setup("bench-ingest", 8, Some(&stalled), &[]).await;
-    let single = ingest(&server, &names, 64, 1, 20_000).await;
-    rows.push((
-        "durable ingest (stored with a webhook delivery each), single events, 64 producers, 20 000 events (accepted)"
-            .into(),
-        format!("{single:.0} events/s"),
-    ));
-    let batch = ingest(&server, &names, 8, 500, 200_000).await;
-    rows.push((
-        "durable ingest (stored with a webhook delivery each), batches of 500, 8 producers, 200 000 events (accepted)"
-            .into(),
-        format!("{batch:.0} events/s"),
-    ));
+    let (server, names) = setup("bench-ingest", 16, Some(&stalled), &[]).await;
+    if let Some(mode) = durability(&server).await {
+        later.push(Box::new(move |_| {
+            vec![
+                "server's SQLite durability (from /metrics)".into(),
+                mode,
+                String::new(),
+                String::new(),
+            ]
+        }));
+    }
+    let base = server.url("");
+    let single_rate = wrk(&base, &names, &single, CONNECTIONS, INGEST_TIME)
+        .await
+        .rate(1);
+    let what =
+        label("durable ingest (stored with a webhook delivery each, receiver never answers), single events");
+    later.push(Box::new(move |ceiling| {
+        vec![
+            what,
+            format!("{single_rate:.0} events/s"),
+            ratio(single_rate, ceiling),
+            "≥ 0.3× ceiling".into(),
+        ]
+    }));
+    let batch_rate = wrk(&base, &names, &body(500), 8, INGEST_TIME).await.rate(500);
     drop(server);
+    let outbox = outbox_enqueue_rate(&stalled).await;
+    later.push(Box::new(move |_| {
+        vec![
+            "SQLite outbox alone (this process, default options): enqueue, batches of 500, 1 webhook delivery each, 8 tasks".into(),
+            format!("{outbox:.0} events/s"),
+            String::new(),
+            String::new(),
+        ]
+    }));
+    later.push(Box::new(move |_| {
+        vec![
+            "durable ingest (stored with a webhook delivery each, receiver never answers), batches of 500, 16 instances, 8 connections"
+                .into(),
+            format!("{batch_rate:.0} events/s"),
+            format!("{} outbox alone", ratio(batch_rate, outbox)),
+            "≥ 0.8× outbox alone".into(),
+        ]
+    }));
 
-    // Accept and deliver to a loopback webhook receiver, per-instance order kept (default).
-    for (label, ordered, producers, per_request) in [
+    // Accept and deliver to a loopback webhook receiver that answers 200 at once.
+    for (what, env, connections, per_request, bar) in [
         (
-            "single events → webhook, ordered per instance, 64 producers, 16 instances",
-            "true",
-            64,
+            "single events → webhook, ordered per instance (default)",
+            vec![],
+            CONNECTIONS,
             1,
+            "",
         ),
         (
-            "single events → webhook, unordered, 64 producers, 16 instances",
-            "false",
-            64,
+            "single events → webhook, ordered per instance (default), signed (WEBHOOK_SIGNING_SECRET)",
+            vec![("WEBHOOK_SIGNING_SECRET", SIGNING_SECRET)],
+            CONNECTIONS,
             1,
+            "≥ 0.12× ceiling",
         ),
         (
-            "batches of 100 → webhook, ordered per instance, 8 producers, 16 instances",
-            "true",
+            "single events → webhook, unordered (WEBHOOK_ORDERED=false)",
+            vec![("WEBHOOK_ORDERED", "false")],
+            CONNECTIONS,
+            1,
+            "",
+        ),
+        (
+            "batches of 100 → webhook, ordered per instance (default)",
+            vec![],
             8,
             100,
+            "",
         ),
     ] {
         let (url, count) = counting_receiver().await;
-        let (server, names) = setup(
-            "bench-deliver",
-            16,
-            Some(&url),
-            &[("WEBHOOK_ORDERED", ordered), ("WEBHOOK_WORKERS", "64")],
+        // A request the receiver fails now and then (a connection closed under load) is retried
+        // within 1–2 s instead of the default 5 s and more, which would stall an ordered instance.
+        let mut env = env;
+        env.extend([
+            ("WEBHOOK_WORKERS", "64"),
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "100"),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "2"),
+        ]);
+        let (server, names) = setup("bench-deliver", 16, Some(&url), &env).await;
+        let start = Instant::now();
+        let load = wrk(
+            &server.url(""),
+            &names,
+            &body(per_request),
+            connections,
+            DELIVER_TIME,
         )
         .await;
-        let total = 20_000;
-        let start = Instant::now();
-        let accepted = ingest(&server, &names, producers, per_request, total).await;
-        let delivered = wait_delivered(&count, u64::try_from(total).unwrap(), start).await;
-        rows.push((format!("{label} (accepted)"), format!("{accepted:.0} events/s")));
-        rows.push((
-            format!("{label} (accepted and delivered)"),
-            format!("{delivered:.0} events/s"),
-        ));
+        let accepted = load.rate(per_request);
+        let delivered = wait_delivered(&count, load.requests * per_request as u64, start).await;
+        let what = format!("{what}, 16 instances, {connections} connections");
+        let accepted_what = format!("{what}: accepted");
+        later.push(Box::new(move |ceiling| {
+            vec![
+                accepted_what,
+                format!("{accepted:.0} events/s"),
+                ratio(accepted, ceiling),
+                String::new(),
+            ]
+        }));
+        later.push(Box::new(move |ceiling| {
+            vec![
+                format!("{what}: accepted and delivered (first request → last delivery)"),
+                format!("{delivered:.0} events/s"),
+                ratio(delivered, ceiling),
+                bar.into(),
+            ]
+        }));
         drop(server);
     }
+
+    let ceiling_end = wrk(&ceiling_base, &names, &single, CONNECTIONS, INGEST_TIME)
+        .await
+        .rate(1);
+    let ceiling = ceiling_start.max(ceiling_end);
+    rows.push(vec![
+        label("**ceiling**: bare axum handler (apikey checked, body read, 202 with ids, nothing stored), single events"),
+        format!("{ceiling:.0} requests/s (start {ceiling_start:.0}, end {ceiling_end:.0})"),
+        "1.000×".into(),
+        String::new(),
+    ]);
+    rows.extend(later.into_iter().map(|row| row(ceiling)));
+}
+
+/// The ceiling driven by the reqwest generator (64 tasks, one event per request, the same seed
+/// body, 16 instances) and by `wrk` (64 connections): which one drives it at full speed.
+async fn generators(rows: &mut Rows) {
+    let names: Vec<String> = (0..16).map(|i| format!("bench-{i}")).collect();
+    let base = ceiling().await;
+    let single = bytes::Bytes::from(body(1));
+    let requests: u64 = 200_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (client, next, base, names, single) = (
+                client.clone(),
+                Arc::clone(&next),
+                base.clone(),
+                names.clone(),
+                single.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= requests {
+                        break;
+                    }
+                    let instance = &names[usize::try_from(n).unwrap() % names.len()];
+                    let resp = client
+                        .post(format!("{base}/events/{instance}"))
+                        .header("apikey", API_KEY)
+                        .header("content-type", "application/json")
+                        .body(single.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status().as_u16(), 202);
+                    resp.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let reqwest_rate = requests as f64 / start.elapsed().as_secs_f64();
+    let wrk_rate = wrk(&base, &names, &single, CONNECTIONS, INGEST_TIME)
+        .await
+        .rate(1);
+    rows.push(row(
+        format!("ceiling driven by reqwest in the bench process ({CONNECTIONS} tasks, {requests} requests)"),
+        format!("{reqwest_rate:.0} requests/s"),
+    ));
+    rows.push(row(
+        format!(
+            "ceiling driven by wrk ({CONNECTIONS} connections, {} s)",
+            INGEST_TIME.as_secs()
+        ),
+        format!("{wrk_rate:.0} requests/s"),
+    ));
 }
 
 /// When each event (by its number `n`, carried as `data.key.id = MSG{n}`) arrived.
@@ -396,7 +807,7 @@ async fn latency(rows: &mut Rows) {
         ("due → NATS subscriber", &nats),
     ] {
         let (n, text) = latencies(&due, &arrivals.lock().unwrap());
-        rows.push((format!("{label}: {what}"), format!("{n} / {events}; {text}")));
+        rows.push(row(format!("{label}: {what}"), format!("{n} / {events}; {text}")));
     }
     drop(server);
 }
@@ -483,11 +894,11 @@ async fn isolation(rows: &mut Rows) {
     let label = format!(
         "{EVENTS} events in batches of 100 → webhook + NATS (16 instances): healthy deliveries/s, best of 2"
     );
-    rows.push((
+    rows.push(row(
         format!("{label}, alone (runs: {})", list(false)),
         format!("{healthy:.0}"),
     ));
-    rows.push((
+    rows.push(row(
         format!(
             "{label}, with a 17th instance whose webhook never answers (runs: {})",
             list(true)
@@ -574,22 +985,22 @@ async fn footprint(rows: &mut Rows) {
     }
     let drain = back.elapsed();
     let (after, peak) = rss(pid);
-    rows.push((
-        "server RSS, idle (16 instances, no events)".into(),
+    rows.push(row(
+        "server RSS, idle (16 instances, no events; bar ≤ 30 MB)",
         format!("{idle:.1} MB"),
     ));
-    rows.push((
+    rows.push(row(
         format!("accepting {EVENTS} events in batches of 500, receiver down"),
         format!(
             "{:.1} s ({accepted:.0} events/s), SQLite files {disk:.0} MB",
             ingest_time.as_secs_f64()
         ),
     ));
-    rows.push((
-        format!("server RSS with {EVENTS} pending deliveries (peak while accepting)"),
+    rows.push(row(
+        format!("server RSS with {EVENTS} pending deliveries (peak while accepting; bar ≤ 200 MB)"),
         format!("{pending:.1} MB ({peak_ingest:.1} MB)"),
     ));
-    rows.push((
+    rows.push(row(
         format!("drain of {EVENTS} once the receiver is back (first delivery after)"),
         format!(
             "{:.1} s, {:.0} deliveries/s ({:.1} s)",
@@ -598,10 +1009,154 @@ async fn footprint(rows: &mut Rows) {
             first.unwrap_or_default().as_secs_f64()
         ),
     ));
-    rows.push((
-        "server RSS after the drain (peak over the run)".into(),
+    rows.push(row(
+        "server RSS after the drain (peak over the run)",
         format!("{after:.1} MB ({peak:.1} MB)"),
     ));
+    drop(server);
+    // The footprint's table now, so that it is not lost if the retention phase fails.
+    print_table(&["footprint", "result"], rows);
+    rows.clear();
+    retention(rows).await;
+}
+
+/// The retention the `retention` phase gives the server (`OUTBOX_RETENTION`).
+const RETENTION: &str = "1s";
+
+/// The SQLite files under a steady load with a short retention: 1 000 000 events in batches of
+/// 500 over 16 instances, posted while fewer than 20 000 wait for delivery (so the load follows
+/// what delivery sustains), delivered to a loopback receiver, `OUTBOX_RETENTION=1s`; the size at
+/// every 100 000 delivered, after the last delivery, and once the last event is pruned
+/// (`GET /events/{instance}/{id}` answers 404). A server whose first event is still there after the
+/// whole load does not prune with that setting (a build without `OUTBOX_RETENTION`: the server
+/// ignores variables it does not know): the pruning row then says "n/a".
+async fn retention(rows: &mut Rows) {
+    const EVENTS: u64 = 1_000_000;
+    const BATCH: usize = 500;
+    const WINDOW: u64 = 20_000;
+    const STEP: u64 = 100_000;
+    let (hook, count) = counting_receiver().await;
+    let (mut server, names) = setup(
+        "bench-retention",
+        16,
+        Some(&hook),
+        &[("OUTBOX_RETENTION", RETENTION), ("WEBHOOK_WORKERS", "64")],
+    )
+    .await;
+
+    // The size at every STEP delivered, from a task watching the receiver's count.
+    let dir = server.data_dir.clone();
+    let watched = Arc::clone(&count);
+    let sampler = tokio::spawn(async move {
+        let mut sizes = Vec::new();
+        let mut next = STEP;
+        while next <= EVENTS {
+            if watched.load(Ordering::Relaxed) >= next {
+                sizes.push(dir_size_mb(&dir));
+                next += STEP;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sizes
+    });
+
+    let batch = bytes::Bytes::from(body(BATCH));
+    let mut sent = 0;
+    let mut first = None;
+    let mut last = None;
+    let start = Instant::now();
+    for n in 0.. {
+        if sent >= EVENTS {
+            break;
+        }
+        while sent.saturating_sub(count.load(Ordering::Relaxed)) >= WINDOW {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let instance = &names[n % names.len()];
+        let resp = server
+            .client
+            .post(server.url(&format!("/events/{instance}")))
+            .header("apikey", API_KEY)
+            .header("content-type", "application/json")
+            .body(batch.clone())
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => panic!(
+                "POST failed after {sent} events ({e}); the server: {:?}",
+                server.child.try_wait()
+            ),
+        };
+        assert_eq!(resp.status().as_u16(), 202);
+        let ids: Value = resp.json().await.unwrap();
+        let id = |i: usize| (instance.clone(), ids["ids"][i].as_str().unwrap().to_owned());
+        first.get_or_insert_with(|| id(0));
+        last = Some(id(BATCH - 1));
+        sent += BATCH as u64;
+    }
+    wait_delivered(&count, EVENTS, start).await;
+    let took = start.elapsed();
+    let sizes = sampler.await.unwrap();
+    let delivered_size = dir_size_mb(&server.data_dir);
+    let gone = async |(instance, id): &(String, String)| {
+        server
+            .call("GET", &format!("/events/{instance}/{id}"), Some(API_KEY), None)
+            .await
+            .0
+            == 404
+    };
+    let first_gone = gone(first.as_ref().unwrap()).await;
+    let pruned = if !first_gone {
+        "n/a: the first event was still there after the whole load (this server build does not prune \
+         with OUTBOX_RETENTION)"
+            .to_owned()
+    } else {
+        // The writer prunes on its own schedule: wait (at most 6 minutes) for the last event to go.
+        let last = last.unwrap();
+        let waited = Instant::now();
+        let mut size = None;
+        while waited.elapsed() < Duration::from_secs(360) {
+            if gone(&last).await {
+                size = Some(dir_size_mb(&server.data_dir));
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        size.map_or_else(
+            || "the last event was not pruned within 360 s".to_owned(),
+            |mb| {
+                format!(
+                    "{mb:.0} MB, {:.0} s after the last delivery",
+                    waited.elapsed().as_secs_f64()
+                )
+            },
+        )
+    };
+    let label = format!(
+        "SQLite files under a steady load, OUTBOX_RETENTION={RETENTION} ({EVENTS} events in batches of 500, ≤ {WINDOW} waiting, \
+         delivered to a loopback receiver, 16 instances)"
+    );
+    rows.push(row(
+        format!("{label}: at every {STEP} delivered"),
+        sizes
+            .iter()
+            .map(|mb| format!("{mb:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " MB",
+    ));
+    #[allow(clippy::cast_precision_loss)]
+    let rate = EVENTS as f64 / took.as_secs_f64();
+    rows.push(row(
+        format!("{label}: after the last delivery (first event already pruned?)"),
+        format!(
+            "{delivered_size:.0} MB after {:.0} s, {rate:.0} events/s ({})",
+            took.as_secs_f64(),
+            if first_gone { "yes" } else { "no" }
+        ),
+    ));
+    rows.push(row(format!("{label}: once the last event is pruned"), pruned));
     drop(server);
 }
 
@@ -611,26 +1166,54 @@ async fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let all = ["throughput", "latency", "isolation", "footprint"];
+    let default = ["throughput", "latency", "isolation", "footprint"];
+    let all = ["throughput", "latency", "isolation", "footprint", "generators"];
     if let Some(unknown) = wanted.iter().find(|w| !all.contains(&w.as_str())) {
         panic!("unknown scenario `{unknown}`: choose from {all:?}");
     }
-    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let run = |name: &str| {
+        if wanted.is_empty() {
+            default.contains(&name)
+        } else {
+            wanted.iter().any(|w| w == name)
+        }
+    };
     for name in all {
         if !run(name) {
             continue;
         }
         let mut rows = Rows::new();
-        match name {
-            "throughput" => throughput(&mut rows).await,
-            "latency" => latency(&mut rows).await,
-            "isolation" => isolation(&mut rows).await,
-            _ => footprint(&mut rows).await,
-        }
-        println!("\n| {name} | result |");
-        println!("|---|---:|");
-        for (label, value) in &rows {
-            println!("| {label} | {value} |");
-        }
+        let head: &[&str] = match name {
+            "throughput" => {
+                throughput(&mut rows).await;
+                &["throughput", "rate", "ratio", "bar"]
+            }
+            "latency" => {
+                latency(&mut rows).await;
+                &["latency", "result"]
+            }
+            "isolation" => {
+                isolation(&mut rows).await;
+                &["isolation", "result"]
+            }
+            "generators" => {
+                generators(&mut rows).await;
+                &["generators", "result"]
+            }
+            _ => {
+                footprint(&mut rows).await;
+                &["footprint: retention", "result"]
+            }
+        };
+        print_table(head, &rows);
+    }
+}
+
+/// Prints a Markdown table.
+fn print_table(head: &[&str], rows: &Rows) {
+    println!("\n| {} |", head.join(" | "));
+    println!("|---|{}", "---:|".repeat(head.len() - 1));
+    for cells in rows {
+        println!("| {} |", cells.join(" | "));
     }
 }
