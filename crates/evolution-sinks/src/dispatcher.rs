@@ -204,6 +204,13 @@ struct ChannelCtx {
     in_flight: usize,
     ordered: bool,
     counters: Counters,
+    /// Whether an idle worker of the channel watches the outbox's notifier. One idle worker watches;
+    /// the others wait on `idle`, so a commit wakes one worker instead of every idle one (each of
+    /// which would ask the outbox for work, mostly in vain).
+    watching: AtomicBool,
+    /// Wakes one idle worker that is not watching: a worker that claimed work wakes the next, which
+    /// looks for more (and watches the outbox if it finds none).
+    idle: tokio::sync::Notify,
 }
 
 /// Builds a [`Dispatcher`].
@@ -272,6 +279,8 @@ impl DispatcherBuilder {
                 sink,
                 config,
                 counters: Counters::default(),
+                watching: AtomicBool::new(false),
+                idle: tokio::sync::Notify::new(),
             };
             if channels.insert(channel, Arc::new(ctx)).is_some() {
                 return Err(BuildError::DuplicateChannel(channel));
@@ -563,6 +572,15 @@ impl Worker {
                 if closing {
                     return;
                 }
+                if self.ctx.watching.swap(true, Ordering::AcqRel) {
+                    // Another idle worker watches the outbox (its notifier and the next retry):
+                    // wait until a worker that found work wakes this one.
+                    tokio::select! {
+                        () = self.ctx.idle.notified() => {}
+                        _ = self.closing.changed() => {}
+                    }
+                    continue;
+                }
                 let wait = match self.outbox.next_due(self.ctx.channel).await {
                     Ok(Some(wait)) => wait.max(Duration::from_millis(1)),
                     Ok(None) | Err(_) => IDLE_WAIT,
@@ -572,8 +590,11 @@ impl Worker {
                     () = tokio::time::sleep(wait) => {}
                     _ = self.closing.changed() => {}
                 }
+                self.ctx.watching.store(false, Ordering::Release);
                 continue;
             }
+            // While this worker delivers, one more looks for work.
+            self.ctx.idle.notify_one();
             self.deliver(batch).await;
         }
     }
