@@ -396,26 +396,6 @@ async fn outbox_enqueue_rate(hook: &str) -> f64 {
     rate
 }
 
-/// What the server says of its SQLite durability: the `/metrics` lines (not comments) whose name
-/// mentions `synchronous` or `durability`, if it exposes any.
-async fn durability(server: &Server) -> Option<String> {
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .header("apikey", API_KEY)
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && (l.contains("synchronous") || l.contains("durability")))
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("; "))
-}
-
 /// `0.13×`.
 fn ratio(rate: f64, of: f64) -> String {
     format!("{:.3}×", rate / of)
@@ -441,23 +421,21 @@ async fn throughput(rows: &mut Rows) {
     // The durable accept path: every event is stored with its webhook delivery, and the receiver
     // never answers, so delivery work does not compete for the CPU.
     let stalled = stalled_receiver().await;
-    let (server, names) = setup("bench-ingest", 16, Some(&stalled), &[]).await;
-    if let Some(mode) = durability(&server).await {
-        later.push(Box::new(move |_| {
-            vec![
-                "server's SQLite durability (from /metrics)".into(),
-                mode,
-                String::new(),
-                String::new(),
-            ]
-        }));
-    }
+    // Single events, then batches, pile up on this server for 2 × INGEST_TIME: room for them all.
+    let (server, names) = setup(
+        "bench-ingest",
+        16,
+        Some(&stalled),
+        &[("EVENTS_MAX_BACKLOG", "50000000")],
+    )
+    .await;
     let base = server.url("");
     let single_rate = wrk(&base, &names, &single, CONNECTIONS, INGEST_TIME)
         .await
         .rate(1);
-    let what =
-        label("durable ingest (stored with a webhook delivery each, receiver never answers), single events");
+    let what = label(
+        "durable ingest (stored with a webhook delivery each, receiver never answers), single events, OUTBOX_SYNCHRONOUS=full (default: survives a power loss)",
+    );
     later.push(Box::new(move |ceiling| {
         vec![
             what,
@@ -468,6 +446,30 @@ async fn throughput(rows: &mut Rows) {
     }));
     let batch_rate = wrk(&base, &names, &body(500), 8, INGEST_TIME).await.rate(500);
     drop(server);
+    // The same single-event ingest with the faster durability setting (a killed process loses
+    // nothing; a power loss may lose the last commits).
+    let (server, names) = setup(
+        "bench-ingest-normal",
+        16,
+        Some(&stalled),
+        &[("OUTBOX_SYNCHRONOUS", "normal")],
+    )
+    .await;
+    let normal_rate = wrk(&server.url(""), &names, &single, CONNECTIONS, INGEST_TIME)
+        .await
+        .rate(1);
+    drop(server);
+    let what = label(
+        "durable ingest as above, single events, OUTBOX_SYNCHRONOUS=normal (survives a killed process, not a power loss)",
+    );
+    later.push(Box::new(move |ceiling| {
+        vec![
+            what,
+            format!("{normal_rate:.0} events/s"),
+            ratio(normal_rate, ceiling),
+            String::new(),
+        ]
+    }));
     let outbox = outbox_enqueue_rate(&stalled).await;
     later.push(Box::new(move |_| {
         vec![

@@ -20,9 +20,6 @@ use std::process::ExitCode;
 use crate::app::App;
 use crate::config::Config;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str =
     "usage: evolution-server [--config FILE]\n       evolution-server config check [--config FILE]";
 
