@@ -215,6 +215,62 @@ async fn purge_deletes_attempts_and_events_left_without_deliveries() {
     outbox.close().await;
 }
 
+/// A database written by the versions that ran their schema steps with sqlx: the steps recorded
+/// in `_sqlx_migrations`, `user_version` 0, and data in it.
+#[tokio::test]
+async fn a_database_of_an_earlier_version_opens_with_its_data() {
+    let db = TempDb::new("legacy");
+    std::fs::create_dir_all(db.path.parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db.path).unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_outbox.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../migrations/0002_event_uuid.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, execution_time BIGINT NOT NULL); \
+             INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (1, 'outbox', TRUE, x'00', 1), (2, 'event uuid', TRUE, x'00', 1); \
+             INSERT INTO sequences (instance, last) VALUES ('a', 41);",
+        )
+        .unwrap();
+    }
+    let outbox = open(&db).await;
+    let stored = outbox.enqueue(vec![event("a", 1, None)]).await.unwrap();
+    assert_eq!(
+        stored[0].sequence(),
+        42,
+        "the sequence continues from the old data"
+    );
+    outbox.close().await;
+    let version: i64 = rusqlite::Connection::open(&db.path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2, "the steps recorded by sqlx count as applied");
+    // And it opens again (no step runs twice).
+    let outbox = open(&db).await;
+    assert_eq!(outbox.stats(CH).await.unwrap().pending, 1);
+    outbox.close().await;
+}
+
+/// A schema newer than this build is refused with a message saying so.
+#[tokio::test]
+async fn a_database_of_a_newer_version_is_refused() {
+    let db = TempDb::new("newer");
+    std::fs::create_dir_all(db.path.parent().unwrap()).unwrap();
+    rusqlite::Connection::open(&db.path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteOutbox::open(&db.path, SqliteOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("newer version"), "{err}");
+}
+
 #[tokio::test]
 async fn one_outbox_per_file_at_a_time() {
     let db = TempDb::new("lock");
