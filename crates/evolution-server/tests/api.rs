@@ -388,11 +388,13 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
     assert!(messages(&resp).contains("id: no event"), "{resp}");
 }
 
-#[tokio::test]
-async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
+/// A server whose instance `acme` posted one `CALL` event to a receiver answering 404: its delivery
+/// and the `ERRORS` event that follows both die (404 is non-retryable; the dead delivery of an
+/// `ERRORS` event raises nothing, so no loop). Returns once both are in the dead letters.
+async fn two_dead_deliveries(name: &str) -> (Receiver, Server, Vec<Value>) {
     let receiver = Receiver::start().await;
     receiver.set_status(404);
-    let server = Server::start("dead", &[]).await;
+    let server = Server::start(name, &[]).await;
     let webhook = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["CALL", "ERRORS"]});
     let (status, _) = create(&server, json!({"instanceName": "acme", "webhook": webhook})).await;
     assert_eq!(status, 201);
@@ -405,7 +407,6 @@ async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
         )
         .await;
     assert_eq!(status, 202);
-    // 404 is non-retryable: dead at once, and an ERRORS event follows (its own delivery dies too: no loop).
     let mut dead = Value::Null;
     for _ in 0..200 {
         dead = server
@@ -419,6 +420,12 @@ async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
     }
     let dead = dead.as_array().unwrap().clone();
     assert_eq!(dead.len(), 2, "{dead:?}");
+    (receiver, server, dead)
+}
+
+#[tokio::test]
+async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
+    let (receiver, server, dead) = two_dead_deliveries("dead").await;
     let call = dead.iter().find(|d| d["event"] == "CALL").unwrap();
     assert_eq!(call["attempts"], 1);
     assert_eq!(call["attempt_log"][0]["status"], 404);
@@ -465,34 +472,7 @@ async fn dead_deliveries_are_logged_raise_errors_and_can_be_retried() {
 
 #[tokio::test]
 async fn dead_deliveries_can_be_purged() {
-    let receiver = Receiver::start().await;
-    receiver.set_status(404);
-    let server = Server::start("purge", &[]).await;
-    let webhook = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["CALL", "ERRORS"]});
-    let (status, _) = create(&server, json!({"instanceName": "acme", "webhook": webhook})).await;
-    assert_eq!(status, 201);
-    let (status, _) = server
-        .call(
-            "POST",
-            "/events/acme",
-            Some(API_KEY),
-            Some(json!({"event": "CALL", "data": {}})),
-        )
-        .await;
-    assert_eq!(status, 202);
-    // 404 is non-retryable: the CALL delivery and its ERRORS event both die.
-    let mut dead = 0;
-    for _ in 0..200 {
-        let (_, list) = server
-            .call("GET", "/deliveries/acme?status=dead", Some(API_KEY), None)
-            .await;
-        dead = list.as_array().unwrap().len();
-        if dead >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(dead, 2);
+    let (_receiver, server, _) = two_dead_deliveries("purge").await;
     let (status, resp) = server
         .call(
             "DELETE",
