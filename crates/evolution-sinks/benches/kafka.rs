@@ -22,6 +22,8 @@
 //! each rate — run it under `perf record` or `valgrind --tool=callgrind`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -313,18 +315,7 @@ async fn pipeline(
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
     let start = Instant::now();
-    let mut envelopes = envelopes.into_iter();
-    loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(&settings)))
-            .collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, envelopes, &settings).await;
     while dispatcher.counters(Channel::Kafka).unwrap().delivered < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -345,10 +336,7 @@ async fn pipeline_paced(
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
-    let sent = paced(envelopes, RATE, async |envelope| {
-        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     latency

@@ -13,6 +13,8 @@
 //! acknowledged, just before the dispatcher settles it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -256,18 +258,7 @@ async fn pipeline(server: &Server, instances: &[String]) -> f64 {
     let dispatcher = start(None);
     let settings = server.settings();
     let start = Instant::now();
-    let mut envelopes = events(instances).into_iter();
-    loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(&settings)))
-            .collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, events(instances), &settings).await;
     while dispatcher.counters(Channel::Pusher).unwrap().delivered < EVENTS as u64 {
         let counters = dispatcher.counters(Channel::Pusher).unwrap();
         assert_eq!(counters.dead, 0, "dead Pusher deliveries: {counters:?}");
@@ -286,10 +277,7 @@ async fn pipeline_paced(server: &Server, instances: &[String]) -> (Duration, Dur
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
-    let sent = paced(envelopes, RATE, async |envelope| {
-        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     latency

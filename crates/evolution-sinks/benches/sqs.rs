@@ -14,6 +14,8 @@
 //! acknowledged, just before the dispatcher settles it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -238,18 +240,7 @@ async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
         .map(|i| envelope(&instances[(i / 10) % instances.len()], i))
         .collect();
     let start = Instant::now();
-    let mut envelopes = envelopes.into_iter();
-    loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(&settings)))
-            .collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, envelopes, &settings).await;
     while dispatcher.counters(Channel::Sqs).unwrap().delivered < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -265,10 +256,7 @@ async fn pipeline_paced(endpoint: &str, run: &str, instances: &[String]) -> (Dur
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
-    let sent = paced(envelopes, RATE, async |envelope| {
-        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     latency

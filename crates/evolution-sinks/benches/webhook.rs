@@ -10,6 +10,8 @@
 //! Run: `cargo bench -p evolution-sinks --bench webhook` — prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -195,18 +197,7 @@ async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -
     let (dispatcher, settings) = start(url);
     let before = count.load(Ordering::Relaxed);
     let start = Instant::now();
-    let mut envelopes = envelopes.into_iter();
-    loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(&settings)))
-            .collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, envelopes, &settings).await;
     wait(count, before + EVENTS as u64).await;
     let r = rate(start);
     dispatcher.shutdown(Duration::from_secs(5)).await;
@@ -222,10 +213,7 @@ async fn pipeline_paced(url: &str, envelopes: Vec<EventEnvelope>) -> HashMap<Str
     while dispatcher.counters(Channel::Webhook).unwrap().delivered < 1 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let sent = paced(envelopes, RATE, async |envelope| {
-        dispatcher.emit(envelope, Some(&settings)).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
     // Delivered by now or soon: the caller waits for the arrivals before shutting down.
     let watcher = dispatcher.clone();
     tokio::spawn(async move {
