@@ -70,6 +70,19 @@ async fn open(db: &TempDb) -> SqliteOutbox {
         .unwrap()
 }
 
+/// Opens `db` keeping delivered deliveries for `retention`.
+async fn open_with_retention(db: &TempDb, retention: Duration) -> SqliteOutbox {
+    SqliteOutbox::open(
+        &db.path,
+        SqliteOptions {
+            delivered_retention: retention,
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn event(instance: &str, deliveries: usize, key: Option<&str>) -> NewEvent {
     event_on(CH, instance, deliveries, key)
 }
@@ -625,15 +638,7 @@ fn survives_sigkill() {
 #[tokio::test]
 async fn pruning_forgets_old_deliveries() {
     let db = TempDb::new("prune");
-    let outbox = SqliteOutbox::open(
-        &db.path,
-        SqliteOptions {
-            delivered_retention: Duration::ZERO,
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let outbox = open_with_retention(&db, Duration::ZERO).await;
     outbox
         .enqueue(vec![event("a", 2, None), event("a", 1, None)])
         .await
@@ -681,15 +686,7 @@ async fn pruning_forgets_old_deliveries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_prunes_by_itself() {
     let db = TempDb::new("auto-prune");
-    let outbox = SqliteOutbox::open(
-        &db.path,
-        SqliteOptions {
-            delivered_retention: Duration::from_secs(1),
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let outbox = open_with_retention(&db, Duration::from_secs(1)).await;
     // More than two prune steps (1 000 each) of delivered deliveries, and one that stays pending.
     for _ in 0..5 {
         let events = (0..500).map(|_| event("a", 1, None)).collect();
@@ -752,15 +749,7 @@ async fn the_writer_prunes_by_itself() {
 #[tokio::test]
 async fn dead_letters_are_kept_until_purged() {
     let db = TempDb::new("purge-kept");
-    let outbox = SqliteOutbox::open(
-        &db.path,
-        SqliteOptions {
-            delivered_retention: Duration::ZERO,
-            ..SqliteOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let outbox = open_with_retention(&db, Duration::ZERO).await;
     outbox
         .enqueue(vec![
             event("a", 1, None),
