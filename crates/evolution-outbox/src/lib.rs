@@ -6,13 +6,18 @@
 //!
 //! Backends: [`MemoryOutbox`] (the library default, bounded, lost on exit, keeps no delivery
 //! history); `SqliteOutbox` (feature `sqlite`: the server's embedded default, durable across
-//! crashes, with a delivery log) implements the same trait and [`Store`].
+//! crashes, with a delivery log) and `PostgresOutbox` (feature `postgres`: several server
+//! replicas on one database) implement the same trait and [`Store`].
 //!
 //! Ordering: a delivery enqueued with an ordering key is claimable only when every earlier
 //! delivery with that key has been delivered or given up, and never while another batch of that
 //! key is in flight. Deliveries without a key go out concurrently.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "test-util")]
@@ -32,8 +37,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use memory::{DEFAULT_CAPACITY, DEFAULT_EVENT_HISTORY, MemoryOutbox};
+#[cfg(feature = "postgres")]
+pub use postgres::{DEFAULT_SCHEMA, PostgresOptions, PostgresOutbox};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{DEFAULT_RETENTION, Durability, SqliteOptions, SqliteOutbox, WriteStats};
+pub use sqlite::{Durability, SqliteOptions, SqliteOutbox, WriteStats};
+
+/// Default unsettled deliveries per channel of the durable backends (SQLite, PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const DURABLE_CAPACITY: usize = 1_000_000;
+/// Default time the durable backends keep delivered deliveries for the delivery log.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A delivery to store with its event.
 #[derive(Clone, Debug)]
@@ -443,4 +456,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// # Errors
     /// Storage errors.
     async fn delete_instance(&self, name: &InstanceName) -> Result<bool, StoreError>;
+
+    /// A receiver whose value changes whenever instances or their settings may have been changed
+    /// by another process sharing the storage (server replicas on one database), so that the
+    /// caller reloads them; `None` when no other process can (the default).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -1,12 +1,12 @@
 //! Storing accepted events and their deliveries.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use evolution_events::{Channel, EventEnvelope};
 use rusqlite::{Connection, params};
 
-use super::decode::scope_str;
+use super::decode::{DestinationJson, scope_str};
 use super::writer::{Cache, Staged, WriteError, db};
 use super::{READY, WAITING, to_i64};
 use crate::NewEvent;
@@ -71,27 +71,15 @@ impl EnqueueRun {
                 });
             }
         }
-        let mut json: HashMap<usize, Arc<str>> = HashMap::new();
+        let mut json = DestinationJson::default();
         let mut destinations: Vec<Vec<Arc<str>>> = Vec::with_capacity(events.len());
         for event in &events {
-            let mut of_event = Vec::with_capacity(event.deliveries.len());
-            for d in &event.deliveries {
-                let ptr = Arc::as_ptr(&d.destination) as usize;
-                if let Some(text) = json.get(&ptr) {
-                    of_event.push(Arc::clone(text));
-                    continue;
-                }
-                let text: Arc<str> = serde_json::to_string(&*d.destination)
-                    .map_err(|e| {
-                        WriteError::Storage(format!(
-                            "could not serialize a {} destination: {e}; this is a bug, please report it",
-                            d.channel
-                        ))
-                    })?
-                    .into();
-                json.insert(ptr, Arc::clone(&text));
-                of_event.push(text);
-            }
+            let of_event = event
+                .deliveries
+                .iter()
+                .map(|d| json.of(d.channel, &d.destination))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(WriteError::Storage)?;
             destinations.push(of_event);
         }
         for event in &events {

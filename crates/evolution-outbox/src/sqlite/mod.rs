@@ -24,7 +24,7 @@ use chrono::Utc;
 use evolution_events::{Channel, Delivery, EventEnvelope, InstanceName, InstanceSettings, Uuid};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use open::{DEFAULT_RETENTION, Durability, SqliteOptions};
+pub use open::{Durability, SqliteOptions};
 
 use self::open::Opener;
 use self::read::{ReadError, Reader};
@@ -39,18 +39,7 @@ use crate::{
 /// shorter, but not more than once a second.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-// Delivery states (the `deliveries.state` column).
-/// Pending and claimable once due: unordered, or the head of its ordering key with nothing of that
-/// key in flight.
-const READY: i64 = 0;
-/// Claimed, not settled.
-const IN_FLIGHT: i64 = 1;
-/// Delivered; kept for the delivery log until pruned.
-const DELIVERED: i64 = 2;
-/// Given up.
-const DEAD: i64 = 3;
-/// Pending behind the head of its ordering key, or while its key is in flight.
-const WAITING: i64 = 4;
+use crate::rows::{DEAD, DELIVERED, READY, WAITING, duration_ms, to_i64};
 
 /// Counters of the writer's work since the outbox was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -316,13 +305,6 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
 
 #[async_trait]
 impl Outbox for SqliteOutbox {

@@ -7,10 +7,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::OutboxError;
 
-/// Default [`SqliteOptions::capacity`]: unsettled deliveries per channel.
-const DEFAULT_CAPACITY: usize = 1_000_000;
-/// Default [`SqliteOptions::delivered_retention`].
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a connection waits for a lock held by another connection.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Statements each connection keeps prepared.
@@ -74,9 +70,9 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
-            capacity: DEFAULT_CAPACITY,
+            capacity: crate::DURABLE_CAPACITY,
             durability: Durability::default(),
-            delivered_retention: DEFAULT_RETENTION,
+            delivered_retention: crate::DEFAULT_RETENTION,
         }
     }
 }

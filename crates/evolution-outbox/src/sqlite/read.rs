@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use evolution_events::{Channel, Delivery, InstanceName, NamingProfile, Uuid};
+use evolution_events::{Channel, Delivery, InstanceName, Uuid};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::decode::{DELIVERY_SELECT, Decoder, attempt_record, envelope, get, log_record};
+use super::decode::{DELIVERY_SELECT, Decoder, attempt_record, log_record, stored_event};
 use super::open::Opener;
 use super::to_i64;
 use crate::{
@@ -154,13 +154,7 @@ pub(super) fn event(
          FROM events WHERE uuid = ?1 AND instance = ?2 LIMIT 1",
     )?
     .query_row(params![id.to_string(), instance.as_str()], |row| {
-        Ok(envelope(row).and_then(|envelope| {
-            let profile: String = get(row, "profile")?;
-            Ok(StoredEvent {
-                envelope: Arc::new(envelope),
-                profile: NamingProfile::parse(&profile).map_err(|e| e.to_string())?,
-            })
-        }))
+        Ok(stored_event(row))
     })
     .optional()
 }
