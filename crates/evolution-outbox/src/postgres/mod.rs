@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use evolution_events::{Channel, Delivery, EventEnvelope, InstanceName, InstanceSettings, Uuid};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, Row};
+use sqlx::{PgConnection, Row};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use schema::DEFAULT_SCHEMA;
@@ -607,17 +607,14 @@ impl Store for PostgresOutbox {
 }
 
 /// Sends the NOTIFY of `topic` with each of `payloads` on `executor` (delivered at its commit).
-async fn notify<'e, E>(executor: E, topic: &str, payloads: &[&str]) -> Result<(), DbError>
-where
-    E: Executor<'e, Database = sqlx::Postgres>,
-{
+async fn notify(conn: &mut PgConnection, topic: &str, payloads: &[&str]) -> Result<(), DbError> {
     if payloads.is_empty() {
         return Ok(());
     }
     sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind(topic)
         .bind(payloads)
-        .execute(executor)
+        .execute(conn)
         .await?;
     Ok(())
 }
@@ -626,3 +623,4 @@ where
 fn has_peers(inner: &Inner) -> bool {
     inner.peers.load(Ordering::Relaxed)
 }
+

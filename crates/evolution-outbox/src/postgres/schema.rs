@@ -1,7 +1,7 @@
 //! The schema of the PostgreSQL outbox: its name, and migrations run under an advisory lock so that
 //! replicas starting at the same moment migrate once.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use super::{DbError, lock_id};
 
@@ -32,6 +32,10 @@ pub(super) fn check_schema(name: &str) -> Result<(), String> {
 
 /// Creates the schema if needed and applies the migrations it lacks, in one transaction under an
 /// advisory lock of the schema (a replica starting at the same time waits, then finds it done).
+///
+/// Scripts of several statements run as plain `&str` queries (PostgreSQL's simple protocol):
+/// sqlx's `raw_sql` futures are not recognisably `Send` for every lifetime, which a caller's
+/// `tokio::spawn` needs.
 pub(super) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(), DbError> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -39,13 +43,12 @@ pub(super) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(),
         .execute(&mut *tx)
         .await?;
     // `schema` was checked by `check_schema`: a plain identifier.
-    sqlx::raw_sql(&format!(
+    let create = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema}; \
          CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL); \
          INSERT INTO schema_version (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM schema_version);"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    );
+    (&mut *tx).execute(create.as_str()).await?;
     let (applied,): (i64,) = sqlx::query_as("SELECT version FROM schema_version")
         .fetch_one(&mut *tx)
         .await?;
@@ -57,8 +60,9 @@ pub(super) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(),
             MIGRATIONS.len()
         )));
     }
-    for (n, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        sqlx::raw_sql(migration).execute(&mut *tx).await?;
+    for n in applied..MIGRATIONS.len() {
+        let migration: &'static str = MIGRATIONS.get(n).copied().unwrap_or_default();
+        (&mut *tx).execute(migration).await?;
         sqlx::query("UPDATE schema_version SET version = $1")
             .bind(i64::try_from(n + 1).unwrap_or(i64::MAX))
             .execute(&mut *tx)

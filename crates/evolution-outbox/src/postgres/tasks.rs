@@ -119,9 +119,8 @@ pub(super) async fn maintenance(inner: Arc<Inner>, mut stop: watch::Receiver<boo
 /// A LISTEN connection on the replica's two topics.
 pub(super) async fn listen(inner: &Inner) -> Result<PgListener, DbError> {
     let mut listener = PgListener::connect_with(&inner.pool).await?;
-    listener
-        .listen_all([inner.work_topic.as_str(), inner.instances_topic.as_str()])
-        .await?;
+    listener.listen(&inner.work_topic).await?;
+    listener.listen(&inner.instances_topic).await?;
     Ok(listener)
 }
 
