@@ -16,7 +16,7 @@ use evolution_events::{
     Channel, ChannelSettings, EventKind, InstanceName, InstanceSettings, PusherSettings, RawValue, Uuid,
     WebhookSettings,
 };
-use evolution_outbox::{DeliveryQuery, InstanceRecord, Outbox, RedriveFilter, StatusFilter};
+use evolution_outbox::{DeliveryQuery, InstanceRecord, RedriveFilter, StatusFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -532,7 +532,7 @@ async fn get_event(
     let record = instance_access(&app, &headers, &instance)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request(format!("id: `{id}` is not an event id (a UUID)")))?;
-    match app.sqlite.event(&record.name, id).await? {
+    match app.outbox.event(&record.name, id).await? {
         Some(event) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             event.payload(),
@@ -578,7 +578,7 @@ async fn list_deliveries(
         return Err(ApiError::bad_request("limit: must be from 1 to 1000"));
     }
     let log = app
-        .sqlite
+        .outbox
         .deliveries(&DeliveryQuery {
             instance: Some(record.name.clone()),
             channel,
@@ -606,7 +606,7 @@ async fn retry_delivery(
         instance,
         ..RedriveFilter::default()
     };
-    match app.sqlite.redrive(&filter).await? {
+    match app.outbox.redrive(&filter).await? {
         0 => Err(ApiError::not_found(format!(
             "no dead delivery {id} that this apikey may retry"
         ))),
@@ -662,7 +662,7 @@ async fn redrive(
     body: Bytes,
 ) -> ApiResult {
     let filter = dead_filter(&app, &headers, &instance, query, &body)?;
-    let n = app.sqlite.redrive(&filter).await?;
+    let n = app.outbox.redrive(&filter).await?;
     Ok(Json(json!({ "redriven": n })).into_response())
 }
 
@@ -675,7 +675,7 @@ async fn purge_dead(
     body: Bytes,
 ) -> ApiResult {
     let filter = dead_filter(&app, &headers, &instance, query, &body)?;
-    let n = app.sqlite.purge(&filter).await?;
+    let n = app.outbox.purge(&filter).await?;
     Ok(Json(json!({ "purged": n })).into_response())
 }
 
@@ -686,7 +686,7 @@ async fn health() -> Json<Value> {
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
-    let storage = app.sqlite.stats(Channel::Webhook).await;
+    let storage = app.outbox.stats(Channel::Webhook).await;
     checks.insert(
         "storage".to_owned(),
         match storage {

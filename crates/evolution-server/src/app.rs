@@ -9,7 +9,7 @@ use evolution_events::{
     Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
 };
 use evolution_outbox::{InstanceRecord, Outbox, Store};
-use evolution_outbox::{SqliteOptions, SqliteOutbox};
+use evolution_outbox::{PostgresOptions, PostgresOutbox, SqliteOptions, SqliteOutbox};
 use evolution_sinks::websocket::{Access, WebsocketLayer, WebsocketSink};
 use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
@@ -26,7 +26,8 @@ pub(crate) struct App {
     pub(crate) api_key: Sensitive,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) sqlite: Arc<SqliteOutbox>,
+    pub(crate) outbox: Arc<dyn Outbox>,
+    storage: Storage,
     instances: RwLock<BTreeMap<InstanceName, Arc<InstanceRecord>>>,
     pub(crate) accepted: AtomicU64,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
@@ -35,10 +36,21 @@ pub(crate) struct App {
     websocket_layer: Mutex<Option<WebsocketLayer>>,
 }
 
+/// The storage backend, for closing it.
+#[derive(Debug)]
+enum Storage {
+    Sqlite(Arc<SqliteOutbox>),
+    Postgres(Arc<PostgresOutbox>),
+}
+
+/// How often instances and settings are read again from a database shared with other replicas,
+/// besides when a change is announced.
+const INSTANCE_RELOAD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database (DATABASE_CONNECTION_URI): {0}")]
     Database(String),
     #[error(
         "cannot read or write the API key file {path}: {error}; check the permissions of SERVER_DATA_DIR"
@@ -55,21 +67,43 @@ pub(crate) enum StartError {
 impl App {
     /// Opens the storage, loads instances, starts the dispatcher and emits `APPLICATION_STARTUP`.
     pub(crate) async fn start(config: Config) -> Result<Arc<Self>, StartError> {
-        let api_key = load_or_create_api_key(&config)?;
-        let Database::Sqlite(path) = &config.database;
-        let options = SqliteOptions {
-            capacity: config.max_backlog,
-            durability: config.durability,
-            delivered_retention: config.retention,
+        let (storage, outbox, store): (Storage, Arc<dyn Outbox>, Arc<dyn Store>) = match &config.database {
+            Database::Sqlite(path) => {
+                let options = SqliteOptions {
+                    capacity: config.max_backlog,
+                    durability: config.durability,
+                    delivered_retention: config.retention,
+                };
+                let sqlite = Arc::new(
+                    SqliteOutbox::open(path, options)
+                        .await
+                        .map_err(|e| StartError::Database(format!("{}: {e}", path.display())))?,
+                );
+                (Storage::Sqlite(Arc::clone(&sqlite)), sqlite.clone(), sqlite)
+            }
+            Database::Postgres { uri, schema, lease } => {
+                let options = PostgresOptions {
+                    schema: schema.clone(),
+                    capacity: config.max_backlog,
+                    delivered_retention: config.retention,
+                    lease: *lease,
+                    ..PostgresOptions::default()
+                };
+                let postgres = Arc::new(
+                    PostgresOutbox::open(uri.expose(), options)
+                        .await
+                        .map_err(|e| StartError::Database(e.to_string()))?,
+                );
+                (Storage::Postgres(Arc::clone(&postgres)), postgres.clone(), postgres)
+            }
         };
-        let sqlite = Arc::new(
-            SqliteOutbox::open(path, options)
-                .await
-                .map_err(|e| StartError::Database(format!("{}: {e}", path.display())))?,
-        );
+        let api_key = match &storage {
+            Storage::Sqlite(_) => load_or_create_api_key(&config)?,
+            Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
+        };
         let router = Router::new(config.global.clone())?;
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
-        let mut builder = Dispatcher::builder(Arc::clone(&sqlite) as Arc<dyn Outbox>, router);
+        let mut builder = Dispatcher::builder(Arc::clone(&outbox), router);
         // The websocket sink asks the app who may see what; the app exists only after the sinks.
         let slot: Arc<OnceLock<Weak<App>>> = Arc::new(OnceLock::new());
         let mut websocket = None;
@@ -84,7 +118,7 @@ impl App {
                 let (sink, layer, dispatch) = plan
                     .build_websocket(authorizer)
                     .map_err(|e| StartError::Sink(channel, e))?;
-                sink.set_history(Arc::new(OutboxHistory(Arc::clone(&sqlite))));
+                sink.set_history(Arc::new(OutboxHistory(Arc::clone(&outbox))));
                 builder = builder.sink_with(
                     Arc::clone(&sink) as Arc<dyn evolution_events::EventSink>,
                     dispatch,
@@ -103,7 +137,7 @@ impl App {
                 }
             })
             .start()?;
-        let instances = sqlite
+        let instances = store
             .instances()
             .await
             .map_err(|e| StartError::Database(e.to_string()))?
@@ -114,8 +148,9 @@ impl App {
             config,
             api_key,
             dispatcher,
-            store: Arc::clone(&sqlite) as Arc<dyn Store>,
-            sqlite,
+            store,
+            outbox,
+            storage,
             instances: RwLock::new(instances),
             accepted: AtomicU64::new(0),
             websocket,
@@ -123,6 +158,9 @@ impl App {
         });
         let _ignored = slot.set(Arc::downgrade(&app));
         tokio::spawn(emit_errors(Arc::clone(&app), dead_rx));
+        if let Some(changes) = app.store.changes() {
+            tokio::spawn(follow_instances(Arc::downgrade(&app), changes));
+        }
         let data = serde_json::json!({"version": env!("CARGO_PKG_VERSION")});
         let startup = app.envelope(
             EventKind::ApplicationStartup,
@@ -134,6 +172,25 @@ impl App {
             tracing::warn!(error = %e, "could not emit APPLICATION_STARTUP");
         }
         Ok(app)
+    }
+
+    /// Closes the storage (after the dispatcher stopped).
+    pub(crate) async fn close_storage(&self) {
+        match &self.storage {
+            Storage::Sqlite(sqlite) => sqlite.close().await,
+            Storage::Postgres(postgres) => postgres.close().await,
+        }
+    }
+
+    /// Replaces the cached instances with what the store holds now.
+    async fn reload_instances(&self) -> Result<(), evolution_outbox::StoreError> {
+        let records = self.store.instances().await?;
+        let fresh: BTreeMap<InstanceName, Arc<InstanceRecord>> = records
+            .into_iter()
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect();
+        *self.instances.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
     }
 
     /// The cached instance.
@@ -327,6 +384,51 @@ pub(crate) fn random_token() -> String {
     .to_ascii_uppercase()
 }
 
+/// Keeps the instance cache in step with a store other replicas change too: reloads it whenever a
+/// change is announced and every [`INSTANCE_RELOAD`] (in case an announcement was lost), until the
+/// app is gone.
+async fn follow_instances(app: Weak<App>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    loop {
+        let announced = tokio::select! {
+            changed = changes.changed() => changed.is_ok(),
+            () = tokio::time::sleep(INSTANCE_RELOAD) => true,
+        };
+        let Some(app) = app.upgrade() else {
+            return;
+        };
+        if let Err(e) = app.reload_instances().await {
+            tracing::warn!(error = %e, "could not reload the instances; retrying");
+        }
+        if !announced {
+            // The store is gone: reload on the timer only.
+            tokio::time::sleep(INSTANCE_RELOAD).await;
+        }
+    }
+}
+
+/// `AUTHENTICATION_API_KEY`, or the key the replicas sharing a PostgreSQL database agreed on (the
+/// first one to start generated it, stored it in the database and printed it).
+async fn shared_api_key(config: &Config, postgres: &PostgresOutbox) -> Result<Sensitive, StartError> {
+    if let Some(key) = &config.api_key {
+        return Ok(key.clone());
+    }
+    let candidate = random_token();
+    let key = postgres
+        .shared_setting("api_key", &candidate)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    if key == candidate {
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "No AUTHENTICATION_API_KEY was set: generated one and stored it in the database, shared by \
+                 every replica (shown only now):\n{key}"
+            );
+        }
+    }
+    Ok(Sensitive::new(key))
+}
+
 /// `AUTHENTICATION_API_KEY`, or the key stored in the data directory, or a new one (stored, and
 /// printed once).
 fn load_or_create_api_key(config: &Config) -> Result<Sensitive, StartError> {
@@ -373,7 +475,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// What a reconnecting Socket.IO client missed, read from the outbox (`lastEventId` replay).
 #[derive(Debug)]
-struct OutboxHistory(Arc<SqliteOutbox>);
+struct OutboxHistory(Arc<dyn Outbox>);
 
 #[async_trait::async_trait]
 impl evolution_sinks::websocket::History for OutboxHistory {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
-use evolution_outbox::{DEFAULT_RETENTION, Durability};
+use evolution_outbox::{DEFAULT_RETENTION, Durability, PostgresOptions};
 use evolution_sinks::build::ChannelPlan;
 use evolution_sinks::env::Vars;
 use evolution_sinks::webhook::network::Guard;
@@ -28,6 +28,8 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("DATABASE_CONNECTION_URI", None),
     ("OUTBOX_SYNCHRONOUS", Some("full")),
     ("OUTBOX_RETENTION", Some("24h")),
+    ("OUTBOX_SCHEMA", Some("evolution_events")),
+    ("OUTBOX_LEASE", Some("10s")),
     ("AUTHENTICATION_API_KEY", None),
     ("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", Some("false")),
     ("EVENT_NAMING", Some("seed")),
@@ -136,6 +138,16 @@ const TOGGLE_PREFIXES: &[&str] = &[
 pub(crate) enum Database {
     /// An SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database shared by every replica (`DATABASE_CONNECTION_URI=postgresql://…`),
+    /// the outbox's tables in `schema` (`OUTBOX_SCHEMA`).
+    Postgres {
+        /// The connection URI (it may hold a password).
+        uri: Sensitive,
+        /// The schema of the outbox's tables.
+        schema: String,
+        /// How long a replica's claims outlive its last heartbeat (`OUTBOX_LEASE`).
+        lease: Duration,
+    },
 }
 
 /// The effective configuration.
@@ -354,10 +366,32 @@ impl Config {
                     .or_else(|| uri.strip_prefix("sqlite:"))
                 {
                     Database::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)))
+                } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+                    // The parser's messages never repeat the URI (it may hold a password).
+                    if let Err(e) = url::Url::parse(&uri) {
+                        v.error(format!(
+                            "DATABASE_CONNECTION_URI: not a valid PostgreSQL URI ({e}); expected \
+                             postgresql://user:password@host:5432/database"
+                        ));
+                    }
+                    let schema = v.raw("OUTBOX_SCHEMA").trim().to_owned();
+                    if let Err(e) = PostgresOptions::check_schema(&schema) {
+                        v.error(format!("OUTBOX_SCHEMA: {e}"));
+                    }
+                    let lease = parse_duration(v.raw("OUTBOX_LEASE")).unwrap_or_else(|e| {
+                        v.error(format!("OUTBOX_LEASE: {e}"));
+                        Duration::from_secs(10)
+                    });
+                    Database::Postgres {
+                        uri: Sensitive::new(uri),
+                        schema,
+                        lease,
+                    }
                 } else {
                     let scheme = lower.split(':').next().unwrap_or_default();
                     v.error(format!(
-                        "DATABASE_CONNECTION_URI: the `{scheme}` scheme is not supported by this build; use \
+                        "DATABASE_CONNECTION_URI: the `{scheme}` scheme is not supported; use \
+                         postgresql://user:password@host:5432/database (replicas sharing one database) or \
                          sqlite://PATH (the default is sqlite://{}/evolution.db)",
                         data_dir.display()
                     ));
@@ -573,7 +607,7 @@ mod tests {
                 ("WEBHOOK_RETRY_JITTER_FACTOR", "2"),
                 ("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES", "400,abc"),
                 ("EVENT_NAMING", "v3"),
-                ("DATABASE_CONNECTION_URI", "postgresql://x"),
+                ("DATABASE_CONNECTION_URI", "mysql://x"),
                 ("RABBITMQ_ENABLED", "true"),
                 ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "maybe"),
                 ("OUTBOX_SYNCHRONOUS", "off"),

@@ -107,7 +107,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (channel, error) in &report.sink_errors {
         tracing::warn!(%channel, %error, "sink did not shut down cleanly");
     }
-    app.sqlite.close().await;
+    app.close_storage().await;
     Ok(())
 }
 

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use evolution_outbox::Outbox;
 use evolution_sinks::LATENCY_BUCKETS;
 
 use crate::app::App;
@@ -59,7 +58,7 @@ pub(crate) async fn render(State(app): State<Arc<App>>) -> Response {
     w!(out, "# HELP evolution_queue_depth Deliveries waiting, by state.");
     w!(out, "# TYPE evolution_queue_depth gauge");
     for channel in &channels {
-        if let Ok(stats) = app.sqlite.stats(*channel).await {
+        if let Ok(stats) = app.outbox.stats(*channel).await {
             for (state, n) in [
                 ("pending", stats.pending),
                 ("in_flight", stats.in_flight),

@@ -36,6 +36,10 @@ use crate::{
 /// against the same clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// How long an operation waits for a connection: while PostgreSQL is unreachable, an `enqueue`
+/// fails after this long (the server answers 503 with `Retry-After`) rather than hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How the PostgreSQL outbox is set up.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -58,6 +62,17 @@ pub struct PostgresOptions {
     pub replica: Option<String>,
     /// Connections in the pool (the LISTEN connection comes on top).
     pub max_connections: u32,
+}
+
+impl PostgresOptions {
+    /// Checks a [`schema`](Self::schema) name: 1 to 63 lower-case letters, digits or `_`, not
+    /// starting with a digit.
+    ///
+    /// # Errors
+    /// A message saying what a valid name is.
+    pub fn check_schema(name: &str) -> Result<(), String> {
+        schema::check_schema(name)
+    }
 }
 
 impl Default for PostgresOptions {
@@ -324,7 +339,7 @@ impl PostgresOutbox {
     /// [`OutboxError::Storage`] when the URI is malformed (the message never repeats the URI: it
     /// may hold a password), the database cannot be reached, or the schema cannot be migrated.
     pub async fn open(uri: &str, options: PostgresOptions) -> Result<Self, OutboxError> {
-        schema::check_schema(&options.schema).map_err(OutboxError::Storage)?;
+        PostgresOptions::check_schema(&options.schema).map_err(OutboxError::Storage)?;
         let connect = PgConnectOptions::from_str(uri)
             .map_err(|e| {
                 let reason = match e {
@@ -342,7 +357,7 @@ impl PostgresOutbox {
         let schema = options.schema.clone();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect)
             .await
             .map_err(|e| {
