@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::{AttemptRecord, DeliveryRecord, DeliveryStatus, InstanceRecord, StoredEvent};
 use chrono::{DateTime, Utc};
 use evolution_events::{
     Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
     NamingProfile, RawValue, Scope, Sensitive, Uuid,
 };
-use crate::{AttemptRecord, DeliveryRecord, DeliveryStatus, InstanceRecord, StoredEvent};
 
 // Delivery states (the `deliveries.state` column).
 /// Pending and claimable once due: unordered, or the head of its ordering key with nothing of that
@@ -53,7 +53,11 @@ pub(crate) struct DestinationJson(HashMap<usize, Arc<str>>);
 
 impl DestinationJson {
     /// The JSON of `destination` (of a delivery on `channel`).
-    pub(crate) fn of(&mut self, channel: Channel, destination: &Arc<Destination>) -> Result<Arc<str>, String> {
+    pub(crate) fn of(
+        &mut self,
+        channel: Channel,
+        destination: &Arc<Destination>,
+    ) -> Result<Arc<str>, String> {
         let ptr = Arc::as_ptr(destination) as usize;
         if let Some(text) = self.0.get(&ptr) {
             return Ok(Arc::clone(text));

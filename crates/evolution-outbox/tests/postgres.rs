@@ -15,7 +15,8 @@ use std::time::Duration;
 use evolution_events::{InstanceName, InstanceSettings, Sensitive, Uuid};
 use evolution_outbox::testing::{CHANNEL as CH, OutboxFixture, new_event, settlement};
 use evolution_outbox::{
-    InstanceRecord, Outbox, OutboxError, Outcome, PostgresOptions, PostgresOutbox, Store, outbox_contract_suite,
+    InstanceRecord, Outbox, OutboxError, Outcome, PostgresOptions, PostgresOutbox, Store,
+    outbox_contract_suite,
 };
 
 /// The database the tests use.
@@ -160,14 +161,14 @@ async fn work(
             continue;
         }
         claimed.fetch_add(batch.len(), Ordering::SeqCst);
-        let keys: HashSet<String> = batch
-            .iter()
-            .map(|d| d.envelope.instance().to_string())
-            .collect();
+        let keys: HashSet<String> = batch.iter().map(|d| d.envelope.instance().to_string()).collect();
         {
             let mut busy = busy.lock().unwrap();
             for key in &keys {
-                assert!(busy.insert(key.clone()), "the key {key} was in flight on two replicas at once");
+                assert!(
+                    busy.insert(key.clone()),
+                    "the key {key} was in flight on two replicas at once"
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -184,7 +185,10 @@ async fn work(
                 d.id,
             ));
         }
-        let settlements = batch.iter().map(|d| settlement(d.id, Outcome::Delivered)).collect();
+        let settlements = batch
+            .iter()
+            .map(|d| settlement(d.id, Outcome::Delivered))
+            .collect();
         outbox.settle(settlements).await.unwrap();
     }
     got
@@ -232,17 +236,28 @@ async fn replicas_share_the_work_claiming_each_delivery_once_and_keys_in_order()
         all.extend(got);
     }
     let ids: HashSet<u64> = all.iter().map(|(_, _, id)| *id).collect();
-    assert_eq!(all.len(), enqueued, "each delivery claimed exactly once ({per_replica:?})");
+    assert_eq!(
+        all.len(),
+        enqueued,
+        "each delivery claimed exactly once ({per_replica:?})"
+    );
     assert_eq!(ids.len(), enqueued, "no delivery claimed twice");
     // Per key, deliveries were claimed in sequence order (ids grow with the sequence).
     let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for (key, sequence, id) in &all {
-        by_key.entry(key.clone().unwrap()).or_default().push((*id, *sequence));
+        by_key
+            .entry(key.clone().unwrap())
+            .or_default()
+            .push((*id, *sequence));
     }
     for (key, mut list) in by_key {
         list.sort_unstable();
         let sequences: Vec<u64> = list.iter().map(|(_, s)| *s).collect();
-        assert_eq!(sequences, (1..=40).collect::<Vec<u64>>(), "key {key}: every sequence once, in id order");
+        assert_eq!(
+            sequences,
+            (1..=40).collect::<Vec<u64>>(),
+            "key {key}: every sequence once, in id order"
+        );
     }
     for o in &replicas {
         assert_eq!(o.stats(CH).await.unwrap().pending, 0);
@@ -261,7 +276,10 @@ async fn sequences_have_no_gap_when_replicas_ingest_one_instance_at_once() {
             let mut sequences = Vec::new();
             for _ in 0..25 {
                 let stored = outbox
-                    .enqueue(vec![new_event(CH, "one", 1, Some("one")), new_event(CH, "one", 0, None)])
+                    .enqueue(vec![
+                        new_event(CH, "one", 1, Some("one")),
+                        new_event(CH, "one", 0, None),
+                    ])
                     .await
                     .unwrap();
                 sequences.extend(stored.iter().map(|e| e.sequence()));
@@ -274,7 +292,11 @@ async fn sequences_have_no_gap_when_replicas_ingest_one_instance_at_once() {
         all.extend(task.await.unwrap());
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=800).collect::<Vec<u64>>(), "every sequence once, none skipped");
+    assert_eq!(
+        all,
+        (1..=800).collect::<Vec<u64>>(),
+        "every sequence once, none skipped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,9 +304,12 @@ async fn a_replica_that_is_gone_loses_its_leases() {
     let schema = Schema::new("lease");
     let a = schema.open("a").await;
     let b = schema.open("b").await;
-    a.enqueue(vec![new_event(CH, "x", 3, None), new_event(CH, "y", 2, Some("y"))])
-        .await
-        .unwrap();
+    a.enqueue(vec![
+        new_event(CH, "x", 3, None),
+        new_event(CH, "y", 2, Some("y")),
+    ])
+    .await
+    .unwrap();
     let taken = a.claim(CH, 10).await.unwrap();
     assert_eq!(taken.len(), 5, "three unordered and the run of key y");
     assert!(b.claim(CH, 10).await.unwrap().is_empty(), "leased to a");
@@ -293,7 +318,10 @@ async fn a_replica_that_is_gone_loses_its_leases() {
     let started = tokio::time::Instant::now();
     let mut again = Vec::new();
     while again.len() < 5 {
-        assert!(started.elapsed() < Duration::from_secs(10), "a's deliveries never came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a's deliveries never came back"
+        );
         again.extend(b.claim(CH, 10).await.unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -307,7 +335,10 @@ async fn a_replica_that_is_gone_loses_its_leases() {
     before.sort_unstable();
     after.sort_unstable();
     assert_eq!(before, after, "the same deliveries, once each");
-    assert!(again.iter().all(|d| d.attempt == 1), "the lost attempt is not counted");
+    assert!(
+        again.iter().all(|d| d.attempt == 1),
+        "the lost attempt is not counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

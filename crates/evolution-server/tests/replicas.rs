@@ -159,7 +159,10 @@ fn assert_first_arrivals_in_order(channel: &str, seen: &[(String, u64)]) {
         .filter(|(id, _)| ids.insert(id.clone()))
         .map(|(_, s)| *s)
         .collect();
-    assert!(first.is_sorted(), "{channel}: first arrivals out of order: {first:?}");
+    assert!(
+        first.is_sorted(),
+        "{channel}: first arrivals out of order: {first:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,9 +236,21 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
         acked.insert(post_one(server, &instance).await.unwrap());
     }
     let within = Duration::from_secs(60);
-    assert_eq!(wait_all(|| webhook_seen(&receiver), &acked, within).await, 0, "webhook");
-    assert_eq!(wait_all(|| rabbitmq.lock().unwrap().clone(), &acked, within).await, 0, "rabbitmq");
-    assert_eq!(wait_all(|| nats_seen.lock().unwrap().clone(), &acked, within).await, 0, "nats");
+    assert_eq!(
+        wait_all(|| webhook_seen(&receiver), &acked, within).await,
+        0,
+        "webhook"
+    );
+    assert_eq!(
+        wait_all(|| rabbitmq.lock().unwrap().clone(), &acked, within).await,
+        0,
+        "rabbitmq"
+    );
+    assert_eq!(
+        wait_all(|| nats_seen.lock().unwrap().clone(), &acked, within).await,
+        0,
+        "nats"
+    );
     // Nothing more arrives late.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_once_in_order("webhook", &webhook_seen(&receiver));
@@ -246,7 +261,11 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
     let mut sequences: Vec<u64> = webhook_seen(&receiver).iter().map(|(_, s)| *s).collect();
     sequences.sort_unstable();
     let first = sequences[0];
-    assert_eq!(sequences, (first..first + 150).collect::<Vec<u64>>(), "gap-free sequences");
+    assert_eq!(
+        sequences,
+        (first..first + 150).collect::<Vec<u64>>(),
+        "gap-free sequences"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +300,11 @@ async fn a_replica_killed_mid_stream_loses_no_acknowledged_event() {
             acked.insert(id);
         }
     }
-    assert!(acked.len() >= 200, "most posts were acknowledged ({})", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "most posts were acknowledged ({})",
+        acked.len()
+    );
     let missing = wait_all(|| webhook_seen(&receiver), &acked, Duration::from_secs(60)).await;
     let seen = webhook_seen(&receiver);
     let distinct: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
@@ -331,7 +354,10 @@ async fn a_webhook_set_through_one_replica_applies_on_another_within_a_second() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    eprintln!("replica B saw the change {:?} after it was made", set_at.elapsed());
+    eprintln!(
+        "replica B saw the change {:?} after it was made",
+        set_at.elapsed()
+    );
     let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].body["id"], id.as_str());
@@ -359,12 +385,30 @@ impl PrivatePostgres {
         let dir = common::temp_dir("private-postgres");
         let user = is_root().then_some("postgres");
         if let Some(user) = user {
-            assert!(Command::new("chown").args(["-R", user]).arg(&dir).status().unwrap().success());
+            assert!(
+                Command::new("chown")
+                    .args(["-R", user])
+                    .arg(&dir)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
         }
         let port = common::free_port();
         let this = Self { bin, dir, port, user };
         let data = this.dir.join("data");
-        this.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        this.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
         this.pg_ctl("start");
         this
     }
@@ -394,8 +438,20 @@ impl PrivatePostgres {
     fn pg_ctl(&self, action: &str) {
         let data = self.dir.join("data");
         let log = self.dir.join("postgres.log");
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
-        let mut args = vec![action, "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &options];
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let mut args = vec![
+            action,
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &options,
+        ];
         if action == "stop" {
             args.extend(["-m", "immediate"]);
         }
@@ -498,32 +554,56 @@ async fn postgres_restarted_mid_stream_gives_503_then_recovers_losing_nothing() 
         if now > during + 20 {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(30), "ingest never recovered after PostgreSQL came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "ingest never recovered after PostgreSQL came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
     let refusals = refusals.lock().unwrap().clone();
-    eprintln!("acknowledged {} ({down_at} before the stop, {during} after 8 s down); refusals {refusals:?}", acked.lock().unwrap().len());
-    assert!(during <= down_at + 2, "events were acknowledged while PostgreSQL was down");
-    assert!(refusals.get(&503).copied().unwrap_or(0) > 0, "ingest answered 503 while PostgreSQL was down: {refusals:?}");
+    eprintln!(
+        "acknowledged {} ({down_at} before the stop, {during} after 8 s down); refusals {refusals:?}",
+        acked.lock().unwrap().len()
+    );
+    assert!(
+        during <= down_at + 2,
+        "events were acknowledged while PostgreSQL was down"
+    );
+    assert!(
+        refusals.get(&503).copied().unwrap_or(0) > 0,
+        "ingest answered 503 while PostgreSQL was down: {refusals:?}"
+    );
     assert_eq!(
         refusals.keys().filter(|s| **s != 503).count(),
         0,
         "only 503 while PostgreSQL was down: {refusals:?}"
     );
-    assert!(!retry_after_missing.load(Ordering::SeqCst), "a 503 came without Retry-After");
+    assert!(
+        !retry_after_missing.load(Ordering::SeqCst),
+        "a 503 came without Retry-After"
+    );
     let acked = acked.lock().unwrap().clone();
     let missing = wait_all(|| webhook_seen(&receiver), &acked, Duration::from_secs(60)).await;
-    assert_eq!(missing, 0, "acknowledged events lost across the PostgreSQL restart");
+    assert_eq!(
+        missing, 0,
+        "acknowledged events lost across the PostgreSQL restart"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_database_uri_is_a_clear_start_up_error_without_the_password() {
     let dir = common::temp_dir("bad-uri");
     for (uri, expect) in [
-        ("postgresql://evo:s3cret-pw@127.0.0.1:1/evolution", "could not connect to PostgreSQL at postgres://evo@127.0.0.1:1/evolution"),
-        ("postgresql://evo:s3cret-pw@[::1/evolution", "not a valid PostgreSQL URI"),
+        (
+            "postgresql://evo:s3cret-pw@127.0.0.1:1/evolution",
+            "could not connect to PostgreSQL at postgres://evo@127.0.0.1:1/evolution",
+        ),
+        (
+            "postgresql://evo:s3cret-pw@[::1/evolution",
+            "not a valid PostgreSQL URI",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_evolution-server"))
             .env_clear()
@@ -539,7 +619,10 @@ async fn a_bad_database_uri_is_a_clear_start_up_error_without_the_password() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(!output.status.success(), "started with {uri}: {text}");
-        assert!(text.contains("DATABASE_CONNECTION_URI"), "the variable is not named: {text}");
+        assert!(
+            text.contains("DATABASE_CONNECTION_URI"),
+            "the variable is not named: {text}"
+        );
         assert!(text.contains(expect), "expected `{expect}` in: {text}");
         assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
     }

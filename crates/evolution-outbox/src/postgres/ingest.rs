@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError};
 use evolution_events::{Channel, EventEnvelope};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DbError, Inner, NOW_MS, has_peers, lock_id, notify, with_retry};
+use super::{DbError, Inner, NOW_MS, announce, lock_id, with_retry};
 use crate::rows::{DestinationJson, READY, WAITING, scope_str, to_i64};
 use crate::{NewEvent, OutboxError};
 
@@ -137,6 +137,8 @@ struct Rows<'a> {
     /// Of the deliveries: the index of their event in `stored`, and their columns.
     event_of: Vec<usize>,
     channel: Vec<&'static str>,
+    /// The distinct channels of the deliveries.
+    channels: BTreeSet<Channel>,
     scope: Vec<&'static str>,
     destination: Vec<Arc<str>>,
     okey: Vec<Option<&'a str>>,
@@ -160,6 +162,7 @@ impl<'a> Rows<'a> {
             profile: Vec::new(),
             event_of: Vec::new(),
             channel: Vec::new(),
+            channels: BTreeSet::new(),
             scope: Vec::new(),
             destination: Vec::new(),
             okey: Vec::new(),
@@ -189,11 +192,15 @@ impl<'a> Rows<'a> {
             for d in &event.deliveries {
                 rows.event_of.push(at);
                 rows.channel.push(d.channel.as_str());
+                rows.channels.insert(d.channel);
                 rows.scope.push(scope_str(d.scope));
                 rows.destination.push(json.of(d.channel, &d.destination)?);
                 let okey = d.ordering_key.as_deref();
                 if let Some(key) = okey {
-                    keys.insert(lock_id(schema, d.channel.as_str(), key), (d.channel.as_str(), key));
+                    keys.insert(
+                        lock_id(schema, d.channel.as_str(), key),
+                        (d.channel.as_str(), key),
+                    );
                 }
                 rows.okey.push(okey);
             }
@@ -326,11 +333,7 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .bind(&state)
     .execute(&mut *tx)
     .await?;
-    if has_peers(inner) {
-        let channels: BTreeSet<&str> = rows.channel.iter().copied().collect();
-        let channels: Vec<&str> = channels.into_iter().collect();
-        notify(&mut *tx, &inner.work_topic, &channels).await?;
-    }
+    announce(inner, &mut tx, &rows.channels).await?;
     tx.commit().await?;
     Ok(sequences)
 }

@@ -11,7 +11,7 @@ mod read;
 mod schema;
 mod tasks;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -621,21 +621,21 @@ impl Store for PostgresOutbox {
     }
 }
 
-/// Sends the NOTIFY of `topic` with each of `payloads` on `executor` (delivered at its commit).
-async fn notify(conn: &mut PgConnection, topic: &str, payloads: &[&str]) -> Result<(), DbError> {
-    if payloads.is_empty() {
+/// Tells the other replicas, when there are any, that deliveries of `channels` may have become
+/// claimable: a NOTIFY on the work topic per channel, sent when `conn`'s transaction commits.
+async fn announce(
+    inner: &Inner,
+    conn: &mut PgConnection,
+    channels: &BTreeSet<Channel>,
+) -> Result<(), DbError> {
+    if channels.is_empty() || !inner.peers.load(Ordering::Relaxed) {
         return Ok(());
     }
+    let payloads: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-        .bind(topic)
-        .bind(payloads)
+        .bind(&inner.work_topic)
+        .bind(&payloads)
         .execute(conn)
         .await?;
     Ok(())
 }
-
-/// Whether state changes should be announced to other replicas.
-fn has_peers(inner: &Inner) -> bool {
-    inner.peers.load(Ordering::Relaxed)
-}
-

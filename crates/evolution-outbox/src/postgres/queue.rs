@@ -8,7 +8,7 @@ use std::time::Duration;
 use evolution_events::{Channel, Delivery, InstanceName};
 use sqlx::{PgConnection, Row};
 
-use super::{DbError, Inner, NOW_MS, has_peers, lock_id, notify};
+use super::{DbError, Inner, NOW_MS, announce, lock_id};
 use crate::rows::{DELIVERY_SELECT, Decoder, channel_named, duration_ms, to_i64};
 use crate::{Outcome, RedriveFilter, Settlement};
 
@@ -206,11 +206,7 @@ pub(super) async fn settle(inner: &Inner, settlements: &[Settlement]) -> Result<
         {
             facts.insert(
                 id,
-                (
-                    name,
-                    attempt.status.map(i64::from),
-                    duration_ms(attempt.latency),
-                ),
+                (name, attempt.status.map(i64::from), duration_ms(attempt.latency)),
             );
         }
     }
@@ -289,10 +285,7 @@ pub(super) async fn settle(inner: &Inner, settlements: &[Settlement]) -> Result<
         .await?;
     }
     arm_keys(inner, &mut tx, keys).await?;
-    if has_peers(inner) && !wake.is_empty() {
-        let channels: Vec<&str> = wake.iter().map(|c| c.as_str()).collect();
-        notify(&mut *tx, &inner.work_topic, &channels).await?;
-    }
+    announce(inner, &mut tx, &wake).await?;
     tx.commit().await?;
     {
         let mut claimed = inner.claimed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -367,10 +360,7 @@ pub(super) async fn requeue(inner: &Inner, which: Requeue) -> Result<usize, DbEr
         }
     }
     arm_keys(inner, &mut tx, keys).await?;
-    if has_peers(inner) {
-        let channels: Vec<&str> = wake.iter().map(|c| c.as_str()).collect();
-        notify(&mut *tx, &inner.work_topic, &channels).await?;
-    }
+    announce(inner, &mut tx, &wake).await?;
     tx.commit().await?;
     {
         let mut claimed = inner.claimed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -431,10 +421,7 @@ pub(super) async fn redrive(inner: &Inner, filter: &RedriveFilter) -> Result<usi
         }
     }
     arm_keys(inner, &mut tx, keys).await?;
-    if has_peers(inner) && !wake.is_empty() {
-        let channels: Vec<&str> = wake.iter().map(|c| c.as_str()).collect();
-        notify(&mut *tx, &inner.work_topic, &channels).await?;
-    }
+    announce(inner, &mut tx, &wake).await?;
     tx.commit().await?;
     for (channel, n) in counts {
         inner.count(channel, n);

@@ -7,7 +7,9 @@ use evolution_events::{Channel, Delivery, InstanceName, InstanceSettings, Uuid};
 use sqlx::Row;
 
 use super::{DbError, Inner, NOW_MS};
-use crate::rows::{DELIVERY_SELECT, Decoder, attempt_record, instance_record, log_record, stored_event, to_i64};
+use crate::rows::{
+    DELIVERY_SELECT, Decoder, attempt_record, instance_record, log_record, stored_event, to_i64,
+};
 use crate::{
     AttemptRecord, ChannelStats, DeadLetter, DeliveryQuery, DeliveryRecord, InstanceRecord, StatusFilter,
     StoreError, StoredEvent,
@@ -199,7 +201,10 @@ pub(super) async fn instances(inner: &Inner) -> Result<Vec<InstanceRecord>, DbEr
 
 pub(super) async fn create_instance(inner: &Inner, record: &InstanceRecord) -> Result<(), StoreError> {
     let settings = serde_json::to_string(&record.settings).map_err(|e| {
-        StoreError::Storage(format!("could not serialize the settings of `{}`: {e}", record.name))
+        StoreError::Storage(format!(
+            "could not serialize the settings of `{}`: {e}",
+            record.name
+        ))
     })?;
     let created = sqlx::query(
         "WITH created AS (INSERT INTO instances (id, name, token, settings, created_at) \

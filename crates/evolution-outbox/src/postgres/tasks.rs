@@ -41,11 +41,10 @@ pub(super) async fn heartbeat(inner: &Inner) -> Result<(), DbError> {
 
 /// Counts the unsettled deliveries of every channel (the capacity check's starting point).
 pub(super) async fn recount(inner: &Inner) -> Result<(), DbError> {
-    let counts: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT channel, count(*) FROM deliveries WHERE state IN (0, 1, 4) GROUP BY channel",
-    )
-    .fetch_all(&inner.pool)
-    .await?;
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT channel, count(*) FROM deliveries WHERE state IN (0, 1, 4) GROUP BY channel")
+            .fetch_all(&inner.pool)
+            .await?;
     let mut live = inner.live.lock().unwrap_or_else(PoisonError::into_inner);
     live.clear();
     for (channel, n) in counts {
@@ -90,8 +89,13 @@ pub(super) async fn maintenance(inner: Arc<Inner>, mut stop: watch::Receiver<boo
         }
         match sweep(&inner).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deliveries = n, "in-flight deliveries of a stopped replica are pending again"),
-            Err(e) => tracing::warn!(error = %inner.message("sweep expired leases", &e), "lease sweep failed"),
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "in-flight deliveries of a stopped replica are pending again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %inner.message("sweep expired leases", &e), "lease sweep failed")
+            }
         }
         match queue::requeue(&inner, Requeue::Orphaned).await {
             Ok(0) => {}
@@ -108,7 +112,7 @@ pub(super) async fn maintenance(inner: Arc<Inner>, mut stop: watch::Receiver<boo
                 }
             }
         }
-        if beat % RECOUNT_EVERY == 0
+        if beat.is_multiple_of(RECOUNT_EVERY)
             && let Err(e) = recount(&inner).await
         {
             tracing::warn!(error = %inner.message("count the pending deliveries", &e), "recount failed");
@@ -136,7 +140,9 @@ pub(super) async fn listener(inner: Arc<Inner>, mut listening: PgListener, mut s
         match next {
             Ok(Some(notification)) => {
                 if notification.channel() == inner.work_topic {
-                    inner.notifier(channel_named(notification.payload())).notify_waiters();
+                    inner
+                        .notifier(channel_named(notification.payload()))
+                        .notify_waiters();
                 } else {
                     inner.changes.send_modify(|n| *n = n.wrapping_add(1));
                 }

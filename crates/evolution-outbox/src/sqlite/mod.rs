@@ -305,7 +305,6 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-
 #[async_trait]
 impl Outbox for SqliteOutbox {
     async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<EventEnvelope>>, OutboxError> {
