@@ -414,27 +414,67 @@ async fn follow_instances(app: Weak<App>, mut changes: tokio::sync::watch::Recei
     }
 }
 
-/// `AUTHENTICATION_API_KEY`, or the key the replicas sharing a PostgreSQL database agreed on (the
-/// first one to start generated it, stored it in the database and printed it).
+/// `AUTHENTICATION_API_KEY`, or the key the replicas sharing a PostgreSQL database agreed on: the
+/// first one to start stored its key (the one in its data directory, or a new one, printed) in the
+/// database. Each replica keeps a copy in its data directory (`api-key`), as on SQLite.
 async fn shared_api_key(config: &Config, postgres: &PostgresOutbox) -> Result<Sensitive, StartError> {
     if let Some(key) = &config.api_key {
         return Ok(key.clone());
     }
-    let candidate = random_token();
+    let path = config.data_dir.join("api-key");
+    let local = read_key_file(&path)?;
+    let candidate = local.clone().unwrap_or_else(random_token);
     let key = postgres
         .shared_setting("api_key", &candidate)
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
-    if key == candidate {
-        #[allow(clippy::print_stdout)]
-        {
-            println!(
-                "No AUTHENTICATION_API_KEY was set: generated one and stored it in the database, shared by \
-                 every replica (shown only now):\n{key}"
+    if local.as_deref() != Some(key.as_str()) {
+        if local.is_some() {
+            tracing::warn!(
+                path = %path.display(),
+                "the API key in the data directory is not the one the replicas share: replacing it"
             );
+            std::fs::remove_file(&path).map_err(|error| StartError::ApiKey {
+                path: path.display().to_string(),
+                error,
+            })?;
+        }
+        store_key_file(config, &path, &key)?;
+        if key == candidate {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "No AUTHENTICATION_API_KEY was set: generated one, shared by every replica through the \
+                     database and stored in {} (shown only now):\n{key}",
+                    path.display()
+                );
+            }
         }
     }
     Ok(Sensitive::new(key))
+}
+
+/// The key stored at `path`, if any.
+fn read_key_file(path: &Path) -> Result<Option<String>, StartError> {
+    match std::fs::read_to_string(path) {
+        Ok(key) if !key.trim().is_empty() => Ok(Some(key.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(StartError::ApiKey {
+            path: path.display().to_string(),
+            error,
+        }),
+    }
+}
+
+/// Stores `key` at `path` (readable by the owner only), creating the data directory.
+fn store_key_file(config: &Config, path: &Path, key: &str) -> Result<(), StartError> {
+    let io = |error| StartError::ApiKey {
+        path: path.display().to_string(),
+        error,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    write_private(path, key).map_err(io)
 }
 
 /// `AUTHENTICATION_API_KEY`, or the key stored in the data directory, or a new one (stored, and
@@ -444,19 +484,11 @@ fn load_or_create_api_key(config: &Config) -> Result<Sensitive, StartError> {
         return Ok(key.clone());
     }
     let path = config.data_dir.join("api-key");
-    let io = |error| StartError::ApiKey {
-        path: path.display().to_string(),
-        error,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(key) if !key.trim().is_empty() => return Ok(Sensitive::new(key.trim())),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
+    if let Some(key) = read_key_file(&path)? {
+        return Ok(Sensitive::new(key));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
     let key = random_token();
-    write_private(&path, &key).map_err(io)?;
+    store_key_file(config, &path, &key)?;
     #[allow(clippy::print_stdout)]
     {
         println!(
