@@ -81,19 +81,39 @@
 //! events may arrive before older replayed ones: dedupe by `id`. A `lastEventId` that is not a
 //! UUID refuses the connection (`connect_error` naming it).
 //!
+//! # Across replicas (Redis)
+//!
+//! With [`WebsocketConfig::redis`] set (`CACHE_REDIS_ENABLED=true`, `CACHE_REDIS_URI`,
+//! `CACHE_REDIS_PREFIX_KEY`; feature `redis`), [`WebsocketSink::connect`] builds the Socket.IO
+//! server on socketioxide's Redis adapter: every emission is published on Redis Pub/Sub and each
+//! replica writes it to its own clients, so a client connected to any replica receives what any
+//! replica emits (rooms, both namespaces and the global `*` event as above), once. Each replica
+//! creates a per-instance namespace (and subscribes to its channels) when it first emits to it,
+//! whether or not a client of its own is there. The adapter's channels are named after
+//! `{CACHE_REDIS_PREFIX_KEY}:socket.io`, so two deployments on one Redis stay apart.
+//!
+//! Redis Pub/Sub is at most once: an emission is published, never stored. While Redis does not
+//! answer, `health_check` fails and emissions fail `Unavailable` (retried, so nothing accepted is
+//! lost; the replica's own clients get them on the retry too); the connection comes back by itself
+//! (checked every second) and subscribes again. A replica cut off from Redis while the others are
+//! not misses their emissions for that time: its clients catch up with `lastEventId`.
+//! Redis must speak RESP3 (Redis 6 or later); `rediss://` (TLS) is not supported yet.
+//!
 //! # Classification
 //!
 //! | outcome | kind | retry |
 //! |---|---|---|
 //! | written (some sockets full or closing) | delivered | — |
 //! | the layer is not mounted on a live router (never mounted, server stopped) | `Unavailable` (whole send) | `Backoff` |
+//! | Redis does not take the emission (down, unreachable) | `Unavailable` (that item and the rest of the batch) | `Backoff` |
 //! | shut down | `Closed` (whole send) | — |
 //! | not a websocket destination, or namespace `/` without a room | `ConfigInvalid` | `Never` |
 //! | payload cannot be encoded | `Rejected` | `Never` |
 //!
 //! # Health, flush, shutdown
 //!
-//! `health_check` is `Ok` while the layer is mounted on a live router and the sink is open.
+//! `health_check` is `Ok` while the layer is mounted on a live router and the sink is open (and,
+//! with Redis, while Redis answers a `PING`).
 //! `flush` has nothing to do. `shutdown` disconnects every socket (clients reconnect to the next
 //! server) and is idempotent; afterwards `send` fails with `Closed`. API keys are never logged nor
 //! shown in errors.
@@ -102,11 +122,16 @@ mod auth;
 mod classify;
 mod config;
 mod layer;
+#[cfg(feature = "redis")]
+mod redis_adapter;
 mod replay;
 mod sink;
 
 pub use auth::{Access, Authorizer, Refusal};
-pub use config::{DEFAULT_ALLOWED_HOSTS, DEFAULT_REPLAY_LIMIT, WebsocketConfig, parse_allowed_hosts};
+pub use config::{
+    DEFAULT_ALLOWED_HOSTS, DEFAULT_REDIS_PREFIX, DEFAULT_REPLAY_LIMIT, RedisConfig, RedisUrl,
+    WebsocketConfig, check_redis_prefix, parse_allowed_hosts,
+};
 pub use layer::{WebsocketLayer, WebsocketService};
 pub use replay::{History, REPLAY_EVENT};
 pub use sink::{NAME, WebsocketSink};

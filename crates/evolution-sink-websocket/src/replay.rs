@@ -6,6 +6,7 @@ use std::sync::Arc;
 use evolution_events::naming::GLOBAL_ROOM;
 use evolution_events::{Delivery, Destination, InstanceName, RawValue, Uuid, async_trait};
 use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
 use crate::auth::Access;
@@ -34,7 +35,7 @@ pub trait History: Send + Sync + 'static {
 
 /// The id a connection asks to resume after: the handshake's `auth.lastEventId`, else the
 /// `lastEventId` query parameter. `Err` when one is given but is not an event id.
-pub(crate) fn requested(auth: Option<&Value>, s: &SocketRef) -> Result<Option<Uuid>, String> {
+pub(crate) fn requested<A: Adapter>(auth: Option<&Value>, s: &SocketRef<A>) -> Result<Option<Uuid>, String> {
     let raw = match auth.and_then(|a| a.get("lastEventId")) {
         Some(Value::String(id)) => Some(id.trim().to_owned()),
         Some(Value::Null) | None => s.req_parts().uri.query().and_then(|query| {
@@ -78,9 +79,9 @@ fn visible(delivery: &Delivery, namespace: &str, access: &Access) -> Option<(Str
 }
 
 /// Replays to `s` what it missed after `after`, at most `limit` events, then emits the summary.
-pub(crate) async fn replay(
+pub(crate) async fn replay<A: Adapter>(
     history: Arc<dyn History>,
-    s: SocketRef,
+    s: SocketRef<A>,
     access: Access,
     after: Uuid,
     limit: usize,

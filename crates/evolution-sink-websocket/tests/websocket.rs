@@ -10,70 +10,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Endpoint, GLOBAL_KEY, INSTANCE, INSTANCE_TOKEN, OTHER, OTHER_TOKEN, Probe};
+use common::{
+    Endpoint, GLOBAL_KEY, INSTANCE, INSTANCE_TOKEN, OTHER, OTHER_TOKEN, Probe, deliveries, names, ready, send,
+};
 use evolution_events::naming::{GLOBAL_EVENT, GLOBAL_ROOM};
 use evolution_events::{
-    Channel, Delivery, Destination, ErrorKind, EventEnvelope, EventKind, EventSink, InstanceName,
-    NamingProfile, RawValue, Scope, WebsocketTarget,
+    Channel, Delivery, Destination, ErrorKind, EventSink, InstanceName, NamingProfile, Scope, WebsocketTarget,
 };
 use evolution_sink_websocket::WebsocketConfig;
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(700);
-
-fn ready() -> bool {
-    match common::node_dir() {
-        Ok(_) => true,
-        Err(skip) if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) => {
-            panic!("node is required in CI: {skip}")
-        }
-        Err(skip) => {
-            eprintln!("skipped: {skip}");
-            false
-        }
-    }
-}
-
-/// The seed profile's deliveries of one event of `instance` (instance scope, plus global scope
-/// when `global`).
-fn deliveries(instance: &str, global: bool) -> (Arc<EventEnvelope>, Vec<Delivery>) {
-    let name = InstanceName::new(instance).unwrap();
-    let data = RawValue::from_string(format!(r#"{{"for":"{instance}"}}"#)).unwrap();
-    let envelope = Arc::new(EventEnvelope::new(EventKind::MessagesUpsert, name.clone(), data));
-    let mut out = Vec::new();
-    let mut scopes = vec![Scope::Instance];
-    if global {
-        scopes.push(Scope::Global);
-    }
-    for scope in scopes {
-        for target in NamingProfile::Seed.websocket(scope, &name, EventKind::MessagesUpsert) {
-            out.push(Delivery {
-                id: out.len() as u64 + 1,
-                channel: Channel::Websocket,
-                scope,
-                profile: NamingProfile::Seed,
-                envelope: Arc::clone(&envelope),
-                destination: Arc::new(Destination::Websocket(target)),
-                attempt: 1,
-            });
-        }
-    }
-    (envelope, out)
-}
-
-async fn send(endpoint: &Endpoint, batch: &[Delivery]) {
-    let report = endpoint.sink.send(batch).await.unwrap();
-    assert!(report.is_success(), "{:?}", report.failures());
-}
-
-fn names(events: &[serde_json::Value]) -> Vec<String> {
-    let mut names: Vec<String> = events
-        .iter()
-        .map(|e| format!("{} {}", e["ns"].as_str().unwrap(), e["event"].as_str().unwrap()))
-        .collect();
-    names.sort();
-    names
-}
 
 #[tokio::test]
 async fn each_key_sees_what_it_may() {

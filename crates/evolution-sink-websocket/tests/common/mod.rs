@@ -1,6 +1,12 @@
 //! Test harness: the sink's Socket.IO endpoint served by axum on 127.0.0.1, and real Socket.IO
 //! clients (node socket.io-client, `tests/node/sio-probe.mjs`) that print what they receive.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +14,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evolution_events::InstanceName;
+use evolution_events::{
+    Channel, Delivery, Destination, EventEnvelope, EventKind, EventSink, InstanceName, NamingProfile,
+    RawValue, Scope,
+};
 use evolution_sink_testkit::Skip;
 use evolution_sink_websocket::{Access, WebsocketConfig, WebsocketSink};
 use serde_json::Value;
@@ -79,8 +88,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A sink on the local adapter ([`WebsocketSink::new`]).
     pub async fn start(config: WebsocketConfig) -> Self {
         let (sink, layer) = WebsocketSink::new(config, authorize).unwrap();
+        Self::serve(sink, layer).await
+    }
+
+    /// A sink built by [`WebsocketSink::connect`] (the Redis adapter when `config.redis` is set).
+    pub async fn connect(config: WebsocketConfig) -> Self {
+        let (sink, layer) = WebsocketSink::connect(config, authorize).await.unwrap();
+        Self::serve(sink, layer).await
+    }
+
+    async fn serve(sink: WebsocketSink, layer: evolution_sink_websocket::WebsocketLayer) -> Self {
         let app = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
             .layer(layer);
@@ -210,4 +230,59 @@ impl Drop for Probe {
     fn drop(&mut self) {
         let _ignored = self.child.start_kill();
     }
+}
+
+/// Whether node is there (a panic in CI when it is not; a skip elsewhere).
+pub fn ready() -> bool {
+    match node_dir() {
+        Ok(_) => true,
+        Err(skip) if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) => {
+            panic!("node is required in CI: {skip}")
+        }
+        Err(skip) => {
+            eprintln!("skipped: {skip}");
+            false
+        }
+    }
+}
+
+/// The seed profile's deliveries of one event of `instance` (instance scope, plus global scope
+/// when `global`).
+pub fn deliveries(instance: &str, global: bool) -> (Arc<EventEnvelope>, Vec<Delivery>) {
+    let name = InstanceName::new(instance).unwrap();
+    let data = RawValue::from_string(format!(r#"{{"for":"{instance}"}}"#)).unwrap();
+    let envelope = Arc::new(EventEnvelope::new(EventKind::MessagesUpsert, name.clone(), data));
+    let mut out = Vec::new();
+    let mut scopes = vec![Scope::Instance];
+    if global {
+        scopes.push(Scope::Global);
+    }
+    for scope in scopes {
+        for target in NamingProfile::Seed.websocket(scope, &name, EventKind::MessagesUpsert) {
+            out.push(Delivery {
+                id: out.len() as u64 + 1,
+                channel: Channel::Websocket,
+                scope,
+                profile: NamingProfile::Seed,
+                envelope: Arc::clone(&envelope),
+                destination: Arc::new(Destination::Websocket(target)),
+                attempt: 1,
+            });
+        }
+    }
+    (envelope, out)
+}
+
+pub async fn send(endpoint: &Endpoint, batch: &[Delivery]) {
+    let report = endpoint.sink.send(batch).await.unwrap();
+    assert!(report.is_success(), "{:?}", report.failures());
+}
+
+pub fn names(events: &[serde_json::Value]) -> Vec<String> {
+    let mut names: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {}", e["ns"].as_str().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    names.sort();
+    names
 }
