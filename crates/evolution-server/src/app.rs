@@ -125,6 +125,7 @@ impl App {
                 };
                 let (sink, layer, dispatch) = plan
                     .build_websocket(authorizer)
+                    .await
                     .map_err(|e| StartError::Sink(channel, e))?;
                 sink.set_history(Arc::new(OutboxHistory(Arc::clone(&outbox))));
                 builder = builder.sink_with(

@@ -60,6 +60,11 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("WEBSOCKET_GLOBAL_EVENTS", Some("false")),
     ("WEBSOCKET_ALLOWED_HOSTS", Some("127.0.0.1,::1,::ffff:127.0.0.1")),
     ("WEBSOCKET_REPLAY_MAX", Some("500")),
+    // Evolution API's Redis: the websocket channel's meeting point across replicas (ADR 0015).
+    // Its other CACHE_* variables (TTL, SAVE_INSTANCES, CACHE_LOCAL_*) are not ours.
+    ("CACHE_REDIS_ENABLED", Some("false")),
+    ("CACHE_REDIS_URI", Some("")),
+    ("CACHE_REDIS_PREFIX_KEY", Some("evolution")),
     ("RABBITMQ_ENABLED", Some("false")),
     ("RABBITMQ_URI", Some("")),
     ("RABBITMQ_EXCHANGE_NAME", Some("evolution")),

@@ -139,12 +139,14 @@ impl ChannelPlan {
 
     /// Builds the websocket channel's sink and the Socket.IO endpoint to mount on the HTTP
     /// listener. Unlike the other channels it needs `authorizer` (what an API key may see), which
-    /// only the server knows; [`ChannelPlan::build`] refuses a websocket plan.
+    /// only the server knows; [`ChannelPlan::build`] refuses a websocket plan. With
+    /// `CACHE_REDIS_ENABLED=true` it connects to Redis first (Socket.IO across replicas).
     ///
     /// # Errors
-    /// `ConfigInvalid` when this is not the websocket plan, or the sink's configuration error.
+    /// `ConfigInvalid` when this is not the websocket plan, or the sink's configuration error;
+    /// `Unavailable` when Redis cannot be reached.
     #[cfg(feature = "websocket")]
-    pub fn build_websocket(
+    pub async fn build_websocket(
         self,
         authorizer: impl evolution_sink_websocket::Authorizer,
     ) -> Result<
@@ -163,7 +165,7 @@ impl ChannelPlan {
                 format!("build_websocket was given the {channel} plan; use ChannelPlan::build"),
             ));
         };
-        let (sink, layer) = evolution_sink_websocket::WebsocketSink::new(config, authorizer)?;
+        let (sink, layer) = evolution_sink_websocket::WebsocketSink::connect(config, authorizer).await?;
         Ok((Arc::new(sink), layer, self.dispatch))
     }
 }
@@ -181,7 +183,10 @@ pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
     #[cfg(feature = "nats")]
     plans.extend(nats(vars, global));
     #[cfg(feature = "websocket")]
-    plans.extend(websocket(vars, global));
+    {
+        let redis = cache_redis(vars, global);
+        plans.extend(websocket(vars, global, redis));
+    }
     #[cfg(feature = "pusher")]
     plans.extend(pusher(vars, global));
     #[cfg(feature = "kafka")]
@@ -394,9 +399,55 @@ fn nats(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
     })
 }
 
-/// `WEBSOCKET_ALLOWED_HOSTS`; only with `WEBSOCKET_ENABLED=true`.
+/// `CACHE_REDIS_ENABLED`, `CACHE_REDIS_URI`, `CACHE_REDIS_PREFIX_KEY` (Evolution API's names): the
+/// Redis server through which the websocket channel reaches the clients of every replica (ADR
+/// 0015). Read whenever `CACHE_REDIS_ENABLED=true`, so a malformed value is an error even while
+/// the websocket channel is off; used only by it.
 #[cfg(feature = "websocket")]
-fn websocket(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
+fn cache_redis(vars: &mut Vars, global: &GlobalSettings) -> Option<evolution_sink_websocket::RedisConfig> {
+    use evolution_sink_websocket::{DEFAULT_REDIS_PREFIX, RedisConfig, RedisUrl, check_redis_prefix};
+    if !vars.bool("CACHE_REDIS_ENABLED") {
+        return None;
+    }
+    if global.websocket.enabled && !cfg!(feature = "websocket-redis") {
+        vars.error(
+            "CACHE_REDIS_ENABLED=true: this build has no Redis support for the websocket channel (feature \
+             `websocket-redis` of evolution-sinks); rebuild with it, or set CACHE_REDIS_ENABLED=false",
+        );
+    }
+    let url = match vars.string("CACHE_REDIS_URI") {
+        None => {
+            vars.error(
+                "CACHE_REDIS_ENABLED=true needs CACHE_REDIS_URI (e.g. redis://127.0.0.1:6379/0); set it, or set \
+                 CACHE_REDIS_ENABLED=false",
+            );
+            None
+        }
+        // The value may hold a password: the error never repeats it.
+        Some(raw) => RedisUrl::parse(&raw)
+            .map_err(|e| vars.error(format!("CACHE_REDIS_URI: {e}")))
+            .ok(),
+    };
+    let prefix = vars
+        .string("CACHE_REDIS_PREFIX_KEY")
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    if let Err(e) = check_redis_prefix(&prefix) {
+        vars.error(format!("CACHE_REDIS_PREFIX_KEY: {e}"));
+    }
+    Some(RedisConfig {
+        prefix,
+        ..RedisConfig::new(url?)
+    })
+}
+
+/// `WEBSOCKET_ALLOWED_HOSTS`, `WEBSOCKET_REPLAY_MAX` and the Redis of [`cache_redis`]; only with
+/// `WEBSOCKET_ENABLED=true`.
+#[cfg(feature = "websocket")]
+fn websocket(
+    vars: &mut Vars,
+    global: &GlobalSettings,
+    redis: Option<evolution_sink_websocket::RedisConfig>,
+) -> Option<ChannelPlan> {
     use evolution_sink_websocket::{WebsocketConfig, parse_allowed_hosts};
     if !global.websocket.enabled {
         return None;
@@ -421,6 +472,7 @@ fn websocket(vars: &mut Vars, global: &GlobalSettings) -> Option<ChannelPlan> {
         kind: PlanKind::Websocket(WebsocketConfig {
             allowed_hosts,
             replay_limit: replay_limit.min(buffer - 1),
+            redis,
             ..WebsocketConfig::default()
         }),
     })
@@ -974,7 +1026,9 @@ mod tests {
                 Channel::Websocket => {
                     let refused = plan.clone().build().map(|_| ()).unwrap_err();
                     assert!(refused.to_string().contains("build_websocket"), "{refused}");
-                    let built = plan.build_websocket(|_: &str| evolution_sink_websocket::Access::Denied);
+                    let built = plan
+                        .build_websocket(|_: &str| evolution_sink_websocket::Access::Denied)
+                        .await;
                     assert!(built.is_ok());
                 }
                 Channel::Pusher => {
@@ -984,6 +1038,96 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[cfg(feature = "websocket")]
+    #[test]
+    fn cache_redis_is_read_with_evolution_names() {
+        let mut g = GlobalSettings::default();
+        g.websocket.enabled = true;
+        let redis_errors = |v: &Vars| -> String {
+            v.errors()
+                .iter()
+                .filter(|e| e.contains("CACHE_REDIS"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let websocket_redis = |plans: &[ChannelPlan]| {
+            plans.iter().find_map(|p| match &p.kind {
+                PlanKind::Websocket(config) => Some(config.redis.clone()),
+                #[allow(unreachable_patterns, reason = "other channel features")]
+                _ => None,
+            })
+        };
+        // Off (Evolution's default): the local adapter, whatever the other variables say.
+        let mut v = vars(&[("CACHE_REDIS_URI", "not a url")]);
+        let plans = plan(&mut v, &g);
+        assert_eq!(redis_errors(&v), "");
+        assert_eq!(websocket_redis(&plans), Some(None));
+
+        let mut v = vars(&[
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "redis://:hunter2@127.0.0.1:6379/6"),
+        ]);
+        let plans = plan(&mut v, &g);
+        assert_eq!(redis_errors(&v), "");
+        let redis = websocket_redis(&plans).flatten().unwrap();
+        assert_eq!(
+            redis.prefix, "evolution",
+            "Evolution API's default CACHE_REDIS_PREFIX_KEY"
+        );
+        assert_eq!(redis.url.redacted(), "redis://***@127.0.0.1:6379/6");
+        assert!(!format!("{plans:?}").contains("hunter2"), "{plans:?}");
+
+        let mut v = vars(&[
+            ("CACHE_REDIS_ENABLED", "yes"),
+            ("CACHE_REDIS_URI", "redis://127.0.0.1:6379/0"),
+            ("CACHE_REDIS_PREFIX_KEY", "evolution_v2"),
+        ]);
+        let plans = plan(&mut v, &g);
+        assert_eq!(websocket_redis(&plans).flatten().unwrap().prefix, "evolution_v2");
+
+        let mut v = vars(&[("CACHE_REDIS_ENABLED", "TRUE1")]);
+        let _ = plan(&mut v, &g);
+        assert!(
+            redis_errors(&v).contains("CACHE_REDIS_ENABLED=`TRUE1`"),
+            "{}",
+            redis_errors(&v)
+        );
+        let mut v = vars(&[("CACHE_REDIS_ENABLED", "true")]);
+        let _ = plan(&mut v, &g);
+        assert!(
+            redis_errors(&v).contains("CACHE_REDIS_ENABLED=true needs CACHE_REDIS_URI"),
+            "{}",
+            redis_errors(&v)
+        );
+        let mut v = vars(&[
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "rediss://user:hunter2@redis.example:6380/0"),
+            ("CACHE_REDIS_PREFIX_KEY", "a#b"),
+        ]);
+        let _ = plan(&mut v, &g);
+        let text = redis_errors(&v);
+        assert!(
+            text.contains("CACHE_REDIS_URI: rediss:// (TLS) is not supported"),
+            "{text}"
+        );
+        assert!(text.contains("CACHE_REDIS_PREFIX_KEY: `a#b`"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        // A malformed URI is refused even while the websocket channel is off.
+        g.websocket.enabled = false;
+        let mut v = vars(&[
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "http://:hunter2@h:6379/0"),
+        ]);
+        let _ = plan(&mut v, &g);
+        let text = redis_errors(&v);
+        assert!(
+            text.contains("CACHE_REDIS_URI: the `http` scheme is not Redis"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[cfg(feature = "nats")]
