@@ -1,8 +1,9 @@
 //! The WebSocket (Socket.IO) and Pusher channels end to end through the server, with the seed's
 //! own client snippets (`tests/node/seed-socketio.mjs`, `tests/node/seed-pusher.js`) and real
-//! clients (node socket.io-client and pusher-js) against a real Pusher-protocol server (soketi).
-//! Needs `EVOLUTION_TEST_NODE_DIR` and `EVOLUTION_TEST_PUSHER_*` (`scripts/services up node pusher`,
-//! then `eval "$(scripts/services env)"`).
+//! clients (node socket.io-client and pusher-js) against a real Pusher-protocol server (soketi),
+//! and Socket.IO across two servers through a real Redis (`CACHE_REDIS_*`).
+//! Needs `EVOLUTION_TEST_NODE_DIR`, `EVOLUTION_TEST_PUSHER_*` and `EVOLUTION_TEST_REDIS_URI`
+//! (`scripts/services up node pusher redis`, then `eval "$(scripts/services env)"`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -645,4 +646,195 @@ async fn socketio_replays_missed_events_after_last_event_id() {
         "{:?}",
         refused[0]
     );
+}
+
+/// `EVOLUTION_TEST_REDIS_URI` (`scripts/services up redis`).
+fn redis_uri() -> Option<String> {
+    match std::env::var("EVOLUTION_TEST_REDIS_URI") {
+        Ok(uri) if !uri.trim().is_empty() => Some(uri),
+        _ => {
+            if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) {
+                panic!("EVOLUTION_TEST_REDIS_URI is required in CI: run `scripts/services up redis`");
+            }
+            eprintln!(
+                "skipped: EVOLUTION_TEST_REDIS_URI (scripts/services up redis; eval \"$(scripts/services env)\")"
+            );
+            None
+        }
+    }
+}
+
+/// A `CACHE_REDIS_PREFIX_KEY` of this test alone, so that tests running at once on the one Redis
+/// (and any other deployment on it) never hear each other.
+fn unique_prefix(test: &str) -> String {
+    format!(
+        "evo-test-{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Two servers (their own SQLite data directories, the same API key) on one Redis: a Socket.IO
+/// client connected to server A with the global key receives every event posted to server B, and
+/// to A, exactly once on each of its destinations (`/` event `{instance}`, `/` event `*`,
+/// `/{instance}` event `messages.upsert`); another instance's token on A sees none of them.
+#[tokio::test]
+async fn socketio_clients_of_one_server_get_the_events_of_another_through_redis() {
+    let Some(dir) = node_dir() else { return };
+    let Some(redis) = redis_uri() else { return };
+    let prefix = unique_prefix("replicas");
+    let env = [
+        ("WEBSOCKET_ENABLED", "true"),
+        ("WEBSOCKET_GLOBAL_EVENTS", "true"),
+        ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ("CACHE_REDIS_ENABLED", "true"),
+        ("CACHE_REDIS_URI", redis.as_str()),
+        ("CACHE_REDIS_PREFIX_KEY", prefix.as_str()),
+    ];
+    let a = Server::start("redis-replica-a", &env).await;
+    let b = Server::start("redis-replica-b", &env).await;
+    // Each server has its own database (SQLite): the instance exists on both, with one token.
+    for server in [&a, &b] {
+        create(
+            server,
+            json!({"instanceName": "replicated", "token": "replicated-token",
+                   "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+        )
+        .await;
+        create(
+            server,
+            json!({"instanceName": "bystander", "token": "bystander-token", "websocket": {"enabled": true}}),
+        )
+        .await;
+    }
+    let global = sio_probe(&dir, &a, API_KEY, &["/", "/replicated"]);
+    let bystander = sio_probe(&dir, &a, "bystander-token", &["/", "/bystander"]);
+    let connected = |l: &Value| l["type"] == "connect";
+    assert_eq!(
+        global.wait(2, WAIT, connected).await.len(),
+        2,
+        "{:?}",
+        global.lines()
+    );
+    assert_eq!(
+        bystander.wait(2, WAIT, connected).await.len(),
+        2,
+        "{:?}",
+        bystander.lines()
+    );
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(post_event(&b, API_KEY, "replicated", json!({"n": n, "via": "b"})).await);
+        ids.push(post_event(&a, API_KEY, "replicated", json!({"n": n, "via": "a"})).await);
+    }
+    let ours = |l: &Value| {
+        l["type"] == "event"
+            && l["raw"]
+                .as_str()
+                .is_some_and(|raw| ids.iter().any(|id| raw.contains(id.as_str())))
+    };
+    let expected = ids.len() * 3;
+    let received = global.wait(expected, WAIT, ours).await;
+    assert_eq!(received.len(), expected, "{:?}", global.lines());
+    tokio::time::sleep(QUIET).await;
+    let mut seen: Vec<(String, String, String)> = global
+        .lines()
+        .iter()
+        .filter(|l| ours(l))
+        .map(|l| {
+            let payload: Value = serde_json::from_str(l["raw"].as_str().unwrap()).unwrap();
+            (
+                payload["id"].as_str().unwrap().to_owned(),
+                l["ns"].as_str().unwrap().to_owned(),
+                l["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut wanted: Vec<(String, String, String)> = ids
+        .iter()
+        .flat_map(|id| {
+            [
+                (id.clone(), "/".to_owned(), "*".to_owned()),
+                (id.clone(), "/".to_owned(), "replicated".to_owned()),
+                (id.clone(), "/replicated".to_owned(), "messages.upsert".to_owned()),
+            ]
+        })
+        .collect();
+    wanted.sort();
+    assert_eq!(
+        seen, wanted,
+        "each event once on each destination, from B as from A"
+    );
+    let payload: Value = serde_json::from_str(received[0]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["instance"], "replicated", "{payload}");
+    assert!(
+        bystander.lines().iter().all(|l| l["type"] != "event"),
+        "another instance's token received something: {:?}",
+        bystander.lines()
+    );
+    for server in [&a, &b] {
+        let (status, ready) = server.call("GET", "/ready", None, None).await;
+        assert_eq!(status, 200, "{ready}");
+    }
+}
+
+/// A `CACHE_REDIS_URI` the server cannot use stops it at start with a message naming the variable
+/// and never showing the password: malformed (a configuration error, exit 2), or a Redis that does
+/// not answer (exit 1). `config check` shows the URI redacted.
+#[tokio::test]
+async fn a_bad_cache_redis_uri_stops_the_start_without_its_password() {
+    let run = |uri: &str, args: &[&str]| {
+        let data = common::temp_dir("redis-bad-uri");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+            .args(args)
+            .env_clear()
+            .env("AUTHENTICATION_API_KEY", API_KEY)
+            .env("SERVER_HOST", "127.0.0.1")
+            .env("SERVER_PORT", common::free_port().to_string())
+            .env("SERVER_DATA_DIR", &data)
+            .env("WEBSOCKET_ENABLED", "true")
+            .env("CACHE_REDIS_ENABLED", "true")
+            .env("CACHE_REDIS_URI", uri)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&data).ok();
+        out
+    };
+    let out = run("redis://:hunter2@127.0.0.1:6379/zero", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CACHE_REDIS_URI: `/zero` is not a database number"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let port = common::free_port(); // nothing listens there
+    let out = run(&format!("redis://default:hunter2@127.0.0.1:{port}/0"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("CACHE_REDIS_URI: cannot reach Redis at")
+            && err.contains(&format!("redis://***@127.0.0.1:{port}/0")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let out = run(
+        "redis://default:hunter2@redis.internal:6379/6",
+        &["config", "check"],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("CACHE_REDIS_URI=redis://***@redis.internal:6379/6"),
+        "{report}"
+    );
+    assert!(report.contains("CACHE_REDIS_PREFIX_KEY=evolution"), "{report}");
+    assert!(!report.contains("hunter2"), "{report}");
 }
