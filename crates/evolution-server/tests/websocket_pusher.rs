@@ -838,3 +838,148 @@ async fn a_bad_cache_redis_uri_stops_the_start_without_its_password() {
     assert!(report.contains("CACHE_REDIS_PREFIX_KEY=evolution"), "{report}");
     assert!(!report.contains("hunter2"), "{report}");
 }
+
+/// A `redis-server` of one test on a free port (no persistence), to stop and start again.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let mut redis = Self {
+            port: common::free_port(),
+            child: None,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian redis-server; scripts/services up redis installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis stops while two servers run (a private redis-server, killed): `/ready` says so, events
+/// are still accepted (202), and once Redis is back every one of them reaches the Socket.IO client
+/// on the other server exactly once — nothing accepted is lost, nothing counted as delivered that
+/// was not.
+#[tokio::test]
+async fn socketio_events_accepted_while_redis_is_down_arrive_once_it_is_back() {
+    let Some(dir) = node_dir() else { return };
+    if redis_uri().is_none() {
+        return; // redis-server comes with the `redis` service
+    }
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let env = [
+        ("WEBSOCKET_ENABLED", "true"),
+        ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ("CACHE_REDIS_ENABLED", "true"),
+        ("CACHE_REDIS_URI", url.as_str()),
+    ];
+    let a = Server::start("redis-outage-a", &env).await;
+    let b = Server::start("redis-outage-b", &env).await;
+    create(
+        &b,
+        json!({"instanceName": "outage", "token": "outage-token",
+               "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let client = sio_probe(&dir, &a, API_KEY, &["/outage"]);
+    assert_eq!(
+        client.wait(1, WAIT, |l| l["type"] == "connect").await.len(),
+        1,
+        "{:?}",
+        client.lines()
+    );
+    let before = post_event(&b, API_KEY, "outage", json!({"n": "before"})).await;
+    assert_eq!(
+        client
+            .wait(1, WAIT, |l| l["raw"]
+                .as_str()
+                .is_some_and(|r| r.contains(&before)))
+            .await
+            .len(),
+        1
+    );
+
+    redis.stop();
+    let deadline = Instant::now() + WAIT;
+    let ready = loop {
+        let (status, ready) = b.call("GET", "/ready", None, None).await;
+        if status == 503 || Instant::now() > deadline {
+            break (status, ready);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    let why = ready.1["checks"]["websocket"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("Redis at redis://127.0.0.1"), "{}", ready.1);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(post_event(&b, API_KEY, "outage", json!({"n": n})).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    redis.spawn().await;
+    let ours = |l: &Value| {
+        l["type"] == "event"
+            && l["raw"]
+                .as_str()
+                .is_some_and(|raw| ids.iter().any(|id| raw.contains(id.as_str())))
+    };
+    let arrived = client.wait(ids.len(), Duration::from_secs(60), ours).await;
+    assert_eq!(arrived.len(), ids.len(), "{:?}", client.lines());
+    tokio::time::sleep(QUIET).await;
+    let mut seen: Vec<String> = client
+        .lines()
+        .iter()
+        .filter(|l| ours(l))
+        .map(|l| {
+            let payload: Value = serde_json::from_str(l["raw"].as_str().unwrap()).unwrap();
+            payload["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "each event accepted during the outage arrives once");
+    let (status, ready) = b.call("GET", "/ready", None, None).await;
+    assert_eq!(status, 200, "{ready}");
+}

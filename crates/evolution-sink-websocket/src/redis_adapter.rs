@@ -256,9 +256,11 @@ impl Cluster {
         Ok((cluster, adapter))
     }
 
-    /// `Ok` while Redis answers a `PING`.
+    /// `Ok` while Redis answers a `PING` (within the timeout, 3 s at most: under the server's
+    /// 5 s bound on a readiness check, so the answer says what is wrong).
     pub(crate) async fn health(&self) -> Result<(), SinkError> {
-        self.driver.ping(self.config.timeout).await.map_err(|e| {
+        let within = self.config.timeout.min(Duration::from_secs(3));
+        self.driver.ping(within).await.map_err(|e| {
             error(
                 ErrorKind::Unavailable,
                 format!(
