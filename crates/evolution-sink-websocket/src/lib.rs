@@ -95,8 +95,9 @@
 //! Redis Pub/Sub is at most once: an emission is published, never stored. While Redis does not
 //! answer, `health_check` fails and emissions fail `Unavailable` (retried, so nothing accepted is
 //! lost; the replica's own clients get them on the retry too); the connection comes back by itself
-//! (checked every second) and subscribes again. A replica cut off from Redis while the others are
-//! not misses their emissions for that time: its clients catch up with `lastEventId`.
+//! (checked every second) and subscribes again, and emissions wait 3 s more, so that the other
+//! replicas listen again before anything is published. A replica cut off from Redis while the
+//! others are not misses their emissions for that time: its clients catch up with `lastEventId`.
 //! Redis must speak RESP3 (Redis 6 or later); `rediss://` (TLS) is not supported yet.
 //!
 //! # Classification

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use evolution_events::{ErrorKind, SinkError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,15 +33,50 @@ const STREAM_BUFFER: usize = 8192;
 /// channels subscribed again) soon after Redis comes back even when this replica emits nothing.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a replica holds its emissions after its connection to Redis came back: the other
+/// replicas reconnect (and subscribe again) within about 2 s of Redis returning — the manager's
+/// reconnection delays are capped at 2 s, and the keepalive pings every second — and an emission
+/// published before they are subscribed again would reach none of their clients.
+const SETTLE: Duration = Duration::from_secs(3);
+
 type Handlers = HashMap<String, mpsc::Sender<ChanItem>>;
+
+/// What the push handler and the driver share.
+#[derive(Default)]
+struct Shared {
+    handlers: RwLock<Handlers>,
+    /// Messages of other replicas dropped because the adapter did not keep up.
+    dropped: AtomicU64,
+    /// The connection dropped and has not subscribed again yet.
+    down: AtomicBool,
+    /// When the connection last subscribed again after dropping.
+    back_at: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Why emissions must wait now: the connection is down, or came back less than [`SETTLE`]
+    /// ago (the other replicas may not listen again yet).
+    fn holding(&self) -> Option<String> {
+        if self.down.load(Ordering::Acquire) {
+            return Some("the connection to Redis dropped; it is being re-established".to_owned());
+        }
+        let back_at = *self.back_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = back_at?.elapsed();
+        (since < SETTLE).then(|| {
+            format!(
+                "Redis came back {since:.1?} ago; emissions wait {SETTLE:?} for the other replicas to subscribe \
+                 again, or their clients would miss them"
+            )
+        })
+    }
+}
 
 /// socketioxide-redis [`Driver`] over one [`ConnectionManager`] (RESP3: messages arrive as push
 /// frames on the same connection, and the manager subscribes again after it reconnects).
 #[derive(Clone)]
 pub(crate) struct RedisDriver {
     conn: ConnectionManager,
-    handlers: Arc<RwLock<Handlers>>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     /// Scrubbed from every error text (the client's errors are not known to carry it; cheap to
     /// be sure).
     password: Option<Arc<str>>,
@@ -50,7 +85,8 @@ pub(crate) struct RedisDriver {
 impl fmt::Debug for RedisDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisDriver")
-            .field("dropped", &self.dropped.load(Ordering::Relaxed))
+            .field("dropped", &self.shared.dropped.load(Ordering::Relaxed))
+            .field("down", &self.shared.down.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -97,16 +133,14 @@ impl RedisDriver {
             .set_protocol(redis::ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(|e| unreachable(scrub(&e.to_string(), password)))?;
-        let handlers: Arc<RwLock<Handlers>> = Arc::default();
-        let dropped = Arc::new(AtomicU64::new(0));
-        let pushes = Arc::clone(&handlers);
-        let counter = Arc::clone(&dropped);
+        let shared: Arc<Shared> = Arc::default();
+        let pushes = Arc::clone(&shared);
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
             .set_max_delay(Duration::from_secs(2))
             .set_push_sender(move |push: PushInfo| {
-                route(push, &pushes, &counter);
+                route(push, &pushes);
                 Ok::<(), Infallible>(())
             })
             .set_automatic_resubscription();
@@ -119,8 +153,7 @@ impl RedisDriver {
         .map_err(|e| unreachable(scrub(&e.to_string(), password)))?;
         let driver = Self {
             conn,
-            handlers,
-            dropped,
+            shared,
             password: password.map(Arc::from),
         };
         driver
@@ -145,10 +178,27 @@ impl RedisDriver {
     }
 }
 
-/// Hands a Pub/Sub message to the adapter stream of its channel.
-fn route(push: PushInfo, handlers: &RwLock<Handlers>, dropped: &AtomicU64) {
-    if !matches!(push.kind, PushKind::Message) {
-        return;
+/// Hands a Pub/Sub message to the adapter stream of its channel, and follows the connection: a
+/// `Disconnection` push marks it down; the first subscription confirmed after that (the manager
+/// subscribes again as soon as it has reconnected) marks it back.
+fn route(push: PushInfo, shared: &Shared) {
+    match push.kind {
+        PushKind::Message => {}
+        PushKind::Disconnection => {
+            shared.down.store(true, Ordering::Release);
+            return;
+        }
+        PushKind::Subscribe => {
+            if shared.down.swap(false, Ordering::AcqRel) {
+                *shared.back_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                tracing::info!(
+                    "subscribed to Redis again after the connection dropped; emissions wait {SETTLE:?} for the \
+                     other replicas to do the same"
+                );
+            }
+            return;
+        }
+        _ => return,
     }
     let mut data = push.data.into_iter();
     let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
@@ -161,11 +211,11 @@ fn route(push: PushInfo, handlers: &RwLock<Handlers>, dropped: &AtomicU64) {
         tracing::warn!("an unreadable Redis Pub/Sub message was ignored");
         return;
     };
-    let handlers = handlers.read().unwrap_or_else(PoisonError::into_inner);
+    let handlers = shared.handlers.read().unwrap_or_else(PoisonError::into_inner);
     if let Some(tx) = handlers.get(&channel)
         && let Err(e) = tx.try_send((channel, payload))
     {
-        let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(
             total, error = %e,
             "a Socket.IO emission of another replica was dropped: the adapter is not keeping up"
@@ -177,6 +227,9 @@ impl Driver for RedisDriver {
     type Error = RedisError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        if let Some(why) = self.shared.holding() {
+            return Err(RedisError(why));
+        }
         let mut conn = self.conn.clone();
         conn.publish::<_, _, ()>(chan, val)
             .await
@@ -186,7 +239,8 @@ impl Driver for RedisDriver {
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
         // Registered first: a message may follow the subscription's confirmation at once.
-        self.handlers
+        self.shared
+            .handlers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(chan.clone(), tx);
@@ -196,7 +250,8 @@ impl Driver for RedisDriver {
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.handlers
+        self.shared
+            .handlers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&chan);
@@ -260,7 +315,14 @@ impl Cluster {
     /// 5 s bound on a readiness check, so the answer says what is wrong).
     pub(crate) async fn health(&self) -> Result<(), SinkError> {
         let within = self.config.timeout.min(Duration::from_secs(3));
-        self.driver.ping(within).await.map_err(|e| {
+        let answered = if self.driver.shared.down.load(Ordering::Acquire) {
+            Err(RedisError(
+                "the connection dropped and is not re-established yet".to_owned(),
+            ))
+        } else {
+            self.driver.ping(within).await
+        };
+        answered.map_err(|e| {
             error(
                 ErrorKind::Unavailable,
                 format!(
@@ -338,39 +400,60 @@ mod tests {
         assert_eq!(scrub("refused", Some("")), "refused");
     }
 
-    #[test]
-    fn messages_reach_their_channel_and_overflow_is_counted() {
-        let handlers: RwLock<Handlers> = RwLock::default();
-        let dropped = AtomicU64::new(0);
-        let (tx, mut rx) = mpsc::channel(1);
-        handlers.write().unwrap().insert("p-request#/#".to_owned(), tx);
-        let message = |channel: &str| PushInfo {
-            kind: PushKind::Message,
+    fn push(kind: PushKind, channel: &str) -> PushInfo {
+        PushInfo {
+            kind,
             data: vec![
                 redis::Value::BulkString(channel.as_bytes().to_vec()),
                 redis::Value::BulkString(b"payload".to_vec()),
             ],
-        };
-        route(message("p-request#/#"), &handlers, &dropped);
-        route(message("p-request#/#"), &handlers, &dropped);
-        route(message("other"), &handlers, &dropped);
-        route(
-            PushInfo {
-                kind: PushKind::Subscribe,
-                data: vec![],
-            },
-            &handlers,
-            &dropped,
-        );
+        }
+    }
+
+    #[test]
+    fn messages_reach_their_channel_and_overflow_is_counted() {
+        let shared = Shared::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        shared
+            .handlers
+            .write()
+            .unwrap()
+            .insert("p-request#/#".to_owned(), tx);
+        route(push(PushKind::Message, "p-request#/#"), &shared);
+        route(push(PushKind::Message, "p-request#/#"), &shared);
+        route(push(PushKind::Message, "other"), &shared);
+        route(push(PushKind::Subscribe, "p-request#/#"), &shared);
         assert_eq!(
             rx.try_recv().unwrap(),
             ("p-request#/#".to_owned(), b"payload".to_vec())
         );
         assert!(rx.try_recv().is_err());
         assert_eq!(
-            dropped.load(Ordering::Relaxed),
+            shared.dropped.load(Ordering::Relaxed),
             1,
             "the second message overflowed"
         );
+        assert_eq!(
+            shared.holding(),
+            None,
+            "a subscription without a drop before it changes nothing"
+        );
+    }
+
+    #[test]
+    fn emissions_wait_while_the_connection_is_down_and_settles() {
+        let shared = Shared::default();
+        route(
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+            &shared,
+        );
+        assert!(shared.holding().unwrap().contains("dropped"));
+        route(push(PushKind::Subscribe, "p-request#/#"), &shared);
+        assert!(shared.holding().unwrap().contains("came back"));
+        *shared.back_at.lock().unwrap() = Some(Instant::now().checked_sub(SETTLE).unwrap());
+        assert_eq!(shared.holding(), None);
     }
 }
