@@ -1,9 +1,10 @@
 //! The WebSocket (Socket.IO) and Pusher channels end to end through the server, with the seed's
 //! own client snippets (`tests/node/seed-socketio.mjs`, `tests/node/seed-pusher.js`) and real
 //! clients (node socket.io-client and pusher-js) against a real Pusher-protocol server (soketi),
-//! and Socket.IO across two servers through a real Redis (`CACHE_REDIS_*`).
-//! Needs `EVOLUTION_TEST_NODE_DIR`, `EVOLUTION_TEST_PUSHER_*` and `EVOLUTION_TEST_REDIS_URI`
-//! (`scripts/services up node pusher redis`, then `eval "$(scripts/services env)"`).
+//! and Socket.IO across two servers through a real Redis (`CACHE_REDIS_*`), on SQLite and on one
+//! PostgreSQL database. Needs `EVOLUTION_TEST_NODE_DIR`, `EVOLUTION_TEST_PUSHER_*`,
+//! `EVOLUTION_TEST_REDIS_URI` and `EVOLUTION_TEST_POSTGRES` (`scripts/services up node pusher redis
+//! postgres`, then `eval "$(scripts/services env)"`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -650,31 +651,13 @@ async fn socketio_replays_missed_events_after_last_event_id() {
 
 /// `EVOLUTION_TEST_REDIS_URI` (`scripts/services up redis`).
 fn redis_uri() -> Option<String> {
-    match std::env::var("EVOLUTION_TEST_REDIS_URI") {
-        Ok(uri) if !uri.trim().is_empty() => Some(uri),
-        _ => {
-            if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) {
-                panic!("EVOLUTION_TEST_REDIS_URI is required in CI: run `scripts/services up redis`");
-            }
-            eprintln!(
-                "skipped: EVOLUTION_TEST_REDIS_URI (scripts/services up redis; eval \"$(scripts/services env)\")"
-            );
-            None
-        }
-    }
+    common::service_env("EVOLUTION_TEST_REDIS_URI")
 }
 
 /// A `CACHE_REDIS_PREFIX_KEY` of this test alone, so that tests running at once on the one Redis
 /// (and any other deployment on it) never hear each other.
 fn unique_prefix(test: &str) -> String {
-    format!(
-        "evo-test-{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+    format!("evo-test-{test}-{}", common::unique())
 }
 
 /// Two servers (their own SQLite data directories, the same API key) on one Redis: a Socket.IO
@@ -982,4 +965,131 @@ async fn socketio_events_accepted_while_redis_is_down_arrive_once_it_is_back() {
     assert_eq!(seen, ids, "each event accepted during the outage arrives once");
     let (status, ready) = b.call("GET", "/ready", None, None).await;
     assert_eq!(status, 200, "{ready}");
+}
+
+/// A PostgreSQL schema of one test, dropped at the end.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ignored = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Two replicas on one PostgreSQL database and one Redis (issue 14's whole setup): an instance
+/// created through A, events posted to B; a client of the instance's token that connects to A with
+/// `lastEventId` gets the events it missed from the shared outbox (replay works on any replica),
+/// then B's next event live through Redis, once.
+#[tokio::test]
+async fn socketio_replay_and_live_events_on_any_replica_with_postgres_and_redis() {
+    let Some(dir) = node_dir() else { return };
+    let Some(redis) = redis_uri() else { return };
+    let Some(postgres) = common::service_env("EVOLUTION_TEST_POSTGRES") else {
+        return;
+    };
+    let schema = Schema {
+        url: postgres.clone(),
+        name: format!("websocket_redis_{}", common::unique()),
+    };
+    let prefix = unique_prefix("replay");
+    let env = [
+        ("DATABASE_CONNECTION_URI", postgres.as_str()),
+        ("OUTBOX_SCHEMA", schema.name.as_str()),
+        ("WEBSOCKET_ENABLED", "true"),
+        ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ("CACHE_REDIS_ENABLED", "true"),
+        ("CACHE_REDIS_URI", redis.as_str()),
+        ("CACHE_REDIS_PREFIX_KEY", prefix.as_str()),
+    ];
+    let a = Server::start("redis-pg-a", &env).await;
+    let b = Server::start("redis-pg-b", &env).await;
+    create(
+        &a,
+        json!({"instanceName": "everywhere", "token": "everywhere-token",
+               "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    // B learns of the instance through the database's notifications.
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        let (status, body) = b
+            .call(
+                "POST",
+                "/events/everywhere",
+                Some(API_KEY),
+                Some(json!({"event": "MESSAGES_UPSERT", "data": {"n": 0}})),
+            )
+            .await;
+        if status == 202 {
+            break body["ids"][0].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never saw the instance created on A: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut missed = Vec::new();
+    for n in 1..3 {
+        missed.push(post_event(&b, API_KEY, "everywhere", json!({"n": n})).await);
+    }
+    // Delivered (to nobody) before the client comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let script = node_script(&dir, "sio-probe.mjs", &[]);
+    let url = a.url("");
+    let flag = format!("--last-event-id={first}");
+    let client = Node::run(
+        script,
+        &[flag.as_str(), url.as_str(), "everywhere-token", "/"],
+        true,
+    );
+    let summary = client
+        .wait(1, WAIT, |l| l["type"] == "event" && l["event"] == "replay")
+        .await;
+    assert_eq!(summary.len(), 1, "{:?}", client.lines());
+    let summary: Value = serde_json::from_str(summary[0]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(summary, json!({"after": first, "replayed": 2, "complete": true}));
+    let replayed: Vec<String> = client
+        .lines()
+        .iter()
+        .filter(|l| l["type"] == "event" && l["event"] == "everywhere")
+        .map(|l| {
+            let payload: Value = serde_json::from_str(l["raw"].as_str().unwrap()).unwrap();
+            payload["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        replayed, missed,
+        "the events accepted by B, replayed by A in order"
+    );
+
+    let live = post_event(&b, API_KEY, "everywhere", json!({"n": 3})).await;
+    let is_live = |l: &Value| l["raw"].as_str().is_some_and(|r| r.contains(&live));
+    assert_eq!(
+        client.wait(1, WAIT, is_live).await.len(),
+        1,
+        "{:?}",
+        client.lines()
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(client.lines().iter().filter(|l| is_live(l)).count(), 1, "once");
 }
