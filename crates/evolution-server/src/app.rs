@@ -85,12 +85,18 @@ impl App {
                     sqlite,
                 )
             }
-            Database::Postgres { uri, schema, lease } => {
+            Database::Postgres {
+                uri,
+                schema,
+                lease,
+                pool_size,
+            } => {
                 let options = PostgresOptions {
                     schema: schema.clone(),
                     capacity: config.max_backlog,
                     delivered_retention: config.retention,
                     lease: *lease,
+                    max_connections: *pool_size,
                     ..PostgresOptions::default()
                 };
                 let postgres = Arc::new(

@@ -30,6 +30,7 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("OUTBOX_RETENTION", Some("24h")),
     ("OUTBOX_SCHEMA", Some("evolution_events")),
     ("OUTBOX_LEASE", Some("10s")),
+    ("OUTBOX_POOL_SIZE", Some("16")),
     ("AUTHENTICATION_API_KEY", None),
     ("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", Some("false")),
     ("EVENT_NAMING", Some("seed")),
@@ -152,6 +153,8 @@ pub(crate) enum Database {
         schema: String,
         /// How long a replica's claims outlive its last heartbeat (`OUTBOX_LEASE`).
         lease: Duration,
+        /// Connections per replica (`OUTBOX_POOL_SIZE`; the LISTEN connection comes on top).
+        pool_size: u32,
     },
 }
 
@@ -387,10 +390,12 @@ impl Config {
                         v.error(format!("OUTBOX_LEASE: {e}"));
                         Duration::from_secs(10)
                     });
+                    let pool_size = u32::try_from(v.positive("OUTBOX_POOL_SIZE")).unwrap_or(u32::MAX);
                     Database::Postgres {
                         uri: Sensitive::new(uri),
                         schema,
                         lease,
+                        pool_size,
                     }
                 } else {
                     let scheme = lower.split(':').next().unwrap_or_default();

@@ -137,8 +137,6 @@ struct Rows<'a> {
     /// Of the deliveries: the index of their event in `stored`, and their columns.
     event_of: Vec<usize>,
     channel: Vec<&'static str>,
-    /// The distinct channels of the deliveries.
-    channels: BTreeSet<Channel>,
     scope: Vec<&'static str>,
     destination: Vec<Arc<str>>,
     okey: Vec<Option<&'a str>>,
@@ -162,7 +160,6 @@ impl<'a> Rows<'a> {
             profile: Vec::new(),
             event_of: Vec::new(),
             channel: Vec::new(),
-            channels: BTreeSet::new(),
             scope: Vec::new(),
             destination: Vec::new(),
             okey: Vec::new(),
@@ -192,7 +189,6 @@ impl<'a> Rows<'a> {
             for d in &event.deliveries {
                 rows.event_of.push(at);
                 rows.channel.push(d.channel.as_str());
-                rows.channels.insert(d.channel);
                 rows.scope.push(scope_str(d.scope));
                 rows.destination.push(json.of(d.channel, &d.destination)?);
                 let okey = d.ordering_key.as_deref();
@@ -211,10 +207,58 @@ impl<'a> Rows<'a> {
 }
 
 /// Stores a group in one transaction; returns the sequence of every event, in order.
+///
+/// Ordering keys are locked and probed first, then the sequence counters (their row locks, which
+/// order one instance's ingest across replicas, are held for as short as possible: one insert and
+/// the commit), then events and deliveries are inserted in one statement.
 async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     let mut tx = inner.pool.begin().await?;
-    // Sequences: the row lock of each instance's counter (taken in name order) orders its events
-    // across replicas.
+    // Ordering keys: under their locks, a key with unsettled deliveries makes the new ones wait.
+    // Each key is probed through its indexes (scalar subqueries: a cached generic plan can never
+    // turn them into one scan of every pending delivery).
+    let mut busy: HashSet<(&str, &str)> = HashSet::new();
+    if !rows.keys.is_empty() {
+        let ids: Vec<i64> = rows.keys.iter().map(|(id, _, _)| *id).collect();
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        let channels: Vec<&str> = rows.keys.iter().map(|(_, c, _)| *c).collect();
+        let okeys: Vec<&str> = rows.keys.iter().map(|(_, _, k)| *k).collect();
+        let found: Vec<i64> = sqlx::query_scalar(
+            "SELECT k.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(c, o, n) \
+             WHERE (SELECT min(d.id) FROM deliveries d WHERE d.channel = k.c AND d.okey = k.o \
+                      AND d.state IN (0, 4)) IS NOT NULL \
+                OR (SELECT d.id FROM deliveries d WHERE d.channel = k.c AND d.okey = k.o AND d.state = 1 \
+                      LIMIT 1) IS NOT NULL",
+        )
+        .bind(&channels)
+        .bind(&okeys)
+        .fetch_all(&mut *tx)
+        .await?;
+        for n in found {
+            let at = usize::try_from(n - 1).unwrap_or(usize::MAX);
+            if let Some((_, c, k)) = rows.keys.get(at) {
+                busy.insert((c, k));
+            }
+        }
+    }
+    let mut state = Vec::with_capacity(rows.event_of.len());
+    let mut ready = BTreeSet::new();
+    for (i, okey) in rows.okey.iter().enumerate() {
+        let channel = rows.channel.get(i).copied().unwrap_or_default();
+        let s = match okey {
+            None => READY,
+            // The first delivery of an idle key is its head; the others wait behind it.
+            Some(key) if busy.insert((channel, key)) => READY,
+            Some(_) => WAITING,
+        };
+        if s == READY {
+            ready.insert(crate::rows::channel_named(channel));
+        }
+        state.push(s);
+    }
+    // Sequences, in instance-name order (no deadlock between groups).
     let names: Vec<&str> = rows.counts.keys().copied().collect();
     let counts: Vec<i64> = rows.counts.values().copied().collect();
     let lasts: Vec<(String, i64)> = sqlx::query_as(
@@ -228,8 +272,7 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .await?;
     let mut next: HashMap<&str, i64> = HashMap::with_capacity(lasts.len());
     for (name, last) in &lasts {
-        let n = rows.counts.get(name.as_str()).copied().unwrap_or(0);
-        if let Some(name) = names.iter().find(|k| **k == name.as_str()) {
+        if let Some((name, n)) = rows.counts.get_key_value(name.as_str()) {
             next.insert(name, last - n + 1);
         }
     }
@@ -243,31 +286,6 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
         tx.commit().await?;
         return Ok(sequences);
     }
-    // Ordering keys: under their locks, a key with unsettled deliveries makes the new ones wait.
-    let mut busy: HashSet<(&str, &str)> = HashSet::new();
-    if !rows.keys.is_empty() {
-        let ids: Vec<i64> = rows.keys.iter().map(|(id, _, _)| *id).collect();
-        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        let channels: Vec<&str> = rows.keys.iter().map(|(_, c, _)| *c).collect();
-        let okeys: Vec<&str> = rows.keys.iter().map(|(_, _, k)| *k).collect();
-        let found: Vec<(String, String)> = sqlx::query_as(
-            "SELECT k.c, k.o FROM unnest($1::text[], $2::text[]) AS k(c, o) \
-             WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = k.c AND d.okey = k.o AND d.state IN (0, 4)) \
-                OR EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = k.c AND d.okey = k.o AND d.state = 1)",
-        )
-        .bind(&channels)
-        .bind(&okeys)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (c, k) in &found {
-            if let Some((_, c, k)) = rows.keys.iter().find(|(_, c2, k2)| c2 == c && k2 == k) {
-                busy.insert((c, k));
-            }
-        }
-    }
     let event_sequences: Vec<i64> = rows
         .stored
         .iter()
@@ -278,12 +296,25 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
         .iter()
         .map(|i| rows.instance_of.get(*i).copied().unwrap_or_default())
         .collect();
-    let ids: Vec<(i64, String, i64)> = sqlx::query_as(
-        "INSERT INTO events (uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
-           $7::text[], $8::text[], $9::bigint[], $10::text[]) \
-         RETURNING id, instance, sequence",
-    )
+    // Each delivery names its event by its position in the events' arrays (from 1).
+    let event_of: Vec<i64> = rows.event_of.iter().map(|at| to_i64(*at as u64 + 1)).collect();
+    let destinations: Vec<&str> = rows.destination.iter().map(|d| &**d).collect();
+    sqlx::query(&format!(
+        "WITH n AS (SELECT {NOW_MS} AS now), \
+         e AS (INSERT INTO events (uuid, instance, kind, data, date_time, sender, server_url, apikey, \
+                 sequence, profile) \
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[]) \
+               RETURNING id, instance, sequence) \
+         INSERT INTO deliveries (event_id, channel, scope, destination, okey, state, due_at, updated_at) \
+         SELECT e.id, d.c, d.s, d.d, d.k, d.st, n.now, n.now \
+         FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[]) \
+                WITH ORDINALITY AS d(at, c, s, d, k, st, ord) \
+           JOIN unnest($2::text[], $9::bigint[]) WITH ORDINALITY AS p(i, q, at) ON p.at = d.at \
+           JOIN e ON e.instance = p.i AND e.sequence = p.q \
+           CROSS JOIN n \
+         ORDER BY d.ord"
+    ))
     .bind(&rows.uuid)
     .bind(&instances)
     .bind(&rows.kind)
@@ -294,38 +325,7 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .bind(&rows.apikey)
     .bind(&event_sequences)
     .bind(&rows.profile)
-    .fetch_all(&mut *tx)
-    .await?;
-    let by_sequence: HashMap<(&str, i64), i64> = ids
-        .iter()
-        .map(|(id, instance, sequence)| ((instance.as_str(), *sequence), *id))
-        .collect();
-    let mut event_id = Vec::with_capacity(rows.event_of.len());
-    let mut state = Vec::with_capacity(rows.event_of.len());
-    for (i, at) in rows.event_of.iter().enumerate() {
-        let key = (
-            instances.get(*at).copied().unwrap_or_default(),
-            event_sequences.get(*at).copied().unwrap_or(0),
-        );
-        let id = by_sequence.get(&key).copied().ok_or_else(|| {
-            DbError::Invalid("an inserted event did not come back from PostgreSQL".to_owned())
-        })?;
-        event_id.push(id);
-        state.push(match rows.okey.get(i).copied().flatten() {
-            None => READY,
-            // The first delivery of an idle key is its head; the others wait behind it.
-            Some(key) if busy.insert((rows.channel.get(i).copied().unwrap_or_default(), key)) => READY,
-            Some(_) => WAITING,
-        });
-    }
-    let destinations: Vec<&str> = rows.destination.iter().map(|d| &**d).collect();
-    sqlx::query(&format!(
-        "INSERT INTO deliveries (event_id, channel, scope, destination, okey, state, due_at, updated_at) \
-         SELECT t.e, t.c, t.s, t.d, t.k, t.st, n.now, n.now \
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
-           AS t(e, c, s, d, k, st) CROSS JOIN (SELECT {NOW_MS} AS now) AS n"
-    ))
-    .bind(&event_id)
+    .bind(&event_of)
     .bind(&rows.channel)
     .bind(&rows.scope)
     .bind(&destinations)
@@ -333,7 +333,7 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .bind(&state)
     .execute(&mut *tx)
     .await?;
-    announce(inner, &mut tx, &rows.channels).await?;
+    announce(inner, &mut tx, &ready).await?;
     tx.commit().await?;
     Ok(sequences)
 }

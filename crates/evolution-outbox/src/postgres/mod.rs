@@ -16,7 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use evolution_events::{Channel, Delivery, EventEnvelope, InstanceName, InstanceSettings, Uuid};
@@ -39,6 +39,9 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// How long an operation waits for a connection: while PostgreSQL is unreachable, an `enqueue`
 /// fails after this long (the server answers 503 with `Retry-After`) rather than hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a replica tells the others about new work of one channel at most (see `announce`).
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(50);
 
 /// How the PostgreSQL outbox is set up.
 #[derive(Clone, Debug)]
@@ -205,6 +208,8 @@ pub(super) struct Inner {
     claimed: Mutex<HashMap<i64, Channel>>,
     /// Whether other replicas are alive (then state changes are announced with NOTIFY).
     peers: AtomicBool,
+    /// When each channel's work was last announced to the other replicas.
+    announced: Mutex<HashMap<Channel, Instant>>,
     /// Bumped whenever instances or settings may have changed on any replica.
     changes: watch::Sender<u64>,
     /// The NOTIFY channel of new work (payload: the delivery channel).
@@ -356,7 +361,8 @@ impl PostgresOutbox {
         let target = target(&connect);
         let schema = options.schema.clone();
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            // The LISTEN connection comes on top of the connections for the work.
+            .max_connections(options.max_connections.max(2).saturating_add(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect)
             .await
@@ -395,6 +401,7 @@ impl PostgresOutbox {
             live: Mutex::default(),
             claimed: Mutex::default(),
             peers: AtomicBool::new(false),
+            announced: Mutex::default(),
             changes: watch::Sender::new(0),
         });
         tasks::heartbeat(&inner)
@@ -623,6 +630,11 @@ impl Store for PostgresOutbox {
 
 /// Tells the other replicas, when there are any, that deliveries of `channels` may have become
 /// claimable: a NOTIFY on the work topic per channel, sent when `conn`'s transaction commits.
+///
+/// At most one per channel every [`ANNOUNCE_EVERY`]: a commit that sends NOTIFY takes a lock of the
+/// whole PostgreSQL cluster until it is flushed (such commits never share a flush), and a woken
+/// replica's workers keep claiming until the channel is empty. Nothing waits on an announcement
+/// that was skipped: this replica's own workers are woken at once.
 async fn announce(
     inner: &Inner,
     conn: &mut PgConnection,
@@ -631,7 +643,26 @@ async fn announce(
     if channels.is_empty() || !inner.peers.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let payloads: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    let payloads: Vec<&str> = {
+        let now = Instant::now();
+        let mut announced = inner.announced.lock().unwrap_or_else(PoisonError::into_inner);
+        channels
+            .iter()
+            .filter(|c| {
+                let due = announced
+                    .get(*c)
+                    .is_none_or(|at| now.duration_since(*at) >= ANNOUNCE_EVERY);
+                if due {
+                    announced.insert(**c, now);
+                }
+                due
+            })
+            .map(|c| c.as_str())
+            .collect()
+    };
+    if payloads.is_empty() {
+        return Ok(());
+    }
     sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind(&inner.work_topic)
         .bind(&payloads)

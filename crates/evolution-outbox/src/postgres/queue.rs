@@ -162,7 +162,8 @@ async fn arm_keys(
     sqlx::query(
         "WITH s AS MATERIALIZED ( \
            SELECT k.c AS channel, k.o AS okey, \
-             EXISTS (SELECT 1 FROM deliveries x WHERE x.channel = k.c AND x.okey = k.o AND x.state = 1) AS busy, \
+             (SELECT x.id FROM deliveries x WHERE x.channel = k.c AND x.okey = k.o AND x.state = 1 LIMIT 1) \
+               IS NOT NULL AS busy, \
              (SELECT min(x.id) FROM deliveries x WHERE x.channel = k.c AND x.okey = k.o AND x.state IN (0, 4)) AS head \
            FROM unnest($1::text[], $2::text[]) AS k(c, o)), \
          demoted AS ( \
@@ -478,7 +479,7 @@ async fn forget_events(tx: &mut PgConnection, events: &[i64]) -> Result<(), DbEr
     unique.dedup();
     sqlx::query(
         "DELETE FROM events e WHERE e.id = ANY($1) \
-         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+         AND (SELECT d.id FROM deliveries d WHERE d.event_id = e.id LIMIT 1) IS NULL",
     )
     .bind(&unique)
     .execute(&mut *tx)
