@@ -79,7 +79,11 @@ impl App {
                         .await
                         .map_err(|e| StartError::Database(format!("{}: {e}", path.display())))?,
                 );
-                (Storage::Sqlite(Arc::clone(&sqlite)), sqlite.clone(), sqlite)
+                (
+                    Storage::Sqlite(Arc::clone(&sqlite)),
+                    Arc::clone(&sqlite) as Arc<dyn Outbox>,
+                    sqlite,
+                )
             }
             Database::Postgres { uri, schema, lease } => {
                 let options = PostgresOptions {
@@ -94,7 +98,11 @@ impl App {
                         .await
                         .map_err(|e| StartError::Database(e.to_string()))?,
                 );
-                (Storage::Postgres(Arc::clone(&postgres)), postgres.clone(), postgres)
+                (
+                    Storage::Postgres(Arc::clone(&postgres)),
+                    Arc::clone(&postgres) as Arc<dyn Outbox>,
+                    postgres,
+                )
             }
         };
         let api_key = match &storage {
