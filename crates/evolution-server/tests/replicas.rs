@@ -18,49 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{API_KEY, Receiver, Server, seed_event, service_env, unique};
+use common::{API_KEY, Receiver, Schema, Server, seed_event, service_env, unique};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// The outbox's lease in these tests: a killed replica's work is taken over this long after.
 const LEASE: &str = "2s";
-
-/// A schema of its own in the test database, dropped at the end.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str, tag: &str) -> Self {
-        Self {
-            url: url.to_owned(),
-            name: format!("replicas_{tag}"),
-        }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ignored = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
 
 /// Starts `n` replicas on `url`'s database, schema `schema`, with `env` on top.
 async fn replicas(n: usize, url: &str, schema: &str, env: &[(&str, &str)]) -> Vec<Server> {
@@ -159,7 +123,10 @@ fn assert_first_arrivals_in_order(channel: &str, seen: &[(String, u64)]) {
         .filter(|(id, _)| ids.insert(id.clone()))
         .map(|(_, s)| *s)
         .collect();
-    assert!(first.is_sorted(), "{channel}: first arrivals out of order: {first:?}");
+    assert!(
+        first.is_sorted(),
+        "{channel}: first arrivals out of order: {first:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +139,7 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("replicas-{tag}");
     let exchange = format!("evolution-replicas-{tag}");
     let nats_prefix = format!("evoreplicas{tag}");
@@ -233,9 +200,21 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
         acked.insert(post_one(server, &instance).await.unwrap());
     }
     let within = Duration::from_secs(60);
-    assert_eq!(wait_all(|| webhook_seen(&receiver), &acked, within).await, 0, "webhook");
-    assert_eq!(wait_all(|| rabbitmq.lock().unwrap().clone(), &acked, within).await, 0, "rabbitmq");
-    assert_eq!(wait_all(|| nats_seen.lock().unwrap().clone(), &acked, within).await, 0, "nats");
+    assert_eq!(
+        wait_all(|| webhook_seen(&receiver), &acked, within).await,
+        0,
+        "webhook"
+    );
+    assert_eq!(
+        wait_all(|| rabbitmq.lock().unwrap().clone(), &acked, within).await,
+        0,
+        "rabbitmq"
+    );
+    assert_eq!(
+        wait_all(|| nats_seen.lock().unwrap().clone(), &acked, within).await,
+        0,
+        "nats"
+    );
     // Nothing more arrives late.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_once_in_order("webhook", &webhook_seen(&receiver));
@@ -246,7 +225,11 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
     let mut sequences: Vec<u64> = webhook_seen(&receiver).iter().map(|(_, s)| *s).collect();
     sequences.sort_unstable();
     let first = sequences[0];
-    assert_eq!(sequences, (first..first + 150).collect::<Vec<u64>>(), "gap-free sequences");
+    assert_eq!(
+        sequences,
+        (first..first + 150).collect::<Vec<u64>>(),
+        "gap-free sequences"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +238,7 @@ async fn a_replica_killed_mid_stream_loses_no_acknowledged_event() {
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("kill-{tag}");
     let receiver = Receiver::start().await;
     let mut servers = replicas(3, &pg, &schema.name, &[]).await;
@@ -281,7 +264,11 @@ async fn a_replica_killed_mid_stream_loses_no_acknowledged_event() {
             acked.insert(id);
         }
     }
-    assert!(acked.len() >= 200, "most posts were acknowledged ({})", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "most posts were acknowledged ({})",
+        acked.len()
+    );
     let missing = wait_all(|| webhook_seen(&receiver), &acked, Duration::from_secs(60)).await;
     let seen = webhook_seen(&receiver);
     let distinct: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
@@ -301,7 +288,7 @@ async fn a_webhook_set_through_one_replica_applies_on_another_within_a_second() 
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("set-{tag}");
     let receiver = Receiver::start().await;
     let servers = replicas(2, &pg, &schema.name, &[]).await;
@@ -331,7 +318,10 @@ async fn a_webhook_set_through_one_replica_applies_on_another_within_a_second() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    eprintln!("replica B saw the change {:?} after it was made", set_at.elapsed());
+    eprintln!(
+        "replica B saw the change {:?} after it was made",
+        set_at.elapsed()
+    );
     let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].body["id"], id.as_str());
@@ -359,12 +349,30 @@ impl PrivatePostgres {
         let dir = common::temp_dir("private-postgres");
         let user = is_root().then_some("postgres");
         if let Some(user) = user {
-            assert!(Command::new("chown").args(["-R", user]).arg(&dir).status().unwrap().success());
+            assert!(
+                Command::new("chown")
+                    .args(["-R", user])
+                    .arg(&dir)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
         }
         let port = common::free_port();
         let this = Self { bin, dir, port, user };
         let data = this.dir.join("data");
-        this.run("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        this.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
         this.pg_ctl("start");
         this
     }
@@ -394,8 +402,20 @@ impl PrivatePostgres {
     fn pg_ctl(&self, action: &str) {
         let data = self.dir.join("data");
         let log = self.dir.join("postgres.log");
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
-        let mut args = vec![action, "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &options];
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let mut args = vec![
+            action,
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &options,
+        ];
         if action == "stop" {
             args.extend(["-m", "immediate"]);
         }
@@ -498,32 +518,56 @@ async fn postgres_restarted_mid_stream_gives_503_then_recovers_losing_nothing() 
         if now > during + 20 {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(30), "ingest never recovered after PostgreSQL came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "ingest never recovered after PostgreSQL came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
     let refusals = refusals.lock().unwrap().clone();
-    eprintln!("acknowledged {} ({down_at} before the stop, {during} after 8 s down); refusals {refusals:?}", acked.lock().unwrap().len());
-    assert!(during <= down_at + 2, "events were acknowledged while PostgreSQL was down");
-    assert!(refusals.get(&503).copied().unwrap_or(0) > 0, "ingest answered 503 while PostgreSQL was down: {refusals:?}");
+    eprintln!(
+        "acknowledged {} ({down_at} before the stop, {during} after 8 s down); refusals {refusals:?}",
+        acked.lock().unwrap().len()
+    );
+    assert!(
+        during <= down_at + 2,
+        "events were acknowledged while PostgreSQL was down"
+    );
+    assert!(
+        refusals.get(&503).copied().unwrap_or(0) > 0,
+        "ingest answered 503 while PostgreSQL was down: {refusals:?}"
+    );
     assert_eq!(
         refusals.keys().filter(|s| **s != 503).count(),
         0,
         "only 503 while PostgreSQL was down: {refusals:?}"
     );
-    assert!(!retry_after_missing.load(Ordering::SeqCst), "a 503 came without Retry-After");
+    assert!(
+        !retry_after_missing.load(Ordering::SeqCst),
+        "a 503 came without Retry-After"
+    );
     let acked = acked.lock().unwrap().clone();
     let missing = wait_all(|| webhook_seen(&receiver), &acked, Duration::from_secs(60)).await;
-    assert_eq!(missing, 0, "acknowledged events lost across the PostgreSQL restart");
+    assert_eq!(
+        missing, 0,
+        "acknowledged events lost across the PostgreSQL restart"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_database_uri_is_a_clear_start_up_error_without_the_password() {
     let dir = common::temp_dir("bad-uri");
     for (uri, expect) in [
-        ("postgresql://evo:s3cret-pw@127.0.0.1:1/evolution", "could not connect to PostgreSQL at postgres://evo@127.0.0.1:1/evolution"),
-        ("postgresql://evo:s3cret-pw@[::1/evolution", "not a valid PostgreSQL URI"),
+        (
+            "postgresql://evo:s3cret-pw@127.0.0.1:1/evolution",
+            "could not connect to PostgreSQL at postgres://evo@127.0.0.1:1/evolution",
+        ),
+        (
+            "postgresql://evo:s3cret-pw@[::1/evolution",
+            "not a valid PostgreSQL URI",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_evolution-server"))
             .env_clear()
@@ -539,7 +583,10 @@ async fn a_bad_database_uri_is_a_clear_start_up_error_without_the_password() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(!output.status.success(), "started with {uri}: {text}");
-        assert!(text.contains("DATABASE_CONNECTION_URI"), "the variable is not named: {text}");
+        assert!(
+            text.contains("DATABASE_CONNECTION_URI"),
+            "the variable is not named: {text}"
+        );
         assert!(text.contains(expect), "expected `{expect}` in: {text}");
         assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
     }
