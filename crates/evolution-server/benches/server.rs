@@ -880,7 +880,7 @@ const COST_HEAD: &[&str] = &[
     "events",
     "rows written (by table)",
     "WAL",
-    "commits",
+    "commits (every transaction of the database, reads included)",
     "CPU per event: servers / PostgreSQL backends / rest of PostgreSQL",
     "CPU busy, cores: servers / PostgreSQL / bench process and wrk / whole machine",
     "connections",
@@ -952,7 +952,15 @@ impl Cost {
             ),
             cpu.0,
             cpu.1,
-            format!("{} ({} replicas)", self.connections, self.replicas),
+            format!(
+                "{} for {}",
+                self.connections,
+                Storage::Postgres {
+                    replicas: self.replicas
+                }
+                .label()
+                .trim_start_matches("PostgreSQL, ")
+            ),
         ]
     }
 }
