@@ -7,7 +7,13 @@
 //!   (unsigned and signed), each with its ratio to the ceiling measured in the same run; batch
 //!   ingest also against the SQLite outbox's own enqueue rate (same shape, measured in this
 //!   process in the same run). The load generator is `wrk` (64 keep-alive connections for single
-//!   events, the seed event as the body, 16 instances in turn; `benches/post_events.lua`);
+//!   events, the seed event as the body, 16 instances in turn; `benches/post_events.lua`). The
+//!   same single-event ingest and single events → webhook also run on **PostgreSQL**
+//!   (`EVOLUTION_TEST_POSTGRES`), with one replica and with three (one wrk thread per replica, 21
+//!   connections each), each scenario in a fresh schema dropped at its end; a second table gives
+//!   what each PostgreSQL scenario cost per event: rows written by table, WAL bytes, commits per
+//!   second, and the CPU time of the server processes and of PostgreSQL (see `Probe`);
+//! - `postgres` (only when named): the ceiling and the PostgreSQL rows of `throughput` alone;
 //! - `latency`: p50/p99 from the moment an event is due to be posted until its `202`, and until it
 //!   reaches a webhook receiver and a NATS subscriber, at a fixed offered rate below saturation;
 //! - `isolation`: healthy webhook + NATS delivery with and without one extra instance whose
@@ -19,9 +25,9 @@
 //!   `isolation` and `footprint` against `wrk`, to show which one can drive it at full speed.
 //!
 //! Run: `cargo bench -p evolution-server --bench server [-- SCENARIO…]` (all but `generators` by
-//! default). `throughput` needs `wrk` (`apt-get install wrk`; `scripts/bench` installs it); the
-//! `latency` and `isolation` scenarios need NATS (`EVOLUTION_TEST_NATS_URL`, from
-//! `scripts/services env`). Prints Markdown tables; `docs/benchmarks.md` records the results.
+//! default). `throughput` needs `wrk` (`apt-get install wrk`; `scripts/bench` installs it) and
+//! PostgreSQL (`EVOLUTION_TEST_POSTGRES`); the `latency` and `isolation` scenarios need NATS
+//! (`EVOLUTION_TEST_NATS_URL`); both from `scripts/services env`. Prints Markdown tables; `docs/benchmarks.md` records the results.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -33,7 +39,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,7 +145,21 @@ async fn setup(
     hook: Option<&str>,
     env: &[(&str, &str)],
 ) -> (Server, Vec<String>) {
-    let server = Server::start(name, env).await;
+    let (mut servers, names) = start_servers(name, 1, instances, hook, env).await;
+    (servers.remove(0), names)
+}
+
+/// Starts `replicas` servers with `env` (replicas share their database through it) and creates
+/// `instances` instances through the first one, with a webhook to `hook` if given, before the
+/// others start (so that they find the instances at start).
+async fn start_servers(
+    name: &str,
+    replicas: usize,
+    instances: usize,
+    hook: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Vec<Server>, Vec<String>) {
+    let first = Server::start(name, env).await;
     let mut names = Vec::new();
     for i in 0..instances {
         let name = format!("bench-{i}");
@@ -147,13 +167,17 @@ async fn setup(
         if let Some(url) = hook {
             body["webhook"] = json!({"url": url, "events": ["MESSAGES_UPSERT"]});
         }
-        let (status, resp) = server
+        let (status, resp) = first
             .call("POST", "/instance/create", Some(API_KEY), Some(body))
             .await;
         assert_eq!(status, 201, "{resp}");
         names.push(name);
     }
-    (server, names)
+    let mut servers = vec![first];
+    for i in 1..replicas {
+        servers.push(Server::start(&format!("{name}-{i}"), env).await);
+    }
+    (servers, names)
 }
 
 async fn wait_delivered(count: &AtomicU64, expected: u64, start: Instant) -> f64 {
@@ -267,6 +291,8 @@ struct Load {
     requests: u64,
     /// From the first connection to the end.
     seconds: f64,
+    /// Keep-alive connections (over every server driven).
+    connections: usize,
 }
 
 impl Load {
@@ -280,19 +306,43 @@ impl Load {
 /// each request `POST /events/<instance>` with `body`, the instances in turn (the global key).
 /// Panics when `wrk` is missing, fails, or any request failed or was not answered 2xx.
 async fn wrk(base: &str, instances: &[String], body: &[u8], connections: usize, time: Duration) -> Load {
+    wrk_on(&[base.to_owned()], instances, body, connections, time).await
+}
+
+/// [`wrk`] spread over the servers at `bases` (replicas of one database, on one host): one wrk
+/// thread per server when there are several, each with the same share of `connections` (rounded
+/// down to a multiple of the servers), its rate the sum over them all.
+async fn wrk_on(
+    bases: &[String],
+    instances: &[String],
+    body: &[u8],
+    connections: usize,
+    time: Duration,
+) -> Load {
     let dir = common::temp_dir("bench-wrk");
     let body_file = dir.join("body.json");
     std::fs::write(&body_file, body).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/post_events.lua");
+    let (threads, connections) = match bases.len() {
+        0 | 1 => (connections.min(2), connections),
+        n => (n, connections / n * n),
+    };
+    let ports: Vec<&str> = bases
+        .iter()
+        .filter_map(|b| b.trim_end_matches('/').rsplit(':').next())
+        .collect();
     let mut command = std::process::Command::new("wrk");
     command
-        .args(["-t", &connections.min(2).to_string()])
+        .args(["-t", &threads.to_string()])
         .args(["-c", &connections.to_string()])
         .args(["-d", &format!("{}s", time.as_secs())])
-        .args(["--timeout", "60s", "-s", script, base])
+        .args(["--timeout", "60s", "-s", script, &bases[0]])
         .env("WRK_BODY_FILE", &body_file)
         .env("WRK_INSTANCES", instances.join(","))
         .env("WRK_APIKEY", API_KEY);
+    if bases.len() > 1 {
+        command.env("WRK_PORTS", ports.join(","));
+    }
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -327,6 +377,7 @@ async fn wrk(base: &str, instances: &[String], body: &[u8], connections: usize, 
     Load {
         requests: field("requests"),
         seconds,
+        connections,
     }
 }
 
@@ -404,13 +455,533 @@ fn ratio(rate: f64, of: f64) -> String {
 /// A row whose ratio needs the ceiling, known at the end of the run.
 type Later = Box<dyn FnOnce(f64) -> Vec<String>>;
 
-/// The throughput scenarios. The ceiling is measured at the start and at the end of the run (the
-/// machine's load moves in between); every ratio is to the higher of the two.
-async fn throughput(rows: &mut Rows) {
+/// Where the servers of a throughput scenario keep their outbox.
+#[derive(Clone, Copy, Debug)]
+enum Storage {
+    /// One server on a SQLite file of its own (the default).
+    Sqlite,
+    /// `replicas` servers sharing a fresh schema of the PostgreSQL database of
+    /// [`postgres_url`], dropped at the end of the scenario.
+    Postgres { replicas: usize },
+}
+
+impl Storage {
+    fn label(self) -> String {
+        match self {
+            Self::Sqlite => "SQLite".to_owned(),
+            Self::Postgres { replicas: 1 } => "PostgreSQL, 1 replica".to_owned(),
+            Self::Postgres { replicas } => format!("PostgreSQL, {replicas} replicas"),
+        }
+    }
+}
+
+/// The PostgreSQL database of the PostgreSQL rows (`EVOLUTION_TEST_POSTGRES`, from
+/// `scripts/services env`; `?options[synchronous_commit]=off` and the like set PostgreSQL
+/// settings for the servers' connections).
+fn postgres_url() -> String {
+    std::env::var("EVOLUTION_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "EVOLUTION_TEST_POSTGRES is not set: run `eval \"$(scripts/services env)\"` first \
+                 (postgresql://postgres@127.0.0.1:5432/postgres here)"
+            )
+        })
+}
+
+/// The servers of one throughput scenario and, on PostgreSQL, their schema and the [`Probe`] of
+/// what they cost PostgreSQL. (Fields drop in order: the servers stop before the schema goes.)
+struct Cluster {
+    servers: Vec<Server>,
+    names: Vec<String>,
+    postgres: Option<(Probe, common::Schema)>,
+}
+
+impl Cluster {
+    /// Starts the servers of `storage` with 16 instances (each with a webhook to `hook`, if given)
+    /// and `env`; on PostgreSQL, in a fresh schema, and the probe starts counting.
+    async fn start(name: &str, storage: Storage, hook: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let Storage::Postgres { replicas } = storage else {
+            let (servers, names) = start_servers(name, 1, 16, hook, env).await;
+            return Self {
+                servers,
+                names,
+                postgres: None,
+            };
+        };
+        let url = postgres_url();
+        let schema = common::Schema::new(&url, &format!("bench_{}", common::unique()));
+        let mut env = env.to_vec();
+        env.extend([
+            ("DATABASE_CONNECTION_URI", url.as_str()),
+            ("OUTBOX_SCHEMA", schema.name.as_str()),
+        ]);
+        let (servers, names) = start_servers(name, replicas, 16, hook, &env).await;
+        let probe = Probe::start(&url, &schema.name, &servers).await;
+        Self {
+            servers,
+            names,
+            postgres: Some((probe, schema)),
+        }
+    }
+
+    fn bases(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.url("")).collect()
+    }
+
+    /// Stops the servers. On PostgreSQL: what the scenario cost it (`events` events over
+    /// `seconds`, the scenario's own clock), then the schema is dropped.
+    async fn finish(self, events: u64, seconds: f64) -> Option<Cost> {
+        let Self {
+            servers, postgres, ..
+        } = self;
+        let Some((probe, schema)) = postgres else {
+            drop(servers);
+            return None;
+        };
+        let cost = probe.finish(servers, events, seconds).await;
+        drop(schema);
+        Some(cost)
+    }
+}
+
+/// Rows inserted, updated and deleted, by table of the schema (`pg_stat_user_tables`).
+type TableRows = BTreeMap<String, [i64; 3]>;
+
+/// CPU time so far, in clock ticks: of the server processes, of every PostgreSQL process (by pid),
+/// of this process with its children that have ended (the receivers and wrk), and of the whole
+/// machine (busy, from `/proc/stat`).
+struct CpuSample {
+    at: Instant,
+    servers: u64,
+    postgres: HashMap<u32, u64>,
+    bench: u64,
+    machine: u64,
+}
+
+/// What a PostgreSQL scenario costs, measured from outside the servers: PostgreSQL's counters
+/// (rows written per table of the scenario's schema, the WAL position, the database's commits) and
+/// CPU time from `/proc` (the server processes; PostgreSQL's backends serving them, found by their
+/// client ports; the rest of PostgreSQL: WAL writer, checkpointer, autovacuum, other clients).
+/// The WAL and the commits are the whole cluster's and database's: on a machine shared with other
+/// work they include it.
+struct Probe {
+    conn: sqlx::PgConnection,
+    schema: String,
+    /// The port PostgreSQL listens on (the servers' connections go there).
+    port: u16,
+    /// The postmaster's pid, when PostgreSQL runs on this machine (else no PostgreSQL CPU).
+    postmaster: Option<u32>,
+    /// `synchronous_commit` and `commit_delay` of the servers' connections.
+    settings: String,
+    replicas: usize,
+    tables: TableRows,
+    commits: i64,
+    lsn: String,
+    cpu: CpuSample,
+}
+
+impl Probe {
+    async fn start(url: &str, schema: &str, servers: &[Server]) -> Self {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at EVOLUTION_TEST_POSTGRES: {e}"));
+        let (port, backend, settings): (Option<i32>, i32, String) = sqlx::query_as(
+            "SELECT inet_server_port(), pg_backend_pid(), \
+               'synchronous_commit=' || current_setting('synchronous_commit') \
+               || ', commit_delay=' || current_setting('commit_delay')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        // Settings given in the URI (`?options[name]=value`) apply to the servers' connections too.
+        let given: Vec<String> = url::Url::parse(url)
+            .map(|u| {
+                u.query_pairs()
+                    .filter_map(|(k, v)| {
+                        Some(format!("{}={v}", k.strip_prefix("options[")?.strip_suffix(']')?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let settings = if given.is_empty() {
+            settings
+        } else {
+            format!("{settings}; in the URI: {}", given.join(", "))
+        };
+        let port = port.and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
+        let postmaster = u32::try_from(backend)
+            .ok()
+            .and_then(proc_stat)
+            .map(|stat| stat.ppid);
+        let tables = table_rows(&mut conn, schema).await;
+        let commits = database_commits(&mut conn).await;
+        let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let cpu = cpu_sample(servers, postmaster);
+        Self {
+            conn,
+            schema: schema.to_owned(),
+            port,
+            postmaster,
+            settings,
+            replicas: servers.len(),
+            tables,
+            commits,
+            lsn,
+            cpu,
+        }
+    }
+
+    /// Takes the CPU times and the WAL position, stops the servers, waits until their backends
+    /// have exited (a backend flushes its statistics when it exits), then reads the rows and the
+    /// commits.
+    async fn finish(mut self, servers: Vec<Server>, events: u64, seconds: f64) -> Cost {
+        let end = cpu_sample(&servers, self.postmaster);
+        let wal: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(&self.lsn)
+            .fetch_one(&mut self.conn)
+            .await
+            .unwrap();
+        let ports: Vec<i32> = servers
+            .iter()
+            .flat_map(|s| client_ports(s.child.id(), self.port))
+            .collect();
+        let backends: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1)")
+                .bind(&ports)
+                .fetch_all(&mut self.conn)
+                .await
+                .unwrap();
+        drop(servers);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&backends)
+                .fetch_one(&mut self.conn)
+                .await
+                .unwrap();
+            if left == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tables = table_rows(&mut self.conn, &self.schema).await;
+        let rows = tables
+            .into_iter()
+            .map(|(table, now)| {
+                let before = self.tables.get(&table).copied().unwrap_or_default();
+                (table, [0, 1, 2].map(|i| now[i] - before[i]))
+            })
+            .collect();
+        let commits = database_commits(&mut self.conn).await - self.commits;
+        let delta =
+            |pid: &u32, ticks: &u64| ticks.saturating_sub(self.cpu.postgres.get(pid).copied().unwrap_or(0));
+        let ours: HashSet<u32> = backends.iter().filter_map(|p| u32::try_from(*p).ok()).collect();
+        let (mut backend_ticks, mut other_ticks) = (0, 0);
+        for (pid, ticks) in &end.postgres {
+            if ours.contains(pid) {
+                backend_ticks += delta(pid, ticks);
+            } else {
+                other_ticks += delta(pid, ticks);
+            }
+        }
+        let tick = clock_tick();
+        #[allow(clippy::cast_precision_loss)]
+        let secs = |ticks: u64| ticks as f64 / tick;
+        Cost {
+            events,
+            seconds,
+            settings: self.settings.clone(),
+            replicas: self.replicas,
+            connections: backends.len(),
+            rows,
+            wal,
+            commits,
+            postgres_local: self.postmaster.is_some(),
+            servers: secs(end.servers.saturating_sub(self.cpu.servers)),
+            backends: secs(backend_ticks),
+            rest: secs(other_ticks),
+            bench: secs(end.bench.saturating_sub(self.cpu.bench)),
+            machine: secs(end.machine.saturating_sub(self.cpu.machine)),
+            window: end.at.duration_since(self.cpu.at).as_secs_f64(),
+        }
+    }
+}
+
+async fn table_rows(conn: &mut sqlx::PgConnection, schema: &str) -> TableRows {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE schemaname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(t, i, u, d)| (t, [i, u, d])).collect()
+}
+
+async fn database_commits(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+/// Fields of `/proc/<pid>/stat`.
+struct ProcStat {
+    ppid: u32,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+    /// cutime + cstime: of the children waited for.
+    children: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses): state, ppid, … utime (14th field), stime (15th).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(ProcStat {
+        ppid: u32::try_from(number(1)?).ok()?,
+        ticks: number(11)? + number(12)?,
+        children: number(13)? + number(14)?,
+    })
+}
+
+/// The CPU times of `servers`, of the postmaster and its children, and of the machine.
+fn cpu_sample(servers: &[Server], postmaster: Option<u32>) -> CpuSample {
+    let servers_ticks = servers
+        .iter()
+        .filter_map(|s| proc_stat(s.child.id()))
+        .map(|s| s.ticks)
+        .sum();
+    let mut postgres = HashMap::new();
+    if let Some(postmaster) = postmaster {
+        for entry in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(stat) = proc_stat(pid)
+                && (pid == postmaster || stat.ppid == postmaster)
+            {
+                postgres.insert(pid, stat.ticks);
+            }
+        }
+    }
+    // The first line of /proc/stat: user nice system idle iowait irq softirq steal …
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let idle = v.get(3)? + v.get(4)?;
+            Some(v.iter().sum::<u64>() - idle)
+        })
+        .unwrap_or(0);
+    let bench = proc_stat(std::process::id()).map_or(0, |s| s.ticks + s.children);
+    CpuSample {
+        at: Instant::now(),
+        servers: servers_ticks,
+        postgres,
+        bench,
+        machine,
+    }
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_tick() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The local ports of the TCP connections of process `pid` to port `to`: its PostgreSQL
+/// connections (`pg_stat_activity.client_port`).
+fn client_ports(pid: u32, to: u16) -> Vec<i32> {
+    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(inode)) = (f.get(1), f.get(2), f.get(9)) else {
+                continue;
+            };
+            if port(remote) == Some(to)
+                && inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+                && let Some(p) = port(local)
+            {
+                ports.push(i32::from(p));
+            }
+        }
+    }
+    ports
+}
+
+/// What one PostgreSQL scenario cost (see [`Probe`]); CPU times in seconds.
+struct Cost {
+    events: u64,
+    /// The scenario's time (wrk's run for ingest; first request → last delivery for delivery).
+    seconds: f64,
+    settings: String,
+    replicas: usize,
+    /// The servers' connections to PostgreSQL at the end (the pools grow with the load).
+    connections: usize,
+    rows: TableRows,
+    /// WAL bytes written (the whole cluster).
+    wal: f64,
+    /// Transactions committed in the database.
+    commits: i64,
+    postgres_local: bool,
+    servers: f64,
+    backends: f64,
+    rest: f64,
+    /// This process (the receivers) and wrk.
+    bench: f64,
+    machine: f64,
+    /// The CPU times' window: from the probe's start to the end of the scenario.
+    window: f64,
+}
+
+/// The head of the PostgreSQL cost table.
+const COST_HEAD: &[&str] = &[
+    "PostgreSQL cost (per event unless said)",
+    "events",
+    "rows written (by table)",
+    "WAL",
+    "commits (every transaction of the database, reads included)",
+    "CPU per event: servers / PostgreSQL backends / rest of PostgreSQL",
+    "CPU busy, cores: servers / PostgreSQL / bench process and wrk / whole machine",
+    "connections",
+];
+
+impl Cost {
+    #[allow(clippy::cast_precision_loss)]
+    fn row(&self, what: &str) -> Vec<String> {
+        let events = self.events.max(1) as f64;
+        let per = |n: i64| n as f64 / events;
+        let written: i64 = self.rows.values().flatten().sum();
+        // Per table, what rounds to at least 0.01 per event.
+        let tables: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|(table, counts)| {
+                let parts: Vec<String> = counts
+                    .iter()
+                    .zip(["ins", "upd", "del"])
+                    .filter(|(n, _)| per(**n) >= 0.005)
+                    .map(|(n, what)| format!("{:.2} {what}", per(*n)))
+                    .collect();
+                (!parts.is_empty()).then(|| format!("{table} {}", parts.join(", ")))
+            })
+            .collect();
+        let us = |s: f64| s * 1e6 / events;
+        let cores = |s: f64| s / self.window;
+        let cpu = if self.postgres_local {
+            (
+                format!(
+                    "{:.0} / {:.0} / {:.0} µs",
+                    us(self.servers),
+                    us(self.backends),
+                    us(self.rest)
+                ),
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2} of {}",
+                    cores(self.servers),
+                    cores(self.backends + self.rest),
+                    cores(self.bench),
+                    cores(self.machine),
+                    std::thread::available_parallelism().map_or(1, usize::from)
+                ),
+            )
+        } else {
+            (
+                format!("{:.0} µs / n/a (PostgreSQL elsewhere)", us(self.servers)),
+                format!(
+                    "{:.2} / n/a / {:.2} / {:.2}",
+                    cores(self.servers),
+                    cores(self.bench),
+                    cores(self.machine)
+                ),
+            )
+        };
+        vec![
+            format!("{what} ({})", self.settings),
+            format!("{} in {:.1} s", self.events, self.seconds),
+            format!("{:.2} ({})", per(written), tables.join("; ")),
+            format!(
+                "{:.0} B ({:.1} MB/s)",
+                self.wal / events,
+                self.wal / self.seconds / 1e6
+            ),
+            format!(
+                "{:.0}/s, {:.1} events per commit",
+                self.commits as f64 / self.seconds,
+                events / self.commits.max(1) as f64
+            ),
+            cpu.0,
+            cpu.1,
+            format!(
+                "{} for {}",
+                self.connections,
+                Storage::Postgres {
+                    replicas: self.replicas
+                }
+                .label()
+                .trim_start_matches("PostgreSQL, ")
+            ),
+        ]
+    }
+}
+
+/// The throughput scenarios (`sqlite`: all of them; otherwise only the PostgreSQL rows, the
+/// `postgres` scenario). The ceiling is measured at the start and at the end of the run (the
+/// machine's load moves in between); every ratio is to the higher of the two. Returns the rows of
+/// the PostgreSQL cost table (see [`Probe`]).
+async fn throughput(rows: &mut Rows, sqlite: bool) -> Rows {
     let names: Vec<String> = (0..16).map(|i| format!("bench-{i}")).collect();
     let single = body(1);
     let label = |what: &str| format!("{what}, 16 instances, {CONNECTIONS} connections");
     let mut later: Vec<Later> = Vec::new();
+    let mut costs = Rows::new();
+    // PostgreSQL first: a run that would fail at its end fails now.
+    {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&postgres_url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at EVOLUTION_TEST_POSTGRES: {e}"));
+    }
 
     // The ceiling: the same generator, body and connections against a handler that stores nothing.
     let ceiling_base = ceiling().await;
@@ -421,82 +992,133 @@ async fn throughput(rows: &mut Rows) {
     // The durable accept path: every event is stored with its webhook delivery, and the receiver
     // never answers, so delivery work does not compete for the CPU.
     let stalled = stalled_receiver().await;
-    // Single events, then batches, pile up on this server for 2 × INGEST_TIME: room for them all.
-    let (server, names) = setup(
-        "bench-ingest",
-        16,
-        Some(&stalled),
-        &[("EVENTS_MAX_BACKLOG", "50000000")],
-    )
-    .await;
-    let base = server.url("");
-    let single_rate = wrk(&base, &names, &single, CONNECTIONS, INGEST_TIME)
-        .await
-        .rate(1);
-    let what = label(
-        "durable ingest (stored with a webhook delivery each, receiver never answers), single events, OUTBOX_SYNCHRONOUS=full (default: survives a power loss)",
-    );
-    later.push(Box::new(move |ceiling| {
-        vec![
-            what,
-            format!("{single_rate:.0} events/s"),
-            ratio(single_rate, ceiling),
-            "≥ 0.3× ceiling".into(),
-        ]
-    }));
-    let batch_rate = wrk(&base, &names, &body(500), 8, INGEST_TIME).await.rate(500);
-    drop(server);
-    // The same single-event ingest with the faster durability setting (a killed process loses
-    // nothing; a power loss may lose the last commits).
-    let (server, names) = setup(
-        "bench-ingest-normal",
-        16,
-        Some(&stalled),
-        &[("OUTBOX_SYNCHRONOUS", "normal")],
-    )
-    .await;
-    let normal_rate = wrk(&server.url(""), &names, &single, CONNECTIONS, INGEST_TIME)
-        .await
-        .rate(1);
-    drop(server);
-    let what = label(
-        "durable ingest as above, single events, OUTBOX_SYNCHRONOUS=normal (survives a killed process, not a power loss)",
-    );
-    later.push(Box::new(move |ceiling| {
-        vec![
-            what,
-            format!("{normal_rate:.0} events/s"),
-            ratio(normal_rate, ceiling),
-            String::new(),
-        ]
-    }));
-    let outbox = outbox_enqueue_rate(&stalled).await;
-    later.push(Box::new(move |_| {
-        vec![
-            "SQLite outbox alone (this process, default options): enqueue, batches of 500, 1 webhook delivery each, 8 tasks".into(),
-            format!("{outbox:.0} events/s"),
-            String::new(),
-            String::new(),
-        ]
-    }));
-    later.push(Box::new(move |_| {
-        vec![
-            "durable ingest (stored with a webhook delivery each, receiver never answers), batches of 500, 16 instances, 8 connections"
-                .into(),
-            format!("{batch_rate:.0} events/s"),
-            format!("{} outbox alone", ratio(batch_rate, outbox)),
-            "≥ 0.8× outbox alone".into(),
-        ]
-    }));
+    if sqlite {
+        // Single events, then batches, pile up on this server for 2 × INGEST_TIME: room for them all.
+        let (server, names) = setup(
+            "bench-ingest",
+            16,
+            Some(&stalled),
+            &[("EVENTS_MAX_BACKLOG", "50000000")],
+        )
+        .await;
+        let base = server.url("");
+        let single_rate = wrk(&base, &names, &single, CONNECTIONS, INGEST_TIME)
+            .await
+            .rate(1);
+        let what = label(
+            "durable ingest (stored with a webhook delivery each, receiver never answers), single events, OUTBOX_SYNCHRONOUS=full (default: survives a power loss)",
+        );
+        later.push(Box::new(move |ceiling| {
+            vec![
+                what,
+                format!("{single_rate:.0} events/s"),
+                ratio(single_rate, ceiling),
+                "≥ 0.3× ceiling".into(),
+            ]
+        }));
+        let batch_rate = wrk(&base, &names, &body(500), 8, INGEST_TIME).await.rate(500);
+        drop(server);
+        // The same single-event ingest with the faster durability setting (a killed process loses
+        // nothing; a power loss may lose the last commits).
+        let (server, names) = setup(
+            "bench-ingest-normal",
+            16,
+            Some(&stalled),
+            &[("OUTBOX_SYNCHRONOUS", "normal")],
+        )
+        .await;
+        let normal_rate = wrk(&server.url(""), &names, &single, CONNECTIONS, INGEST_TIME)
+            .await
+            .rate(1);
+        drop(server);
+        let what = label(
+            "durable ingest as above, single events, OUTBOX_SYNCHRONOUS=normal (survives a killed process, not a power loss)",
+        );
+        later.push(Box::new(move |ceiling| {
+            vec![
+                what,
+                format!("{normal_rate:.0} events/s"),
+                ratio(normal_rate, ceiling),
+                String::new(),
+            ]
+        }));
+        let outbox = outbox_enqueue_rate(&stalled).await;
+        later.push(Box::new(move |_| {
+            vec![
+                "SQLite outbox alone (this process, default options): enqueue, batches of 500, 1 webhook delivery each, 8 tasks".into(),
+                format!("{outbox:.0} events/s"),
+                String::new(),
+                String::new(),
+            ]
+        }));
+        later.push(Box::new(move |_| {
+            vec![
+                "durable ingest (stored with a webhook delivery each, receiver never answers), batches of 500, 16 instances, 8 connections"
+                    .into(),
+                format!("{batch_rate:.0} events/s"),
+                format!("{} outbox alone", ratio(batch_rate, outbox)),
+                "≥ 0.8× outbox alone".into(),
+            ]
+        }));
+    }
+
+    // The same single-event durable ingest on PostgreSQL: one replica, then three sharing the load
+    // (one wrk thread per replica).
+    for replicas in [1, 3] {
+        let storage = Storage::Postgres { replicas };
+        let cluster = Cluster::start(
+            "bench-ingest-pg",
+            storage,
+            Some(&stalled),
+            &[("EVENTS_MAX_BACKLOG", "50000000")],
+        )
+        .await;
+        let load = wrk_on(
+            &cluster.bases(),
+            &cluster.names,
+            &single,
+            CONNECTIONS,
+            INGEST_TIME,
+        )
+        .await;
+        let rate = load.rate(1);
+        let what = format!(
+            "durable ingest as above, single events, {}, 16 instances, {} connections",
+            storage.label(),
+            load.connections
+        );
+        if let Some(cost) = cluster.finish(load.requests, load.seconds).await {
+            costs.push(cost.row(&what));
+        }
+        later.push(Box::new(move |ceiling| {
+            vec![
+                what,
+                format!("{rate:.0} events/s"),
+                ratio(rate, ceiling),
+                String::new(),
+            ]
+        }));
+    }
 
     // Accept and deliver to a loopback webhook receiver that answers 200 at once.
-    for (what, env, connections, per_request, bar) in [
+    let ordered = "single events → webhook, ordered per instance (default)";
+    for (what, env, connections, per_request, bar, storage) in [
+        (ordered, vec![], CONNECTIONS, 1, "", Storage::Sqlite),
         (
-            "single events → webhook, ordered per instance (default)",
+            ordered,
             vec![],
             CONNECTIONS,
             1,
             "",
+            Storage::Postgres { replicas: 1 },
+        ),
+        (
+            ordered,
+            vec![],
+            CONNECTIONS,
+            1,
+            "",
+            Storage::Postgres { replicas: 3 },
         ),
         (
             "single events → webhook, ordered per instance (default), signed (WEBHOOK_SIGNING_SECRET)",
@@ -504,6 +1126,7 @@ async fn throughput(rows: &mut Rows) {
             CONNECTIONS,
             1,
             "≥ 0.12× ceiling",
+            Storage::Sqlite,
         ),
         (
             "single events → webhook, unordered (WEBHOOK_ORDERED=false)",
@@ -511,6 +1134,7 @@ async fn throughput(rows: &mut Rows) {
             CONNECTIONS,
             1,
             "",
+            Storage::Sqlite,
         ),
         (
             "batches of 100 → webhook, ordered per instance (default)",
@@ -518,8 +1142,12 @@ async fn throughput(rows: &mut Rows) {
             8,
             100,
             "",
+            Storage::Sqlite,
         ),
     ] {
+        if !sqlite && matches!(storage, Storage::Sqlite) {
+            continue;
+        }
         let (url, count) = counting_receiver().await;
         // A request the receiver fails now and then (a connection closed under load) is retried
         // within 1–2 s instead of the default 5 s and more, which would stall an ordered instance.
@@ -530,19 +1158,30 @@ async fn throughput(rows: &mut Rows) {
             ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
             ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "2"),
         ]);
-        let (server, names) = setup("bench-deliver", 16, Some(&url), &env).await;
+        let cluster = Cluster::start("bench-deliver", storage, Some(&url), &env).await;
         let start = Instant::now();
-        let load = wrk(
-            &server.url(""),
-            &names,
+        let load = wrk_on(
+            &cluster.bases(),
+            &cluster.names,
             &body(per_request),
             connections,
             DELIVER_TIME,
         )
         .await;
         let accepted = load.rate(per_request);
-        let delivered = wait_delivered(&count, load.requests * per_request as u64, start).await;
-        let what = format!("{what}, 16 instances, {connections} connections");
+        let events = load.requests * per_request as u64;
+        let delivered = wait_delivered(&count, events, start).await;
+        let what = match storage {
+            Storage::Sqlite => format!("{what}, 16 instances, {} connections", load.connections),
+            _ => format!(
+                "{what}, {}, 16 instances, {} connections",
+                storage.label(),
+                load.connections
+            ),
+        };
+        if let Some(cost) = cluster.finish(events, start.elapsed().as_secs_f64()).await {
+            costs.push(cost.row(&format!("{what}: accepted and delivered")));
+        }
         let accepted_what = format!("{what}: accepted");
         later.push(Box::new(move |ceiling| {
             vec![
@@ -560,7 +1199,6 @@ async fn throughput(rows: &mut Rows) {
                 bar.into(),
             ]
         }));
-        drop(server);
     }
 
     let ceiling_end = wrk(&ceiling_base, &names, &single, CONNECTIONS, INGEST_TIME)
@@ -574,6 +1212,7 @@ async fn throughput(rows: &mut Rows) {
         String::new(),
     ]);
     rows.extend(later.into_iter().map(|row| row(ceiling)));
+    costs
 }
 
 /// The ceiling driven by the reqwest generator (64 tasks, one event per request, the same seed
@@ -1169,7 +1808,14 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let default = ["throughput", "latency", "isolation", "footprint"];
-    let all = ["throughput", "latency", "isolation", "footprint", "generators"];
+    let all = [
+        "throughput",
+        "postgres",
+        "latency",
+        "isolation",
+        "footprint",
+        "generators",
+    ];
     if let Some(unknown) = wanted.iter().find(|w| !all.contains(&w.as_str())) {
         panic!("unknown scenario `{unknown}`: choose from {all:?}");
     }
@@ -1185,9 +1831,10 @@ async fn main() {
             continue;
         }
         let mut rows = Rows::new();
+        let mut costs = None;
         let head: &[&str] = match name {
-            "throughput" => {
-                throughput(&mut rows).await;
+            "throughput" | "postgres" => {
+                costs = Some(throughput(&mut rows, name == "throughput").await);
                 &["throughput", "rate", "ratio", "bar"]
             }
             "latency" => {
@@ -1208,6 +1855,9 @@ async fn main() {
             }
         };
         print_table(head, &rows);
+        if let Some(costs) = costs {
+            print_table(COST_HEAD, &costs);
+        }
     }
 }
 

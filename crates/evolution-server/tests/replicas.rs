@@ -18,49 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{API_KEY, Receiver, Server, seed_event, service_env, unique};
+use common::{API_KEY, Receiver, Schema, Server, seed_event, service_env, unique};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// The outbox's lease in these tests: a killed replica's work is taken over this long after.
 const LEASE: &str = "2s";
-
-/// A schema of its own in the test database, dropped at the end.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str, tag: &str) -> Self {
-        Self {
-            url: url.to_owned(),
-            name: format!("replicas_{tag}"),
-        }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ignored = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
 
 /// Starts `n` replicas on `url`'s database, schema `schema`, with `env` on top.
 async fn replicas(n: usize, url: &str, schema: &str, env: &[(&str, &str)]) -> Vec<Server> {
@@ -175,7 +139,7 @@ async fn three_replicas_deliver_every_event_once_in_order_to_webhook_rabbitmq_an
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("replicas-{tag}");
     let exchange = format!("evolution-replicas-{tag}");
     let nats_prefix = format!("evoreplicas{tag}");
@@ -274,7 +238,7 @@ async fn a_replica_killed_mid_stream_loses_no_acknowledged_event() {
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("kill-{tag}");
     let receiver = Receiver::start().await;
     let mut servers = replicas(3, &pg, &schema.name, &[]).await;
@@ -324,7 +288,7 @@ async fn a_webhook_set_through_one_replica_applies_on_another_within_a_second() 
         return;
     };
     let tag = unique();
-    let schema = Schema::new(&pg, &tag);
+    let schema = Schema::new(&pg, &format!("replicas_{tag}"));
     let instance = format!("set-{tag}");
     let receiver = Receiver::start().await;
     let servers = replicas(2, &pg, &schema.name, &[]).await;
