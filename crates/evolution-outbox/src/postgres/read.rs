@@ -27,7 +27,8 @@ pub(super) async fn next_due(inner: &Inner, channel: Channel) -> Result<Option<D
 
 pub(super) async fn stats(inner: &Inner, channel: Channel) -> Result<ChannelStats, DbError> {
     let (pending, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM deliveries WHERE channel = $1 AND state IN (0, 4)), \
+        "SELECT (SELECT count(*) FROM deliveries WHERE channel = $1 AND state = 0) \
+              + (SELECT count(*) FROM deliveries WHERE channel = $1 AND okey IS NOT NULL AND state = 4), \
                 (SELECT count(*) FROM deliveries WHERE channel = $1 AND state = 1), \
                 (SELECT count(*) FROM deliveries WHERE channel = $1 AND state = 3)",
     )
