@@ -54,6 +54,9 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_claim ON deliveries (channel, due_at, id) WHERE state = 0;
 -- Ordering keys: the head of a key (its oldest pending delivery) and the run behind it.
 CREATE INDEX deliveries_okey_pending ON deliveries (channel, okey, id) WHERE state IN (0, 4) AND okey IS NOT NULL;
+-- The ready head of each key (one row per key at most): re-arming a key finds it without reading
+-- the key's waiting run.
+CREATE INDEX deliveries_okey_ready ON deliveries (channel, okey) WHERE state = 0 AND okey IS NOT NULL;
 -- In flight: whether a key is busy, a replica's claims, lease expiry.
 CREATE INDEX deliveries_in_flight ON deliveries (channel, okey) WHERE state = 1;
 -- Pruning events, replay, and the delivery log by instance.
