@@ -336,7 +336,8 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     ) -> Result<Vec<DeadLetter>, OutboxError>;
 
     /// Moves the dead letters that match `filter` back to pending, due now, attempts counted from
-    /// 1 again. Returns how many.
+    /// 1 again; an ordered one takes its place in its key again by enqueue order (before the
+    /// key's later pending deliveries). Returns how many.
     ///
     /// # Errors
     /// Storage errors.

@@ -469,7 +469,8 @@ impl Outbox for MemoryOutbox {
         let mut touched = BTreeSet::new();
         let count;
         {
-            let mut state = self.lock();
+            let mut guard = self.lock();
+            let state = &mut *guard;
             let (chosen, kept): (Vec<DeadEntry>, Vec<DeadEntry>) = std::mem::take(&mut state.dead)
                 .into_iter()
                 .partition(|d| filter.matches(&d.letter.delivery));
@@ -482,7 +483,19 @@ impl Outbox for MemoryOutbox {
                 let ch = state.channels.entry(channel).or_default();
                 ch.pending += 1;
                 match &key {
-                    Some(k) => ch.keys.entry(Arc::clone(k)).or_default().queue.push_back(id),
+                    Some(k) => {
+                        // Back in its place by enqueue order: it is the key's head again if it is
+                        // older than every pending delivery of the key (which then waits).
+                        let ks = ch.keys.entry(Arc::clone(k)).or_default();
+                        if ks.in_flight == 0
+                            && let Some(head) = ks.queue.front()
+                            && let Some(rec) = state.records.get(head)
+                        {
+                            ch.ready.remove(&(rec.due, *head));
+                        }
+                        let at = ks.queue.iter().position(|q| *q > id).unwrap_or(ks.queue.len());
+                        ks.queue.insert(at, id);
+                    }
                     None => {
                         ch.ready.insert((now, id));
                     }

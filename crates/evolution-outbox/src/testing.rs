@@ -98,6 +98,7 @@ macro_rules! outbox_contract_suite {
             ordered_key_claims_its_head_run_in_order,
             ordered_key_one_batch_in_flight,
             ordered_key_waits_for_its_head,
+            redriven_letter_takes_its_place_again,
             unordered_and_other_keys_go_out_concurrently,
             retry_waits_until_due,
             attempts_count_failed_tries_only,
@@ -821,6 +822,48 @@ async fn keyed(
 
 fn events(deliveries: &[Delivery]) -> Vec<Uuid> {
     deliveries.iter().map(|d| d.envelope.id()).collect()
+}
+
+/// **A redriven letter of an ordered key takes its place again.** A dead letter redriven while later
+/// deliveries of its key are pending is the key's oldest pending delivery again: it goes out before
+/// them, in enqueue order, one batch of the key at a time.
+pub async fn redriven_letter_takes_its_place_again<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "redriven_letter_takes_its_place_again";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    let k = keyed(CASE, o, CHANNEL, "a", "a/k", 3).await;
+    let first = claim(CASE, o, CHANNEL, 1).await;
+    rule_eq!(CASE, events(&first), k[..1].to_vec(), "the key's head");
+    settle(CASE, o, vec![settlement(first[0].id, dead("gone"))]).await;
+    let filter = RedriveFilter {
+        ids: vec![first[0].id],
+        ..RedriveFilter::default()
+    };
+    rule_eq!(
+        CASE,
+        ok(CASE, "redrive", o.redrive(&filter).await),
+        1,
+        "one dead letter redriven"
+    );
+    let next = claim(CASE, o, CHANNEL, 2).await;
+    rule_eq!(
+        CASE,
+        events(&next),
+        k[..2].to_vec(),
+        "the redriven letter goes out first again, then the delivery behind it, in enqueue order"
+    );
+    rule!(
+        CASE,
+        claim_all(CASE, o, CHANNEL).await.is_empty(),
+        "a delivery of a key with a batch in flight was claimed"
+    );
+    settle_all(CASE, o, &next, &Outcome::Delivered).await;
+    rule_eq!(
+        CASE,
+        events(&claim_all(CASE, o, CHANNEL).await),
+        k[2..].to_vec(),
+        "then the rest of the key"
+    );
 }
 
 /// **An ordering key goes out as its head run, in order.** A claim takes the head of a key and

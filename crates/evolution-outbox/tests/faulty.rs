@@ -331,6 +331,8 @@ breaks! {
         "case `claims_in_due_order`: deliveries due at once go out in enqueue order";
     reversed_claims_fail_the_head_run: Fault::ReversesClaims => ordered_key_claims_its_head_run_in_order,
         "case `ordered_key_claims_its_head_run_in_order`: a claim takes the head run of a key, in enqueue order";
+    reversed_claims_fail_a_redriven_head: Fault::ReversesClaims => redriven_letter_takes_its_place_again,
+        "case `redriven_letter_takes_its_place_again`: the redriven letter goes out first again";
     claiming_twice_fails_leases: Fault::ReleasesBeforeClaim => a_claimed_delivery_is_leased_until_settled,
         "case `a_claimed_delivery_is_leased_until_settled`: a claimed delivery was claimed again";
     claiming_an_in_flight_key_fails_one_batch: Fault::ReleasesBeforeClaim => ordered_key_one_batch_in_flight,
