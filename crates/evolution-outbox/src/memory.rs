@@ -42,6 +42,8 @@ struct Record {
     due: Instant,
     key: Option<Arc<str>>,
     in_flight: bool,
+    /// The error of the last failed attempt (for the delivery log).
+    last_error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +246,7 @@ impl Outbox for MemoryOutbox {
                             due: now,
                             key: d.ordering_key,
                             in_flight: false,
+                            last_error: None,
                         },
                     );
                 }
@@ -345,15 +348,16 @@ impl Outbox for MemoryOutbox {
                         }
                     }
                     Outcome::Retry { .. } | Outcome::Requeue => {
-                        let (due, counts) = match outcome {
-                            Outcome::Retry { delay, .. } => (now + delay, true),
-                            _ => (now, false),
+                        let (due, failed) = match outcome {
+                            Outcome::Retry { delay, error } => (now + delay, Some(error)),
+                            _ => (now, None),
                         };
                         if let Some(rec) = state.records.get_mut(&id) {
                             rec.in_flight = false;
                             rec.due = due;
-                            if counts {
+                            if let Some(error) = failed {
                                 rec.attempts += 1;
+                                rec.last_error = Some(error);
                             }
                         }
                         let ch = state.channels.entry(channel).or_default();
@@ -508,6 +512,8 @@ impl Outbox for MemoryOutbox {
                         due: now,
                         key: key.clone(),
                         in_flight: false,
+                        // As in the SQL backends: the error it died of, until the next attempt.
+                        last_error: Some(letter.error),
                     },
                 );
                 if let Some(k) = key {
@@ -595,7 +601,13 @@ impl Outbox for MemoryOutbox {
             };
             if matches(&rec.delivery) && wants(status, rec.attempts) {
                 let due = (!rec.in_flight).then_some(rec.due);
-                out.push(record(&rec.delivery, status, rec.attempts, None, due));
+                out.push(record(
+                    &rec.delivery,
+                    status,
+                    rec.attempts,
+                    rec.last_error.clone(),
+                    due,
+                ));
             }
         }
         for dead in &state.dead {

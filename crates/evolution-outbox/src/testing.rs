@@ -1948,9 +1948,14 @@ pub async fn delivery_log_reports_each_delivery<F: OutboxFixture>(fx: &F) {
         );
         rule_eq!(
             CASE,
-            (r.status, r.attempts, r.next_attempt_at.is_some()),
-            (DeliveryStatus::Pending, 1, true),
-            "a delivery waiting for its retry: pending, one attempt, a next attempt time"
+            (
+                r.status,
+                r.attempts,
+                r.next_attempt_at.is_some(),
+                r.last_error.as_deref()
+            ),
+            (DeliveryStatus::Pending, 1, true, Some("HTTP 503")),
+            "a delivery waiting for its retry: pending, one attempt, a next attempt time, its error"
         );
         rule_eq!(
             CASE,
