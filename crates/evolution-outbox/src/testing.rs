@@ -135,6 +135,54 @@ macro_rules! __outbox_contract_suite {
     };
 }
 
+/// A PostgreSQL schema of one test (`name`, a plain lower-case identifier) in the database at
+/// `url`: dropped with everything in it when this is dropped (stop the outboxes and servers using
+/// it first). Feature `postgres`.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PostgresSchema {
+    /// The database.
+    pub url: String,
+    /// The schema.
+    pub name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresSchema {
+    /// The schema `name` in the database at `url` (created by whoever opens an outbox on it).
+    #[must_use]
+    pub fn new(url: &str, name: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // A thread and runtime of its own: the test's runtime may be shutting down, or absent.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                let drop = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+                conn.execute(drop.as_str()).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            tracing::warn!(schema = %self.name, "could not drop the test schema");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Builders, also for backend-specific tests.
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use evolution_events::{InstanceName, InstanceSettings, Sensitive, Uuid};
-use evolution_outbox::testing::{CHANNEL as CH, OutboxFixture, new_event, settlement};
+use evolution_outbox::testing::{CHANNEL as CH, OutboxFixture, PostgresSchema, new_event, settlement};
 use evolution_outbox::{
     InstanceRecord, Outbox, OutboxError, Outcome, PostgresOptions, PostgresOutbox, Store,
     outbox_contract_suite,
@@ -40,17 +40,17 @@ fn fresh_schema(name: &str) -> String {
     )
 }
 
-/// A schema, dropped (with everything in it) when the value is dropped.
-struct Schema(String);
+/// A fresh schema, dropped (with everything in it) when the value is dropped.
+struct Schema(PostgresSchema);
 
 impl Schema {
     fn new(name: &str) -> Self {
-        Self(fresh_schema(name))
+        Self(PostgresSchema::new(&url(), &fresh_schema(name)))
     }
 
     fn options(&self, replica: &str) -> PostgresOptions {
         PostgresOptions {
-            schema: self.0.clone(),
+            schema: self.0.name.clone(),
             replica: Some(replica.to_owned()),
             delivered_retention: Duration::ZERO,
             lease: Duration::from_millis(800),
@@ -61,31 +61,6 @@ impl Schema {
 
     async fn open(&self, replica: &str) -> PostgresOutbox {
         PostgresOutbox::open(&url(), self.options(replica)).await.unwrap()
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        // A runtime of its own: the test's may be shutting down.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url()).await.ok()?;
-                sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop the test schema {}", self.0);
-        }
     }
 }
 

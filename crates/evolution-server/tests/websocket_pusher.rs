@@ -967,33 +967,6 @@ async fn socketio_events_accepted_while_redis_is_down_arrive_once_it_is_back() {
     assert_eq!(status, 200, "{ready}");
 }
 
-/// A PostgreSQL schema of one test, dropped at the end.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ignored = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
 /// Two replicas on one PostgreSQL database and one Redis (issue 14's whole setup): an instance
 /// created through A, events posted to B; a client of the instance's token that connects to A with
 /// `lastEventId` gets the events it missed from the shared outbox (replay works on any replica),
@@ -1005,10 +978,7 @@ async fn socketio_replay_and_live_events_on_any_replica_with_postgres_and_redis(
     let Some(postgres) = common::service_env("EVOLUTION_TEST_POSTGRES") else {
         return;
     };
-    let schema = Schema {
-        url: postgres.clone(),
-        name: format!("websocket_redis_{}", common::unique()),
-    };
+    let schema = common::Schema::new(&postgres, &format!("websocket_redis_{}", common::unique()));
     let prefix = unique_prefix("replay");
     let env = [
         ("DATABASE_CONNECTION_URI", postgres.as_str()),

@@ -438,12 +438,6 @@ impl PostgresOutbox {
         })
     }
 
-    /// This replica's name (see [`PostgresOptions::replica`]).
-    #[must_use]
-    pub fn replica(&self) -> &str {
-        &self.inner.replica
-    }
-
     /// Deletes the delivered deliveries older than the retention (all of them with
     /// `Duration::ZERO`), their attempts, and the events left with no delivery. Returns how many
     /// deliveries. Replicas also do this on their own.

@@ -32,16 +32,23 @@ pub(super) async fn claim(inner: &Inner, channel: Channel, limit: usize) -> Resu
     if heads.is_empty() {
         return Ok(Vec::new());
     }
-    let heads: Vec<(i64, Option<String>)> = heads
+    // Each head with its ordering key and that key's advisory-lock id.
+    let heads: Vec<(i64, Option<(String, i64)>)> = heads
         .iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("okey")?)))
+        .map(|row| {
+            let okey: Option<String> = row.try_get("okey")?;
+            let keyed = okey.map(|key| {
+                let lock = lock_id(&inner.schema, channel.as_str(), &key);
+                (key, lock)
+            });
+            Ok((row.try_get("id")?, keyed))
+        })
         .collect::<Result<_, sqlx::Error>>()?;
     // A ready head of an ordering key is claimed only under the key's lock: a replica changing the
     // key's state (settling, redriving) holds it, and then the key is left alone this time.
     let wanted: BTreeSet<i64> = heads
         .iter()
-        .filter_map(|(_, okey)| okey.as_deref())
-        .map(|key| lock_id(&inner.schema, channel.as_str(), key))
+        .filter_map(|(_, keyed)| keyed.as_ref().map(|(_, lock)| *lock))
         .collect();
     let locked: HashSet<i64> = if wanted.is_empty() {
         HashSet::new()
@@ -55,15 +62,15 @@ pub(super) async fn claim(inner: &Inner, channel: Channel, limit: usize) -> Resu
             .collect()
     };
     let mut ids: Vec<i64> = Vec::with_capacity(limit);
-    for (head, okey) in &heads {
+    for (head, keyed) in &heads {
         if ids.len() >= limit {
             break;
         }
-        let Some(key) = okey else {
+        let Some((key, lock)) = keyed else {
             ids.push(*head);
             continue;
         };
-        if !locked.contains(&lock_id(&inner.schema, channel.as_str(), key)) {
+        if !locked.contains(lock) {
             continue;
         }
         ids.push(*head);

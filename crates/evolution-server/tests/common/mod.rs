@@ -1,6 +1,12 @@
 //! Test harness: the real server binary on a free port with its own data directory, and a real
 //! HTTP receiver that records what reaches it.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -182,44 +188,9 @@ impl Drop for Server {
     }
 }
 
-/// A PostgreSQL schema of its own (`name`, a plain lower-case identifier) in the database at
-/// `url`, for the replicas of one test or bench scenario (`OUTBOX_SCHEMA`): dropped with everything
-/// in it when this is dropped (the servers using it should be stopped first).
-pub struct Schema {
-    pub url: String,
-    pub name: String,
-}
-
-impl Schema {
-    pub fn new(url: &str, name: &str) -> Self {
-        Self {
-            url: url.to_owned(),
-            name: name.to_owned(),
-        }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Its own thread and runtime: drop may run inside (or outside) the caller's runtime.
-        let _ignored = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
+/// A PostgreSQL schema of its own for the replicas of one test or bench scenario
+/// (`OUTBOX_SCHEMA`), dropped with everything in it at the end (the outbox's test helper).
+pub use evolution_outbox::testing::PostgresSchema as Schema;
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
