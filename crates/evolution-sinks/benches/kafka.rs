@@ -4,7 +4,8 @@
 //! shape — batches of 1 024 whose acknowledgements are awaited before the next batch, 1 in flight
 //! (one ordered key as before ADR 0012) or 4 — and each pipeline row is also compared with its
 //! same-shape raw row. One pipeline row keeps one batch per key in flight (as before ADR 0012),
-//! for comparison with the default (the sink's 5) in the same run.
+//! for comparison with the default (the sink's 5) in the same run. The headline ratio — the
+//! ordered pipeline (1 instance) against the raw loop — is the median of [`ROUNDS`] paired rounds.
 //!
 //! A second, fixed-rate phase measures latency: [`PACED`] events offered one at a time at [`RATE`]
 //! per second (well below both paths' saturation), each timed from its hand-over (raw: the
@@ -51,6 +52,10 @@ const RATE: f64 = 2_000.0;
 
 /// Runs of one path in profiling mode (`KAFKA_BENCH_PROFILE`).
 const PROFILE_RUNS: usize = 10;
+/// Paired rounds for the headline ratio: each times the raw loop and the ordered pipeline (1
+/// instance) back to back, alternately first; the ratio printed is the median of the rounds'
+/// ratios, so a burst of load from elsewhere on the machine moves it less than one run of each.
+const ROUNDS: usize = 7;
 
 /// `KAFKA_LINGER_MS` (default 1, the sink's default), for both paths.
 fn linger() -> Duration {
@@ -342,6 +347,34 @@ async fn pipeline_paced(
     latency
 }
 
+/// [`ROUNDS`] rounds of (raw loop, ordered pipeline), alternately first, fresh topics each time:
+/// `(raw, pipeline)` records/s per round.
+async fn paired_rounds(
+    brokers: &str,
+    run: &str,
+    producer: &FutureProducer,
+    instance: &str,
+    one: &[String],
+) -> Vec<(f64, f64)> {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let topic = format!("raw{run}.r{round}");
+        create_topics(brokers, std::slice::from_ref(&topic)).await;
+        let mut rates = [0.0f64; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for slot in order {
+            rates[slot] = if slot == 0 {
+                let events = (0..EVENTS).map(|i| envelope(instance, i)).collect();
+                raw(producer, &topic, instance, events).await
+            } else {
+                pipeline(brokers, &format!("r{round}{run}"), one, true, None).await
+            };
+        }
+        rounds.push((rates[0], rates[1]));
+    }
+    rounds
+}
+
 /// Profiling mode: one path only, [`PROFILE_RUNS`] times.
 async fn profile(brokers: &str, run: &str, producer: &FutureProducer, path: &str) {
     let instance = format!("bench-{run}");
@@ -458,6 +491,7 @@ async fn main() {
     )
     .await;
     let one = [instance.clone()];
+    let paired = paired_rounds(&brokers, &run, &producer, &instance, &one).await;
     let sixteen: Vec<String> = (0..16).map(|i| format!("bench-{run}-{i}")).collect();
     // As before ADR 0012 (one batch per key in flight), for comparison in the same run.
     let before = pipeline(&brokers, &format!("b1{run}"), &one, true, Some(1)).await;
@@ -529,6 +563,24 @@ async fn main() {
             ms(p99)
         );
     }
+    println!(
+        "\n| paired rounds: raw rdkafka loop vs Dispatcher + KafkaSink, ordered (default), 1 instance | raw records/s | pipeline records/s | ratio |"
+    );
+    println!("|---|---:|---:|---:|");
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for (round, (raw, pipe)) in paired.iter().enumerate() {
+        println!(
+            "| round {} | {raw:.0} | {pipe:.0} | {:.2}× |",
+            round + 1,
+            pipe / raw
+        );
+        ratios.push(pipe / raw);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "| **median of the {ROUNDS} rounds' ratios** | | | **{:.2}×** |",
+        ratios[ROUNDS / 2]
+    );
     println!(
         "\nrecords/s: {EVENTS} events handed over at once, until the last is acknowledged. p50/p99: \
          {PACED} events offered one at a time at {RATE:.0}/s, each from its hand-over (raw: `send_result`; \
