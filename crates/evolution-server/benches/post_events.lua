@@ -1,6 +1,8 @@
 -- wrk script of the server bench (benches/server.rs): every request is `POST /events/<instance>`
 -- with the JSON body of the file $WRK_BODY_FILE and the header `apikey: $WRK_APIKEY`, the instances
--- of $WRK_INSTANCES (comma-separated) taken in turn. The body is read once; the requests are
+-- of the file $WRK_INSTANCES_FILE (one per line) taken in turn; with $WRK_APIKEYS_FILE (one key per
+-- line, in the same order) each instance's request carries its own key instead. (Files, not
+-- variables: 10 000 instances' tokens exceed what one environment variable may hold.) The body is read once; the requests are
 -- formatted once per thread. At the end one line, `wrk-result requests=… duration_us=… connect=…
 -- read=… write=… status=… timeout=…`, gives what the bench reads (status: answers that were not
 -- 2xx or 3xx). With $WRK_PORTS (comma-separated ports of the same host), the threads connect to
@@ -32,9 +34,24 @@ function setup(thread)
     thread.addr = wrk.lookup(wrk.host, port)[1]
 end
 
+local function lines(path)
+    local out = {}
+    if path == nil or path == "" then
+        return out
+    end
+    for line in io.lines(path) do
+        if line ~= "" then
+            out[#out + 1] = line
+        end
+    end
+    return out
+end
+
 function init(args)
-    local headers = { ["content-type"] = "application/json", ["apikey"] = os.getenv("WRK_APIKEY") }
-    for name in string.gmatch(os.getenv("WRK_INSTANCES"), "[^,]+") do
+    local keys = lines(os.getenv("WRK_APIKEYS_FILE"))
+    for _, name in ipairs(lines(os.getenv("WRK_INSTANCES_FILE"))) do
+        local key = keys[#formatted + 1] or os.getenv("WRK_APIKEY")
+        local headers = { ["content-type"] = "application/json", ["apikey"] = key }
         formatted[#formatted + 1] = wrk.format("POST", "/events/" .. name, headers, body)
     end
 end

@@ -21,6 +21,9 @@
 //! - `footprint`: server RSS idle, with 1 000 000 pending deliveries (receiver down), the time to
 //!   drain them once the receiver is back; then the SQLite files' size under a steady load of
 //!   1 000 000 events with a short retention (`OUTBOX_RETENTION=1s`), and after pruning;
+//! - `instances`: durable single-event ingest with 16 and with 10 000 instances, authorized by the
+//!   global key and by each instance's own token (what finding the instance costs as a deployment
+//!   grows), with the ceiling's ratio;
 //! - `generators` (only when named): the ceiling driven by the reqwest generator of `latency`,
 //!   `isolation` and `footprint` against `wrk`, to show which one can drive it at full speed.
 //!
@@ -309,6 +312,19 @@ async fn wrk(base: &str, instances: &[String], body: &[u8], connections: usize, 
     wrk_on(&[base.to_owned()], instances, body, connections, time).await
 }
 
+/// [`wrk`] with each instance's own token as its requests' `apikey` (`keys[i]` for
+/// `instances[i]`).
+async fn wrk_keys(
+    base: &str,
+    instances: &[String],
+    keys: &[String],
+    body: &[u8],
+    connections: usize,
+    time: Duration,
+) -> Load {
+    wrk_with(&[base.to_owned()], instances, Some(keys), body, connections, time).await
+}
+
 /// [`wrk`] spread over the servers at `bases` (replicas of one database, on one host): one wrk
 /// thread per server when there are several, each with the same share of `connections` (rounded
 /// down to a multiple of the servers), its rate the sum over them all.
@@ -319,9 +335,22 @@ async fn wrk_on(
     connections: usize,
     time: Duration,
 ) -> Load {
+    wrk_with(bases, instances, None, body, connections, time).await
+}
+
+async fn wrk_with(
+    bases: &[String],
+    instances: &[String],
+    keys: Option<&[String]>,
+    body: &[u8],
+    connections: usize,
+    time: Duration,
+) -> Load {
     let dir = common::temp_dir("bench-wrk");
     let body_file = dir.join("body.json");
     std::fs::write(&body_file, body).unwrap();
+    let instances_file = dir.join("instances.txt");
+    std::fs::write(&instances_file, instances.join("\n")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/post_events.lua");
     let (threads, connections) = match bases.len() {
         0 | 1 => (connections.min(2), connections),
@@ -338,8 +367,13 @@ async fn wrk_on(
         .args(["-d", &format!("{}s", time.as_secs())])
         .args(["--timeout", "60s", "-s", script, &bases[0]])
         .env("WRK_BODY_FILE", &body_file)
-        .env("WRK_INSTANCES", instances.join(","))
+        .env("WRK_INSTANCES_FILE", &instances_file)
         .env("WRK_APIKEY", API_KEY);
+    if let Some(keys) = keys {
+        let keys_file = dir.join("keys.txt");
+        std::fs::write(&keys_file, keys.join("\n")).unwrap();
+        command.env("WRK_APIKEYS_FILE", keys_file);
+    }
     if bases.len() > 1 {
         command.env("WRK_PORTS", ports.join(","));
     }
@@ -1801,19 +1835,103 @@ async fn retention(rows: &mut Rows) {
     drop(server);
 }
 
+/// Instances of the `instances` scenario's large deployment.
+const MANY_INSTANCES: usize = 10_000;
+
+/// Creates `count` instances `{prefix}-{i}` on `server` (16 requests at a time), each with a
+/// webhook to `hook`; returns their names and tokens.
+async fn create_many(server: &Server, prefix: &str, count: usize, hook: &str) -> (Vec<String>, Vec<String>) {
+    let base = server.url("");
+    let client = reqwest::Client::new();
+    let created: Vec<(usize, String, String)> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            let name = format!("{prefix}-{i}");
+            let body = json!({"instanceName": name, "webhook": {"url": hook, "events": ["MESSAGES_UPSERT"]}});
+            async move {
+                let resp = client
+                    .post(format!("{base}/instance/create"))
+                    .header("apikey", API_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 201, "creating {name}");
+                let resp: Value = resp.json().await.unwrap();
+                let token = resp["hash"].as_str().unwrap().to_owned();
+                (i, name, token)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut created = created;
+    created.sort_by_key(|(i, _, _)| *i);
+    created.into_iter().map(|(_, name, token)| (name, token)).unzip()
+}
+
+/// Durable single-event ingest (SQLite, webhook receiver that never answers, as in `throughput`)
+/// with 16 and with [`MANY_INSTANCES`] instances, each request authorized by the global key and
+/// by the instance's own token: what finding the instance costs as a deployment grows.
+async fn instances(rows: &mut Rows) {
+    let ceiling_url = ceiling().await;
+    let seed = body(1);
+    let ceiling_load = wrk(
+        &ceiling_url,
+        &["bench-0".to_owned()],
+        &seed,
+        CONNECTIONS,
+        INGEST_TIME,
+    )
+    .await;
+    let ceiling = ceiling_load.rate(1);
+    rows.push(vec![
+        format!("ceiling: bare axum handler, single events, {CONNECTIONS} connections"),
+        format!("{ceiling:.0} requests/s"),
+        "1.000×".to_owned(),
+    ]);
+    let hook = stalled_receiver().await;
+    for count in [16, MANY_INSTANCES] {
+        let server = Server::start(&format!("bench-instances-{count}"), &[]).await;
+        let (names, tokens) = create_many(&server, "bench", count, &hook).await;
+        for (key, load) in [
+            (
+                "the global key",
+                wrk(&server.url(""), &names, &seed, CONNECTIONS, INGEST_TIME).await,
+            ),
+            (
+                "each instance's token",
+                wrk_keys(&server.url(""), &names, &tokens, &seed, CONNECTIONS, INGEST_TIME).await,
+            ),
+        ] {
+            let rate = load.rate(1);
+            rows.push(vec![
+                format!(
+                    "durable ingest, single events, {count} instances in turn, apikey: {key}, {} connections",
+                    load.connections
+                ),
+                format!("{rate:.0} events/s"),
+                ratio(rate, ceiling),
+            ]);
+        }
+        drop(server);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let default = ["throughput", "latency", "isolation", "footprint"];
+    let default = ["throughput", "latency", "isolation", "footprint", "instances"];
     let all = [
         "throughput",
         "postgres",
         "latency",
         "isolation",
         "footprint",
+        "instances",
         "generators",
     ];
     if let Some(unknown) = wanted.iter().find(|w| !all.contains(&w.as_str())) {
@@ -1844,6 +1962,10 @@ async fn main() {
             "isolation" => {
                 isolation(&mut rows).await;
                 &["isolation", "result"]
+            }
+            "instances" => {
+                instances(&mut rows).await;
+                &["instances", "rate", "ratio"]
             }
             "generators" => {
                 generators(&mut rows).await;

@@ -74,7 +74,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
     let Some(key) = headers.get("apikey").and_then(|v| v.to_str().ok()) else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing `apikey` header"));
     };
-    if crate::app::constant_time_eq(key.as_bytes(), app.api_key.expose().as_bytes()) {
+    if crate::instances::constant_time_eq(key.as_bytes(), app.api_key.expose().as_bytes()) {
         return Ok(Access::Global);
     }
     app.instance_by_token(key)
@@ -320,7 +320,10 @@ async fn create_instance(
         created_at: Utc::now(),
     };
     if app.instance_by_token(record.token.expose()).is_some()
-        || crate::app::constant_time_eq(record.token.expose().as_bytes(), app.api_key.expose().as_bytes())
+        || crate::instances::constant_time_eq(
+            record.token.expose().as_bytes(),
+            app.api_key.expose().as_bytes(),
+        )
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -506,10 +509,7 @@ async fn post_events(
         match EventKind::parse(&input.event) {
             Ok(kind) => {
                 let data = input.data.unwrap_or_else(|| RawValue::NULL.to_owned());
-                events.push((
-                    app.envelope_raw(kind, record.name.clone(), data, input.sender),
-                    None,
-                ));
+                events.push(app.envelope_raw(kind, record.name.clone(), Some(&record), data, input.sender));
             }
             Err(e) => errors.push(format!("{field}: {e}")),
         }
@@ -517,7 +517,7 @@ async fn post_events(
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     }
-    let stored = app.emit(events).await?;
+    let stored = app.emit_for(&record, events).await?;
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response())
 }

@@ -1,9 +1,8 @@
 //! The running server: storage, dispatcher, instance cache, lifecycle events.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use evolution_events::{
     Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
@@ -15,6 +14,7 @@ use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
+use crate::instances::{InstanceCache, constant_time_eq};
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -28,7 +28,7 @@ pub(crate) struct App {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) outbox: Arc<dyn Outbox>,
     storage: Storage,
-    instances: RwLock<BTreeMap<InstanceName, Arc<InstanceRecord>>>,
+    instances: InstanceCache,
     pub(crate) accepted: AtomicU64,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
     pub(crate) websocket: Option<Arc<WebsocketSink>>,
@@ -155,10 +155,7 @@ impl App {
         let instances = store
             .instances()
             .await
-            .map_err(|e| StartError::Database(e.to_string()))?
-            .into_iter()
-            .map(|r| (r.name.clone(), Arc::new(r)))
-            .collect();
+            .map_err(|e| StartError::Database(e.to_string()))?;
         let app = Arc::new(Self {
             config,
             api_key,
@@ -166,7 +163,7 @@ impl App {
             store,
             outbox,
             storage,
-            instances: RwLock::new(instances),
+            instances: InstanceCache::new(instances),
             accepted: AtomicU64::new(0),
             websocket,
             websocket_layer: Mutex::new(websocket_layer),
@@ -199,51 +196,33 @@ impl App {
 
     /// Replaces the cached instances with what the store holds now.
     async fn reload_instances(&self) -> Result<(), evolution_outbox::StoreError> {
-        let records = self.store.instances().await?;
-        let fresh: BTreeMap<InstanceName, Arc<InstanceRecord>> = records
-            .into_iter()
-            .map(|r| (r.name.clone(), Arc::new(r)))
-            .collect();
-        *self.instances.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        self.instances.replace_all(self.store.instances().await?);
         Ok(())
     }
 
     /// The cached instance.
     pub(crate) fn instance(&self, name: &str) -> Option<Arc<InstanceRecord>> {
-        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| Arc::clone(v))
+        self.instances.get(name)
     }
 
-    /// Every cached instance.
+    /// Every cached instance, by name.
     pub(crate) fn all_instances(&self) -> Vec<Arc<InstanceRecord>> {
-        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
-        map.values().cloned().collect()
+        self.instances.all()
     }
 
     /// Replaces (or adds) a cached instance.
     pub(crate) fn cache(&self, record: InstanceRecord) {
-        let mut map = self.instances.write().unwrap_or_else(PoisonError::into_inner);
-        map.insert(record.name.clone(), Arc::new(record));
+        self.instances.insert(record);
     }
 
     /// Drops a cached instance.
     pub(crate) fn uncache(&self, name: &InstanceName) {
-        let mut map = self.instances.write().unwrap_or_else(PoisonError::into_inner);
-        map.remove(name);
+        self.instances.remove(name);
     }
 
-    /// The instance whose token is `key`, compared in constant time against every instance.
+    /// The instance whose token is `key` (see [`InstanceCache::by_token`]).
     pub(crate) fn instance_by_token(&self, key: &str) -> Option<Arc<InstanceRecord>> {
-        let map = self.instances.read().unwrap_or_else(PoisonError::into_inner);
-        let mut found = None;
-        for record in map.values() {
-            if constant_time_eq(record.token.expose().as_bytes(), key.as_bytes()) {
-                found = Some(Arc::clone(record));
-            }
-        }
-        found
+        self.instances.by_token(key)
     }
 
     /// What `key` may see: everything for the global key, one instance for its token (both
@@ -278,19 +257,22 @@ impl App {
     ) -> EventEnvelope {
         // A `Value` always serializes (its map keys are strings).
         let raw = serde_json::value::to_raw_value(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
-        self.envelope_raw(kind, instance, raw, sender)
+        let record = self.instance(instance.as_str());
+        self.envelope_raw(kind, instance, record.as_deref(), raw, sender)
     }
 
-    /// Like [`App::envelope`] with `data` already JSON.
+    /// An envelope for `instance` (whose cached record is `record`, if it has one) with `data`
+    /// already JSON.
     pub(crate) fn envelope_raw(
         &self,
         kind: EventKind,
         instance: InstanceName,
+        record: Option<&InstanceRecord>,
         data: Box<RawValue>,
         sender: Option<String>,
     ) -> EventEnvelope {
         let apikey = if self.config.expose_in_fetch {
-            self.instance(instance.as_str()).map(|r| r.token.clone())
+            record.map(|r| r.token.clone())
         } else {
             None
         };
@@ -300,29 +282,47 @@ impl App {
             .with_apikey(apikey)
     }
 
+    /// Routes and stores events of `record`'s instance with its settings (the envelopes moved,
+    /// the record found once by the caller).
+    pub(crate) async fn emit_for(
+        &self,
+        record: &InstanceRecord,
+        envelopes: Vec<EventEnvelope>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let batch = envelopes
+            .into_iter()
+            .map(|envelope| (envelope, Some(&record.settings)))
+            .collect();
+        let stored = self.dispatcher.emit_many(batch).await?;
+        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        Ok(stored)
+    }
+
     /// Routes and stores events, each with its instance's cached settings unless given.
     pub(crate) async fn emit(
         &self,
         events: Vec<(EventEnvelope, Option<InstanceSettings>)>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
-        let cached: Vec<Option<Arc<InstanceRecord>>> = events
+        let (envelopes, given): (Vec<EventEnvelope>, Vec<Option<InstanceSettings>>) =
+            events.into_iter().unzip();
+        let cached: Vec<Option<Arc<InstanceRecord>>> = envelopes
             .iter()
-            .map(|(e, _)| self.instance(e.instance().as_str()))
+            .zip(&given)
+            .map(|(e, given)| {
+                given
+                    .is_none()
+                    .then(|| self.instance(e.instance().as_str()))
+                    .flatten()
+            })
             .collect();
-        let batch = events
+        let batch = envelopes
             .into_iter()
-            .zip(&cached)
-            .map(|((envelope, given), cached)| (envelope, given, cached.as_ref().map(|r| &r.settings)))
-            .collect::<Vec<_>>();
-        let stored = self
-            .dispatcher
-            .emit_many(
-                batch
-                    .iter()
-                    .map(|(envelope, given, cached)| (envelope.clone(), given.as_ref().or(*cached)))
-                    .collect(),
-            )
-            .await?;
+            .zip(given.iter().zip(&cached))
+            .map(|(envelope, (given, cached))| {
+                (envelope, given.as_ref().or(cached.as_ref().map(|r| &r.settings)))
+            })
+            .collect();
+        let stored = self.dispatcher.emit_many(batch).await?;
         self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
         Ok(stored)
     }
@@ -379,14 +379,6 @@ async fn disable_webhook(app: &App, delivery: &evolution_events::Delivery) {
         }
         Err(e) => tracing::error!(instance = %record.name, error = %e, "could not disable a gone webhook"),
     }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A fresh random token (two v4 UUIDs, 244 random bits), upper-case hex.

@@ -10,6 +10,7 @@ mod api;
 mod app;
 mod config;
 mod error;
+mod instances;
 mod metrics;
 mod openapi;
 

@@ -84,7 +84,10 @@ impl Server {
             }
             None => (Stdio::null(), Stdio::inherit()),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+        // `EVOLUTION_SERVER_BIN`: another build of the server (to compare two builds in one bench).
+        let binary = std::env::var("EVOLUTION_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_evolution-server").to_owned());
+        let child = Command::new(binary)
             .env_clear()
             .envs(env.iter().filter(|(k, _)| k.as_str() != "EVOLUTION_TEST_LOG"))
             .stdout(stdout)
