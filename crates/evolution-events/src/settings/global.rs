@@ -2,6 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::channel::Channel;
+use crate::config::Vars;
 use crate::destination::PusherApp;
 use crate::kind::EventKind;
 use crate::naming::NamingProfile;
@@ -56,6 +58,23 @@ impl Default for GlobalBroker {
             global_enabled: false,
             events: BTreeSet::new(),
             prefix: "evolution".to_owned(),
+        }
+    }
+}
+
+impl GlobalBroker {
+    /// Reads a broker channel's global settings: its switch ([`Channel::switch_var`]),
+    /// `<CH>_GLOBAL_ENABLED`, the per-event toggles `<toggles><KEY>` and the name prefix
+    /// `prefix_var`. Problems are recorded in `vars`.
+    pub fn from_vars(vars: &mut Vars, channel: Channel, toggles: &str, prefix_var: &str) -> Self {
+        let global_enabled = channel
+            .env_prefix()
+            .is_some_and(|prefix| vars.bool(&format!("{prefix}_GLOBAL_ENABLED")));
+        Self {
+            enabled: vars.switch(channel),
+            global_enabled,
+            events: vars.events(toggles),
+            prefix: vars.raw(prefix_var).trim().to_owned(),
         }
     }
 }
@@ -124,6 +143,24 @@ pub struct GlobalSettings {
     pub pusher: GlobalPusher,
     /// Prefix of Pusher channel names in the `seed` profile (`evolution`).
     pub pusher_prefix: String,
+}
+
+impl GlobalSettings {
+    /// Whether `channel` is switched on (`<CHANNEL>_ENABLED`). The webhook channel is always on
+    /// (every instance may set a webhook; `webhook.enabled` is the global webhook), and so is a
+    /// custom channel (its sink is added by the application).
+    #[must_use]
+    pub fn enabled(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Webhook | Channel::Custom(_) => true,
+            Channel::Websocket => self.websocket.enabled,
+            Channel::Rabbitmq => self.rabbitmq.enabled,
+            Channel::Sqs => self.sqs.broker.enabled,
+            Channel::Kafka => self.kafka.enabled,
+            Channel::Nats => self.nats.enabled,
+            Channel::Pusher => self.pusher.enabled,
+        }
+    }
 }
 
 impl Default for GlobalSettings {

@@ -192,6 +192,56 @@ impl InstanceSettings {
         copy
     }
 
+    /// `channel`'s settings as JSON: its object in the specification, `null` when not configured
+    /// (and for a custom channel). Secrets serialize in clear, as stored: call
+    /// [`redacted`](Self::redacted) first to show them to anyone.
+    #[must_use]
+    pub fn get(&self, channel: Channel) -> Value {
+        let value = match channel {
+            Channel::Webhook => serde_json::to_value(&self.webhook),
+            Channel::Pusher => serde_json::to_value(&self.pusher),
+            Channel::Websocket => serde_json::to_value(&self.websocket),
+            Channel::Rabbitmq => serde_json::to_value(&self.rabbitmq),
+            Channel::Sqs => serde_json::to_value(&self.sqs),
+            Channel::Kafka => serde_json::to_value(&self.kafka),
+            Channel::Nats => serde_json::to_value(&self.nats),
+            Channel::Custom(_) => Ok(Value::Null),
+        };
+        value.unwrap_or(Value::Null)
+    }
+
+    /// Parses `value` as `channel`'s settings (its object in the specification; problems are named
+    /// `<channel>.<field>`) and stores them, replacing the channel's previous settings. Nothing
+    /// changes when there is a problem.
+    ///
+    /// # Errors
+    /// Every problem found; a custom channel has no per-instance settings.
+    pub fn set(&mut self, channel: Channel, value: &Value) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut updated = self.clone();
+        updated.parse_channel(channel, value, &mut errors);
+        *self = finish(updated, errors)?;
+        Ok(())
+    }
+
+    /// Parses `channel`'s settings into `self`, collecting the problems.
+    fn parse_channel(&mut self, channel: Channel, value: &Value, errors: &mut Vec<FieldError>) {
+        let path = channel.as_str();
+        match channel {
+            Channel::Webhook => self.webhook = WebhookSettings::parse(value, path, errors),
+            Channel::Pusher => self.pusher = PusherSettings::parse(value, path, errors),
+            Channel::Websocket => self.websocket = ChannelSettings::parse(value, path, errors),
+            Channel::Rabbitmq => self.rabbitmq = ChannelSettings::parse(value, path, errors),
+            Channel::Sqs => self.sqs = ChannelSettings::parse(value, path, errors),
+            Channel::Kafka => self.kafka = ChannelSettings::parse(value, path, errors),
+            Channel::Nats => self.nats = ChannelSettings::parse(value, path, errors),
+            Channel::Custom(name) => errors.push(FieldError {
+                field: join("", name),
+                message: "a custom channel has no per-instance settings".to_owned(),
+            }),
+        }
+    }
+
     /// Parses `{"webhook"?, "websocket"?, "rabbitmq"?, "sqs"?, "kafka"?, "nats"?, "pusher"?}`
     /// (the channel part of `POST /instance/create`). Other keys are refused.
     ///
@@ -202,16 +252,10 @@ impl InstanceSettings {
         let mut out = Self::default();
         if let Some(obj) = as_object(value, "", &mut errors) {
             for (key, v) in obj {
-                match key.as_str() {
-                    "webhook" => out.webhook = WebhookSettings::parse(v, key, &mut errors),
-                    "pusher" => out.pusher = PusherSettings::parse(v, key, &mut errors),
-                    "websocket" => out.websocket = ChannelSettings::parse(v, key, &mut errors),
-                    "rabbitmq" => out.rabbitmq = ChannelSettings::parse(v, key, &mut errors),
-                    "sqs" => out.sqs = ChannelSettings::parse(v, key, &mut errors),
-                    "kafka" => out.kafka = ChannelSettings::parse(v, key, &mut errors),
-                    "nats" => out.nats = ChannelSettings::parse(v, key, &mut errors),
-                    other => errors.push(FieldError {
-                        field: join("", other),
+                match Channel::BUILT_IN.into_iter().find(|c| c.as_str() == key) {
+                    Some(channel) => out.parse_channel(channel, v, &mut errors),
+                    None => errors.push(FieldError {
+                        field: join("", key),
                         message:
                             "unknown channel; use webhook, websocket, rabbitmq, sqs, kafka, nats or pusher"
                                 .to_owned(),
@@ -443,6 +487,36 @@ mod tests {
         let bad = InstanceSettings::from_json(&json!({"pusher": {"enabled": true}, "mqtt": {}})).unwrap_err();
         assert!(bad.0.len() >= 6, "{bad}");
         assert!(bad.to_string().contains("pusher.appId: is required"));
+    }
+
+    #[test]
+    fn one_channel_is_read_and_set_by_name() {
+        let mut s = InstanceSettings::default();
+        assert_eq!(s.get(Channel::Kafka), Value::Null);
+        s.set(Channel::Kafka, &json!({"enabled": true, "events": ["CALL"]}))
+            .unwrap();
+        assert_eq!(
+            s.get(Channel::Kafka),
+            json!({"enabled": true, "events": ["CALL"]})
+        );
+        s.set(
+            Channel::Pusher,
+            &json!({"enabled": true, "appId": "1", "key": "k", "secret": "xyz789", "cluster": "us2", "useTLS": true}),
+        )
+        .unwrap();
+        assert_eq!(s.get(Channel::Pusher)["secret"], "xyz789", "as stored");
+        assert_eq!(s.redacted().get(Channel::Pusher)["secret"], "**REDACTED**");
+        let before = s.clone();
+        let errors = s
+            .set(Channel::Kafka, &json!({"enabled": "yes", "extra": 1}))
+            .unwrap_err()
+            .0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["kafka.enabled", "kafka.extra"]);
+        assert_eq!(s, before, "nothing changes on a problem");
+        let errors = s.set(Channel::Custom("mqtt"), &json!({})).unwrap_err().0;
+        assert_eq!(errors[0].field, "mqtt");
+        assert_eq!(s.get(Channel::Custom("mqtt")), Value::Null);
     }
 
     #[test]
