@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::EventSelection;
-use super::reader::{FieldError, Need, Reader, ValidationErrors, as_object, finish, join};
+use super::reader::{FieldError, Need, Reader, ValidationErrors, as_object, finish, join, read};
 use crate::channel::Channel;
 use crate::destination::PusherApp;
 use crate::kind::EventKind;
@@ -273,9 +273,7 @@ impl ChannelSettings {
     /// # Errors
     /// Every problem found.
     pub fn from_json(value: &Value, path: &str) -> Result<Self, ValidationErrors> {
-        let mut errors = Vec::new();
-        let parsed = Self::parse(value, path, &mut errors);
-        finish(parsed.unwrap_or_default(), errors)
+        read(value, path, Self::parse)
     }
 
     fn parse(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
@@ -294,9 +292,7 @@ impl WebhookSettings {
     /// Every problem found: missing or mistyped fields, unknown fields, unknown events, a URL
     /// that is not absolute http(s), invalid header names or values.
     pub fn from_json(value: &Value, path: &str) -> Result<Self, ValidationErrors> {
-        let mut errors = Vec::new();
-        let parsed = Self::parse(value, path, &mut errors);
-        finish(parsed.unwrap_or_default(), errors)
+        read(value, path, Self::parse)
     }
 
     fn parse(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
@@ -346,9 +342,7 @@ impl PusherSettings {
     /// # Errors
     /// Every problem found.
     pub fn from_json(value: &Value, path: &str) -> Result<Self, ValidationErrors> {
-        let mut errors = Vec::new();
-        let parsed = Self::parse(value, path, &mut errors);
-        finish(parsed.unwrap_or_default(), errors)
+        read(value, path, Self::parse)
     }
 
     fn parse(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {

@@ -47,6 +47,18 @@ pub fn check_signing_secret(secret: &str) -> Result<(), &'static str> {
     }
 }
 
+/// One settings object read by `parse` (fields named under `path`): the settings, or every problem
+/// found.
+pub(super) fn read<T: Default>(
+    value: &Value,
+    path: &str,
+    parse: fn(&Value, &str, &mut Vec<FieldError>) -> Option<T>,
+) -> Result<T, ValidationErrors> {
+    let mut errors = Vec::new();
+    let parsed = parse(value, path, &mut errors);
+    finish(parsed.unwrap_or_default(), errors)
+}
+
 /// `Ok(value)`, or every problem found.
 pub(super) fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, ValidationErrors> {
     if errors.is_empty() {
