@@ -252,8 +252,8 @@ impl SinkConfig for WebsocketConfig {
         global.websocket.global_events = vars.bool("WEBSOCKET_GLOBAL_EVENTS");
     }
 
-    /// `WEBSOCKET_ALLOWED_HOSTS`, `WEBSOCKET_REPLAY_MAX` and the Redis of [`cache_redis`]; only with
-    /// `WEBSOCKET_ENABLED=true`.
+    /// `WEBSOCKET_ALLOWED_HOSTS`, `WEBSOCKET_REPLAY_MAX` and the Redis of `CACHE_REDIS_*` (read even
+    /// while the channel is off); only with `WEBSOCKET_ENABLED=true`.
     fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
         let redis = cache_redis(vars, global);
         if !global.enabled(Self::CHANNEL) {
@@ -284,7 +284,8 @@ impl SinkConfig for WebsocketConfig {
     }
 
     /// Refused: the sink needs an [`Authorizer`](crate::Authorizer) (what an API key may see),
-    /// which only the application knows; build it with [`WebsocketSink::connect`](crate::WebsocketSink::connect).
+    /// which only the application knows; build it with
+    /// [`WebsocketSink::connect`](crate::WebsocketSink::connect).
     fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
         Err(error(
             ErrorKind::ConfigInvalid,
