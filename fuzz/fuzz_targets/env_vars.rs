@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use evolution_events::GlobalSettings;
+use evolution_events::{GlobalSettings, Vars};
 use evolution_sinks::build;
-use evolution_sinks::env::Vars;
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[
@@ -35,10 +34,9 @@ fuzz_target!(|input: &str| {
     let mut vars = Vars::new(values);
     let _ = vars.bool("WEBHOOK_GLOBAL_ENABLED");
     let _ = vars.number::<u16>("SERVER_PORT", "a port number");
+    let _ = vars.events("WEBHOOK_EVENTS_");
     let mut global = GlobalSettings::default();
-    global.webhook.events = vars.events("WEBHOOK_EVENTS_");
-    global.rabbitmq.enabled = vars.bool("RABBITMQ_ENABLED");
-    global.nats.enabled = vars.bool("NATS_ENABLED");
+    build::read_global(&mut vars, &mut global);
     let _ = build::plan(&mut vars, &global);
     for error in vars.errors() {
         assert!(

@@ -70,6 +70,22 @@ impl Channel {
         }
     }
 
+    /// The variable that switches this channel on (`WEBSOCKET_ENABLED`, `RABBITMQ_ENABLED`, …);
+    /// `None` for the webhook channel (always on: every instance may set a webhook) and for a
+    /// custom channel.
+    #[must_use]
+    pub const fn switch_var(self) -> Option<&'static str> {
+        match self {
+            Self::Websocket => Some("WEBSOCKET_ENABLED"),
+            Self::Rabbitmq => Some("RABBITMQ_ENABLED"),
+            Self::Sqs => Some("SQS_ENABLED"),
+            Self::Kafka => Some("KAFKA_ENABLED"),
+            Self::Nats => Some("NATS_ENABLED"),
+            Self::Pusher => Some("PUSHER_ENABLED"),
+            Self::Webhook | Self::Custom(_) => None,
+        }
+    }
+
     /// Parses a built-in channel key, case-insensitively.
     ///
     /// # Errors

@@ -1,11 +1,13 @@
 //! Core types of **evolution events**: the event registry and its naming profiles, the event
 //! envelope, per-instance and global settings, the [`EventSink`] trait every channel implements,
-//! [`SinkError`] and the [`RetryPolicy`].
+//! [`SinkError`] and the [`RetryPolicy`], and the strict reading of configuration variables
+//! ([`Vars`], [`SinkConfig`]) through which each channel crate reads its own.
 //!
-//! Types and traits only: no I/O, no environment, no tasks. Sink crates depend on this crate and
+//! Types and traits only: no I/O, no environment (variables arrive as a map), no tasks. Sink crates depend on this crate and
 //! their client library, nothing else.
 
 pub mod channel;
+pub mod config;
 pub mod destination;
 pub mod envelope;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod sink;
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use channel::{Channel, UnknownChannel};
+pub use config::{DispatchHints, SinkConfig, Var, Vars};
 pub use destination::{
     CustomTarget, Destination, KafkaTarget, NatsTarget, PusherApp, PusherTarget, RabbitmqTarget, SqsTarget,
     WebhookTarget, WebsocketTarget,

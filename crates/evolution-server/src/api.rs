@@ -12,10 +12,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router as Http};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use evolution_events::{
-    Channel, ChannelSettings, EventKind, InstanceName, InstanceSettings, PusherSettings, RawValue, Uuid,
-    WebhookSettings,
-};
+use evolution_events::{Channel, EventKind, InstanceName, InstanceSettings, RawValue, Uuid};
 use evolution_outbox::{DeliveryQuery, InstanceRecord, RedriveFilter, StatusFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -125,20 +122,6 @@ fn body_error(e: &BytesRejection) -> ApiError {
     }
 }
 
-/// The channel's env switch, for a clear refusal when it is off.
-fn channel_enabled(app: &App, channel: Channel) -> bool {
-    let g = &app.config.global;
-    match channel {
-        Channel::Webhook | Channel::Custom(_) => true,
-        Channel::Websocket => g.websocket.enabled,
-        Channel::Rabbitmq => g.rabbitmq.enabled,
-        Channel::Sqs => g.sqs.broker.enabled,
-        Channel::Kafka => g.kafka.enabled,
-        Channel::Nats => g.nats.enabled,
-        Channel::Pusher => g.pusher.enabled,
-    }
-}
-
 /// Parses one channel's settings into `settings`, collecting errors under `channel.…`.
 fn parse_channel(
     app: &App,
@@ -147,56 +130,21 @@ fn parse_channel(
     settings: &mut InstanceSettings,
     errors: &mut Vec<String>,
 ) {
-    let path = channel.as_str();
-    if !channel_enabled(app, channel) {
-        let prefix = channel.env_prefix().unwrap_or_default();
+    if !app.config.global.enabled(channel) {
+        let switch = channel.switch_var().unwrap_or_default();
         errors.push(format!(
-            "{path}: the {channel} channel is disabled on this server ({prefix}_ENABLED=false)"
+            "{channel}: the {channel} channel is disabled on this server ({switch}=false)"
         ));
         return;
     }
-    let collect = |errors: &mut Vec<String>, e: evolution_events::ValidationErrors| {
+    if let Err(e) = settings.set(channel, value) {
         errors.extend(e.0.iter().map(ToString::to_string));
-    };
-    match channel {
-        Channel::Webhook => match WebhookSettings::from_json(value, path) {
-            Ok(s) => settings.webhook = Some(s),
-            Err(e) => collect(errors, e),
-        },
-        Channel::Pusher => match PusherSettings::from_json(value, path) {
-            Ok(s) => settings.pusher = Some(s),
-            Err(e) => collect(errors, e),
-        },
-        _ => match ChannelSettings::from_json(value, path) {
-            Ok(s) => match channel {
-                Channel::Websocket => settings.websocket = Some(s),
-                Channel::Rabbitmq => settings.rabbitmq = Some(s),
-                Channel::Sqs => settings.sqs = Some(s),
-                Channel::Kafka => settings.kafka = Some(s),
-                _ => settings.nats = Some(s),
-            },
-            Err(e) => collect(errors, e),
-        },
     }
 }
 
-/// Refuses a webhook URL that points into a private or special network (SSRF protection), naming
-/// the address and the setting that would allow it.
-async fn check_webhook_target(app: &App, settings: &InstanceSettings, errors: &mut Vec<String>) {
-    let Some(webhook) = &settings.webhook else { return };
-    if webhook.url.is_empty() {
-        return;
-    }
-    if let Err(refused) =
-        evolution_sinks::webhook::network::check_url(&app.config.webhook_guard, &webhook.url).await
-    {
-        errors.push(format!("webhook.url: {refused}"));
-    }
-}
-
-/// Creates what the settings deliver to (SQS queues, Kafka topics) through the sinks
-/// (`Dispatcher::prepare`): a name the backend refuses is a 400; a backend that is down is only
-/// logged (the sinks provision on first use).
+/// Prepares what the settings deliver to through the sinks (`Dispatcher::prepare`: SQS queues and
+/// Kafka topics are created, webhook URLs checked against the SSRF protection): a destination the
+/// sink refuses is a 400; a backend that is down is only logged (the sinks provision on first use).
 async fn provision(
     app: &App,
     instance: &InstanceName,
@@ -210,22 +158,6 @@ async fn provision(
             tracing::warn!(%instance, %channel, error = %e, "cannot provision the destinations now; done on first use");
         }
     }
-}
-
-/// One channel's settings as JSON (secrets redacted), or `null`.
-fn channel_json(settings: &InstanceSettings, channel: Channel) -> Value {
-    let redacted = settings.redacted();
-    let value = match channel {
-        Channel::Webhook => serde_json::to_value(redacted.webhook),
-        Channel::Pusher => serde_json::to_value(redacted.pusher),
-        Channel::Websocket => serde_json::to_value(redacted.websocket),
-        Channel::Rabbitmq => serde_json::to_value(redacted.rabbitmq),
-        Channel::Sqs => serde_json::to_value(redacted.sqs),
-        Channel::Kafka => serde_json::to_value(redacted.kafka),
-        Channel::Nats => serde_json::to_value(redacted.nats),
-        Channel::Custom(_) => Ok(Value::Null),
-    };
-    value.unwrap_or(Value::Null)
 }
 
 fn instance_json(app: &App, r: &InstanceRecord) -> Value {
@@ -291,7 +223,6 @@ async fn create_instance(
     if name.is_none() && !fields.contains_key("instanceName") {
         errors.push("instanceName: is required".to_owned());
     }
-    check_webhook_target(&app, &settings, &mut errors).await;
     if let Some(name) = &name {
         if let Err(e) = app.dispatcher.router().validate_instance(name, &settings) {
             errors.extend(e.0.iter().map(ToString::to_string));
@@ -413,9 +344,6 @@ async fn set_channel(
         .collect();
     let mut settings = record.settings.clone();
     parse_channel(&app, channel, value, &mut settings, &mut errors);
-    if channel == Channel::Webhook && errors.is_empty() {
-        check_webhook_target(&app, &settings, &mut errors).await;
-    }
     if errors.is_empty()
         && let Err(e) = app.dispatcher.router().validate_instance(&record.name, &settings)
     {
@@ -438,7 +366,7 @@ async fn set_channel(
     });
     Ok((
         StatusCode::CREATED,
-        Json(json!({ key: channel_json(&settings, channel) })),
+        Json(json!({ key: settings.redacted().get(channel) })),
     )
         .into_response())
 }
@@ -450,7 +378,7 @@ async fn find_channel(
 ) -> ApiResult {
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
-    Ok(Json(channel_json(&record.settings, channel)).into_response())
+    Ok(Json(record.settings.redacted().get(channel)).into_response())
 }
 
 /// One event of `POST /events/{instance}`.

@@ -8,136 +8,89 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
+use evolution_events::{
+    Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
+};
 use evolution_outbox::{DEFAULT_RETENTION, Durability, PostgresOptions};
 use evolution_sinks::build::ChannelPlan;
-use evolution_sinks::env::Vars;
-use evolution_sinks::webhook::network::Guard;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 
-/// Variables the server reads (besides the per-event toggles), with their defaults. A `None`
-/// default means "unset".
-const KNOWN: &[(&str, Option<&str>)] = &[
-    ("SERVER_PORT", Some("8080")),
-    ("SERVER_HOST", Some("0.0.0.0")),
-    ("SERVER_URL", None),
-    ("SERVER_NAME", Some("evolution")),
-    ("SERVER_DATA_DIR", Some("./data")),
-    ("DATABASE_CONNECTION_URI", None),
-    ("OUTBOX_SYNCHRONOUS", Some("full")),
-    ("OUTBOX_RETENTION", Some("24h")),
-    ("OUTBOX_SCHEMA", Some("evolution_events")),
-    ("OUTBOX_LEASE", Some("10s")),
-    ("OUTBOX_POOL_SIZE", Some("16")),
-    ("AUTHENTICATION_API_KEY", None),
-    ("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", Some("false")),
-    ("EVENT_NAMING", Some("seed")),
-    ("EVENTS_MAX_PER_REQUEST", Some("1000")),
-    ("EVENTS_MAX_BODY_BYTES", Some("10485760")),
-    ("EVENTS_MAX_BACKLOG", Some("1000000")),
-    ("SHUTDOWN_TIMEOUT_SECONDS", Some("25")),
-    ("WEBHOOK_GLOBAL_ENABLED", Some("false")),
-    ("WEBHOOK_GLOBAL_URL", Some("")),
-    ("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS", Some("false")),
-    ("WEBHOOK_EVENTS_ERRORS_WEBHOOK", Some("")),
-    ("WEBHOOK_REQUEST_TIMEOUT_MS", Some("60000")),
-    ("WEBHOOK_RETRY_MAX_ATTEMPTS", Some("10")),
-    ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", Some("5")),
-    ("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF", Some("true")),
-    ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", Some("300")),
-    ("WEBHOOK_RETRY_JITTER_FACTOR", Some("0.2")),
-    (
-        "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES",
-        Some("400,401,403,404,422"),
-    ),
-    ("WEBHOOK_WORKERS", Some("16")),
-    ("WEBHOOK_ORDERED", Some("true")),
-    ("WEBHOOK_ALLOWED_NETWORKS", Some("")),
-    ("WEBHOOK_MAX_CONCURRENCY_PER_HOST", Some("32")),
-    ("WEBHOOK_SIGNING_SECRET", Some("")),
-    ("WEBSOCKET_ENABLED", Some("false")),
-    ("WEBSOCKET_GLOBAL_EVENTS", Some("false")),
-    ("WEBSOCKET_ALLOWED_HOSTS", Some("127.0.0.1,::1,::ffff:127.0.0.1")),
-    ("WEBSOCKET_REPLAY_MAX", Some("500")),
-    // Evolution API's Redis: the websocket channel's meeting point across replicas (ADR 0015).
-    // Its other CACHE_* variables (TTL, SAVE_INSTANCES, CACHE_LOCAL_*) are not ours.
-    ("CACHE_REDIS_ENABLED", Some("false")),
-    ("CACHE_REDIS_URI", Some("")),
-    ("CACHE_REDIS_PREFIX_KEY", Some("evolution")),
-    ("RABBITMQ_ENABLED", Some("false")),
-    ("RABBITMQ_URI", Some("")),
-    ("RABBITMQ_EXCHANGE_NAME", Some("evolution")),
-    ("RABBITMQ_GLOBAL_ENABLED", Some("false")),
-    ("RABBITMQ_PREFIX_KEY", Some("evolution")),
-    ("RABBITMQ_FRAME_MAX", Some("8192")),
-    ("RABBITMQ_QUEUE_TYPE", Some("quorum")),
-    ("SQS_ENABLED", Some("false")),
-    ("SQS_ACCESS_KEY_ID", Some("")),
-    ("SQS_SECRET_ACCESS_KEY", Some("")),
-    ("SQS_ACCOUNT_ID", Some("")),
-    ("SQS_REGION", Some("")),
-    ("SQS_ENDPOINT", Some("")),
-    ("SQS_FIFO", Some("false")),
-    ("SQS_PREFIX_KEY", Some("evolution")),
-    ("SQS_GLOBAL_ENABLED", Some("false")),
-    ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", Some("false")),
-    ("SQS_GLOBAL_PREFIX_NAME", Some("global")),
-    ("SQS_MAX_PAYLOAD_SIZE", Some("1048576")),
-    ("KAFKA_ENABLED", Some("false")),
-    ("KAFKA_CLIENT_ID", Some("evolution-api")),
-    ("KAFKA_BROKERS", Some("localhost:9092")),
-    ("KAFKA_CONNECTION_TIMEOUT", Some("3000")),
-    ("KAFKA_REQUEST_TIMEOUT", Some("30000")),
-    ("KAFKA_GLOBAL_ENABLED", Some("false")),
-    ("KAFKA_CONSUMER_GROUP_ID", Some("evolution-api-consumers")),
-    ("KAFKA_TOPIC_PREFIX", Some("evolution")),
-    ("KAFKA_NUM_PARTITIONS", Some("1")),
-    ("KAFKA_REPLICATION_FACTOR", Some("1")),
-    ("KAFKA_AUTO_CREATE_TOPICS", Some("false")),
-    ("KAFKA_SASL_ENABLED", Some("false")),
-    ("KAFKA_SASL_MECHANISM", Some("plain")),
-    ("KAFKA_SASL_USERNAME", Some("")),
-    ("KAFKA_SASL_PASSWORD", Some("")),
-    ("KAFKA_SSL_ENABLED", Some("false")),
-    ("KAFKA_SSL_REJECT_UNAUTHORIZED", Some("true")),
-    ("KAFKA_SSL_CA", Some("")),
-    ("KAFKA_SSL_KEY", Some("")),
-    ("KAFKA_SSL_CERT", Some("")),
-    ("KAFKA_LINGER_MS", Some("1")),
-    ("KAFKA_COMPRESSION", Some("none")),
-    ("KAFKA_IDEMPOTENCE", Some("true")),
-    ("NATS_ENABLED", Some("false")),
-    ("NATS_URI", Some("")),
-    ("NATS_GLOBAL_ENABLED", Some("false")),
-    ("NATS_PREFIX_KEY", Some("evolution")),
-    ("NATS_JETSTREAM", Some("false")),
-    ("NATS_JETSTREAM_STREAM", Some("EVOLUTION")),
-    ("PUSHER_ENABLED", Some("false")),
-    ("PUSHER_GLOBAL_ENABLED", Some("false")),
-    ("PUSHER_GLOBAL_APP_ID", Some("")),
-    ("PUSHER_GLOBAL_KEY", Some("")),
-    ("PUSHER_GLOBAL_SECRET", Some("")),
-    ("PUSHER_GLOBAL_CLUSTER", Some("")),
-    ("PUSHER_GLOBAL_USE_TLS", Some("false")),
-    ("PUSHER_HOST", Some("")),
-    ("PUSHER_PORT", Some("")),
-    ("PUSHER_MAX_PAYLOAD_BYTES", Some("10240")),
-    ("PUSHER_OVERSIZE", Some("reject")),
-    ("PUSHER_BATCH_EVENTS", Some("true")),
-    ("PUSHER_REQUEST_TIMEOUT_MS", Some("10000")),
+/// The server's own variables, with their defaults; the channels' variables come from their
+/// crates ([`evolution_sinks::build::variables`]).
+const SERVER_VARS: &[Var] = &[
+    Var::new("SERVER_PORT", "8080"),
+    Var::new("SERVER_HOST", "0.0.0.0"),
+    Var::unset("SERVER_URL"),
+    Var::new("SERVER_NAME", "evolution"),
+    Var::new("SERVER_DATA_DIR", "./data"),
+    Var::unset("DATABASE_CONNECTION_URI"),
+    Var::new("OUTBOX_SYNCHRONOUS", "full"),
+    Var::new("OUTBOX_RETENTION", "24h"),
+    Var::new("OUTBOX_SCHEMA", "evolution_events"),
+    Var::new("OUTBOX_LEASE", "10s"),
+    Var::new("OUTBOX_POOL_SIZE", "16"),
+    Var::unset("AUTHENTICATION_API_KEY"),
+    Var::new("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", "false"),
+    Var::new("EVENT_NAMING", "seed"),
+    Var::new("EVENTS_MAX_PER_REQUEST", "1000"),
+    Var::new("EVENTS_MAX_BODY_BYTES", "10485760"),
+    Var::new("EVENTS_MAX_BACKLOG", "1000000"),
+    Var::new("SHUTDOWN_TIMEOUT_SECONDS", "25"),
 ];
 
-/// Prefixes of per-event toggles: `<PREFIX><KEY>` (`SQS_GLOBAL_<KEY>` for SQS).
-const TOGGLE_PREFIXES: &[&str] = &[
-    "WEBHOOK_EVENTS_",
-    "RABBITMQ_EVENTS_",
-    "KAFKA_EVENTS_",
-    "NATS_EVENTS_",
-    "PUSHER_EVENTS_",
-    "SQS_GLOBAL_",
-];
+/// Prefixes of the server's own variables (an unknown variable with one of these, or with a
+/// channel's prefix, is reported as ignored).
+const SERVER_PREFIXES: &[&str] = &["SERVER_", "AUTHENTICATION_", "DATABASE_", "OUTBOX_", "EVENTS_"];
+
+/// Every variable the server reads (besides the per-event toggles): its own and the channels'.
+#[derive(Debug)]
+struct Known {
+    vars: BTreeMap<&'static str, Option<&'static str>>,
+    toggles: Vec<&'static str>,
+}
+
+impl Known {
+    fn new() -> Self {
+        let vars = SERVER_VARS
+            .iter()
+            .copied()
+            .chain(evolution_sinks::build::variables())
+            .map(|v| (v.name, v.default))
+            .collect();
+        Self {
+            vars,
+            toggles: evolution_sinks::build::event_toggles().collect(),
+        }
+    }
+
+    fn defaults(&self) -> BTreeMap<String, String> {
+        self.vars
+            .iter()
+            .filter_map(|(k, v)| Some(((*k).to_owned(), (*v)?.to_owned())))
+            .collect()
+    }
+
+    /// A variable the server reads: a declared one, or a per-event toggle `<PREFIX><KEY>`.
+    fn contains(&self, name: &str) -> bool {
+        self.vars.contains_key(name)
+            || self
+                .toggles
+                .iter()
+                .any(|p| name.strip_prefix(p).is_some_and(|k| EventKind::parse(k).is_ok()))
+    }
+
+    /// A variable named like the server's or a channel's, known or not.
+    fn is_ours(&self, name: &str) -> bool {
+        self.contains(name)
+            || SERVER_PREFIXES.iter().any(|p| name.starts_with(p))
+            || Channel::BUILT_IN
+                .into_iter()
+                .filter_map(Channel::env_prefix)
+                .any(|p| name.strip_prefix(p).is_some_and(|rest| rest.starts_with('_')))
+    }
+}
 
 /// Where instances and the outbox live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,8 +129,6 @@ pub(crate) struct Config {
     pub(crate) global: GlobalSettings,
     /// One per channel this build delivers to.
     pub(crate) channels: Vec<ChannelPlan>,
-    /// Which special-purpose networks webhook URLs may point to (`WEBHOOK_ALLOWED_NETWORKS`).
-    pub(crate) webhook_guard: Guard,
     pub(crate) max_events_per_request: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_backlog: usize,
@@ -245,34 +196,6 @@ fn value_to_string(name: &str, value: &Value, errors: &mut Vec<String>) -> Optio
     })
 }
 
-fn is_known(name: &str) -> bool {
-    KNOWN.iter().any(|(k, _)| *k == name)
-        || TOGGLE_PREFIXES
-            .iter()
-            .any(|p| name.strip_prefix(p).is_some_and(|k| EventKind::parse(k).is_ok()))
-        || name == "WEBHOOK_EVENTS_ERRORS"
-}
-
-fn is_ours(name: &str) -> bool {
-    is_known(name)
-        || [
-            "SERVER_",
-            "AUTHENTICATION_",
-            "DATABASE_",
-            "OUTBOX_",
-            "WEBHOOK_",
-            "WEBSOCKET_",
-            "RABBITMQ_",
-            "SQS_",
-            "KAFKA_",
-            "NATS_",
-            "PUSHER_",
-            "EVENTS_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-}
-
 /// A duration such as `90s`, `30m`, `24h` or `7d` (a bare number is seconds).
 fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
@@ -299,11 +222,9 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let defaults: BTreeMap<String, String> = KNOWN
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v.to_owned())))
-            .collect();
-        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| is_ours(k)).collect();
+        let known = Known::new();
+        let defaults = known.defaults();
+        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| known.is_ours(k)).collect();
         let mut errors = Vec::new();
         let mut file_values: BTreeMap<String, String> = BTreeMap::new();
         if let Some(path) = file {
@@ -318,17 +239,17 @@ impl Config {
                 .map_err(|e| ConfigError(vec![format!("--config {}: {e}", path.display())]))?;
             for (key, value) in table {
                 let name = key.to_ascii_uppercase();
-                if !is_known(&name) {
+                if !known.contains(&name) {
                     errors.push(format!("{name}: unknown setting in the configuration file"));
                 } else if let Some(v) = value_to_string(&name, &value, &mut errors) {
                     file_values.insert(name, v);
                 }
             }
         }
-        for name in env.keys().filter(|k| !is_known(k)) {
+        for name in env.keys().filter(|k| !known.contains(k)) {
             tracing::warn!(variable = %name, "ignoring an unknown variable");
         }
-        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| is_known(k)).collect();
+        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| known.contains(k)).collect();
         // defaults ← file ← environment, every value a string (no number guessing: `0123` stays `0123`).
         let values: BTreeMap<String, String> = Figment::from(Serialized::defaults(&defaults))
             .merge(Serialized::globals(&file_values))
@@ -428,78 +349,7 @@ impl Config {
             naming,
             ..GlobalSettings::default()
         };
-        global.webhook.enabled = v.bool("WEBHOOK_GLOBAL_ENABLED");
-        global.webhook.url = v.raw("WEBHOOK_GLOBAL_URL").trim().to_owned();
-        global.webhook.by_events = v.bool("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS");
-        global.webhook.events = v.events("WEBHOOK_EVENTS_");
-        if v.values().contains_key("WEBHOOK_EVENTS_ERRORS")
-            && global.webhook.events.contains(&EventKind::Errors)
-        {
-            global.webhook.errors_url = v.string("WEBHOOK_EVENTS_ERRORS_WEBHOOK");
-        }
-        global.websocket.enabled = v.bool("WEBSOCKET_ENABLED");
-        global.websocket.global_events = v.bool("WEBSOCKET_GLOBAL_EVENTS");
-        global.rabbitmq.enabled = v.bool("RABBITMQ_ENABLED");
-        global.rabbitmq.global_enabled = v.bool("RABBITMQ_GLOBAL_ENABLED");
-        global.rabbitmq.events = v.events("RABBITMQ_EVENTS_");
-        global.rabbitmq.prefix = v.raw("RABBITMQ_PREFIX_KEY").trim().to_owned();
-        global.rabbitmq_exchange = v.raw("RABBITMQ_EXCHANGE_NAME").trim().to_owned();
-        global.sqs.broker.enabled = v.bool("SQS_ENABLED");
-        global.sqs.broker.global_enabled = v.bool("SQS_GLOBAL_ENABLED");
-        global.sqs.broker.events = v.events("SQS_GLOBAL_");
-        global.sqs.broker.prefix = v.raw("SQS_PREFIX_KEY").trim().to_owned();
-        global.sqs.force_single_queue = v.bool("SQS_GLOBAL_FORCE_SINGLE_QUEUE");
-        global.sqs.global_prefix = v.raw("SQS_GLOBAL_PREFIX_NAME").trim().to_owned();
-        global.sqs.fifo = v.bool("SQS_FIFO");
-        global.kafka.enabled = v.bool("KAFKA_ENABLED");
-        global.kafka.global_enabled = v.bool("KAFKA_GLOBAL_ENABLED");
-        global.kafka.events = v.events("KAFKA_EVENTS_");
-        global.kafka.prefix = v.raw("KAFKA_TOPIC_PREFIX").trim().to_owned();
-        global.nats.enabled = v.bool("NATS_ENABLED");
-        global.nats.global_enabled = v.bool("NATS_GLOBAL_ENABLED");
-        global.nats.events = v.events("NATS_EVENTS_");
-        global.nats.prefix = v.raw("NATS_PREFIX_KEY").trim().to_owned();
-        global.pusher.enabled = v.bool("PUSHER_ENABLED");
-        global.pusher.global_enabled = v.bool("PUSHER_GLOBAL_ENABLED");
-        global.pusher.events = v.events("PUSHER_EVENTS_");
-        global.pusher.host = v.string("PUSHER_HOST");
-        global.pusher.port = v
-            .string("PUSHER_PORT")
-            .map(|_| v.number("PUSHER_PORT", "a port number"));
-        let use_tls = v.bool("PUSHER_GLOBAL_USE_TLS");
-        if let (Some(app_id), Some(key), Some(secret), Some(cluster)) = (
-            v.string("PUSHER_GLOBAL_APP_ID"),
-            v.string("PUSHER_GLOBAL_KEY"),
-            v.string("PUSHER_GLOBAL_SECRET"),
-            v.string("PUSHER_GLOBAL_CLUSTER"),
-        ) {
-            global.pusher.app = Some(PusherApp {
-                app_id,
-                key,
-                secret: Sensitive::new(secret),
-                cluster,
-                use_tls,
-                host: None,
-                port: None,
-            });
-        }
-        let secrets: Vec<String> = v
-            .raw("WEBHOOK_SIGNING_SECRET")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        for secret in secrets {
-            match evolution_events::check_signing_secret(&secret) {
-                Ok(()) => global.webhook.signing_secrets.push(Sensitive::new(secret)),
-                Err(why) => v.error(format!(
-                    "WEBHOOK_SIGNING_SECRET: {why} (comma-separate several during a rotation)"
-                )),
-            }
-        }
-        let mut allowed = Vars::new(v.values().clone());
-        let webhook_guard = Guard::new(evolution_sinks::build::allowed_networks(&mut allowed));
+        evolution_sinks::build::read_global(v, &mut global);
         let channels = evolution_sinks::build::plan(v, &global);
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Some(Self {
@@ -514,7 +364,6 @@ impl Config {
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
             global,
             channels,
-            webhook_guard,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
             max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
             max_backlog: as_usize(v.positive("EVENTS_MAX_BACKLOG")),

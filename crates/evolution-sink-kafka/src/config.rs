@@ -1,11 +1,16 @@
-//! [`KafkaConfig`]: the settings of one [`KafkaSink`](crate::KafkaSink).
+//! [`KafkaConfig`]: the settings of one [`KafkaSink`](crate::KafkaSink), and the Kafka channel's
+//! variables ([`SinkConfig`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use evolution_events::Sensitive;
+use evolution_events::{
+    Channel, DispatchHints, EventSink, GlobalBroker, GlobalSettings, Sensitive, SinkConfig, SinkError, Var,
+    Vars,
+};
 
 /// Settings of a [`KafkaSink`](crate::KafkaSink): where the cluster is, how to authenticate, and how
 /// topics are created. Topics and keys come with each delivery.
@@ -249,6 +254,173 @@ impl Pem {
     }
 }
 
+impl SinkConfig for KafkaConfig {
+    const CHANNEL: Channel = Channel::Kafka;
+
+    const VARS: &'static [Var] = &[
+        Var::new("KAFKA_CLIENT_ID", "evolution-api"),
+        Var::new("KAFKA_BROKERS", "localhost:9092"),
+        Var::new("KAFKA_CONNECTION_TIMEOUT", "3000"),
+        Var::new("KAFKA_REQUEST_TIMEOUT", "30000"),
+        Var::new("KAFKA_GLOBAL_ENABLED", "false"),
+        // Accepted and unused: the sink only produces.
+        Var::new("KAFKA_CONSUMER_GROUP_ID", "evolution-api-consumers"),
+        Var::new("KAFKA_TOPIC_PREFIX", "evolution"),
+        Var::new("KAFKA_NUM_PARTITIONS", "1"),
+        Var::new("KAFKA_REPLICATION_FACTOR", "1"),
+        Var::new("KAFKA_AUTO_CREATE_TOPICS", "false"),
+        Var::new("KAFKA_SASL_ENABLED", "false"),
+        Var::new("KAFKA_SASL_MECHANISM", "plain"),
+        Var::new("KAFKA_SASL_USERNAME", ""),
+        Var::new("KAFKA_SASL_PASSWORD", ""),
+        Var::new("KAFKA_SSL_ENABLED", "false"),
+        Var::new("KAFKA_SSL_REJECT_UNAUTHORIZED", "true"),
+        Var::new("KAFKA_SSL_CA", ""),
+        Var::new("KAFKA_SSL_KEY", ""),
+        Var::new("KAFKA_SSL_CERT", ""),
+        Var::new("KAFKA_LINGER_MS", "1"),
+        Var::new("KAFKA_COMPRESSION", "none"),
+        Var::new("KAFKA_IDEMPOTENCE", "true"),
+    ];
+
+    const EVENT_TOGGLES: Option<&'static str> = Some("KAFKA_EVENTS_");
+
+    /// `KAFKA_ENABLED`, `KAFKA_GLOBAL_ENABLED`, `KAFKA_EVENTS_<KEY>`, `KAFKA_TOPIC_PREFIX`.
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        global.kafka = GlobalBroker::from_vars(vars, Self::CHANNEL, "KAFKA_EVENTS_", "KAFKA_TOPIC_PREFIX");
+    }
+
+    /// `KAFKA_BROKERS`, `KAFKA_CLIENT_ID`, `KAFKA_CONNECTION_TIMEOUT`, `KAFKA_REQUEST_TIMEOUT`,
+    /// `KAFKA_AUTO_CREATE_TOPICS`, `KAFKA_NUM_PARTITIONS`, `KAFKA_REPLICATION_FACTOR`,
+    /// `KAFKA_LINGER_MS`, `KAFKA_COMPRESSION`, `KAFKA_IDEMPOTENCE`, `KAFKA_SASL_*`, `KAFKA_SSL_*`;
+    /// only with `KAFKA_ENABLED=true`. (`KAFKA_CONSUMER_GROUP_ID` is accepted and unused: the sink
+    /// only produces.)
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        if !global.enabled(Self::CHANNEL) {
+            return None;
+        }
+        let brokers: Vec<String> = vars
+            .raw("KAFKA_BROKERS")
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if brokers.is_empty() {
+            vars.error(
+                "KAFKA_ENABLED=true needs KAFKA_BROKERS (host:port, comma-separated); set it, or set \
+                 KAFKA_ENABLED=false",
+            );
+        }
+        let connection_timeout = Duration::from_millis(vars.positive("KAFKA_CONNECTION_TIMEOUT"));
+        let request_timeout = Duration::from_millis(vars.positive("KAFKA_REQUEST_TIMEOUT"));
+        let num_partitions: i32 = vars.number("KAFKA_NUM_PARTITIONS", "a number of partitions (1 or more)");
+        if num_partitions < 1 {
+            vars.error(format!(
+                "KAFKA_NUM_PARTITIONS={num_partitions} must be at least 1"
+            ));
+        }
+        let replication_factor: i32 = vars.number(
+            "KAFKA_REPLICATION_FACTOR",
+            "a replication factor (1 or more, or -1 for the broker's default)",
+        );
+        if replication_factor < 1 && replication_factor != -1 {
+            vars.error(format!(
+                "KAFKA_REPLICATION_FACTOR={replication_factor} must be at least 1 (or -1 for the broker's default)"
+            ));
+        }
+        let linger = Duration::from_millis(vars.number("KAFKA_LINGER_MS", "a whole number of milliseconds"));
+        let compression = vars.raw("KAFKA_COMPRESSION").parse().unwrap_or_else(|e| {
+            vars.error(format!("KAFKA_COMPRESSION: {e}"));
+            Compression::None
+        });
+        let auto_create_topics = vars.bool("KAFKA_AUTO_CREATE_TOPICS");
+        let idempotence = vars.bool("KAFKA_IDEMPOTENCE");
+        let sasl = vars.bool("KAFKA_SASL_ENABLED").then(|| sasl(vars));
+        let ssl = vars.bool("KAFKA_SSL_ENABLED").then(|| ssl(vars));
+        let config = Self {
+            client_id: vars
+                .string("KAFKA_CLIENT_ID")
+                .unwrap_or_else(|| Self::DEFAULT_CLIENT_ID.to_owned()),
+            connection_timeout,
+            request_timeout,
+            auto_create_topics,
+            num_partitions,
+            replication_factor,
+            linger,
+            compression,
+            idempotence,
+            sasl,
+            ssl,
+            ..Self::new(brokers)
+        };
+        let dispatch = DispatchHints {
+            // A send looks topics up (at most 10 s) and waits for the acknowledgements (at most the
+            // request timeout); this deadline is a safety net above both.
+            send_timeout: Some(request_timeout.saturating_mul(2) + Duration::from_secs(10)),
+            ..DispatchHints::default()
+        };
+        Some((config, dispatch))
+    }
+
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Ok(Arc::new(crate::KafkaSink::new(self)?))
+    }
+}
+
+/// `KAFKA_SASL_MECHANISM`, `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` (with `KAFKA_SASL_ENABLED=true`).
+fn sasl(vars: &mut Vars) -> KafkaSasl {
+    let mechanism = vars.raw("KAFKA_SASL_MECHANISM").parse().unwrap_or_else(|e| {
+        vars.error(format!("KAFKA_SASL_MECHANISM: {e}"));
+        SaslMechanism::Plain
+    });
+    let (username, password) = (
+        vars.string("KAFKA_SASL_USERNAME"),
+        vars.string("KAFKA_SASL_PASSWORD"),
+    );
+    if username.is_none() || password.is_none() {
+        // The password is never repeated.
+        vars.error("KAFKA_SASL_ENABLED=true needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD");
+    }
+    KafkaSasl {
+        mechanism,
+        username: username.unwrap_or_default(),
+        password: Sensitive::new(password.unwrap_or_default()),
+    }
+}
+
+/// `KAFKA_SSL_CA`, `KAFKA_SSL_CERT`, `KAFKA_SSL_KEY`, `KAFKA_SSL_REJECT_UNAUTHORIZED` (with
+/// `KAFKA_SSL_ENABLED=true`).
+fn ssl(vars: &mut Vars) -> KafkaSsl {
+    let mut pem = |name: &str| {
+        let pem = vars.string(name).map(|v| Pem::parse(&v));
+        if let Some(Pem::File(path)) = &pem
+            && !path.is_file()
+        {
+            vars.error(format!(
+                "{name}: {} is not a readable file; give a PEM file path or the PEM text itself",
+                path.display()
+            ));
+        }
+        pem
+    };
+    let (ca, cert, key) = (pem("KAFKA_SSL_CA"), pem("KAFKA_SSL_CERT"), pem("KAFKA_SSL_KEY"));
+    if cert.is_some() != key.is_some() {
+        vars.error("KAFKA_SSL_CERT and KAFKA_SSL_KEY go together (mutual TLS): set both, or neither");
+    }
+    // Evolution API: verification is on unless the value is exactly "false".
+    let verify = !vars
+        .raw("KAFKA_SSL_REJECT_UNAUTHORIZED")
+        .trim()
+        .eq_ignore_ascii_case("false");
+    KafkaSsl {
+        verify,
+        ca,
+        key,
+        cert,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +459,79 @@ mod tests {
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    fn enabled() -> GlobalSettings {
+        let mut global = GlobalSettings::default();
+        global.kafka.enabled = true;
+        global
+    }
+
+    #[test]
+    fn read_only_when_enabled_and_built_without_connecting() {
+        let mut v = Vars::with_defaults(KafkaConfig::VARS, [("KAFKA_BROKERS", " ")]);
+        assert!(KafkaConfig::from_vars(&mut v, &GlobalSettings::default()).is_none());
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        let mut v = Vars::with_defaults(
+            KafkaConfig::VARS,
+            [
+                ("KAFKA_SASL_ENABLED", "true"),
+                ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+                ("KAFKA_SASL_USERNAME", "evolution"),
+                ("KAFKA_SASL_PASSWORD", "hunter2"),
+                ("KAFKA_AUTO_CREATE_TOPICS", "yes"),
+                ("KAFKA_NUM_PARTITIONS", "6"),
+                ("KAFKA_COMPRESSION", "lz4"),
+            ],
+        );
+        let (kafka, dispatch) = KafkaConfig::from_vars(&mut v, &enabled()).unwrap();
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        assert!(!format!("{kafka:?}").contains("hunter2"), "{kafka:?}");
+        assert!(kafka.auto_create_topics);
+        assert_eq!(kafka.num_partitions, 6);
+        assert_eq!(kafka.compression, Compression::Lz4);
+        assert_eq!(
+            kafka.sasl.as_ref().map(|s| s.mechanism),
+            Some(SaslMechanism::ScramSha512)
+        );
+        assert_eq!(dispatch.send_timeout, Some(Duration::from_secs(70)));
+        assert!(kafka.into_sink().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_variable_without_secrets() {
+        let mut v = Vars::with_defaults(
+            KafkaConfig::VARS,
+            [
+                ("KAFKA_BROKERS", " "),
+                ("KAFKA_NUM_PARTITIONS", "0"),
+                ("KAFKA_REPLICATION_FACTOR", "-3"),
+                ("KAFKA_COMPRESSION", "zstd"),
+                ("KAFKA_LINGER_MS", "soon"),
+                ("KAFKA_SASL_ENABLED", "true"),
+                ("KAFKA_SASL_PASSWORD", "hunter2"),
+                ("KAFKA_SSL_ENABLED", "true"),
+                ("KAFKA_SSL_CA", "/nonexistent/ca.pem"),
+                (
+                    "KAFKA_SSL_KEY",
+                    "-----BEGIN PRIVATE KEY-----hunter4-----END PRIVATE KEY-----",
+                ),
+            ],
+        );
+        let _ = KafkaConfig::from_vars(&mut v, &enabled());
+        let text = v.errors().join("\n");
+        for needle in [
+            "KAFKA_ENABLED=true needs KAFKA_BROKERS",
+            "KAFKA_NUM_PARTITIONS=0",
+            "KAFKA_REPLICATION_FACTOR=-3",
+            "KAFKA_COMPRESSION: unknown compression `zstd`",
+            "KAFKA_LINGER_MS=`soon`",
+            "KAFKA_SASL_ENABLED=true needs KAFKA_SASL_USERNAME",
+            "KAFKA_SSL_CA: /nonexistent/ca.pem",
+            "KAFKA_SSL_CERT and KAFKA_SSL_KEY go together",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(!text.contains("hunter"), "{text}");
     }
 }

@@ -1,11 +1,16 @@
 //! [`NatsConfig`]: the settings of one [`NatsSink`](crate::NatsSink), and the server address
-//! ([`NatsUrl`]), which may hold credentials and is never shown.
+//! ([`NatsUrl`]), which may hold credentials and is never shown; the NATS channel's variables
+//! ([`SinkConfig`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
-use evolution_events::Sensitive;
+use evolution_events::{
+    Channel, DispatchHints, EventSink, GlobalBroker, GlobalSettings, NamingProfile, Sensitive, SinkConfig,
+    SinkError, Var, Vars,
+};
 
 /// Why a NATS URL was refused. The message never repeats the URL (it may hold credentials).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -218,6 +223,83 @@ pub fn check_stream_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl SinkConfig for NatsConfig {
+    const CHANNEL: Channel = Channel::Nats;
+
+    const VARS: &'static [Var] = &[
+        Var::new("NATS_URI", ""),
+        Var::new("NATS_GLOBAL_ENABLED", "false"),
+        Var::new("NATS_PREFIX_KEY", "evolution"),
+        Var::new("NATS_JETSTREAM", "false"),
+        Var::new("NATS_JETSTREAM_STREAM", "EVOLUTION"),
+    ];
+
+    const EVENT_TOGGLES: Option<&'static str> = Some("NATS_EVENTS_");
+
+    /// `NATS_ENABLED`, `NATS_GLOBAL_ENABLED`, `NATS_EVENTS_<KEY>`, `NATS_PREFIX_KEY`.
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        global.nats = GlobalBroker::from_vars(vars, Self::CHANNEL, "NATS_EVENTS_", "NATS_PREFIX_KEY");
+    }
+
+    /// `NATS_URI`, `NATS_JETSTREAM`, `NATS_JETSTREAM_STREAM`; only with `NATS_ENABLED=true`.
+    ///
+    /// In JetStream mode the stream captures `{NATS_PREFIX_KEY}.>` from the start whenever the
+    /// Router can produce subjects under the prefix (every subject of the `seed` profile; global
+    /// subjects of the `evolution-v2` profile). The sink adds `{first token}.>` for any other
+    /// subject when it first publishes to it (`{instance}.>` in the `evolution-v2` profile).
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        if !global.enabled(Self::CHANNEL) {
+            return None;
+        }
+        let url = match vars.string("NATS_URI") {
+            None => {
+                vars.error(
+                    "NATS_ENABLED=true needs NATS_URI (e.g. nats://host:4222); set it, or set NATS_ENABLED=false",
+                );
+                None
+            }
+            // The value may hold credentials: the error never repeats it.
+            Some(raw) => NatsUrl::parse(&raw)
+                .map_err(|e| vars.error(format!("NATS_URI: {e}")))
+                .ok(),
+        };
+        let jetstream = vars.bool("NATS_JETSTREAM");
+        let stream = vars
+            .string("NATS_JETSTREAM_STREAM")
+            .unwrap_or_else(|| JetStreamConfig::DEFAULT_STREAM.to_owned());
+        if let Err(e) = check_stream_name(&stream) {
+            vars.error(format!("NATS_JETSTREAM_STREAM: {e}"));
+        }
+        let prefix = global.nats.prefix.as_str();
+        let prefixed = match global.naming {
+            NamingProfile::Seed => true,
+            NamingProfile::EvolutionV2 => global.nats.global_enabled,
+        };
+        let subjects = if prefixed && !prefix.is_empty() {
+            vec![format!("{prefix}.>")]
+        } else {
+            Vec::new()
+        };
+        let url = url?;
+        let mode = if jetstream {
+            NatsMode::JetStream(JetStreamConfig::new(stream, subjects))
+        } else {
+            NatsMode::Core
+        };
+        Some((
+            Self {
+                mode,
+                ..Self::new(url)
+            },
+            DispatchHints::default(),
+        ))
+    }
+
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Ok(Arc::new(crate::NatsSink::new(self)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +336,85 @@ mod tests {
         for bad in ["", "a.b", "a b", "a*", "a>", "a/b", &"x".repeat(256)] {
             assert!(check_stream_name(bad).is_err(), "{bad}");
         }
+    }
+
+    fn enabled() -> GlobalSettings {
+        let mut global = GlobalSettings::default();
+        global.nats.enabled = true;
+        global
+    }
+
+    fn subjects(config: &NatsConfig) -> Option<&[String]> {
+        match &config.mode {
+            NatsMode::JetStream(js) => Some(&js.subjects),
+            NatsMode::Core => None,
+        }
+    }
+
+    #[test]
+    fn read_only_when_enabled() {
+        let mut v = Vars::default();
+        assert!(NatsConfig::from_vars(&mut v, &GlobalSettings::default()).is_none());
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        let mut v: Vars = [
+            ("NATS_URI", "nats://u:hunter2@127.0.0.1:4222"),
+            ("NATS_JETSTREAM", "true"),
+        ]
+        .into_iter()
+        .collect();
+        let (config, dispatch) = NatsConfig::from_vars(&mut v, &enabled()).unwrap();
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        assert_eq!(dispatch, DispatchHints::default());
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+        let NatsMode::JetStream(js) = &config.mode else {
+            panic!("not jetstream")
+        };
+        assert_eq!(
+            (js.stream.as_str(), js.subjects.as_slice()),
+            ("EVOLUTION", &["evolution.>".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn variables_are_checked_by_name_without_showing_secrets() {
+        let mut v = Vars::default();
+        assert!(NatsConfig::from_vars(&mut v, &enabled()).is_none());
+        let text = v.errors().join("\n");
+        assert!(text.contains("NATS_ENABLED=true needs NATS_URI"), "{text}");
+        let mut v: Vars = [
+            ("NATS_URI", "nats://u:hunter2@h:notaport"),
+            ("NATS_JETSTREAM", "maybe"),
+            ("NATS_JETSTREAM_STREAM", "a.b"),
+        ]
+        .into_iter()
+        .collect();
+        assert!(NatsConfig::from_vars(&mut v, &enabled()).is_none());
+        let text = v.errors().join("\n");
+        for needle in [
+            "NATS_URI: not a valid NATS URL",
+            "NATS_JETSTREAM=`maybe`",
+            "NATS_JETSTREAM_STREAM",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn jetstream_subjects_follow_the_profile() {
+        let mut g = enabled();
+        g.naming = NamingProfile::EvolutionV2;
+        let mut v: Vars = [("NATS_URI", "nats://127.0.0.1:4222"), ("NATS_JETSTREAM", "1")]
+            .into_iter()
+            .collect();
+        let (config, _) = NatsConfig::from_vars(&mut v, &g).unwrap();
+        assert_eq!(
+            subjects(&config),
+            Some(&[][..]),
+            "instance subjects are added when first seen"
+        );
+        g.nats.global_enabled = true;
+        let (config, _) = NatsConfig::from_vars(&mut v, &g).unwrap();
+        assert!(format!("{config:?}").contains("evolution.>"));
     }
 }

@@ -84,5 +84,5 @@ mod config;
 pub mod sign;
 mod sink;
 
-pub use config::{Oversize, PUSHER_MAX_BATCH, PUSHER_MAX_PAYLOAD_BYTES, PusherConfig};
+pub use config::{Oversize, PUSHER_BATCH, PUSHER_MAX_BATCH, PUSHER_MAX_PAYLOAD_BYTES, PusherConfig};
 pub use sink::{NAME, PusherSink};

@@ -1,11 +1,16 @@
 //! [`RabbitmqConfig`]: the settings of one [`RabbitmqSink`](crate::RabbitmqSink), and the broker
-//! address ([`AmqpUri`]), which may hold a password and is never shown.
+//! address ([`AmqpUri`]), which may hold a password and is never shown; the RabbitMQ channel's
+//! variables ([`SinkConfig`]).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use evolution_events::Sensitive;
+use evolution_events::{
+    Channel, DispatchHints, EventSink, GlobalBroker, GlobalSettings, Sensitive, SinkConfig, SinkError, Var,
+    Vars,
+};
 use lapin::uri::{AMQPScheme, AMQPUri};
 
 /// The type of the queues the sink declares (`RABBITMQ_QUEUE_TYPE`).
@@ -230,6 +235,82 @@ impl RabbitmqConfig {
     }
 }
 
+impl SinkConfig for RabbitmqConfig {
+    const CHANNEL: Channel = Channel::Rabbitmq;
+
+    const VARS: &'static [Var] = &[
+        Var::new("RABBITMQ_URI", ""),
+        Var::new("RABBITMQ_EXCHANGE_NAME", "evolution"),
+        Var::new("RABBITMQ_GLOBAL_ENABLED", "false"),
+        Var::new("RABBITMQ_PREFIX_KEY", "evolution"),
+        Var::new("RABBITMQ_FRAME_MAX", "8192"),
+        Var::new("RABBITMQ_QUEUE_TYPE", "quorum"),
+    ];
+
+    const EVENT_TOGGLES: Option<&'static str> = Some("RABBITMQ_EVENTS_");
+
+    /// `RABBITMQ_ENABLED`, `RABBITMQ_GLOBAL_ENABLED`, `RABBITMQ_EVENTS_<KEY>`, `RABBITMQ_PREFIX_KEY`,
+    /// `RABBITMQ_EXCHANGE_NAME`.
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        global.rabbitmq =
+            GlobalBroker::from_vars(vars, Self::CHANNEL, "RABBITMQ_EVENTS_", "RABBITMQ_PREFIX_KEY");
+        global.rabbitmq_exchange = vars.raw("RABBITMQ_EXCHANGE_NAME").trim().to_owned();
+    }
+
+    /// `RABBITMQ_URI`, `RABBITMQ_FRAME_MAX`, `RABBITMQ_QUEUE_TYPE`; only with `RABBITMQ_ENABLED=true`.
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        if !global.enabled(Self::CHANNEL) {
+            return None;
+        }
+        let uri = match vars.string("RABBITMQ_URI") {
+            None => {
+                vars.error(
+                    "RABBITMQ_ENABLED=true needs RABBITMQ_URI (e.g. amqp://user:password@host:5672/%2f); set it, or \
+                     set RABBITMQ_ENABLED=false",
+                );
+                None
+            }
+            // The value may hold a password: the error never repeats it.
+            Some(raw) => AmqpUri::parse(&raw)
+                .map_err(|e| vars.error(format!("RABBITMQ_URI: {e}")))
+                .ok(),
+        };
+        let frame_max = match vars.string("RABBITMQ_FRAME_MAX") {
+            None => Self::DEFAULT_FRAME_MAX,
+            Some(_) => {
+                let frame_max: u32 = vars.number(
+                    "RABBITMQ_FRAME_MAX",
+                    "a frame size in bytes (8192 or more; 0 leaves it to the broker)",
+                );
+                if (1..4096).contains(&frame_max) {
+                    vars.error(format!(
+                        "RABBITMQ_FRAME_MAX={frame_max} is too small: AMQP needs at least 4096 (RabbitMQ 4.1: 8192), \
+                         or 0 for the broker's choice"
+                    ));
+                }
+                frame_max
+            }
+        };
+        let queue_type = match vars.string("RABBITMQ_QUEUE_TYPE") {
+            None => QueueType::default(),
+            Some(raw) => raw.parse().unwrap_or_else(|e| {
+                vars.error(format!("RABBITMQ_QUEUE_TYPE: {e}"));
+                QueueType::default()
+            }),
+        };
+        let config = Self {
+            frame_max,
+            queue_type,
+            ..Self::new(uri?)
+        };
+        Some((config, DispatchHints::default()))
+    }
+
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Ok(Arc::new(crate::RabbitmqSink::new(self)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +355,57 @@ mod tests {
         let e = "stream".parse::<QueueType>().unwrap_err();
         assert!(e.to_string().contains("quorum"), "{e}");
         assert_eq!(QueueType::default().to_string(), "quorum");
+    }
+
+    fn enabled() -> GlobalSettings {
+        let mut global = GlobalSettings::default();
+        global.rabbitmq.enabled = true;
+        global
+    }
+
+    #[test]
+    fn read_only_when_enabled() {
+        let mut v = Vars::default();
+        assert!(RabbitmqConfig::from_vars(&mut v, &GlobalSettings::default()).is_none());
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        let mut v: Vars = [
+            ("RABBITMQ_URI", "amqp://u:hunter2@127.0.0.1:5672/%2f"),
+            ("RABBITMQ_QUEUE_TYPE", "classic"),
+        ]
+        .into_iter()
+        .collect();
+        let (config, dispatch) = RabbitmqConfig::from_vars(&mut v, &enabled()).unwrap();
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(dispatch, DispatchHints::default());
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+    }
+
+    #[test]
+    fn variables_are_checked_by_name_without_showing_secrets() {
+        let mut v = Vars::default();
+        assert!(RabbitmqConfig::from_vars(&mut v, &enabled()).is_none());
+        let text = v.errors().join("\n");
+        assert!(
+            text.contains("RABBITMQ_ENABLED=true needs RABBITMQ_URI"),
+            "{text}"
+        );
+        let mut v: Vars = [
+            ("RABBITMQ_URI", "http://u:hunter2@h/"),
+            ("RABBITMQ_FRAME_MAX", "1024"),
+            ("RABBITMQ_QUEUE_TYPE", "stream"),
+        ]
+        .into_iter()
+        .collect();
+        assert!(RabbitmqConfig::from_vars(&mut v, &enabled()).is_none());
+        let text = v.errors().join("\n");
+        for needle in [
+            "RABBITMQ_URI: not a valid AMQP URI",
+            "RABBITMQ_FRAME_MAX=1024",
+            "RABBITMQ_QUEUE_TYPE: unknown queue type `stream`",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

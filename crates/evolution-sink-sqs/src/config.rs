@@ -1,8 +1,13 @@
-//! [`SqsConfig`]: the settings of one [`SqsSink`](crate::SqsSink).
+//! [`SqsConfig`]: the settings of one [`SqsSink`](crate::SqsSink), and the SQS channel's variables
+//! ([`SinkConfig`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use evolution_events::Sensitive;
+use evolution_events::{
+    Channel, DispatchHints, EventSink, GlobalBroker, GlobalSettings, Sensitive, SinkConfig, SinkError, Var,
+    Vars,
+};
 
 /// Settings of an [`SqsSink`](crate::SqsSink): the account, region and endpoint. Queue names come
 /// with each delivery; their URLs are resolved through the API.
@@ -84,6 +89,102 @@ impl SqsCredentials {
     }
 }
 
+impl SinkConfig for SqsConfig {
+    const CHANNEL: Channel = Channel::Sqs;
+
+    const VARS: &'static [Var] = &[
+        Var::new("SQS_ACCESS_KEY_ID", ""),
+        Var::new("SQS_SECRET_ACCESS_KEY", ""),
+        Var::new("SQS_ACCOUNT_ID", ""),
+        Var::new("SQS_REGION", ""),
+        Var::new("SQS_ENDPOINT", ""),
+        Var::new("SQS_FIFO", "false"),
+        Var::new("SQS_PREFIX_KEY", "evolution"),
+        Var::new("SQS_GLOBAL_ENABLED", "false"),
+        Var::new("SQS_GLOBAL_FORCE_SINGLE_QUEUE", "false"),
+        Var::new("SQS_GLOBAL_PREFIX_NAME", "global"),
+        Var::new("SQS_MAX_PAYLOAD_SIZE", "1048576"),
+    ];
+
+    const EVENT_TOGGLES: Option<&'static str> = Some("SQS_GLOBAL_");
+
+    /// `SQS_ENABLED`, `SQS_GLOBAL_ENABLED`, `SQS_GLOBAL_<KEY>`, `SQS_PREFIX_KEY`,
+    /// `SQS_GLOBAL_FORCE_SINGLE_QUEUE`, `SQS_GLOBAL_PREFIX_NAME`, `SQS_FIFO`.
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        let sqs = &mut global.sqs;
+        sqs.broker = GlobalBroker::from_vars(vars, Self::CHANNEL, "SQS_GLOBAL_", "SQS_PREFIX_KEY");
+        sqs.force_single_queue = vars.bool("SQS_GLOBAL_FORCE_SINGLE_QUEUE");
+        sqs.global_prefix = vars.raw("SQS_GLOBAL_PREFIX_NAME").trim().to_owned();
+        sqs.fifo = vars.bool("SQS_FIFO");
+    }
+
+    /// `SQS_REGION`, `SQS_ACCESS_KEY_ID`, `SQS_SECRET_ACCESS_KEY`, `SQS_ENDPOINT`, `SQS_ACCOUNT_ID`,
+    /// `SQS_MAX_PAYLOAD_SIZE`; only with `SQS_ENABLED=true`. Without `SQS_REGION`, an `SQS_ENDPOINT`
+    /// (an SQS-compatible server) implies `us-east-1`.
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        if !global.enabled(Self::CHANNEL) {
+            return None;
+        }
+        let endpoint = vars.string("SQS_ENDPOINT");
+        if let Some(e) = &endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            vars.error(format!("SQS_ENDPOINT=`{e}` must be an http:// or https:// URL"));
+        }
+        let region = match (vars.string("SQS_REGION"), &endpoint) {
+            (Some(region), _) => region,
+            (None, Some(_)) => "us-east-1".to_owned(),
+            (None, None) => {
+                vars.error(
+                    "SQS_ENABLED=true needs SQS_REGION (e.g. us-east-1); set it, or set SQS_ENABLED=false",
+                );
+                String::new()
+            }
+        };
+        let credentials = match (
+            vars.string("SQS_ACCESS_KEY_ID"),
+            vars.string("SQS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(id), Some(secret)) => Some(SqsCredentials::new(id, secret)),
+            (None, None) => None,
+            // The secret is never repeated.
+            _ => {
+                vars.error(
+                    "SQS_ACCESS_KEY_ID and SQS_SECRET_ACCESS_KEY go together: set both, or neither (the AWS \
+                     default credential chain)",
+                );
+                None
+            }
+        };
+        let max_payload_bytes = usize::try_from(vars.positive("SQS_MAX_PAYLOAD_SIZE")).unwrap_or(usize::MAX);
+        if !(2048..=Self::SQS_LIMIT_BYTES).contains(&max_payload_bytes) {
+            vars.error(format!(
+                "SQS_MAX_PAYLOAD_SIZE={max_payload_bytes} must be between 2048 and {} bytes (SQS's limit); \
+                 larger events are refused per delivery",
+                Self::SQS_LIMIT_BYTES
+            ));
+        }
+        let config = Self {
+            credentials,
+            endpoint,
+            account_id: vars.string("SQS_ACCOUNT_ID"),
+            max_payload_bytes,
+            ..Self::new(region)
+        };
+        let dispatch = DispatchHints {
+            // Up to three calls in a row per queue (look up, create, send), each bounded by the
+            // operation timeout; this deadline is a safety net above them.
+            send_timeout: Some(config.operation_timeout.saturating_mul(3) + Duration::from_secs(5)),
+            ..DispatchHints::default()
+        };
+        Some((config, dispatch))
+    }
+
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Ok(Arc::new(crate::SqsSink::new(self)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +200,56 @@ mod tests {
             !shown.contains("hunter2") && shown.contains("AKIDEXAMPLE"),
             "{shown}"
         );
+    }
+
+    fn enabled() -> GlobalSettings {
+        let mut global = GlobalSettings::default();
+        global.sqs.broker.enabled = true;
+        global
+    }
+
+    #[test]
+    fn read_only_when_enabled_and_built_without_connecting() {
+        let mut v = Vars::with_defaults(SqsConfig::VARS, [("SQS_SECRET_ACCESS_KEY", "hunter3")]);
+        assert!(SqsConfig::from_vars(&mut v, &GlobalSettings::default()).is_none());
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        let mut v = Vars::with_defaults(
+            SqsConfig::VARS,
+            [
+                ("SQS_ENDPOINT", "http://127.0.0.1:5000"),
+                ("SQS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("SQS_SECRET_ACCESS_KEY", "hunter3"),
+            ],
+        );
+        let (sqs, dispatch) = SqsConfig::from_vars(&mut v, &enabled()).unwrap();
+        assert!(v.errors().is_empty(), "{:?}", v.errors());
+        assert!(!format!("{sqs:?}").contains("hunter3"), "{sqs:?}");
+        assert_eq!(
+            sqs.region, "us-east-1",
+            "an endpoint without a region implies us-east-1"
+        );
+        assert_eq!(dispatch.send_timeout, Some(Duration::from_secs(65)));
+        assert!(sqs.into_sink().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_variable_without_secrets() {
+        let mut v = Vars::with_defaults(
+            SqsConfig::VARS,
+            [
+                ("SQS_SECRET_ACCESS_KEY", "hunter3"),
+                ("SQS_MAX_PAYLOAD_SIZE", "2000000"),
+            ],
+        );
+        let _ = SqsConfig::from_vars(&mut v, &enabled());
+        let text = v.errors().join("\n");
+        for needle in [
+            "SQS_ENABLED=true needs SQS_REGION",
+            "SQS_ACCESS_KEY_ID and SQS_SECRET_ACCESS_KEY go together",
+            "SQS_MAX_PAYLOAD_SIZE=2000000",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(!text.contains("hunter"), "{text}");
     }
 }

@@ -1,8 +1,16 @@
-//! [`WebhookConfig`]: the settings of one [`WebhookSink`](crate::WebhookSink).
+//! [`WebhookConfig`]: the settings of one [`WebhookSink`](crate::WebhookSink), and the webhook
+//! channel's variables ([`SinkConfig`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::network::Network;
+use evolution_events::{
+    Channel, DispatchHints, EventKind, EventSink, GlobalSettings, RetryPolicy, Sensitive, SinkConfig,
+    SinkError, Var, Vars,
+};
+
+use crate::WebhookSink;
+use crate::network::{Network, parse_networks};
 
 /// The `User-Agent` sent by default: `evolution-events/<crate version>`.
 pub const DEFAULT_USER_AGENT: &str = concat!("evolution-events/", env!("CARGO_PKG_VERSION"));
@@ -63,6 +71,182 @@ impl Default for WebhookConfig {
             probe_url: None,
             allowed_networks: Vec::new(),
             max_concurrency_per_host: Self::DEFAULT_MAX_CONCURRENCY_PER_HOST,
+        }
+    }
+}
+
+/// Webhook deliveries handed to the sink at once (the sink sends one destination's deliveries one
+/// after another; different destinations concurrently).
+pub const WEBHOOK_BATCH: usize = 16;
+
+impl SinkConfig for WebhookConfig {
+    const CHANNEL: Channel = Channel::Webhook;
+
+    const VARS: &'static [Var] = &[
+        Var::new("WEBHOOK_GLOBAL_ENABLED", "false"),
+        Var::new("WEBHOOK_GLOBAL_URL", ""),
+        Var::new("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS", "false"),
+        Var::new("WEBHOOK_EVENTS_ERRORS_WEBHOOK", ""),
+        Var::new("WEBHOOK_REQUEST_TIMEOUT_MS", "60000"),
+        Var::new("WEBHOOK_RETRY_MAX_ATTEMPTS", "10"),
+        Var::new("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "5"),
+        Var::new("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF", "true"),
+        Var::new("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "300"),
+        Var::new("WEBHOOK_RETRY_JITTER_FACTOR", "0.2"),
+        Var::new("WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES", "400,401,403,404,422"),
+        Var::new("WEBHOOK_WORKERS", "16"),
+        Var::new("WEBHOOK_ORDERED", "true"),
+        Var::new("WEBHOOK_ALLOWED_NETWORKS", ""),
+        Var::new("WEBHOOK_MAX_CONCURRENCY_PER_HOST", "32"),
+        Var::new("WEBHOOK_SIGNING_SECRET", ""),
+    ];
+
+    const EVENT_TOGGLES: Option<&'static str> = Some("WEBHOOK_EVENTS_");
+
+    /// The global webhook: `WEBHOOK_GLOBAL_ENABLED`, `WEBHOOK_GLOBAL_URL`,
+    /// `WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS`, `WEBHOOK_EVENTS_<KEY>`, `WEBHOOK_EVENTS_ERRORS_WEBHOOK` and
+    /// `WEBHOOK_SIGNING_SECRET` (comma-separated during a rotation).
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        let webhook = &mut global.webhook;
+        webhook.enabled = vars.bool("WEBHOOK_GLOBAL_ENABLED");
+        webhook.url = vars.raw("WEBHOOK_GLOBAL_URL").trim().to_owned();
+        webhook.by_events = vars.bool("WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS");
+        webhook.events = vars.events("WEBHOOK_EVENTS_");
+        if vars.values().contains_key("WEBHOOK_EVENTS_ERRORS") && webhook.events.contains(&EventKind::Errors)
+        {
+            webhook.errors_url = vars.string("WEBHOOK_EVENTS_ERRORS_WEBHOOK");
+        }
+        let secrets: Vec<String> = vars
+            .raw("WEBHOOK_SIGNING_SECRET")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for secret in secrets {
+            match evolution_events::check_signing_secret(&secret) {
+                Ok(()) => webhook.signing_secrets.push(Sensitive::new(secret)),
+                Err(why) => vars.error(format!(
+                    "WEBHOOK_SIGNING_SECRET: {why} (comma-separate several during a rotation)"
+                )),
+            }
+        }
+    }
+
+    /// `WEBHOOK_REQUEST_TIMEOUT_MS`, `WEBHOOK_RETRY_*`, `WEBHOOK_WORKERS`, `WEBHOOK_ORDERED`,
+    /// `WEBHOOK_ALLOWED_NETWORKS` (parsed here, once), `WEBHOOK_MAX_CONCURRENCY_PER_HOST`; the
+    /// global webhook's URL is the health check's probe. Always planned: instances may set
+    /// webhooks.
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        let name = "WEBHOOK_RETRY_NON_RETRYABLE_STATUS_CODES";
+        let listed: Vec<&str> = vars
+            .raw(name)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let codes: Vec<u16> = listed
+            .iter()
+            .filter_map(|s| s.parse::<u16>().ok().filter(|c| (100..=599).contains(c)))
+            .collect();
+        if codes.len() != listed.len() {
+            let raw = vars.raw(name).to_owned();
+            vars.error(format!(
+                "{name}=`{raw}` must be a comma-separated list of HTTP statuses (100-599)"
+            ));
+        }
+        let jitter: f64 = vars.number("WEBHOOK_RETRY_JITTER_FACTOR", "a number from 0 to 1");
+        if !(0.0..=1.0).contains(&jitter) {
+            vars.error(format!(
+                "WEBHOOK_RETRY_JITTER_FACTOR={jitter} must be between 0 and 1"
+            ));
+        }
+        let retry = RetryPolicy {
+            max_attempts: Some(
+                u32::try_from(vars.positive("WEBHOOK_RETRY_MAX_ATTEMPTS")).unwrap_or(u32::MAX),
+            ),
+            initial_delay: Duration::from_secs(
+                vars.number("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "a whole number of seconds"),
+            ),
+            exponential: vars.bool("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF"),
+            max_delay: Duration::from_secs(
+                vars.number("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "a whole number of seconds"),
+            ),
+            jitter_factor: jitter,
+            non_retryable_status_codes: codes,
+        };
+        let request_timeout = Duration::from_millis(vars.positive("WEBHOOK_REQUEST_TIMEOUT_MS"));
+        let batch = u32::try_from(WEBHOOK_BATCH).unwrap_or(u32::MAX);
+        let dispatch = DispatchHints {
+            retry: Some(retry),
+            workers: Some(usize::try_from(vars.positive("WEBHOOK_WORKERS")).unwrap_or(usize::MAX)),
+            batch_size: Some(WEBHOOK_BATCH),
+            // Each request is bounded by the request timeout; this deadline is a safety net above it.
+            send_timeout: Some(request_timeout.saturating_mul(batch) + Duration::from_secs(5)),
+            ordered: Some(vars.bool("WEBHOOK_ORDERED")),
+        };
+        let max_per_host = vars.positive("WEBHOOK_MAX_CONCURRENCY_PER_HOST");
+        let allowed_networks = parse_networks(vars.raw("WEBHOOK_ALLOWED_NETWORKS")).unwrap_or_else(|e| {
+            vars.error(format!("WEBHOOK_ALLOWED_NETWORKS: {e}"));
+            Vec::new()
+        });
+        let config = Self {
+            request_timeout,
+            probe_url: global.webhook.enabled.then(|| global.webhook.url.clone()),
+            allowed_networks,
+            max_concurrency_per_host: usize::try_from(max_per_host).unwrap_or(usize::MAX),
+            ..Self::default()
+        };
+        Some((config, dispatch))
+    }
+
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Ok(Arc::new(WebhookSink::new(self)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_read_with_their_defaults() {
+        let mut vars =
+            Vars::with_defaults(WebhookConfig::VARS, [("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")]);
+        let mut global = GlobalSettings::default();
+        WebhookConfig::read_global(&mut vars, &mut global);
+        let (config, dispatch) = WebhookConfig::from_vars(&mut vars, &global).unwrap();
+        assert!(vars.errors().is_empty(), "{:?}", vars.errors());
+        assert_eq!(
+            dispatch.retry,
+            Some(RetryPolicy::default()),
+            "the specification's policy"
+        );
+        assert_eq!(dispatch.workers, Some(16));
+        assert_eq!(dispatch.batch_size, Some(WEBHOOK_BATCH));
+        assert_eq!(dispatch.ordered, Some(true));
+        assert_eq!(config.request_timeout, WebhookConfig::DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(config.allowed_networks, parse_networks("127.0.0.0/8").unwrap());
+        assert_eq!(config.probe_url, None, "no global webhook");
+        assert!(config.into_sink().is_ok());
+
+        let mut vars = Vars::with_defaults(
+            WebhookConfig::VARS,
+            [
+                ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33"),
+                ("WEBHOOK_SIGNING_SECRET", "whsec_short"),
+                ("WEBHOOK_WORKERS", "0"),
+            ],
+        );
+        WebhookConfig::read_global(&mut vars, &mut global);
+        let _ = WebhookConfig::from_vars(&mut vars, &global);
+        let text = vars.errors().join("\n");
+        for needle in [
+            "WEBHOOK_ALLOWED_NETWORKS: `10.0.0.0/33` is not a network",
+            "WEBHOOK_SIGNING_SECRET: ",
+            "WEBHOOK_WORKERS must be greater than 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }
 }

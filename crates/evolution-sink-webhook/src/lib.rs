@@ -27,6 +27,13 @@
 //! certificate verifier. Proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` environment
 //! variables are honoured. **Redirects are never followed.**
 //!
+//! [`WebhookConfig`] implements [`SinkConfig`](evolution_events::SinkConfig): it declares the
+//! `WEBHOOK_*` variables with their defaults and reads them — the global webhook
+//! (`WEBHOOK_GLOBAL_*`, `WEBHOOK_EVENTS_*`, `WEBHOOK_SIGNING_SECRET`), the sink's settings
+//! (`WEBHOOK_REQUEST_TIMEOUT_MS`, `WEBHOOK_ALLOWED_NETWORKS`, `WEBHOOK_MAX_CONCURRENCY_PER_HOST`) and
+//! its dispatch hints (`WEBHOOK_RETRY_*`, `WEBHOOK_WORKERS`, `WEBHOOK_ORDERED`, batches of
+//! [`WEBHOOK_BATCH`]).
+//!
 //! # Wire format
 //!
 //! ```text
@@ -79,10 +86,12 @@
 //! port, path: no user info, no query string) and quote at most the first 200 bytes of the
 //! answer's body; transport error texts are scrubbed of the URL's secrets.
 //!
-//! # Health, flush, shutdown
+//! # Health, prepare, flush, shutdown
 //!
 //! `health_check` GETs `probe_url` (up if the answer is below 500; at most 10 s) or, without one,
-//! succeeds: a webhook sink has no single backend. `flush` has nothing to do. `shutdown` is
+//! succeeds: a webhook sink has no single backend. `prepare` (called when an instance's settings
+//! are saved) refuses a URL whose host is, or resolves only to, a refused address (`Rejected`,
+//! naming the address and the `WEBHOOK_ALLOWED_NETWORKS` entry that would allow it). `flush` has nothing to do. `shutdown` is
 //! idempotent and drops the client; afterwards `send` and `health_check` fail with `Closed`.
 
 mod classify;
@@ -92,5 +101,5 @@ mod request;
 pub mod sign;
 mod sink;
 
-pub use config::{DEFAULT_USER_AGENT, WebhookConfig};
+pub use config::{DEFAULT_USER_AGENT, WEBHOOK_BATCH, WebhookConfig};
 pub use sink::{NAME, WebhookSink};

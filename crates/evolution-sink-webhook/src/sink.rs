@@ -1,6 +1,6 @@
 //! [`WebhookSink`]: the [`EventSink`] of the webhook channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::classify::{self, HttpError, classify, classify_transport, error, url_secrets};
 use crate::config::WebhookConfig;
-use crate::network::{Guard, GuardedResolver};
+use crate::network::{Guard, GuardedResolver, check_url};
 use crate::request;
 
 /// The channel name of this sink (`webhook`).
@@ -280,6 +280,31 @@ impl EventSink for WebhookSink {
         self.lock().take();
         Ok(())
     }
+
+    /// Checks the webhooks' targets against the SSRF protection when an instance's settings are
+    /// saved, so that a URL into a private or special network is refused then (`Rejected`, naming
+    /// the address and how to allow it with `WEBHOOK_ALLOWED_NETWORKS`) rather than at the first
+    /// event: an IP-literal host directly, a name resolved (at most 3 s; a name that does not
+    /// resolve yet is accepted, as every connection is checked again). One check per host and
+    /// port; destinations of other channels and malformed URLs (refused when parsed) are skipped.
+    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
+        let mut checked = HashSet::new();
+        for destination in destinations {
+            let Destination::Webhook(target) = destination else {
+                continue;
+            };
+            let Ok(url) = Url::parse(&target.url) else {
+                continue;
+            };
+            if !checked.insert(url[url::Position::BeforeHost..url::Position::AfterPort].to_owned()) {
+                continue;
+            }
+            if let Err(refused) = check_url(&self.shared.guard, &target.url).await {
+                return Err(error(ErrorKind::Rejected, format!("webhook.url: {refused}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An item whose destination is not a webhook URL.
@@ -462,6 +487,40 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+    }
+
+    #[tokio::test]
+    async fn prepare_refuses_special_networks_once_per_host() {
+        let webhook = |url: &str| {
+            Destination::Webhook(WebhookTarget {
+                url: url.to_owned(),
+                headers: Vec::new(),
+                signing_secrets: Vec::new(),
+            })
+        };
+        let sink = WebhookSink::new(WebhookConfig::default()).unwrap();
+        let e = sink
+            .prepare(&[
+                webhook("http://127.0.0.1:9/x/CALL"),
+                webhook("http://127.0.0.1:9/x/SEND_MESSAGE"),
+            ])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert!(!e.is_retryable());
+        let text = e.to_string();
+        assert!(
+            text.contains("webhook.url: 127.0.0.1 is a loopback")
+                && text.contains("WEBHOOK_ALLOWED_NETWORKS"),
+            "{text}"
+        );
+        assert!(sink.prepare(&[webhook("https://93.184.215.14/x")]).await.is_ok());
+        let allowed = WebhookSink::new(WebhookConfig {
+            allowed_networks: crate::network::parse_networks("127.0.0.0/8").unwrap(),
+            ..WebhookConfig::default()
+        })
+        .unwrap();
+        assert!(allowed.prepare(&[webhook("http://127.0.0.1:9/x")]).await.is_ok());
     }
 
     #[tokio::test]

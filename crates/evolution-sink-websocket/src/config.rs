@@ -1,7 +1,15 @@
-//! [`WebsocketConfig`]: the Socket.IO endpoint's settings.
+//! [`WebsocketConfig`]: the Socket.IO endpoint's settings, and the WebSocket channel's variables
+//! ([`SinkConfig`]).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use evolution_events::{
+    Channel, DispatchHints, ErrorKind, EventSink, GlobalSettings, SinkConfig, SinkError, Var, Vars,
+};
+
+use crate::classify::error;
 
 /// The Socket.IO endpoint's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +232,108 @@ pub fn parse_allowed_hosts(raw: &str) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
+impl SinkConfig for WebsocketConfig {
+    const CHANNEL: Channel = Channel::Websocket;
+
+    const VARS: &'static [Var] = &[
+        Var::new("WEBSOCKET_GLOBAL_EVENTS", "false"),
+        Var::new("WEBSOCKET_ALLOWED_HOSTS", DEFAULT_ALLOWED_HOSTS),
+        Var::new("WEBSOCKET_REPLAY_MAX", "500"),
+        // Evolution API's Redis: the websocket channel's meeting point across replicas (ADR 0015).
+        // Its other CACHE_* variables (TTL, SAVE_INSTANCES, CACHE_LOCAL_*) are not ours.
+        Var::new("CACHE_REDIS_ENABLED", "false"),
+        Var::new("CACHE_REDIS_URI", ""),
+        Var::new("CACHE_REDIS_PREFIX_KEY", DEFAULT_REDIS_PREFIX),
+    ];
+
+    /// `WEBSOCKET_ENABLED`, `WEBSOCKET_GLOBAL_EVENTS`.
+    fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
+        global.websocket.enabled = vars.switch(Self::CHANNEL);
+        global.websocket.global_events = vars.bool("WEBSOCKET_GLOBAL_EVENTS");
+    }
+
+    /// `WEBSOCKET_ALLOWED_HOSTS`, `WEBSOCKET_REPLAY_MAX` and the Redis of `CACHE_REDIS_*` (read even
+    /// while the channel is off); only with `WEBSOCKET_ENABLED=true`.
+    fn from_vars(vars: &mut Vars, global: &GlobalSettings) -> Option<(Self, DispatchHints)> {
+        let redis = cache_redis(vars, global);
+        if !global.enabled(Self::CHANNEL) {
+            return None;
+        }
+        let allowed_hosts = parse_allowed_hosts(vars.raw("WEBSOCKET_ALLOWED_HOSTS")).unwrap_or_else(|e| {
+            vars.error(format!("WEBSOCKET_ALLOWED_HOSTS: {e}"));
+            Vec::new()
+        });
+        let replay_limit: usize = if vars.raw("WEBSOCKET_REPLAY_MAX").trim().is_empty() {
+            DEFAULT_REPLAY_LIMIT
+        } else {
+            vars.number("WEBSOCKET_REPLAY_MAX", "a whole number of events")
+        };
+        let buffer = Self::default().max_buffer_size;
+        if replay_limit >= buffer {
+            vars.error(format!(
+                "WEBSOCKET_REPLAY_MAX must be under {buffer} (the per-socket buffer); 0 turns replay off"
+            ));
+        }
+        let config = Self {
+            allowed_hosts,
+            replay_limit: replay_limit.min(buffer - 1),
+            redis,
+            ..Self::default()
+        };
+        Some((config, DispatchHints::default()))
+    }
+
+    /// Refused: the sink needs an [`Authorizer`](crate::Authorizer) (what an API key may see),
+    /// which only the application knows; build it with
+    /// [`WebsocketSink::connect`](crate::WebsocketSink::connect).
+    fn into_sink(self) -> Result<Arc<dyn EventSink>, SinkError> {
+        Err(error(
+            ErrorKind::ConfigInvalid,
+            "the websocket channel needs to know who may see what: build it with an authorizer \
+             (WebsocketSink::connect; in evolution-sinks, ChannelPlan::build_websocket)",
+        ))
+    }
+}
+
+/// `CACHE_REDIS_ENABLED`, `CACHE_REDIS_URI`, `CACHE_REDIS_PREFIX_KEY` (Evolution API's names): the
+/// Redis server through which the websocket channel reaches the clients of every replica (ADR
+/// 0015). Read whenever `CACHE_REDIS_ENABLED=true`, so a malformed value is an error even while
+/// the websocket channel is off; used only by it.
+fn cache_redis(vars: &mut Vars, global: &GlobalSettings) -> Option<RedisConfig> {
+    if !vars.bool("CACHE_REDIS_ENABLED") {
+        return None;
+    }
+    if global.enabled(Channel::Websocket) && !cfg!(feature = "redis") {
+        vars.error(
+            "CACHE_REDIS_ENABLED=true: this build has no Redis support for the websocket channel (feature \
+             `websocket-redis` of evolution-sinks); rebuild with it, or set CACHE_REDIS_ENABLED=false",
+        );
+    }
+    let url = match vars.string("CACHE_REDIS_URI") {
+        None => {
+            vars.error(
+                "CACHE_REDIS_ENABLED=true needs CACHE_REDIS_URI (e.g. redis://127.0.0.1:6379/0); set it, or set \
+                 CACHE_REDIS_ENABLED=false",
+            );
+            None
+        }
+        // The value may hold a password: the error never repeats it.
+        Some(raw) => RedisUrl::parse(&raw)
+            .map_err(|e| vars.error(format!("CACHE_REDIS_URI: {e}")))
+            .ok(),
+    };
+    let prefix = vars
+        .string("CACHE_REDIS_PREFIX_KEY")
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    if let Err(e) = check_redis_prefix(&prefix) {
+        vars.error(format!("CACHE_REDIS_PREFIX_KEY: {e}"));
+    }
+    Some(RedisConfig {
+        prefix,
+        ..RedisConfig::new(url?)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -286,5 +396,170 @@ mod tests {
         assert!(check_redis_prefix("a b").is_err());
         let config = RedisConfig::new(RedisUrl::parse("redis://h").unwrap());
         assert_eq!(config.channel_prefix(), "evolution:socket.io");
+    }
+
+    fn enabled() -> GlobalSettings {
+        let mut global = GlobalSettings::default();
+        global.websocket.enabled = true;
+        global
+    }
+
+    fn errors_about(v: &Vars, what: &str) -> String {
+        v.errors()
+            .iter()
+            .filter(|e| e.contains(what))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn variables_are_read_when_enabled() {
+        let mut v = Vars::default();
+        assert!(WebsocketConfig::from_vars(&mut v, &GlobalSettings::default()).is_none());
+        let mut v: Vars = [
+            ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1,*"),
+            ("WEBSOCKET_REPLAY_MAX", "5000"),
+        ]
+        .into_iter()
+        .collect();
+        let _ = WebsocketConfig::from_vars(&mut v, &enabled());
+        let text = errors_about(&v, "WEBSOCKET");
+        for needle in [
+            "WEBSOCKET_ALLOWED_HOSTS: `*` is not an IP address",
+            "WEBSOCKET_REPLAY_MAX must be under 1024",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let mut v: Vars = [
+            ("WEBSOCKET_ALLOWED_HOSTS", "127.0.0.1, ::1"),
+            ("WEBSOCKET_REPLAY_MAX", "500"),
+        ]
+        .into_iter()
+        .collect();
+        let (config, dispatch) = WebsocketConfig::from_vars(&mut v, &enabled()).unwrap();
+        assert_eq!(errors_about(&v, "WEBSOCKET"), "");
+        assert_eq!(config.replay_limit, 500);
+        assert_eq!(dispatch, DispatchHints::default());
+        let refused = config.into_sink().map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("build_websocket"), "{refused}");
+    }
+
+    /// The `CACHE_REDIS` problems, except that of a build without Redis support (see
+    /// `a_build_without_redis_says_so`).
+    fn redis_errors(v: &Vars) -> String {
+        errors_about(v, "CACHE_REDIS")
+            .lines()
+            .filter(|e| !e.contains(NO_REDIS))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    const NO_REDIS: &str = "this build has no Redis support";
+
+    #[test]
+    fn a_build_without_redis_says_so() {
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "redis://127.0.0.1:6379/0"),
+        ]
+        .into_iter()
+        .collect();
+        let _ = WebsocketConfig::from_vars(&mut v, &enabled());
+        assert_eq!(
+            errors_about(&v, "CACHE_REDIS").contains(NO_REDIS),
+            !cfg!(feature = "redis"),
+            "{:?}",
+            v.errors()
+        );
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "redis://127.0.0.1:6379/0"),
+        ]
+        .into_iter()
+        .collect();
+        let _ = WebsocketConfig::from_vars(&mut v, &GlobalSettings::default());
+        assert!(
+            v.errors().is_empty(),
+            "only a channel that is on needs it: {:?}",
+            v.errors()
+        );
+    }
+
+    #[test]
+    fn cache_redis_is_read_with_evolution_names() {
+        let mut g = enabled();
+        let redis_of =
+            |v: &mut Vars, g: &GlobalSettings| WebsocketConfig::from_vars(v, g).map(|(c, _)| c.redis);
+        // Off (Evolution's default): the local adapter, whatever the other variables say.
+        let mut v: Vars = [("CACHE_REDIS_URI", "not a url")].into_iter().collect();
+        assert_eq!(redis_of(&mut v, &g), Some(None));
+        assert_eq!(redis_errors(&v), "");
+
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "redis://:hunter2@127.0.0.1:6379/6"),
+        ]
+        .into_iter()
+        .collect();
+        let redis = redis_of(&mut v, &g).flatten().unwrap();
+        assert_eq!(redis_errors(&v), "");
+        assert_eq!(
+            redis.prefix, "evolution",
+            "Evolution API's default CACHE_REDIS_PREFIX_KEY"
+        );
+        assert_eq!(redis.url.redacted(), "redis://***@127.0.0.1:6379/6");
+        assert!(!format!("{redis:?}").contains("hunter2"), "{redis:?}");
+
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "yes"),
+            ("CACHE_REDIS_URI", "redis://127.0.0.1:6379/0"),
+            ("CACHE_REDIS_PREFIX_KEY", "evolution_v2"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(redis_of(&mut v, &g).flatten().unwrap().prefix, "evolution_v2");
+
+        let mut v: Vars = [("CACHE_REDIS_ENABLED", "TRUE1")].into_iter().collect();
+        let _ = redis_of(&mut v, &g);
+        let text = redis_errors(&v);
+        assert!(text.contains("CACHE_REDIS_ENABLED=`TRUE1`"), "{text}");
+        let mut v: Vars = [("CACHE_REDIS_ENABLED", "true")].into_iter().collect();
+        let _ = redis_of(&mut v, &g);
+        let text = redis_errors(&v);
+        assert!(
+            text.contains("CACHE_REDIS_ENABLED=true needs CACHE_REDIS_URI"),
+            "{text}"
+        );
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "rediss://user:hunter2@redis.example:6380/0"),
+            ("CACHE_REDIS_PREFIX_KEY", "a#b"),
+        ]
+        .into_iter()
+        .collect();
+        let _ = redis_of(&mut v, &g);
+        let text = redis_errors(&v);
+        assert!(
+            text.contains("CACHE_REDIS_URI: rediss:// (TLS) is not supported"),
+            "{text}"
+        );
+        assert!(text.contains("CACHE_REDIS_PREFIX_KEY: `a#b`"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        // A malformed URI is refused even while the websocket channel is off.
+        g.websocket.enabled = false;
+        let mut v: Vars = [
+            ("CACHE_REDIS_ENABLED", "true"),
+            ("CACHE_REDIS_URI", "http://:hunter2@h:6379/0"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(redis_of(&mut v, &g), None);
+        let text = redis_errors(&v);
+        assert!(
+            text.contains("CACHE_REDIS_URI: the `http` scheme is not Redis"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

@@ -9,8 +9,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, Decision, Delivery, Destination, ErrorKind, EventEnvelope, EventSink, InstanceName,
-    InstanceSettings, NameError, RetryPolicy, SinkError,
+    Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventSink,
+    InstanceName, InstanceSettings, NameError, RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
@@ -63,6 +63,21 @@ impl ChannelConfig {
             send_timeout: Duration::from_secs(30),
             ordered: None,
             max_in_flight_per_key: None,
+        }
+    }
+
+    /// The defaults for `channel` ([`ChannelConfig::default_for`]) with what the channel's
+    /// configuration asks for (read by its crate with its variables).
+    #[must_use]
+    pub fn from_hints(channel: Channel, hints: DispatchHints) -> Self {
+        let default = Self::default_for(channel);
+        Self {
+            retry: hints.retry.unwrap_or(default.retry),
+            workers: hints.workers.unwrap_or(default.workers),
+            batch_size: hints.batch_size.or(default.batch_size),
+            send_timeout: hints.send_timeout.unwrap_or(default.send_timeout),
+            ordered: hints.ordered.or(default.ordered),
+            max_in_flight_per_key: default.max_in_flight_per_key,
         }
     }
 }

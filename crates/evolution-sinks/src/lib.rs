@@ -24,7 +24,6 @@
 
 pub mod build;
 mod dispatcher;
-pub mod env;
 mod router;
 
 /// The webhook channel (feature `webhook`).
