@@ -60,10 +60,12 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::clone(&app));
     // Socket.IO (`WEBSOCKET_ENABLED=true`) on the same listener, under /socket.io.
-    match app.take_websocket_layer() {
+    #[cfg(feature = "websocket")]
+    let routes = match app.take_websocket_layer() {
         Some(socketio) => routes.layer(socketio),
         None => routes,
-    }
+    };
+    routes
 }
 
 async fn not_found() -> ApiError {
@@ -148,6 +150,13 @@ fn parse_channel(
     errors: &mut Vec<String>,
 ) {
     let path = channel.as_str();
+    if !evolution_sinks::build::AVAILABLE.contains(&channel) {
+        errors.push(format!(
+            "{path}: this server was built without the {channel} channel (cargo feature `{channel}` of \
+             evolution-server)"
+        ));
+        return;
+    }
     if !channel_enabled(app, channel) {
         let prefix = channel.env_prefix().unwrap_or_default();
         errors.push(format!(
@@ -182,6 +191,7 @@ fn parse_channel(
 
 /// Refuses a webhook URL that points into a private or special network (SSRF protection), naming
 /// the address and the setting that would allow it.
+#[cfg(feature = "webhook")]
 async fn check_webhook_target(app: &App, settings: &InstanceSettings, errors: &mut Vec<String>) {
     let Some(webhook) = &settings.webhook else { return };
     if webhook.url.is_empty() {
@@ -291,6 +301,7 @@ async fn create_instance(
     if name.is_none() && !fields.contains_key("instanceName") {
         errors.push("instanceName: is required".to_owned());
     }
+    #[cfg(feature = "webhook")]
     check_webhook_target(&app, &settings, &mut errors).await;
     if let Some(name) = &name {
         if let Err(e) = app.dispatcher.router().validate_instance(name, &settings) {
@@ -371,6 +382,7 @@ async fn delete_instance(
     app.emit(vec![(deleted, None), (removed, None)]).await?;
     app.store.delete_instance(&record.name).await?;
     app.uncache(&record.name);
+    #[cfg(feature = "websocket")]
     if let Some(websocket) = &app.websocket {
         // Its token no longer opens anything, including the connections it already opened.
         websocket.disconnect_instance(&record.name).await;
@@ -410,6 +422,7 @@ async fn set_channel(
         .collect();
     let mut settings = record.settings.clone();
     parse_channel(&app, channel, value, &mut settings, &mut errors);
+    #[cfg(feature = "webhook")]
     if channel == Channel::Webhook && errors.is_empty() {
         check_webhook_target(&app, &settings, &mut errors).await;
     }

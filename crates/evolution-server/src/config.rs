@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use evolution_events::{EventKind, GlobalSettings, InstanceName, NamingProfile, PusherApp, Sensitive};
-use evolution_outbox::{DEFAULT_RETENTION, Durability, PostgresOptions};
+#[cfg(feature = "postgres")]
+use evolution_outbox::PostgresOptions;
+use evolution_outbox::{DEFAULT_RETENTION, Durability};
 use evolution_sinks::build::ChannelPlan;
 use evolution_sinks::env::Vars;
+#[cfg(feature = "webhook")]
 use evolution_sinks::webhook::network::Guard;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -146,6 +149,7 @@ pub(crate) enum Database {
     Sqlite(PathBuf),
     /// A PostgreSQL database shared by every replica (`DATABASE_CONNECTION_URI=postgresql://…`),
     /// the outbox's tables in `schema` (`OUTBOX_SCHEMA`).
+    #[cfg(feature = "postgres")]
     Postgres {
         /// The connection URI (it may hold a password).
         uri: Sensitive,
@@ -177,6 +181,7 @@ pub(crate) struct Config {
     /// One per channel this build delivers to.
     pub(crate) channels: Vec<ChannelPlan>,
     /// Which special-purpose networks webhook URLs may point to (`WEBHOOK_ALLOWED_NETWORKS`).
+    #[cfg(feature = "webhook")]
     pub(crate) webhook_guard: Guard,
     pub(crate) max_events_per_request: usize,
     pub(crate) max_body_bytes: usize,
@@ -375,28 +380,40 @@ impl Config {
                 {
                     Database::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)))
                 } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-                    // The parser's messages never repeat the URI (it may hold a password).
-                    if let Err(e) = url::Url::parse(&uri) {
-                        v.error(format!(
-                            "DATABASE_CONNECTION_URI: not a valid PostgreSQL URI ({e}); expected \
-                             postgresql://user:password@host:5432/database"
-                        ));
-                    }
-                    let schema = v.raw("OUTBOX_SCHEMA").trim().to_owned();
-                    if let Err(e) = PostgresOptions::check_schema(&schema) {
-                        v.error(format!("OUTBOX_SCHEMA: {e}"));
-                    }
-                    let lease = parse_duration(v.raw("OUTBOX_LEASE")).unwrap_or_else(|e| {
-                        v.error(format!("OUTBOX_LEASE: {e}"));
-                        Duration::from_secs(10)
-                    });
-                    let pool_size = u32::try_from(v.positive("OUTBOX_POOL_SIZE")).unwrap_or(u32::MAX);
-                    Database::Postgres {
-                        uri: Sensitive::new(uri),
-                        schema,
-                        lease,
-                        pool_size,
-                    }
+                    #[cfg(feature = "postgres")]
+                    let database = {
+                        // The parser's messages never repeat the URI (it may hold a password).
+                        if let Err(e) = url::Url::parse(&uri) {
+                            v.error(format!(
+                                "DATABASE_CONNECTION_URI: not a valid PostgreSQL URI ({e}); expected \
+                                 postgresql://user:password@host:5432/database"
+                            ));
+                        }
+                        let schema = v.raw("OUTBOX_SCHEMA").trim().to_owned();
+                        if let Err(e) = PostgresOptions::check_schema(&schema) {
+                            v.error(format!("OUTBOX_SCHEMA: {e}"));
+                        }
+                        let lease = parse_duration(v.raw("OUTBOX_LEASE")).unwrap_or_else(|e| {
+                            v.error(format!("OUTBOX_LEASE: {e}"));
+                            Duration::from_secs(10)
+                        });
+                        let pool_size = u32::try_from(v.positive("OUTBOX_POOL_SIZE")).unwrap_or(u32::MAX);
+                        Database::Postgres {
+                            uri: Sensitive::new(uri),
+                            schema,
+                            lease,
+                            pool_size,
+                        }
+                    };
+                    #[cfg(not(feature = "postgres"))]
+                    let database = {
+                        v.error(
+                            "DATABASE_CONNECTION_URI: this server was built without PostgreSQL support (cargo \
+                             feature `postgres` of evolution-server); build it with that feature, or use sqlite://PATH",
+                        );
+                        Database::Sqlite(data_dir.join("evolution.db"))
+                    };
+                    database
                 } else {
                     let scheme = lower.split(':').next().unwrap_or_default();
                     v.error(format!(
@@ -498,8 +515,11 @@ impl Config {
                 )),
             }
         }
-        let mut allowed = Vars::new(v.values().clone());
-        let webhook_guard = Guard::new(evolution_sinks::build::allowed_networks(&mut allowed));
+        #[cfg(feature = "webhook")]
+        let webhook_guard = {
+            let mut allowed = Vars::new(v.values().clone());
+            Guard::new(evolution_sinks::build::allowed_networks(&mut allowed))
+        };
         let channels = evolution_sinks::build::plan(v, &global);
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Some(Self {
@@ -514,6 +534,7 @@ impl Config {
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
             global,
             channels,
+            #[cfg(feature = "webhook")]
             webhook_guard,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
             max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
@@ -554,6 +575,7 @@ mod tests {
             .collect()
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn defaults_need_no_environment() {
         let c = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
@@ -566,6 +588,7 @@ mod tests {
         assert_eq!(c.global.naming, NamingProfile::Seed);
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn seed_variables_parse_strictly() {
         let c = Config::load(
@@ -607,6 +630,7 @@ mod tests {
         assert!(report.contains("AUTHENTICATION_API_KEY=**REDACTED**"));
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn every_bad_value_is_reported_by_name() {
         let err = Config::load(
@@ -642,6 +666,23 @@ mod tests {
         }
     }
 
+    /// A build without PostgreSQL refuses its URI, naming the feature.
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn postgresql_needs_its_feature() {
+        let err = Config::load(
+            None,
+            env(&[(
+                "DATABASE_CONNECTION_URI",
+                "postgresql://evo:pw@127.0.0.1/evolution",
+            )]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cargo feature `postgres`"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+
     #[test]
     fn durability_and_retention() {
         let c = Config::load(None, env(&[])).unwrap();
@@ -664,6 +705,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn toml_file_then_environment() {
         let dir = std::env::temp_dir().join(format!("evo-config-{}", std::process::id()));

@@ -199,18 +199,20 @@ pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
     #[cfg(feature = "sqs")]
     plans.extend(sqs(vars, global));
     let switches = [
-        (Channel::Websocket, global.websocket.enabled),
-        (Channel::Rabbitmq, global.rabbitmq.enabled),
-        (Channel::Sqs, global.sqs.broker.enabled),
-        (Channel::Kafka, global.kafka.enabled),
-        (Channel::Nats, global.nats.enabled),
-        (Channel::Pusher, global.pusher.enabled),
+        (Channel::Webhook, "WEBHOOK_GLOBAL_ENABLED", global.webhook.enabled),
+        (Channel::Websocket, "WEBSOCKET_ENABLED", global.websocket.enabled),
+        (Channel::Rabbitmq, "RABBITMQ_ENABLED", global.rabbitmq.enabled),
+        (Channel::Sqs, "SQS_ENABLED", global.sqs.broker.enabled),
+        (Channel::Kafka, "KAFKA_ENABLED", global.kafka.enabled),
+        (Channel::Nats, "NATS_ENABLED", global.nats.enabled),
+        (Channel::Pusher, "PUSHER_ENABLED", global.pusher.enabled),
     ];
-    for (channel, enabled) in switches {
+    for (channel, variable, enabled) in switches {
         if enabled && !AVAILABLE.contains(&channel) {
-            let prefix = channel.env_prefix().unwrap_or_default();
+            // Each channel's cargo feature is named after it, here and in evolution-server.
             vars.error(format!(
-                "{prefix}_ENABLED=true, but this build has no {channel} channel; set {prefix}_ENABLED=false"
+                "{variable}=true, but this build has no {channel} channel (cargo feature `{channel}`); \
+                 set {variable}=false or build with the feature"
             ));
         }
     }
@@ -860,6 +862,28 @@ mod kafka_sqs_tests {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
         assert!(!text.contains("hunter"), "{text}");
+    }
+}
+
+/// Run by a build without Kafka: `cargo test -p evolution-sinks --no-default-features --features
+/// webhook --lib`.
+#[cfg(all(test, not(feature = "kafka")))]
+mod left_out_tests {
+    use super::*;
+
+    #[test]
+    fn switching_on_a_channel_left_out_of_the_build_names_its_feature() {
+        let mut global = GlobalSettings::default();
+        global.kafka.enabled = true;
+        let mut vars = Vars::default();
+        let plans = plan(&mut vars, &global);
+        assert!(plans.iter().all(|p| p.channel() != Channel::Kafka));
+        assert!(
+            vars.errors().iter().any(|e| e
+                .contains("KAFKA_ENABLED=true, but this build has no kafka channel (cargo feature `kafka`)")),
+            "{:?}",
+            vars.errors()
+        );
     }
 }
 
