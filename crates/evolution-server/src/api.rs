@@ -57,10 +57,12 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::clone(&app));
     // Socket.IO (`WEBSOCKET_ENABLED=true`) on the same listener, under /socket.io.
-    match app.take_websocket_layer() {
+    #[cfg(feature = "websocket")]
+    let routes = match app.take_websocket_layer() {
         Some(socketio) => routes.layer(socketio),
         None => routes,
-    }
+    };
+    routes
 }
 
 async fn not_found() -> ApiError {
@@ -130,6 +132,13 @@ fn parse_channel(
     settings: &mut InstanceSettings,
     errors: &mut Vec<String>,
 ) {
+    if !evolution_sinks::build::AVAILABLE.contains(&channel) {
+        errors.push(format!(
+            "{channel}: this server was built without the {channel} channel (cargo feature `{channel}` of \
+             evolution-server)"
+        ));
+        return;
+    }
     if !app.config.global.enabled(channel) {
         let switch = channel.switch_var().unwrap_or_default();
         errors.push(format!(
@@ -305,6 +314,7 @@ async fn delete_instance(
     app.emit(vec![(deleted, None), (removed, None)]).await?;
     app.store.delete_instance(&record.name).await?;
     app.uncache(&record.name);
+    #[cfg(feature = "websocket")]
     if let Some(websocket) = &app.websocket {
         // Its token no longer opens anything, including the connections it already opened.
         websocket.disconnect_instance(&record.name).await;

@@ -2,19 +2,24 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Weak};
+#[cfg(feature = "websocket")]
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use evolution_events::{
     Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
 };
 use evolution_outbox::{InstanceRecord, Outbox, Store};
-use evolution_outbox::{PostgresOptions, PostgresOutbox, SqliteOptions, SqliteOutbox};
+#[cfg(feature = "postgres")]
+use evolution_outbox::{PostgresOptions, PostgresOutbox};
+use evolution_outbox::{SqliteOptions, SqliteOutbox};
+#[cfg(feature = "websocket")]
 use evolution_sinks::websocket::{Access, WebsocketLayer, WebsocketSink};
 use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
-use crate::instances::{InstanceCache, constant_time_eq};
+use crate::instances::InstanceCache;
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -31,8 +36,10 @@ pub(crate) struct App {
     instances: InstanceCache,
     pub(crate) accepted: AtomicU64,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
+    #[cfg(feature = "websocket")]
     pub(crate) websocket: Option<Arc<WebsocketSink>>,
     /// Its Socket.IO endpoint, until the HTTP router takes it (`api::routes`).
+    #[cfg(feature = "websocket")]
     websocket_layer: Mutex<Option<WebsocketLayer>>,
 }
 
@@ -40,6 +47,7 @@ pub(crate) struct App {
 #[derive(Debug)]
 enum Storage {
     Sqlite(Arc<SqliteOutbox>),
+    #[cfg(feature = "postgres")]
     Postgres(Arc<PostgresOutbox>),
 }
 
@@ -85,6 +93,7 @@ impl App {
                     sqlite,
                 )
             }
+            #[cfg(feature = "postgres")]
             Database::Postgres {
                 uri,
                 schema,
@@ -113,16 +122,20 @@ impl App {
         };
         let api_key = match &storage {
             Storage::Sqlite(_) => load_or_create_api_key(&config)?,
+            #[cfg(feature = "postgres")]
             Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
         };
         let router = Router::new(config.global.clone())?;
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
         let mut builder = Dispatcher::builder(Arc::clone(&outbox), router);
         // The websocket sink asks the app who may see what; the app exists only after the sinks.
+        #[cfg(feature = "websocket")]
         let slot: Arc<OnceLock<Weak<App>>> = Arc::new(OnceLock::new());
+        #[cfg(feature = "websocket")]
         let mut websocket = None;
         for plan in config.channels.clone() {
             let channel = plan.channel();
+            #[cfg(feature = "websocket")]
             if channel == Channel::Websocket {
                 let slot = Arc::clone(&slot);
                 let authorizer = move |key: &str| match slot.get().and_then(Weak::upgrade) {
@@ -144,6 +157,7 @@ impl App {
             let (sink, dispatch) = plan.build().map_err(|e| StartError::Sink(channel, e))?;
             builder = builder.sink_with(sink, dispatch);
         }
+        #[cfg(feature = "websocket")]
         let (websocket, websocket_layer) = websocket.unzip();
         let dispatcher = builder
             .on_dead(move |notice| {
@@ -165,9 +179,12 @@ impl App {
             storage,
             instances: InstanceCache::new(instances),
             accepted: AtomicU64::new(0),
+            #[cfg(feature = "websocket")]
             websocket,
+            #[cfg(feature = "websocket")]
             websocket_layer: Mutex::new(websocket_layer),
         });
+        #[cfg(feature = "websocket")]
         let _ignored = slot.set(Arc::downgrade(&app));
         tokio::spawn(emit_errors(Arc::clone(&app), dead_rx));
         if let Some(changes) = app.store.changes() {
@@ -190,6 +207,7 @@ impl App {
     pub(crate) async fn close_storage(&self) {
         match &self.storage {
             Storage::Sqlite(sqlite) => sqlite.close().await,
+            #[cfg(feature = "postgres")]
             Storage::Postgres(postgres) => postgres.close().await,
         }
     }
@@ -225,10 +243,11 @@ impl App {
         self.instances.by_token(key)
     }
 
-    /// What `key` may see: everything for the global key, one instance for its token (both
+    /// What `key` may see (on the websocket channel): everything for the global key, one instance for its token (both
     /// compared in constant time), nothing otherwise.
+    #[cfg(feature = "websocket")]
     pub(crate) fn access(&self, key: &str) -> Access {
-        if constant_time_eq(key.as_bytes(), self.api_key.expose().as_bytes()) {
+        if crate::instances::constant_time_eq(key.as_bytes(), self.api_key.expose().as_bytes()) {
             return Access::Global;
         }
         match self.instance_by_token(key) {
@@ -239,6 +258,7 @@ impl App {
 
     /// The Socket.IO endpoint to mount on the HTTP router (once; `None` without the websocket
     /// channel).
+    #[cfg(feature = "websocket")]
     pub(crate) fn take_websocket_layer(&self) -> Option<WebsocketLayer> {
         self.websocket_layer
             .lock()
@@ -416,6 +436,7 @@ async fn follow_instances(app: Weak<App>, mut changes: tokio::sync::watch::Recei
 /// `AUTHENTICATION_API_KEY`, or the key the replicas sharing a PostgreSQL database agreed on: the
 /// first one to start stored its key (the one in its data directory, or a new one, printed) in the
 /// database. Each replica keeps a copy in its data directory (`api-key`), as on SQLite.
+#[cfg(feature = "postgres")]
 async fn shared_api_key(config: &Config, postgres: &PostgresOutbox) -> Result<Sensitive, StartError> {
     if let Some(key) = &config.api_key {
         return Ok(key.clone());
@@ -513,9 +534,11 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// What a reconnecting Socket.IO client missed, read from the outbox (`lastEventId` replay).
+#[cfg(feature = "websocket")]
 #[derive(Debug)]
 struct OutboxHistory(Arc<dyn Outbox>);
 
+#[cfg(feature = "websocket")]
 #[async_trait::async_trait]
 impl evolution_sinks::websocket::History for OutboxHistory {
     async fn after(

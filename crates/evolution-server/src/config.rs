@@ -11,7 +11,9 @@ use std::time::Duration;
 use evolution_events::{
     Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
 };
-use evolution_outbox::{DEFAULT_RETENTION, Durability, PostgresOptions};
+#[cfg(feature = "postgres")]
+use evolution_outbox::PostgresOptions;
+use evolution_outbox::{DEFAULT_RETENTION, Durability};
 use evolution_sinks::build::ChannelPlan;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -99,6 +101,7 @@ pub(crate) enum Database {
     Sqlite(PathBuf),
     /// A PostgreSQL database shared by every replica (`DATABASE_CONNECTION_URI=postgresql://…`),
     /// the outbox's tables in `schema` (`OUTBOX_SCHEMA`).
+    #[cfg(feature = "postgres")]
     Postgres {
         /// The connection URI (it may hold a password).
         uri: Sensitive,
@@ -296,28 +299,40 @@ impl Config {
                 {
                     Database::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)))
                 } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-                    // The parser's messages never repeat the URI (it may hold a password).
-                    if let Err(e) = url::Url::parse(&uri) {
-                        v.error(format!(
-                            "DATABASE_CONNECTION_URI: not a valid PostgreSQL URI ({e}); expected \
-                             postgresql://user:password@host:5432/database"
-                        ));
-                    }
-                    let schema = v.raw("OUTBOX_SCHEMA").trim().to_owned();
-                    if let Err(e) = PostgresOptions::check_schema(&schema) {
-                        v.error(format!("OUTBOX_SCHEMA: {e}"));
-                    }
-                    let lease = parse_duration(v.raw("OUTBOX_LEASE")).unwrap_or_else(|e| {
-                        v.error(format!("OUTBOX_LEASE: {e}"));
-                        Duration::from_secs(10)
-                    });
-                    let pool_size = u32::try_from(v.positive("OUTBOX_POOL_SIZE")).unwrap_or(u32::MAX);
-                    Database::Postgres {
-                        uri: Sensitive::new(uri),
-                        schema,
-                        lease,
-                        pool_size,
-                    }
+                    #[cfg(feature = "postgres")]
+                    let database = {
+                        // The parser's messages never repeat the URI (it may hold a password).
+                        if let Err(e) = url::Url::parse(&uri) {
+                            v.error(format!(
+                                "DATABASE_CONNECTION_URI: not a valid PostgreSQL URI ({e}); expected \
+                                 postgresql://user:password@host:5432/database"
+                            ));
+                        }
+                        let schema = v.raw("OUTBOX_SCHEMA").trim().to_owned();
+                        if let Err(e) = PostgresOptions::check_schema(&schema) {
+                            v.error(format!("OUTBOX_SCHEMA: {e}"));
+                        }
+                        let lease = parse_duration(v.raw("OUTBOX_LEASE")).unwrap_or_else(|e| {
+                            v.error(format!("OUTBOX_LEASE: {e}"));
+                            Duration::from_secs(10)
+                        });
+                        let pool_size = u32::try_from(v.positive("OUTBOX_POOL_SIZE")).unwrap_or(u32::MAX);
+                        Database::Postgres {
+                            uri: Sensitive::new(uri),
+                            schema,
+                            lease,
+                            pool_size,
+                        }
+                    };
+                    #[cfg(not(feature = "postgres"))]
+                    let database = {
+                        v.error(
+                            "DATABASE_CONNECTION_URI: this server was built without PostgreSQL support (cargo \
+                             feature `postgres` of evolution-server); build it with that feature, or use sqlite://PATH",
+                        );
+                        Database::Sqlite(data_dir.join("evolution.db"))
+                    };
+                    database
                 } else {
                     let scheme = lower.split(':').next().unwrap_or_default();
                     v.error(format!(
@@ -403,6 +418,7 @@ mod tests {
             .collect()
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn defaults_need_no_environment() {
         let c = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
@@ -415,6 +431,7 @@ mod tests {
         assert_eq!(c.global.naming, NamingProfile::Seed);
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn seed_variables_parse_strictly() {
         let c = Config::load(
@@ -456,6 +473,7 @@ mod tests {
         assert!(report.contains("AUTHENTICATION_API_KEY=**REDACTED**"));
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn every_bad_value_is_reported_by_name() {
         let err = Config::load(
@@ -491,6 +509,23 @@ mod tests {
         }
     }
 
+    /// A build without PostgreSQL refuses its URI, naming the feature.
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn postgresql_needs_its_feature() {
+        let err = Config::load(
+            None,
+            env(&[(
+                "DATABASE_CONNECTION_URI",
+                "postgresql://evo:pw@127.0.0.1/evolution",
+            )]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cargo feature `postgres`"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+
     #[test]
     fn durability_and_retention() {
         let c = Config::load(None, env(&[])).unwrap();
@@ -513,6 +548,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "webhook")]
     #[test]
     fn toml_file_then_environment() {
         let dir = std::env::temp_dir().join(format!("evo-config-{}", std::process::id()));

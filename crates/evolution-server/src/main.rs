@@ -1,9 +1,5 @@
-//! The evolution events server.
-//!
-//! ```text
-//! evolution-server [--config FILE]                 run the server
-//! evolution-server config check [--config FILE]    print the effective configuration (secrets redacted)
-//! ```
+//! The evolution events server: `evolution-server --help` lists its commands and the groups of
+//! variables that configure it (docs/configuration.md describes each one).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod api;
@@ -18,14 +14,74 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use crate::app::App;
 use crate::config::Config;
 
-const USAGE: &str =
-    "usage: evolution-server [--config FILE]\n       evolution-server config check [--config FILE]";
+/// Delivers application events to webhooks, Socket.IO, RabbitMQ, Amazon SQS, Kafka, NATS and
+/// Pusher, at least once, through a durable outbox.
+#[derive(Debug, Parser)]
+#[command(name = "evolution-server", version, after_help = configuration_help())]
+struct Cli {
+    /// A TOML file of settings: flat keys named like the variables (any case); the environment
+    /// overrides it.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// `config check`: check the configuration and print every variable's effective value.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration and print every variable's effective value, secrets redacted
+    /// (exit status 2 and every problem, by variable, when it is invalid).
+    Check,
+}
+
+/// The groups of variables, after the options in `--help`.
+fn configuration_help() -> String {
+    let channels: Vec<&str> = evolution_sinks::build::AVAILABLE
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    format!(
+        "Configuration: environment variables, or the same names in the --config file (the environment
+wins). The groups, each described in docs/configuration.md:
+  SERVER_*                            listener, public URL, name, data directory
+  DATABASE_CONNECTION_URI, OUTBOX_*   SQLite (the default) or PostgreSQL; durability, retention
+  AUTHENTICATION_*                    the API key
+  EVENT_NAMING, EVENTS_*              naming profile; request, body and backlog limits
+  WEBHOOK_*                           webhooks: global URL, retries, signing, allowed networks
+  WEBSOCKET_*, CACHE_REDIS_*          Socket.IO, and Socket.IO across replicas (Redis)
+  RABBITMQ_*, SQS_*, KAFKA_*, NATS_*, PUSHER_*
+                                      the broker channels
+  <CHANNEL>_EVENTS_<EVENT>            the events of a channel's global destination
+  LOG_LEVEL                           log filter (e.g. info, or evolution_sinks=debug)
+`evolution-server config check` prints every variable with its effective value.
+Channels in this build: {}; storage: {}.",
+        channels.join(", "),
+        if cfg!(feature = "postgres") {
+            "SQLite, PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    )
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Wrong arguments: clap's message and exit status 2; --help and --version: exit status 0.
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
@@ -33,49 +89,27 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let mut args = std::env::args().skip(1);
-    let mut config_file: Option<PathBuf> = None;
-    let mut command = Vec::new();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => match args.next() {
-                Some(path) => config_file = Some(PathBuf::from(path)),
-                None => return usage("--config needs a file path"),
-            },
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => command.push(other.to_owned()),
-        }
-    }
-    let config = match Config::load(config_file.as_deref(), std::env::vars()) {
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("evolution-server: {e}");
             return ExitCode::from(2);
         }
     };
-    match command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] => match run(config).await {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match run(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("evolution-server: {e}");
                 ExitCode::FAILURE
             }
         },
-        ["config", "check"] => {
+        Command::Config(ConfigCommand::Check) => {
             print!("{}", config.report());
             println!("# configuration is valid");
             ExitCode::SUCCESS
         }
-        other => usage(&format!("unknown command `{}`", other.join(" "))),
     }
-}
-
-fn usage(problem: &str) -> ExitCode {
-    eprintln!("evolution-server: {problem}\n{USAGE}");
-    ExitCode::from(2)
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
@@ -89,10 +123,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Peer addresses are recorded for WEBSOCKET_ALLOWED_HOSTS.
     let service =
         api::routes(std::sync::Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>();
+    #[cfg(feature = "websocket")]
     let websocket = app.websocket.clone();
     axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            #[cfg(feature = "websocket")]
             if let Some(websocket) = websocket {
                 // Ends Socket.IO connections (long-polling requests would hold the HTTP server
                 // open); clients reconnect to the next server.

@@ -106,8 +106,10 @@ pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
             && let Some(switch) = channel.switch_var()
             && vars.bool(switch)
         {
+            // Each channel's cargo feature is named after it, here and in evolution-server.
             vars.error(format!(
-                "{switch}=true, but this build has no {channel} channel; set {switch}=false"
+                "{switch}=true, but this build has no {channel} channel (cargo feature `{channel}`); \
+                 set {switch}=false or build with the feature"
             ));
         }
     }
@@ -206,6 +208,28 @@ impl ChannelPlan {
         };
         let (sink, layer) = evolution_sink_websocket::WebsocketSink::connect(config, authorizer).await?;
         Ok((Arc::new(sink), layer, self.dispatch))
+    }
+}
+
+/// Run by a build without Kafka: `cargo test -p evolution-sinks --no-default-features --features
+/// webhook --lib`.
+#[cfg(all(test, not(feature = "kafka")))]
+mod left_out_tests {
+    use super::*;
+
+    #[test]
+    fn switching_on_a_channel_left_out_of_the_build_names_its_feature() {
+        let mut vars = Vars::with_defaults(&variables(), [("KAFKA_ENABLED", "true")]);
+        let mut global = GlobalSettings::default();
+        read_global(&mut vars, &mut global);
+        let plans = plan(&mut vars, &global);
+        assert!(plans.iter().all(|p| p.channel() != Channel::Kafka));
+        assert!(
+            vars.errors().iter().any(|e| e
+                .contains("KAFKA_ENABLED=true, but this build has no kafka channel (cargo feature `kafka`)")),
+            "{:?}",
+            vars.errors()
+        );
     }
 }
 
