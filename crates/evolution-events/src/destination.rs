@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
-use crate::naming::{self, NameError};
+use crate::rules::{self, NameError};
 use crate::secret::Sensitive;
 
 /// Where a delivery goes. The Router computes it from the naming registry and the settings; sinks
@@ -53,7 +53,7 @@ pub struct WebsocketTarget {
     /// Socket.IO event name.
     pub event: String,
     /// Room inside the namespace: the instance name (sockets allowed to see that instance),
-    /// [`naming::GLOBAL_ROOM`] (sockets allowed to see every instance), or `None` for every socket of the
+    /// [`GLOBAL_ROOM`](crate::naming::GLOBAL_ROOM) (sockets allowed to see every instance), or `None` for every socket of the
     /// namespace (namespaces are authorized per instance).
     pub room: Option<String>,
 }
@@ -187,17 +187,17 @@ impl Destination {
     /// Returns the first [`NameError`], naming the channel, the name and the rule broken.
     pub fn validate(&self) -> Result<(), NameError> {
         match self {
-            Self::Webhook(t) => naming::check_webhook_url(&t.url),
-            Self::Websocket(t) => naming::check_socketio(&t.namespace, &t.event),
+            Self::Webhook(t) => rules::check_webhook_url(&t.url),
+            Self::Websocket(t) => rules::check_socketio(&t.namespace, &t.event),
             Self::Rabbitmq(t) => {
-                naming::check_rabbitmq("exchange", &t.exchange)?;
-                naming::check_rabbitmq("routing key", &t.routing_key)?;
-                naming::check_rabbitmq("queue", &t.queue)
+                rules::check_rabbitmq("exchange", &t.exchange)?;
+                rules::check_rabbitmq("routing key", &t.routing_key)?;
+                rules::check_rabbitmq("queue", &t.queue)
             }
-            Self::Sqs(t) => naming::check_sqs_queue(&t.queue, t.fifo),
-            Self::Kafka(t) => naming::check_kafka_topic(&t.topic),
-            Self::Nats(t) => naming::check_nats_subject(&t.subject),
-            Self::Pusher(t) => naming::check_pusher(&t.channel, &t.event),
+            Self::Sqs(t) => rules::check_sqs_queue(&t.queue, t.fifo),
+            Self::Kafka(t) => rules::check_kafka_topic(&t.topic),
+            Self::Nats(t) => rules::check_nats_subject(&t.subject),
+            Self::Pusher(t) => rules::check_pusher(&t.channel, &t.event),
             Self::Custom(_) => Ok(()),
         }
     }

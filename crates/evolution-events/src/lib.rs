@@ -14,6 +14,7 @@ pub mod kind;
 pub mod naming;
 pub mod reconnect;
 pub mod retry;
+pub mod rules;
 pub mod secret;
 pub mod settings;
 pub mod sink;
@@ -29,8 +30,9 @@ pub use envelope::EventEnvelope;
 pub use error::{ErrorKind, Retry, SinkError, error_chain};
 pub use instance::{InstanceName, InvalidInstanceName};
 pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
-pub use naming::{NameError, NamingProfile, Scope};
+pub use naming::{NamingProfile, Scope};
 pub use retry::{DeadReason, Decision, RetryPolicy};
+pub use rules::NameError;
 pub use secret::{REDACTED, Sensitive, scrub};
 pub use serde_json::value::RawValue;
 pub use settings::{
