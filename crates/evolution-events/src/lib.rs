@@ -9,6 +9,7 @@ pub mod channel;
 pub mod destination;
 pub mod envelope;
 pub mod error;
+pub mod in_order;
 pub mod instance;
 pub mod kind;
 pub mod naming;
@@ -27,7 +28,8 @@ pub use destination::{
     WebhookTarget, WebsocketTarget,
 };
 pub use envelope::EventEnvelope;
-pub use error::{ErrorKind, Retry, SinkError, error_chain};
+pub use error::{ErrorKind, Result, Retry, SinkError, error_chain};
+pub use in_order::{HoldBack, group_by_key, send_in_order};
 pub use instance::{InstanceName, InvalidInstanceName};
 pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
 pub use naming::{NamingProfile, Scope};

@@ -17,6 +17,7 @@ use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 struct KafkaFixture {
     brokers: String,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     /// One consumer per destination, started on the first look and kept (a fresh consumer needs
     /// a moment to start, longer than the suite's short "nothing more arrives" windows).
     watchers: Mutex<HashMap<String, Arc<common::TopicWatcher>>>,
@@ -37,6 +38,7 @@ async fn kafka() -> Result<KafkaFixture, Skip> {
         .map_err(|e| Skip::new(format!("Kafka at {brokers} is not answering: {e}")))?;
     Ok(KafkaFixture {
         brokers,
+        max_payload_bytes: sink.config().max_payload_bytes,
         sink: Arc::new(sink),
         watchers: Mutex::new(HashMap::new()),
     })
@@ -75,6 +77,10 @@ impl ContractFixture for KafkaFixture {
                 payload: r.payload.into(),
             })
             .collect()
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
     }
 
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {

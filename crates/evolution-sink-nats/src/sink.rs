@@ -343,7 +343,7 @@ impl NatsSink {
                 }
             }
         }
-        report(failures)
+        failures.into_iter().collect()
     }
 
     async fn send_jetstream(
@@ -369,7 +369,7 @@ impl NatsSink {
             for (index, ..) in items {
                 failures.push((index, e.duplicate()));
             }
-            return report(failures);
+            return failures.into_iter().collect();
         }
         let mut pending = Vec::with_capacity(items.len());
         for (index, delivery, subject, payload) in items {
@@ -407,43 +407,18 @@ impl NatsSink {
         if stream_gone {
             stream_state.lock().await.ensured = false;
         }
-        report(failures)
+        failures.into_iter().collect()
     }
 
     /// The subject and payload of a delivery, or why it cannot be sent.
     fn checked<'a>(&self, delivery: &'a Delivery) -> Result<(&'a str, Bytes), SinkError> {
-        let Destination::Nats(target) = &*delivery.destination else {
-            let channel = delivery
-                .destination
-                .built_in_channel()
-                .map_or_else(|| "custom".to_owned(), |c| c.to_string());
-            return Err(error(
-                ErrorKind::ConfigInvalid,
-                format!("a {channel} destination cannot be delivered by the nats sink"),
-            ));
-        };
-        let payload = delivery.payload();
-        if payload.len() > self.config.max_payload_bytes {
-            return Err(error(
-                ErrorKind::Rejected,
-                format!(
-                    "the payload is {} bytes; this sink publishes at most {} (max_payload_bytes)",
-                    payload.len(),
-                    self.config.max_payload_bytes
-                ),
-            ));
-        }
+        let target = delivery
+            .destination
+            .nats()
+            .ok_or_else(|| delivery.destination.mismatch(Channel::Nats))?;
+        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
         Ok((target.subject.as_str(), payload))
     }
-}
-
-fn report(mut failures: Vec<(usize, SinkError)>) -> DeliveryReport {
-    failures.sort_by_key(|(index, _)| *index);
-    let mut report = DeliveryReport::success();
-    for (index, e) in failures {
-        report.fail(index, e);
-    }
-    report
 }
 
 /// The headers of a delivery: `Nats-Msg-Id` (JetStream de-duplication), `event`, `instance`,
@@ -502,13 +477,7 @@ impl EventSink for NatsSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
-            .ordered();
-        match self.config.mode {
-            NatsMode::Core => caps,
-            NatsMode::JetStream(_) => caps.acknowledged(),
-        }
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Core: publishes every item, then flushes (the batch counts as sent once the server
@@ -590,6 +559,12 @@ impl EventSink for NatsSink {
         Ok(())
     }
 
+    /// Nothing to provision: core subjects need nothing, and the JetStream stream gains the
+    /// subjects it lacks on their first publish.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Drains and closes the connection (at most 5 s). Idempotent; later sends fail with
     /// `Closed`.
     async fn shutdown(&self) -> Result<(), SinkError> {
@@ -631,11 +606,10 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let sink = NatsSink::new(config()).unwrap();
+        assert_eq!(sink.capabilities(), Capabilities::new(256).ordered());
         assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(256)
-                .with_max_payload_bytes(NatsConfig::DEFAULT_MAX_PAYLOAD_BYTES)
-                .ordered()
+            sink.config().max_payload_bytes,
+            NatsConfig::DEFAULT_MAX_PAYLOAD_BYTES
         );
         assert_eq!((sink.channel(), NAME), (Channel::Nats, "nats"));
         let js = NatsSink::new(NatsConfig {
@@ -643,7 +617,7 @@ mod tests {
             ..config()
         })
         .unwrap();
-        assert!(js.capabilities().acknowledged);
+        assert_eq!(js.capabilities(), sink.capabilities());
         for bad in [
             NatsConfig {
                 mode: NatsMode::JetStream(JetStreamConfig::new("a.b", vec![])),

@@ -18,6 +18,7 @@ use serde_json::Value;
 struct PusherFixture {
     server: PusherServer,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     probe: Probe,
     closed_port: u16,
 }
@@ -33,6 +34,7 @@ async fn pusher() -> Result<PusherFixture, Skip> {
     let probe = Probe::start(&server).await?;
     Ok(PusherFixture {
         server,
+        max_payload_bytes: sink.config().max_payload_bytes,
         sink: Arc::new(sink),
         probe,
         closed_port: common::closed_port(),
@@ -85,6 +87,10 @@ impl ContractFixture for PusherFixture {
                 }
             })
             .collect()
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
     }
 
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {

@@ -323,20 +323,11 @@ impl RabbitmqSink {
 
     /// Declares the destination and publishes one delivery; the confirm is awaited by the caller.
     async fn publish(&self, link: &Link, delivery: &Delivery) -> Result<PublisherConfirm, SinkError> {
-        let Destination::Rabbitmq(target) = &*delivery.destination else {
-            return Err(not_rabbitmq(&delivery.destination));
-        };
-        let payload = delivery.payload();
-        if payload.len() > self.config.max_payload_bytes {
-            return Err(error(
-                ErrorKind::Rejected,
-                format!(
-                    "the payload is {} bytes; this sink publishes at most {} (max_payload_bytes)",
-                    payload.len(),
-                    self.config.max_payload_bytes
-                ),
-            ));
-        }
+        let target = delivery
+            .destination
+            .rabbitmq()
+            .ok_or_else(|| delivery.destination.mismatch(Channel::Rabbitmq))?;
+        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
         self.declare(link, target).await?;
         link.publish
             .basic_publish(
@@ -382,17 +373,6 @@ fn properties(delivery: &Delivery) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// An item whose destination is not a RabbitMQ target.
-fn not_rabbitmq(destination: &Destination) -> SinkError {
-    let channel = destination
-        .built_in_channel()
-        .map_or_else(|| "custom".to_owned(), |c| c.to_string());
-    error(
-        ErrorKind::ConfigInvalid,
-        format!("a {channel} destination cannot be delivered by the rabbitmq sink"),
-    )
-}
-
 /// The outcome of one publisher confirm.
 fn confirmed(
     delivery: &Delivery,
@@ -405,7 +385,7 @@ fn confirmed(
         Ok(Confirmation::Ack(None)) => Ok(()),
         Ok(Confirmation::Ack(Some(returned))) => {
             // Someone deleted the queue or its binding: declare them again before the retry.
-            if let Destination::Rabbitmq(target) = &*delivery.destination {
+            if let Some(target) = delivery.destination.rabbitmq() {
                 link.forget(target);
             }
             Err(classify(
@@ -445,10 +425,7 @@ impl EventSink for RabbitmqSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
-            .ordered()
-            .acknowledged()
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Publishes every item (declaring its destination first if this connection has not), then
@@ -480,18 +457,10 @@ impl EventSink for RabbitmqSink {
             }
         }
         let secrets = self.config.uri.secrets();
-        let mut failures = Vec::new();
         for (index, confirm) in pending {
             if let Err(e) = confirmed(&batch[index], &link, confirm.await, &secrets) {
-                failures.push((index, e));
+                report.fail(index, e);
             }
-        }
-        let mut all: Vec<(usize, SinkError)> = report.into_failures();
-        all.extend(failures);
-        all.sort_by_key(|(index, _)| *index);
-        let mut report = DeliveryReport::success();
-        for (index, e) in all {
-            report.fail(index, e);
         }
         Ok(report)
     }
@@ -511,6 +480,12 @@ impl EventSink for RabbitmqSink {
 
     /// Nothing is buffered: `send` returns once every confirm arrived.
     async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Nothing ahead of time: the first publish on a connection declares its exchange, queue and
+    /// binding.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
         Ok(())
     }
 
@@ -540,13 +515,8 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let sink = RabbitmqSink::new(config()).unwrap();
-        assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(256)
-                .with_max_payload_bytes(16 * 1024 * 1024)
-                .ordered()
-                .acknowledged()
-        );
+        assert_eq!(sink.capabilities(), Capabilities::new(256).ordered());
+        assert_eq!(sink.config().max_payload_bytes, 16 * 1024 * 1024);
         assert_eq!(sink.channel(), Channel::Rabbitmq);
         assert_eq!(NAME, Channel::Rabbitmq.to_string());
         assert!(!format!("{sink:?}").contains("guest:guest"));

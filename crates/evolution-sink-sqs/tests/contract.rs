@@ -19,6 +19,7 @@ use evolution_sink_testkit::{ContractFixture, Observed, Skip};
 struct SqsFixture {
     fifo: bool,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     client: aws_sdk_sqs::Client,
     /// One receiver per queue, started on the first look and kept.
     watchers: Mutex<HashMap<String, Arc<common::QueueWatcher>>>,
@@ -46,6 +47,7 @@ async fn fixture(fifo: bool) -> Result<SqsFixture, Skip> {
     Ok(SqsFixture {
         client: common::client(&endpoint).await,
         fifo,
+        max_payload_bytes: sink.body_limit(),
         sink: Arc::new(sink),
         watchers: Mutex::new(HashMap::new()),
     })
@@ -94,6 +96,10 @@ impl ContractFixture for SqsFixture {
                 payload: m.body.into_bytes().into(),
             })
             .collect()
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
     }
 
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
