@@ -8,19 +8,16 @@ use evolution_events::{EventEnvelope, InstanceSettings};
 use evolution_sink_testkit::bench::paced;
 use evolution_sinks::Dispatcher;
 
-/// Hands every event to `dispatcher`, 500 per `emit_many` call, all with `settings`.
+/// Hands every event to `dispatcher`, 500 per `emit_many` call, all with `settings` (`None`: the
+/// global routes only).
 pub(crate) async fn emit_all(
     dispatcher: &Dispatcher,
     envelopes: Vec<EventEnvelope>,
-    settings: &InstanceSettings,
+    settings: Option<&InstanceSettings>,
 ) {
     let mut envelopes = envelopes.into_iter();
     loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(settings)))
-            .collect();
+        let chunk: Vec<_> = envelopes.by_ref().take(500).map(|e| (e, settings)).collect();
         if chunk.is_empty() {
             return;
         }
@@ -28,15 +25,16 @@ pub(crate) async fn emit_all(
     }
 }
 
-/// Offers each event to `Dispatcher::emit` at `rate` per second; returns when each was handed over.
+/// Offers each event to `Dispatcher::emit` at `rate` per second, with `settings` (`None`: the
+/// global routes only); returns when each was handed over.
 pub(crate) async fn emit_paced(
     dispatcher: &Dispatcher,
     envelopes: Vec<EventEnvelope>,
     rate: f64,
-    settings: &InstanceSettings,
+    settings: Option<&InstanceSettings>,
 ) -> HashMap<String, Instant> {
     paced(envelopes, rate, async |envelope| {
-        dispatcher.emit(envelope, Some(settings)).await.unwrap();
+        dispatcher.emit(envelope, settings).await.unwrap();
     })
     .await
 }

@@ -11,9 +11,11 @@
 //! (raw: that message's confirm; pipeline: `RabbitmqSink::send` returned it confirmed, just before
 //! the dispatcher settles it).
 //!
-//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-rabbitmq --bench rabbitmq`
+//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sinks --bench rabbitmq`
 //! (default broker `amqp://guest:guest@127.0.0.1:5672/%2f`). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +25,8 @@ use evolution_events::{
     Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, InstanceName, NamingProfile, RawValue,
 };
 use evolution_outbox::{MemoryOutbox, Outbox};
-use evolution_sink_rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sink_testkit::bench::{Acked, Acks, ms, paced, percentiles};
+use evolution_sinks::rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use lapin::PublisherConfirm;
 use lapin::options::{
@@ -88,14 +90,7 @@ fn start(uri: &str, exchange: &str, acks: Option<Acks>) -> Dispatcher {
 async fn dispatcher(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
     let dispatcher = start(uri, exchange, None);
     let start = Instant::now();
-    let mut events = events;
-    while !events.is_empty() {
-        let chunk: Vec<_> = events
-            .drain(..events.len().min(1000))
-            .map(|e| (e, None))
-            .collect();
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, events, None).await;
     while dispatcher.counters(Channel::Rabbitmq).unwrap().delivered < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -170,10 +165,7 @@ async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Du
 async fn dispatcher_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
     let acks: Acks = Acks::default();
     let dispatcher = start(uri, exchange, Some(acks.clone()));
-    let sent = paced(events, RATE, async |envelope| {
-        dispatcher.emit(envelope, None).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, events, RATE, None).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(5)).await;
     latency

@@ -11,13 +11,15 @@
 //! of the subjects (its own connection, keyed by the `id` header) — one clock, one definition for
 //! both paths and both modes.
 //!
-//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-nats --bench nats`
+//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sinks --bench nats`
 //! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
 //!
 //! Profiling: with `NATS_BENCH_PROFILE=raw|core` the bench runs only that core-mode path (`raw`:
 //! the raw loop; `core`: the pipeline), [`PROFILE_RUNS`] times, and prints each rate — run it
 //! under `perf record`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,8 +31,8 @@ use evolution_events::{
     Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, NamingProfile, RawValue,
 };
 use evolution_outbox::{MemoryOutbox, Outbox};
-use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sink_testkit::bench::{Acks, ms, paced, percentiles};
+use evolution_sinks::nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use futures_util::StreamExt as _;
 
@@ -139,16 +141,7 @@ fn start(url: &str, prefix: &str, stream: Option<&str>) -> Dispatcher {
 async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
     let dispatcher = start(url, prefix, stream);
     let start = Instant::now();
-    // Chunks taken off the front without moving the rest (a `drain` from the front would shift
-    // every remaining event each time: quadratic copying charged to the pipeline).
-    let mut events = events.into_iter();
-    loop {
-        let chunk: Vec<_> = events.by_ref().take(1000).map(|e| (e, None)).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
+    common::emit_all(&dispatcher, events, None).await;
     while dispatcher.counters(Channel::Nats).unwrap().delivered < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -166,10 +159,7 @@ async fn dispatcher_paced(
 ) -> (Duration, Duration) {
     let acks = subscriber(url, prefix).await;
     let dispatcher = start(url, prefix, stream);
-    let sent = paced(events, RATE, async |envelope| {
-        dispatcher.emit(envelope, None).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, events, RATE, None).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(5)).await;
     latency
