@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use evolution_events::{Destination, EventSink, KafkaTarget, Uuid, async_trait};
 use evolution_sink_kafka::{KafkaConfig, KafkaSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 
 struct KafkaFixture {
@@ -87,7 +88,7 @@ impl ContractFixture for KafkaFixture {
         let sink = KafkaSink::new(KafkaConfig {
             request_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(1),
-            ..KafkaConfig::new([format!("127.0.0.1:{}", common::free_port())])
+            ..KafkaConfig::new([format!("127.0.0.1:{}", closed_port())])
         })
         .unwrap();
         Arc::new(sink)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{Probe, PusherServer};
 use evolution_events::{Bytes, Destination, EventSink, PusherApp, PusherTarget, Uuid, async_trait};
 use evolution_sink_pusher::{PusherConfig, PusherSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 use serde_json::Value;
 
@@ -37,7 +38,7 @@ async fn pusher() -> Result<PusherFixture, Skip> {
         max_payload_bytes: sink.config().max_payload_bytes,
         sink: Arc::new(sink),
         probe,
-        closed_port: common::closed_port(),
+        closed_port: closed_port(),
     })
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use evolution_events::{Destination, EventSink, SqsTarget, Uuid, async_trait};
 use evolution_sink_sqs::{SqsConfig, SqsCredentials, SqsSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip};
 
 struct SqsFixture {
@@ -106,7 +107,7 @@ impl ContractFixture for SqsFixture {
         let sink = SqsSink::new(SqsConfig {
             connect_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),
-            ..config(format!("http://127.0.0.1:{}", common::free_port()))
+            ..config(format!("http://127.0.0.1:{}", closed_port()))
         })
         .unwrap();
         Arc::new(sink)
