@@ -2,11 +2,55 @@
 //! event at once, or one at a time at a fixed rate.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use evolution_events::{EventEnvelope, InstanceSettings};
+use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue};
 use evolution_sink_testkit::bench::paced;
 use evolution_sinks::Dispatcher;
+
+/// `count` events of ~1 KB (`MESSAGES_UPSERT`), of the instances `{tag}-0` …
+/// `{tag}-{instances - 1}` in turn.
+#[allow(
+    dead_code,
+    reason = "the broker benches use it, not every bench that includes this module"
+)]
+pub(crate) fn envelopes(count: usize, instances: usize, tag: &str) -> Vec<EventEnvelope> {
+    (0..count)
+        .map(|i| {
+            let data = format!(
+                r#"{{"key":{{"id":"MSG{i:08}"}},"message":{{"conversation":"{}"}}}}"#,
+                "x".repeat(800)
+            );
+            EventEnvelope::new(
+                EventKind::MessagesUpsert,
+                InstanceName::new(&format!("{tag}-{}", i % instances)).unwrap(),
+                RawValue::from_string(data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Events per second through `dispatcher`: every event handed over at once ([`emit_all`], global
+/// routes) until `channel` delivered them all; then the dispatcher is shut down.
+#[allow(
+    dead_code,
+    reason = "the broker benches use it, not every bench that includes this module"
+)]
+pub(crate) async fn throughput(
+    dispatcher: Dispatcher,
+    channel: Channel,
+    envelopes: Vec<EventEnvelope>,
+) -> f64 {
+    let count = envelopes.len();
+    let start = Instant::now();
+    emit_all(&dispatcher, envelopes, None).await;
+    while dispatcher.counters(channel).unwrap().delivered < count as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    dispatcher.shutdown(Duration::from_secs(5)).await;
+    count as f64 / elapsed.as_secs_f64()
+}
 
 /// Hands every event to `dispatcher`, 500 per `emit_many` call, all with `settings` (`None`: the
 /// global routes only).
