@@ -96,8 +96,9 @@ pub trait Link: Send + Sync + 'static {
     /// Whether it can be used now.
     fn health(&self) -> Health;
 
-    /// Releases it once it is [`Lost`](Health::Lost), without waiting (spawn anything slow).
-    fn retire(self: Arc<Self>);
+    /// Releases it once it is [`Lost`](Health::Lost), without waiting (spawn anything slow). The
+    /// default drops it.
+    fn retire(self: Arc<Self>) {}
 }
 
 /// A sink's connection to its broker: made on first use, made again once lost — no sooner than

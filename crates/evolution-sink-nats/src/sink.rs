@@ -56,9 +56,6 @@ impl reconnect::Link for Link {
             )),
         }
     }
-
-    /// Not called: a NATS client is never replaced.
-    fn retire(self: Arc<Self>) {}
 }
 
 /// What the sink knows of its stream.
