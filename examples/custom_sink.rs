@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evolution_events::{
-    Capabilities, Channel, Delivery, DeliveryReport, ErrorKind, EventEnvelope, EventKind, EventSelection,
-    EventSink, GlobalSettings, InstanceName, SinkError, async_trait,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventEnvelope, EventKind,
+    EventSelection, EventSink, GlobalSettings, InstanceName, SinkError, async_trait,
 };
 use evolution_outbox::MemoryOutbox;
 use evolution_sinks::{Dispatcher, Router};
@@ -27,7 +27,7 @@ impl EventSink for StdoutSink {
         STDOUT
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(50).ordered().acknowledged()
+        Capabilities::new(50).ordered()
     }
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -47,6 +47,9 @@ impl EventSink for StdoutSink {
     async fn shutdown(&self) -> Result<(), SinkError> {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
+        Ok(()) // nothing to create ahead of the first event
     }
 }
 

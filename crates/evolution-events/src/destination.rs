@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
-use crate::naming::{self, NameError};
+use crate::error::{ErrorKind, SinkError};
+use crate::rules::{self, NameError};
 use crate::secret::Sensitive;
 
 /// Where a delivery goes. The Router computes it from the naming registry and the settings; sinks
@@ -53,7 +54,7 @@ pub struct WebsocketTarget {
     /// Socket.IO event name.
     pub event: String,
     /// Room inside the namespace: the instance name (sockets allowed to see that instance),
-    /// [`naming::GLOBAL_ROOM`] (sockets allowed to see every instance), or `None` for every socket of the
+    /// [`GLOBAL_ROOM`](crate::naming::GLOBAL_ROOM) (sockets allowed to see every instance), or `None` for every socket of the
     /// namespace (namespaces are authorized per instance).
     pub room: Option<String>,
 }
@@ -153,6 +154,95 @@ impl Destination {
         })
     }
 
+    /// The webhook URL, if this is a `Webhook` destination.
+    #[must_use]
+    pub fn webhook(&self) -> Option<&WebhookTarget> {
+        match self {
+            Self::Webhook(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The Socket.IO target, if this is a `Websocket` destination.
+    #[must_use]
+    pub fn websocket(&self) -> Option<&WebsocketTarget> {
+        match self {
+            Self::Websocket(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The RabbitMQ target, if this is a `Rabbitmq` destination.
+    #[must_use]
+    pub fn rabbitmq(&self) -> Option<&RabbitmqTarget> {
+        match self {
+            Self::Rabbitmq(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The SQS target, if this is a `Sqs` destination.
+    #[must_use]
+    pub fn sqs(&self) -> Option<&SqsTarget> {
+        match self {
+            Self::Sqs(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The Kafka target, if this is a `Kafka` destination.
+    #[must_use]
+    pub fn kafka(&self) -> Option<&KafkaTarget> {
+        match self {
+            Self::Kafka(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The NATS target, if this is a `Nats` destination.
+    #[must_use]
+    pub fn nats(&self) -> Option<&NatsTarget> {
+        match self {
+            Self::Nats(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The Pusher target, if this is a `Pusher` destination.
+    #[must_use]
+    pub fn pusher(&self) -> Option<&PusherTarget> {
+        match self {
+            Self::Pusher(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The custom channel's target, if this is a `Custom` destination.
+    #[must_use]
+    pub fn custom(&self) -> Option<&CustomTarget> {
+        match self {
+            Self::Custom(target) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The error a sink of `sink` reports for an item bound for this destination when it is not
+    /// of its channel: `ConfigInvalid` (not retried), naming both channels and the destination.
+    #[must_use]
+    pub fn mismatch(&self, sink: Channel) -> SinkError {
+        let channel = self
+            .built_in_channel()
+            .map_or_else(|| "custom".to_owned(), |c| c.to_string());
+        SinkError::new(
+            sink,
+            ErrorKind::ConfigInvalid,
+            format!(
+                "a {channel} destination ({}) cannot be delivered by the {sink} sink",
+                self.label()
+            ),
+        )
+    }
+
     /// A short human-readable label with no secret in it (for logs, the delivery log and ordering
     /// keys): a webhook URL loses its user info and query string, a Pusher app shows only its id.
     #[must_use]
@@ -187,17 +277,17 @@ impl Destination {
     /// Returns the first [`NameError`], naming the channel, the name and the rule broken.
     pub fn validate(&self) -> Result<(), NameError> {
         match self {
-            Self::Webhook(t) => naming::check_webhook_url(&t.url),
-            Self::Websocket(t) => naming::check_socketio(&t.namespace, &t.event),
+            Self::Webhook(t) => rules::check_webhook_url(&t.url),
+            Self::Websocket(t) => rules::check_socketio(&t.namespace, &t.event),
             Self::Rabbitmq(t) => {
-                naming::check_rabbitmq("exchange", &t.exchange)?;
-                naming::check_rabbitmq("routing key", &t.routing_key)?;
-                naming::check_rabbitmq("queue", &t.queue)
+                rules::check_rabbitmq("exchange", &t.exchange)?;
+                rules::check_rabbitmq("routing key", &t.routing_key)?;
+                rules::check_rabbitmq("queue", &t.queue)
             }
-            Self::Sqs(t) => naming::check_sqs_queue(&t.queue, t.fifo),
-            Self::Kafka(t) => naming::check_kafka_topic(&t.topic),
-            Self::Nats(t) => naming::check_nats_subject(&t.subject),
-            Self::Pusher(t) => naming::check_pusher(&t.channel, &t.event),
+            Self::Sqs(t) => rules::check_sqs_queue(&t.queue, t.fifo),
+            Self::Kafka(t) => rules::check_kafka_topic(&t.topic),
+            Self::Nats(t) => rules::check_nats_subject(&t.subject),
+            Self::Pusher(t) => rules::check_pusher(&t.channel, &t.event),
             Self::Custom(_) => Ok(()),
         }
     }
@@ -260,5 +350,32 @@ mod tests {
             let back: Destination = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
             assert_eq!(back, destination, "{json}");
         }
+    }
+
+    #[test]
+    fn accessors_and_the_mismatch_error() {
+        let kafka = Destination::Kafka(KafkaTarget {
+            topic: "t".into(),
+            key: "k".into(),
+        });
+        assert_eq!(kafka.kafka().map(|t| t.topic.as_str()), Some("t"));
+        assert!(kafka.nats().is_none() && kafka.webhook().is_none() && kafka.custom().is_none());
+        let e = kafka.mismatch(Channel::Nats);
+        assert_eq!(
+            (e.sink(), e.kind(), e.is_retryable()),
+            (Channel::Nats, ErrorKind::ConfigInvalid, false)
+        );
+        assert_eq!(
+            e.message(),
+            "a kafka destination (t key=k) cannot be delivered by the nats sink"
+        );
+        let custom = Destination::Custom(CustomTarget { target: "x".into() });
+        assert_eq!(custom.custom().map(|t| t.target.as_str()), Some("x"));
+        assert!(
+            custom
+                .mismatch(Channel::Sqs)
+                .message()
+                .starts_with("a custom destination (x)")
+        );
     }
 }

@@ -8,24 +8,33 @@ use std::time::Duration;
 use crate::channel::Channel;
 
 /// What went wrong, as far as the dispatcher cares.
+///
+/// Each kind comes with a default retry class ([`default_retry`](Self::default_retry)), listed
+/// below; a sink overrides it where it knows better ([`SinkError::with_retry`]: a `Retry-After`
+/// delay, a missing topic that will exist). Neither is a promise that the item is or is not sent
+/// again: the dispatcher's retry policy decides, and may dead-letter a retryable error (a status it
+/// is told not to retry, the last attempt).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The backend cannot be reached (connect refused, DNS, broker down, HTTP 5xx). Retried.
+    /// The backend cannot be reached (connect refused, DNS, broker down, HTTP 5xx). Default
+    /// retry: `Backoff`.
     Unavailable,
-    /// No answer in time. Retried.
+    /// No answer in time. Default retry: `Backoff`.
     Timeout,
-    /// The backend asked to slow down (HTTP 429, throttling). Retried, after the given delay if any.
+    /// The backend asked to slow down (HTTP 429, throttling). Default retry: `Backoff` (`After`
+    /// when the sink knows the delay).
     RateLimited,
-    /// The backend refused this item (HTTP 4xx, too large, invalid name). Not retried.
+    /// The backend refused this item (HTTP 4xx, too large, invalid name). Default retry: `Never`.
     Rejected,
-    /// Credentials were refused (HTTP 401/403, AMQP 403). Not retried.
+    /// Credentials were refused (HTTP 401/403, AMQP 403). Default retry: `Never`.
     Unauthorized,
-    /// The settings cannot work (bad URL, missing credentials). Not retried.
+    /// The settings cannot work (bad URL, missing credentials). Default retry: `Never`.
     ConfigInvalid,
-    /// The sink was shut down.
+    /// The sink was shut down. Default retry: `Backoff` (another process, or this one after a
+    /// restart, sends it).
     Closed,
-    /// Anything else (a bug, an unmapped error). Not retried.
+    /// Anything else (a bug, an unmapped error). Default retry: `Never`.
     Unexpected,
 }
 
@@ -87,6 +96,9 @@ pub fn error_chain(first: Option<&dyn StdError>) -> String {
     }
     parts.join(": ")
 }
+
+/// The result of an [`EventSink`](crate::EventSink) call: a [`SinkError`] unless said otherwise.
+pub type Result<T, E = SinkError> = std::result::Result<T, E>;
 
 /// A failed send, classified. Sinks build it; the dispatcher reads `kind`, `retry` and `status` to
 /// decide between retry and dead letter. Its message never contains a secret.

@@ -40,7 +40,7 @@ impl InstanceName {
                 "only ASCII letters, digits, `_` and `-` are allowed (no dots, spaces or wildcards)",
             ));
         }
-        if crate::naming::SOCKETIO_RESERVED.contains(&name) {
+        if crate::rules::SOCKETIO_RESERVED.contains(&name) {
             return Err(invalid(
                 "it is reserved by Socket.IO (connect, connect_error, disconnect, disconnecting, newListener, removeListener)",
             ));

@@ -11,11 +11,13 @@ pub mod config;
 pub mod destination;
 pub mod envelope;
 pub mod error;
+pub mod in_order;
 pub mod instance;
 pub mod kind;
 pub mod naming;
 pub mod reconnect;
 pub mod retry;
+pub mod rules;
 pub mod secret;
 pub mod settings;
 pub mod sink;
@@ -29,11 +31,13 @@ pub use destination::{
     WebhookTarget, WebsocketTarget,
 };
 pub use envelope::EventEnvelope;
-pub use error::{ErrorKind, Retry, SinkError, error_chain};
+pub use error::{ErrorKind, Result, Retry, SinkError, error_chain};
+pub use in_order::{HoldBack, group_by_key, send_in_order};
 pub use instance::{InstanceName, InvalidInstanceName};
 pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
-pub use naming::{NameError, NamingProfile, Scope};
+pub use naming::{NamingProfile, Scope};
 pub use retry::{DeadReason, Decision, RetryPolicy};
+pub use rules::NameError;
 pub use secret::{REDACTED, Sensitive, scrub};
 pub use serde_json::value::RawValue;
 pub use settings::{

@@ -1,11 +1,21 @@
-//! Pacing of connection attempts to a broker, shared by the sinks that hold a connection.
+//! A sink's connection to its broker, shared by the sinks that hold one ([`Reconnect`]), and the
+//! pacing of its connection attempts ([`ConnectBackoff`]).
 //!
 //! A sink that cannot connect fails the send (the dispatcher retries the deliveries on its own
 //! schedule) and must not hammer the broker with a new connection attempt for every batch:
 //! after `n` consecutive failed attempts the next one waits [`backoff`]`(min, max, n)`.
 
+use std::fmt;
+use std::future::Future;
 use std::ops::{Add, Sub};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::lock::Mutex;
+
+use crate::channel::Channel;
+use crate::error::{ErrorKind, Result, SinkError};
 
 /// The pause after `failures` consecutive failed attempts: `min · 2^(failures-1)`, at most `max`
 /// (`min` for 0 or 1 failure).
@@ -69,10 +79,182 @@ where
     }
 }
 
+/// How a [`Reconnect`] finds the connection it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Use it.
+    Usable,
+    /// Its client reconnects by itself: fail fast with this reason (no secrets), without a new
+    /// connection.
+    Recovering(String),
+    /// Lost for good: [`retire`](Link::retire) it and connect again.
+    Lost,
+}
+
+/// A connection that a [`Reconnect`] holds.
+pub trait Link: Send + Sync + 'static {
+    /// Whether it can be used now.
+    fn health(&self) -> Health;
+
+    /// Releases it once it is [`Lost`](Health::Lost), without waiting (spawn anything slow). The
+    /// default drops it.
+    fn retire(self: Arc<Self>) {}
+}
+
+/// A sink's connection to its broker: made on first use, made again once lost — no sooner than
+/// the capped exponential backoff after failed attempts allows — and closed for good by
+/// [`close`](Self::close). One attempt at a time: callers wait for the attempt in progress.
+///
+/// Errors are of the sink's channel: `Closed` once closed; `Unavailable` while the backoff runs
+/// ("not connected to {target}: next connection attempt in N ms (last error: …)") or the client
+/// recovers; the connect attempt's own error otherwise.
+pub struct Reconnect<L> {
+    channel: Channel,
+    target: String,
+    min: Duration,
+    max: Duration,
+    closed: AtomicBool,
+    state: Mutex<State<L>>,
+}
+
+struct State<L> {
+    link: Option<Arc<L>>,
+    attempts: ConnectBackoff<Instant>,
+}
+
+impl<L> fmt::Debug for Reconnect<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconnect")
+            .field("channel", &self.channel)
+            .field("target", &self.target)
+            .field("closed", &self.closed.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: Link> Reconnect<L> {
+    /// Not connected yet. `target` names the broker in messages and logs (no secrets); after `n`
+    /// failed attempts the next waits [`backoff`]`(min, max, n)`.
+    ///
+    /// # Errors
+    /// `ConfigInvalid` when `min` is zero or longer than `max`.
+    pub fn new(channel: Channel, target: impl Into<String>, min: Duration, max: Duration) -> Result<Self> {
+        let invalid = |message: &'static str| SinkError::new(channel, ErrorKind::ConfigInvalid, message);
+        if min.is_zero() {
+            return Err(invalid(
+                "the reconnect backoff (reconnect_min) must be longer than zero",
+            ));
+        }
+        if min > max {
+            return Err(invalid("reconnect_min must not exceed reconnect_max"));
+        }
+        Ok(Self {
+            channel,
+            target: target.into(),
+            min,
+            max,
+            closed: AtomicBool::new(false),
+            state: Mutex::new(State {
+                link: None,
+                attempts: ConnectBackoff::default(),
+            }),
+        })
+    }
+
+    /// The broker, as messages name it.
+    #[must_use]
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// `Ok` until closed.
+    ///
+    /// # Errors
+    /// `Closed` ("the {channel} sink is shut down") once closed.
+    pub fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(SinkError::new(
+                self.channel,
+                ErrorKind::Closed,
+                format!("the {} sink is shut down", self.channel),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection: the current one if it is usable, else a new one from `connect` when the
+    /// backoff allows an attempt now (a lost one is retired first).
+    ///
+    /// # Errors
+    /// `Closed`, `Unavailable` (backoff running, client recovering) or `connect`'s error.
+    pub async fn link<F, Fut>(&self, connect: F) -> Result<Arc<L>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<L>>,
+    {
+        self.check_open()?;
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link {
+            match link.health() {
+                Health::Usable => return Ok(Arc::clone(link)),
+                Health::Recovering(why) => {
+                    return Err(SinkError::new(self.channel, ErrorKind::Unavailable, why));
+                }
+                Health::Lost => {
+                    tracing::warn!(sink = %self.channel, target = %self.target, "the connection was lost; reconnecting");
+                    if let Some(lost) = state.link.take() {
+                        lost.retire();
+                    }
+                }
+            }
+        }
+        if let Some(why) = state.attempts.too_early(Instant::now(), &self.target) {
+            return Err(SinkError::new(self.channel, ErrorKind::Unavailable, why));
+        }
+        match connect().await {
+            Ok(link) => {
+                let failed = state.attempts.succeeded();
+                if failed > 0 {
+                    tracing::info!(sink = %self.channel, target = %self.target, attempts = failed + 1, "reconnected");
+                }
+                let link = Arc::new(link);
+                state.link = Some(Arc::clone(&link));
+                Ok(link)
+            }
+            Err(e) => {
+                let (pause, attempt) = state
+                    .attempts
+                    .failed(Instant::now(), self.min, self.max, e.message());
+                tracing::warn!(
+                    sink = %self.channel, target = %self.target, attempt, next_in = ?pause, error = %e,
+                    "cannot connect"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The current connection, if there is one, without connecting.
+    pub async fn current(&self) -> Option<Arc<L>> {
+        self.state.lock().await.link.clone()
+    }
+
+    /// Closes for good: later calls fail with `Closed`. Returns the connection to close, if any
+    /// (`None` when there is none, or on a second call). Idempotent.
+    pub async fn close(&self) -> Option<Arc<L>> {
+        self.closed.store(true, Ordering::Release);
+        self.state.lock().await.link.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
 
     #[test]
@@ -105,5 +287,98 @@ mod tests {
         assert_eq!(gate.succeeded(), 2);
         assert_eq!(gate.too_early(t0 + min, "broker"), None);
         assert_eq!(gate.failed(t0, min, max, "again").0, min, "the count starts over");
+    }
+
+    /// A link whose health the test sets.
+    #[derive(Debug)]
+    struct Fake {
+        health: std::sync::Mutex<Health>,
+        retired: Arc<AtomicBool>,
+    }
+
+    impl Link for Fake {
+        fn health(&self) -> Health {
+            self.health.lock().unwrap().clone()
+        }
+        fn retire(self: Arc<Self>) {
+            self.retired.store(true, Ordering::Release);
+        }
+    }
+
+    fn fake(retired: &Arc<AtomicBool>) -> Fake {
+        Fake {
+            health: std::sync::Mutex::new(Health::Usable),
+            retired: Arc::clone(retired),
+        }
+    }
+
+    #[tokio::test]
+    async fn connects_once_waits_after_a_failure_and_replaces_a_lost_link() {
+        let retired = Arc::new(AtomicBool::new(false));
+        let r = Reconnect::new(
+            Channel::Nats,
+            "nats://h:4222",
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let e = r
+            .link(|| async { Err(SinkError::new(Channel::Nats, ErrorKind::Unavailable, "refused")) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.message(), "refused");
+        let e = r.link(|| async { Ok(fake(&retired)) }).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(
+            e.message()
+                .starts_with("not connected to nats://h:4222: next connection attempt in"),
+            "{e}"
+        );
+
+        let r = Reconnect::new(
+            Channel::Rabbitmq,
+            "amqp://h",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let first = r.link(|| async { Ok(fake(&retired)) }).await.unwrap();
+        let again = r
+            .link(|| async { panic!("connected while usable") })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        *first.health.lock().unwrap() = Health::Recovering("reconnecting".into());
+        let e = r
+            .link(|| async { panic!("connected while recovering") })
+            .await
+            .unwrap_err();
+        assert_eq!((e.kind(), e.message()), (ErrorKind::Unavailable, "reconnecting"));
+        *first.health.lock().unwrap() = Health::Lost;
+        let new = r.link(|| async { Ok(fake(&retired)) }).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &new) && retired.load(Ordering::Acquire));
+        assert!(r.current().await.is_some_and(|l| Arc::ptr_eq(&l, &new)));
+
+        assert!(r.close().await.is_some());
+        assert!(r.close().await.is_none(), "idempotent");
+        let e = r.link(|| async { Ok(fake(&retired)) }).await.unwrap_err();
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::Closed, "the rabbitmq sink is shut down")
+        );
+    }
+
+    #[test]
+    fn the_backoff_bounds_are_checked() {
+        for (min, max) in [(0, 1), (2, 1)] {
+            let e = Reconnect::<Fake>::new(
+                Channel::Nats,
+                "t",
+                Duration::from_secs(min),
+                Duration::from_secs(max),
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+        }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::channel::Channel;
 use crate::destination::Destination;
 use crate::envelope::EventEnvelope;
-use crate::error::SinkError;
+use crate::error::{ErrorKind, Result, SinkError};
 use crate::naming::{NamingProfile, Scope};
 
 /// A delivery's identifier, unique within its outbox.
@@ -40,22 +40,36 @@ impl Delivery {
     pub fn payload(&self) -> Bytes {
         self.envelope.payload(self.profile)
     }
+
+    /// The payload, if it is at most `limit` bytes (a sink's `max_payload_bytes`).
+    ///
+    /// # Errors
+    /// `Rejected` (not retried), giving both sizes, when it is longer.
+    pub fn payload_within(&self, limit: usize) -> Result<Bytes> {
+        let payload = self.payload();
+        if payload.len() > limit {
+            return Err(SinkError::new(
+                self.channel,
+                ErrorKind::Rejected,
+                format!(
+                    "the payload is {} bytes; this sink publishes at most {limit} (max_payload_bytes)",
+                    payload.len()
+                ),
+            ));
+        }
+        Ok(payload)
+    }
 }
 
-/// What a sink can do; the dispatcher batches and orders accordingly.
+/// What a sink can do; the dispatcher batches and orders accordingly (it reads every field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// The largest batch `send` accepts (at least 1).
     pub max_batch_size: usize,
-    /// The largest payload the backend accepts, in bytes; larger items are rejected per item.
-    pub max_payload_bytes: Option<usize>,
     /// Whether items sent in one batch, or in successive batches, to one destination arrive in
     /// that order.
     pub ordered: bool,
-    /// Whether a successful `send` means the backend acknowledged every item (publisher
-    /// confirms, HTTP 2xx), as opposed to "written to a socket".
-    pub acknowledged: bool,
     /// How many batches of one ordering key the dispatcher may have in flight at once (at least
     /// 1). Above 1 the sink promises that the items of overlapping `send` calls reach each
     /// destination in the order the calls were started (first polled), as a Kafka idempotent
@@ -64,15 +78,13 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Batches of up to `max_batch_size` (clamped to at least 1), no size limit, unordered,
-    /// unacknowledged, one batch per ordering key in flight.
+    /// Batches of up to `max_batch_size` (clamped to at least 1), unordered, one batch per
+    /// ordering key in flight.
     #[must_use]
     pub const fn new(max_batch_size: usize) -> Self {
         Self {
             max_batch_size: if max_batch_size == 0 { 1 } else { max_batch_size },
-            max_payload_bytes: None,
             ordered: false,
-            acknowledged: false,
             max_in_flight_per_key: 1,
         }
     }
@@ -86,30 +98,18 @@ impl Capabilities {
         self
     }
 
-    /// Sets the payload limit.
-    #[must_use]
-    pub const fn with_max_payload_bytes(mut self, limit: usize) -> Self {
-        self.max_payload_bytes = Some(limit);
-        self
-    }
-
     /// Declares order preserved.
     #[must_use]
     pub const fn ordered(mut self) -> Self {
         self.ordered = true;
         self
     }
-
-    /// Declares sends acknowledged.
-    #[must_use]
-    pub const fn acknowledged(mut self) -> Self {
-        self.acknowledged = true;
-        self
-    }
 }
 
 /// Per-item outcome of a `send` that reached the backend: the items not listed in `failed`
-/// were delivered.
+/// were delivered. The failures are kept in batch order, whatever order they were recorded in.
+///
+/// Collects from `(index, error)` pairs: `failures.into_iter().collect::<DeliveryReport>()`.
 #[derive(Debug, Default)]
 #[must_use]
 pub struct DeliveryReport {
@@ -124,16 +124,18 @@ impl DeliveryReport {
 
     /// Records that the item at `index` (in the batch) failed.
     pub fn fail(&mut self, index: usize, error: SinkError) {
-        self.failed.push((index, error));
+        // Sinks mostly record in batch order: then this appends.
+        let at = self.failed.partition_point(|(i, _)| *i <= index);
+        self.failed.insert(at, (index, error));
     }
 
-    /// The failed items, by index in the batch.
+    /// The failed items, in batch order (by index in the batch).
     #[must_use]
     pub fn failures(&self) -> &[(usize, SinkError)] {
         &self.failed
     }
 
-    /// Consumes the report into its failures.
+    /// Consumes the report into its failures, in batch order.
     #[must_use]
     pub fn into_failures(self) -> Vec<(usize, SinkError)> {
         self.failed
@@ -146,10 +148,60 @@ impl DeliveryReport {
     }
 }
 
+impl Extend<(usize, SinkError)> for DeliveryReport {
+    fn extend<I: IntoIterator<Item = (usize, SinkError)>>(&mut self, failures: I) {
+        for (index, error) in failures {
+            self.fail(index, error);
+        }
+    }
+}
+
+impl FromIterator<(usize, SinkError)> for DeliveryReport {
+    fn from_iter<I: IntoIterator<Item = (usize, SinkError)>>(failures: I) -> Self {
+        let mut report = Self::success();
+        report.extend(failures);
+        report
+    }
+}
+
 /// A delivery channel's client. Sinks send one batch and classify the outcome; retries, batching,
-/// ordering and timeouts belong to the dispatcher.
+/// ordering and timeouts belong to the dispatcher (ADR 0002).
 ///
-/// Object safe: hold it as `Arc<dyn EventSink>`.
+/// Object safe: hold it as `Arc<dyn EventSink>`. Every method has to be implemented (a wrapper
+/// forwards each one).
+///
+/// # Contract
+///
+/// What the dispatcher relies on, and what the contract suite (`evolution-sink-testkit`) checks
+/// against a real server where it can:
+///
+/// - **Idempotency key.** Every message carries the event id ([`EventEnvelope::id`], a UUIDv7)
+///   where the backend's consumers find it (a `webhook-id` header, the AMQP `message_id`, a Kafka
+///   header `id`, `Nats-Msg-Id`, the SQS `MessageDeduplicationId` of a FIFO queue, `id` in every
+///   JSON body). Delivery is at least once: a redelivery (`attempt` > 1) carries the same id and
+///   the same payload bytes ([`Delivery::payload`]), and a sink never deduplicates.
+/// - **No retries inside a sink.** A sink does not back off and try again: it sends each item
+///   once per `send` and classifies what went wrong ([`SinkError`]: kind, retry class, status);
+///   the dispatcher decides whether and when to try again, with its retry policy, and records the
+///   attempt. (A client library's own resends within one call, as librdkafka's, and repairing the
+///   sink's own state once — creating again a queue that vanished — are not retries in this sense.)
+/// - **One channel per batch.** A batch holds only deliveries of this sink's
+///   [`channel`](Self::channel); their destinations are this channel's
+///   ([`Destination::mismatch`] is the error for an item whose destination is not).
+/// - **A per-item report.** `send` returns `Err` only when nothing in the batch is known to be
+///   delivered (the backend is down, the sink is shut down); otherwise it reports each failed item
+///   by its index in the [`DeliveryReport`], and every item not listed counts as delivered. An
+///   ordered sink sends the items of one destination in batch order and, after one fails
+///   retryably, reports the rest of that destination "not sent" instead of letting them overtake
+///   it ([`HoldBack`](crate::HoldBack), [`send_in_order`](crate::send_in_order)).
+/// - **Several batches in flight per key** only when [`Capabilities::max_in_flight_per_key`] is
+///   above 1: then the items of overlapping `send` calls reach each destination in the order the
+///   calls were started (first polled) — ADR 0012. With 1 (the default) the dispatcher never
+///   overlaps two sends of one ordering key.
+/// - **Cancel safety.** `send` may be dropped at any await (its `send_timeout` passed, or a
+///   shutdown): the items of a dropped send count as failed and are sent again, so a cancelled
+///   send may have delivered some of them (at least once). Dropping a call must leave the sink
+///   usable for the next one.
 #[async_trait]
 pub trait EventSink: Send + Sync + Debug + 'static {
     /// The channel this sink delivers to.
@@ -167,38 +219,92 @@ pub trait EventSink: Send + Sync + Debug + 'static {
     ///
     /// # Cancel safety
     /// Not cancel safe: a cancelled send may have delivered some items (at-least-once).
-    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError>;
+    async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport>;
 
     /// Checks that the backend is usable by exercising the real path.
     ///
     /// # Errors
     /// The classified reason it is not.
-    async fn health_check(&self) -> Result<(), SinkError>;
+    async fn health_check(&self) -> Result<()>;
 
     /// Waits until everything sent is visible to consumers.
     ///
     /// # Errors
     /// When buffered items could not be pushed out.
-    async fn flush(&self) -> Result<(), SinkError>;
+    async fn flush(&self) -> Result<()>;
 
     /// Flushes and releases connections. Idempotent; later sends fail with `Closed`.
     ///
     /// # Errors
     /// When the final flush failed.
-    async fn shutdown(&self) -> Result<(), SinkError>;
+    async fn shutdown(&self) -> Result<()>;
 
-    /// **Optional.** Provisions `destinations` ahead of the first send — creates SQS queues, Kafka
-    /// topics — when an instance's settings are saved, so that a name the backend refuses is
-    /// reported then rather than at the first event. Sinks that provision on first use anyway
-    /// (every built-in one) treat it as a head start; the default does nothing.
+    /// Provisions `destinations` ahead of the first send — creates SQS queues, Kafka topics —
+    /// when an instance's settings are saved, so that a name the backend refuses is reported then
+    /// rather than at the first event. A sink with nothing to provision returns `Ok(())`; sinks
+    /// that provision on first use anyway treat it as a head start.
     ///
     /// Destinations of other channels are ignored.
     ///
     /// # Errors
     /// The classified reason a destination cannot be provisioned (a `Rejected` error means the
     /// backend refuses the name).
-    async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
-        let _ = destinations;
-        Ok(())
+    async fn prepare(&self, destinations: &[Destination]) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::CustomTarget;
+    use crate::instance::InstanceName;
+    use crate::kind::EventKind;
+
+    fn delivery(data: &str) -> Delivery {
+        let data = serde_json::value::to_raw_value(&data).unwrap_or_default();
+        let envelope = EventEnvelope::new(
+            EventKind::MessagesUpsert,
+            InstanceName::new("acme").unwrap(),
+            data,
+        );
+        Delivery {
+            id: 1,
+            channel: Channel::Nats,
+            scope: Scope::Instance,
+            profile: NamingProfile::Seed,
+            envelope: Arc::new(envelope),
+            destination: Arc::new(Destination::Custom(CustomTarget { target: "t".into() })),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_report_keeps_its_failures_in_batch_order() {
+        let e = |m: &'static str| SinkError::new(Channel::Sqs, ErrorKind::Timeout, m);
+        let mut report: DeliveryReport = [(4, e("d")), (1, e("b"))].into_iter().collect();
+        report.fail(0, e("a"));
+        report.extend([(9, e("e")), (2, e("c"))]);
+        let order: Vec<(usize, &str)> = report.failures().iter().map(|(i, e)| (*i, e.message())).collect();
+        assert_eq!(order, [(0, "a"), (1, "b"), (2, "c"), (4, "d"), (9, "e")]);
+        assert!(!report.is_success());
+        assert!(DeliveryReport::success().is_success());
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_rejected_with_both_sizes() {
+        let d = delivery("small");
+        let size = d.payload().len();
+        assert_eq!(d.payload_within(size).unwrap(), d.payload());
+        let e = d.payload_within(size - 1).unwrap_err();
+        assert_eq!(
+            (e.sink(), e.kind(), e.is_retryable()),
+            (Channel::Nats, ErrorKind::Rejected, false)
+        );
+        assert_eq!(
+            e.message(),
+            format!(
+                "the payload is {size} bytes; this sink publishes at most {} (max_payload_bytes)",
+                size - 1
+            )
+        );
     }
 }

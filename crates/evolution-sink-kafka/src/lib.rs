@@ -66,13 +66,14 @@
 //!
 //! # Batches, order, isolation
 //!
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 1 024, payloads up to
-//! `max_payload_bytes` (larger ones fail alone as `Rejected`), ordered, acknowledged (an item
-//! counts as delivered only once every in-sync replica has it). `send` queues every record, then
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 1 024, ordered. Payloads up
+//! to `max_payload_bytes` (larger ones fail alone as `Rejected`); an item counts as delivered
+//! only once every in-sync replica has it (`acks=all`). `send` queues every record, then
 //! waits for each acknowledgement and reports each item's own outcome: a bad or missing topic fails
 //! only its own records, never the producer or other instances' topics (Evolution API tears down
-//! Kafka delivery for every instance when one topic fails). After an item fails to be queued, the
-//! later items of its topic and key are reported "not sent" (retryable) so nothing overtakes it.
+//! Kafka delivery for every instance when one topic fails). After an item fails retryably to be
+//! queued, the later items of its topic and key are reported "not sent" (retryable) so nothing
+//! overtakes it ([`HoldBack`](evolution_events::HoldBack)).
 //! A fatal producer error, or a broker that refuses the producer's idempotence state (fenced,
 //! unknown producer id, sequence out of order: a broker that restarted without that state),
 //! replaces the producer — a new one gets a new producer id; the failed items are retried through it.

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use evolution_events::{
-    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, KafkaTarget, Retry,
-    SinkError, async_trait,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
+    KafkaTarget, Retry, SinkError, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -34,9 +34,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to wait before trying again to enqueue a record when librdkafka's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
-
-/// Message of an item held back because an earlier item of its topic and key failed.
-const NOT_SENT: &str = "not sent: an earlier event for this topic and key failed";
 
 type Admin = AdminClient<DefaultClientContext>;
 
@@ -476,9 +473,7 @@ impl EventSink for KafkaSink {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
             .ordered()
-            .acknowledged()
             .with_max_in_flight_per_key(if self.config.idempotence {
                 MAX_IN_FLIGHT_IDEMPOTENT
             } else {
@@ -487,8 +482,9 @@ impl EventSink for KafkaSink {
     }
 
     /// Produces every item and waits for the brokers' acknowledgements (`acks=all`). Items of a
-    /// topic that cannot be used fail alone; after an item fails to be queued, the later items of
-    /// its topic and key are not sent (reported "not sent", retryable), so nothing overtakes it.
+    /// topic that cannot be used fail alone; after an item fails retryably to be queued, the later
+    /// items of its topic and key are not sent (reported "not sent", retryable), so nothing
+    /// overtakes it.
     /// Overlapping sends queue their records in the order they were started.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let producer = self.producer()?;
@@ -505,36 +501,27 @@ impl EventSink for KafkaSink {
         };
         let mut targets: Vec<Option<&KafkaTarget>> = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            match &*delivery.destination {
-                Destination::Kafka(target) => {
-                    let size = delivery.payload().len();
-                    if size > self.config.max_payload_bytes {
-                        report.fail(
-                            index,
-                            error(
-                                ErrorKind::Rejected,
-                                format!(
-                                    "the event is {size} bytes and the Kafka limit is {} bytes (librdkafka \
-                                     message.max.bytes less the key and headers); it cannot be sent to topic {:?}",
-                                    self.config.max_payload_bytes, target.topic
-                                ),
-                            ),
-                        );
-                        targets.push(None);
-                    } else {
-                        targets.push(Some(target));
-                    }
-                }
-                other => {
-                    report.fail(
-                        index,
-                        error(
-                            ErrorKind::ConfigInvalid,
-                            format!("not a Kafka destination: {}", other.label()),
+            let Some(target) = delivery.destination.kafka() else {
+                report.fail(index, delivery.destination.mismatch(Channel::Kafka));
+                targets.push(None);
+                continue;
+            };
+            let size = delivery.payload().len();
+            if size > self.config.max_payload_bytes {
+                report.fail(
+                    index,
+                    error(
+                        ErrorKind::Rejected,
+                        format!(
+                            "the event is {size} bytes and the Kafka limit is {} bytes (librdkafka \
+                             message.max.bytes less the key and headers); it cannot be sent to topic {:?}",
+                            self.config.max_payload_bytes, target.topic
                         ),
-                    );
-                    targets.push(None);
-                }
+                    ),
+                );
+                targets.push(None);
+            } else {
+                targets.push(Some(target));
             }
         }
 
@@ -550,7 +537,7 @@ impl EventSink for KafkaSink {
         let unusable = self.ensure_topics(&topics).await?;
 
         let deadline = Instant::now() + self.config.request_timeout;
-        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
+        let mut hold = HoldBack::new(Channel::Kafka, "topic and key");
         let mut pending: Vec<(usize, &KafkaTarget, DeliveryFuture)> = Vec::with_capacity(batch.len());
         for (index, (delivery, target)) in batch.iter().zip(&targets).enumerate() {
             let Some(target) = target else { continue };
@@ -559,8 +546,8 @@ impl EventSink for KafkaSink {
                 continue;
             }
             let key = (target.topic.as_str(), target.key.as_str());
-            if blocked.contains(&key) {
-                report.fail(index, error(ErrorKind::Unavailable, NOT_SENT));
+            if let Err(not_sent) = hold.check(&key) {
+                report.fail(index, not_sent);
                 continue;
             }
             let payload = delivery.payload();
@@ -584,8 +571,9 @@ impl EventSink for KafkaSink {
             match queued {
                 Ok(future) => pending.push((index, target, future)),
                 Err(e) => {
-                    blocked.insert(key);
-                    report.fail(index, classify_error(Op::Produce(&target.topic), &e));
+                    let e = classify_error(Op::Produce(&target.topic), &e);
+                    hold.failed(key, &e);
+                    report.fail(index, e);
                 }
             }
         }
@@ -672,10 +660,8 @@ impl EventSink for KafkaSink {
         }
         let topics: Vec<&str> = destinations
             .iter()
-            .filter_map(|d| match d {
-                Destination::Kafka(t) => Some(t.topic.as_str()),
-                _ => None,
-            })
+            .filter_map(Destination::kafka)
+            .map(|t| t.topic.as_str())
             .collect();
         match self.ensure_topics(&topics).await?.into_values().next() {
             None => Ok(()),

@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use evolution_events::{Destination, EventSink, KafkaTarget, Uuid, async_trait};
 use evolution_sink_kafka::{KafkaConfig, KafkaSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 
 struct KafkaFixture {
     brokers: String,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     /// One consumer per destination, started on the first look and kept (a fresh consumer needs
     /// a moment to start, longer than the suite's short "nothing more arrives" windows).
     watchers: Mutex<HashMap<String, Arc<common::TopicWatcher>>>,
@@ -37,6 +39,7 @@ async fn kafka() -> Result<KafkaFixture, Skip> {
         .map_err(|e| Skip::new(format!("Kafka at {brokers} is not answering: {e}")))?;
     Ok(KafkaFixture {
         brokers,
+        max_payload_bytes: sink.config().max_payload_bytes,
         sink: Arc::new(sink),
         watchers: Mutex::new(HashMap::new()),
     })
@@ -77,11 +80,15 @@ impl ContractFixture for KafkaFixture {
             .collect()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
+    }
+
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
         let sink = KafkaSink::new(KafkaConfig {
             request_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(1),
-            ..KafkaConfig::new([format!("127.0.0.1:{}", common::free_port())])
+            ..KafkaConfig::new([format!("127.0.0.1:{}", closed_port())])
         })
         .unwrap();
         Arc::new(sink)

@@ -60,10 +60,10 @@
 //!
 //! # Delivery, order, limits
 //!
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 256, ordered,
-//! `max_payload_bytes`; acknowledged in JetStream mode only. One connection keeps publish
-//! order, so the events of one (instance, subject) reach subscribers — and the stream — in
-//! sequence order (the dispatcher sends each such key one batch at a time).
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 256, ordered. Payloads up to
+//! `max_payload_bytes`. One connection keeps publish order, so the events of one (instance,
+//! subject) reach subscribers — and the stream — in sequence order (the dispatcher sends each such
+//! key one batch at a time).
 //!
 //! - **Core**: the batch is published, then flushed; it counts as sent once the server answered
 //!   the flush (it has every message). Core NATS keeps nothing: a subscriber that is not

@@ -2,19 +2,17 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State as ConnectionState;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
-use evolution_events::reconnect::{ConnectBackoff, backoff};
+use evolution_events::reconnect::{self, Health, Reconnect, backoff};
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry,
     SinkError, async_trait,
 };
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::classify::{
     classified, connect_error, error, flush_class, jetstream_class, publish_class, stream_class,
@@ -34,15 +32,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct NatsSink {
     config: NatsConfig,
-    state: Mutex<State>,
-    closed: AtomicBool,
-}
-
-/// The client once connected, and the backoff of the first connection.
-#[derive(Debug, Default)]
-struct State {
-    link: Option<Arc<Link>>,
-    attempts: ConnectBackoff<Instant>,
+    /// Made on first use; the client then reconnects by itself.
+    connection: Reconnect<Link>,
 }
 
 /// A connected client (it reconnects by itself) and, in JetStream mode, the stream's state.
@@ -50,6 +41,21 @@ struct State {
 struct Link {
     client: Client,
     jetstream: Option<(jetstream::Context, Mutex<StreamState>)>,
+    /// The server, as messages name it.
+    label: String,
+}
+
+impl reconnect::Link for Link {
+    /// Never lost: while the client reconnects, sends fail fast.
+    fn health(&self) -> Health {
+        match self.client.connection_state() {
+            ConnectionState::Connected => Health::Usable,
+            ConnectionState::Pending | ConnectionState::Disconnected => Health::Recovering(format!(
+                "not connected to {}: the connection was lost and the client is reconnecting",
+                self.label
+            )),
+        }
+    }
 }
 
 /// What the sink knows of its stream.
@@ -70,19 +76,10 @@ impl NatsSink {
     /// `reconnect_max`, `max_payload_bytes` is zero, or the stream name or a stream subject is
     /// invalid.
     pub fn new(config: NatsConfig) -> Result<Self, SinkError> {
-        if config.connect_timeout.is_zero()
-            || config.flush_timeout.is_zero()
-            || config.reconnect_min.is_zero()
-        {
+        if config.connect_timeout.is_zero() || config.flush_timeout.is_zero() {
             return Err(error(
                 ErrorKind::ConfigInvalid,
-                "the connect and flush timeouts and the reconnect backoff must be longer than zero",
-            ));
-        }
-        if config.reconnect_min > config.reconnect_max {
-            return Err(error(
-                ErrorKind::ConfigInvalid,
-                "reconnect_min must not exceed reconnect_max",
+                "the connect and flush timeouts must be longer than zero",
             ));
         }
         if config.max_payload_bytes == 0 {
@@ -110,9 +107,13 @@ impl NatsSink {
             }
         }
         Ok(Self {
+            connection: Reconnect::new(
+                Channel::Nats,
+                config.url.label(),
+                config.reconnect_min,
+                config.reconnect_max,
+            )?,
             config,
-            state: Mutex::new(State::default()),
-            closed: AtomicBool::new(false),
         })
     }
 
@@ -126,34 +127,12 @@ impl NatsSink {
         self.config.url.label()
     }
 
-    fn closed_error() -> SinkError {
-        error(ErrorKind::Closed, "the nats sink is shut down")
-    }
-
     /// The client, connecting first if there is none and the backoff allows an attempt now.
     /// Once connected, the client reconnects by itself; while it does, this fails fast.
     async fn link(&self) -> Result<Arc<Link>, SinkError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
-        let mut state = self.state.lock().await;
-        if let Some(link) = &state.link {
-            return match link.client.connection_state() {
-                ConnectionState::Connected => Ok(Arc::clone(link)),
-                ConnectionState::Pending | ConnectionState::Disconnected => Err(error(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "not connected to {}: the connection was lost and the client is reconnecting",
-                        self.label()
-                    ),
-                )),
-            };
-        }
-        if let Some(why) = state.attempts.too_early(Instant::now(), self.label()) {
-            return Err(error(ErrorKind::Unavailable, why));
-        }
-        match self.connect().await {
-            Ok(client) => {
+        self.connection
+            .link(|| async {
+                let client = self.connect().await?;
                 let jetstream = match &self.config.mode {
                     NatsMode::Core => None,
                     NatsMode::JetStream(js) => {
@@ -162,22 +141,13 @@ impl NatsSink {
                         Some((context, Mutex::new(StreamState::default())))
                     }
                 };
-                state.attempts.succeeded();
-                let link = Arc::new(Link { client, jetstream });
-                state.link = Some(Arc::clone(&link));
-                Ok(link)
-            }
-            Err(e) => {
-                let (pause, attempt) = state.attempts.failed(
-                    Instant::now(),
-                    self.config.reconnect_min,
-                    self.config.reconnect_max,
-                    e.message(),
-                );
-                tracing::warn!(server = %self.label(), attempt, next_in = ?pause, error = %e, "cannot connect to NATS");
-                Err(e)
-            }
-        }
+                Ok(Link {
+                    client,
+                    jetstream,
+                    label: self.label().to_owned(),
+                })
+            })
+            .await
     }
 
     async fn connect(&self) -> Result<Client, SinkError> {
@@ -343,7 +313,7 @@ impl NatsSink {
                 }
             }
         }
-        report(failures)
+        failures.into_iter().collect()
     }
 
     async fn send_jetstream(
@@ -369,7 +339,7 @@ impl NatsSink {
             for (index, ..) in items {
                 failures.push((index, e.duplicate()));
             }
-            return report(failures);
+            return failures.into_iter().collect();
         }
         let mut pending = Vec::with_capacity(items.len());
         for (index, delivery, subject, payload) in items {
@@ -407,43 +377,18 @@ impl NatsSink {
         if stream_gone {
             stream_state.lock().await.ensured = false;
         }
-        report(failures)
+        failures.into_iter().collect()
     }
 
     /// The subject and payload of a delivery, or why it cannot be sent.
     fn checked<'a>(&self, delivery: &'a Delivery) -> Result<(&'a str, Bytes), SinkError> {
-        let Destination::Nats(target) = &*delivery.destination else {
-            let channel = delivery
-                .destination
-                .built_in_channel()
-                .map_or_else(|| "custom".to_owned(), |c| c.to_string());
-            return Err(error(
-                ErrorKind::ConfigInvalid,
-                format!("a {channel} destination cannot be delivered by the nats sink"),
-            ));
-        };
-        let payload = delivery.payload();
-        if payload.len() > self.config.max_payload_bytes {
-            return Err(error(
-                ErrorKind::Rejected,
-                format!(
-                    "the payload is {} bytes; this sink publishes at most {} (max_payload_bytes)",
-                    payload.len(),
-                    self.config.max_payload_bytes
-                ),
-            ));
-        }
+        let target = delivery
+            .destination
+            .nats()
+            .ok_or_else(|| delivery.destination.mismatch(Channel::Nats))?;
+        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
         Ok((target.subject.as_str(), payload))
     }
-}
-
-fn report(mut failures: Vec<(usize, SinkError)>) -> DeliveryReport {
-    failures.sort_by_key(|(index, _)| *index);
-    let mut report = DeliveryReport::success();
-    for (index, e) in failures {
-        report.fail(index, e);
-    }
-    report
 }
 
 /// The headers of a delivery: `Nats-Msg-Id` (JetStream de-duplication), `event`, `instance`,
@@ -502,13 +447,7 @@ impl EventSink for NatsSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
-            .ordered();
-        match self.config.mode {
-            NatsMode::Core => caps,
-            NatsMode::JetStream(_) => caps.acknowledged(),
-        }
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Core: publishes every item, then flushes (the batch counts as sent once the server
@@ -516,9 +455,7 @@ impl EventSink for NatsSink {
     /// every item, then awaits every acknowledgement. `Err` when not connected (retryable
     /// `Unavailable` or `Timeout`) or shut down (`Closed`).
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
+        self.connection.check_open()?;
         if batch.is_empty() {
             return Ok(DeliveryReport::success());
         }
@@ -565,8 +502,7 @@ impl EventSink for NatsSink {
     /// Core: flushes what the client may still buffer. JetStream: nothing (every send waited
     /// for its acknowledgements).
     async fn flush(&self) -> Result<(), SinkError> {
-        let link = self.state.lock().await.link.clone();
-        if let Some(link) = link
+        if let Some(link) = self.connection.current().await
             && link.client.connection_state() == ConnectionState::Connected
         {
             match tokio::time::timeout(self.config.flush_timeout, link.client.flush()).await {
@@ -590,12 +526,16 @@ impl EventSink for NatsSink {
         Ok(())
     }
 
+    /// Nothing to provision: core subjects need nothing, and the JetStream stream gains the
+    /// subjects it lacks on their first publish.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Drains and closes the connection (at most 5 s). Idempotent; later sends fail with
     /// `Closed`.
     async fn shutdown(&self) -> Result<(), SinkError> {
-        self.closed.store(true, Ordering::Release);
-        let link = self.state.lock().await.link.take();
-        if let Some(link) = link {
+        if let Some(link) = self.connection.close().await {
             let _drained = tokio::time::timeout(CLOSE_TIMEOUT, link.client.drain()).await;
         }
         Ok(())
@@ -604,6 +544,9 @@ impl EventSink for NatsSink {
 
 #[cfg(test)]
 mod tests {
+    use evolution_sink_testkit::fixtures::closed_port;
+    use evolution_sink_testkit::reconnect::unreachable_waits_for_the_backoff;
+
     use super::*;
     use crate::config::NatsUrl;
 
@@ -631,11 +574,10 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let sink = NatsSink::new(config()).unwrap();
+        assert_eq!(sink.capabilities(), Capabilities::new(256).ordered());
         assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(256)
-                .with_max_payload_bytes(NatsConfig::DEFAULT_MAX_PAYLOAD_BYTES)
-                .ordered()
+            sink.config().max_payload_bytes,
+            NatsConfig::DEFAULT_MAX_PAYLOAD_BYTES
         );
         assert_eq!((sink.channel(), NAME), (Channel::Nats, "nats"));
         let js = NatsSink::new(NatsConfig {
@@ -643,7 +585,7 @@ mod tests {
             ..config()
         })
         .unwrap();
-        assert!(js.capabilities().acknowledged);
+        assert_eq!(js.capabilities(), sink.capabilities());
         for bad in [
             NatsConfig {
                 mode: NatsMode::JetStream(JetStreamConfig::new("a.b", vec![])),
@@ -672,29 +614,13 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_fails_then_waits_for_the_backoff() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = closed_port();
         let sink = NatsSink::new(NatsConfig {
             reconnect_min: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(30),
             ..NatsConfig::new(NatsUrl::parse(&format!("nats://u:hunter2@127.0.0.1:{port}")).unwrap())
         })
         .unwrap();
-        let first = sink.health_check().await.unwrap_err();
-        assert_eq!(first.kind(), ErrorKind::Unavailable, "{first}");
-        let second = sink.health_check().await.unwrap_err();
-        assert!(
-            second.message().contains("next connection attempt in"),
-            "{second}"
-        );
-        for e in [first, second] {
-            assert!(!e.to_string().contains("hunter2"), "{e}");
-        }
-        sink.shutdown().await.unwrap();
-        sink.shutdown().await.unwrap();
-        assert_eq!(sink.send(&[]).await.unwrap_err().kind(), ErrorKind::Closed);
+        unreachable_waits_for_the_backoff(&sink, "hunter2").await;
     }
 }

@@ -76,6 +76,10 @@ impl ContractFixture for CoreFixture {
             .collect()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(LIMIT)
+    }
+
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
         let url = NatsUrl::parse(&format!("nats://127.0.0.1:{}", closed_port())).unwrap();
         Arc::new(

@@ -45,9 +45,11 @@
 //! [`Oversize::Reference`] (`PUSHER_OVERSIZE=reference`) a small reference goes instead,
 //! `{"id": "<event id>", "event": "<payload event name>", "instance": "<instance>", "truncated": true}`,
 //! which a client resolves with the server's `GET /events/{instance}/{id}`.
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 100, ordered, acknowledged.
-//! One app's items go one request after the other, in batch order; after a failure the rest of
-//! that app's items are reported "not sent" (retryable) so nothing overtakes a failed event.
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 100, ordered; an item counts
+//! as delivered on an HTTP 2xx. One app's items go one request after the other, in batch order;
+//! after a request fails retryably the rest of that app's items are reported "not sent"
+//! (retryable) so nothing overtakes a failed event
+//! ([`send_in_order`](evolution_events::send_in_order)).
 //! Different apps are triggered concurrently.
 //!
 //! # Classification

@@ -1,12 +1,11 @@
 //! [`PusherSink`]: the [`EventSink`] of the Pusher channel.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, PusherApp,
-    PusherTarget, Retry, SinkError, async_trait,
+    PusherTarget, Retry, SinkError, async_trait, group_by_key, send_in_order,
 };
 use reqwest::header::RETRY_AFTER;
 use reqwest::redirect::Policy;
@@ -23,9 +22,6 @@ pub const NAME: &str = "pusher";
 /// The largest batch `send` takes.
 const MAX_BATCH: usize = 100;
 
-/// Message of an item held back because an earlier item for its app failed.
-const NOT_SENT: &str = "not sent: an earlier event for this Pusher app failed";
-
 /// Triggers events through the Pusher Channels HTTP API (see the [crate documentation](crate)).
 #[derive(Debug)]
 pub struct PusherSink {
@@ -41,7 +37,7 @@ struct Item<'a> {
     payload: Bytes,
 }
 
-/// The payload as the `data` string (`prepare` checked it is UTF-8), borrowed: no copy.
+/// The payload as the `data` string (`item` checked it is UTF-8), borrowed: no copy.
 fn data<'b>(item: &'b Item<'_>) -> &'b str {
     std::str::from_utf8(&item.payload).unwrap_or_default()
 }
@@ -122,13 +118,11 @@ impl PusherSink {
     }
 
     /// Checks one delivery; the item to send, or why it cannot be sent.
-    fn prepare<'a>(&self, index: usize, delivery: &'a Delivery) -> Result<Item<'a>, SinkError> {
-        let Destination::Pusher(target) = &*delivery.destination else {
-            return Err(error(
-                ErrorKind::ConfigInvalid,
-                format!("not a Pusher destination: {}", delivery.destination.label()),
-            ));
-        };
+    fn item<'a>(&self, index: usize, delivery: &'a Delivery) -> Result<Item<'a>, SinkError> {
+        let target = delivery
+            .destination
+            .pusher()
+            .ok_or_else(|| delivery.destination.mismatch(Channel::Pusher))?;
         base_url(&target.app)?;
         let mut payload = delivery.payload();
         if payload.len() > self.config.max_payload_bytes && self.config.oversize == Oversize::Reference {
@@ -163,7 +157,7 @@ impl PusherSink {
     }
 
     /// Sends one app's items in order, in requests of up to 10 (or 1) events, stopping at the
-    /// first failure. Returns the failed items.
+    /// first retryable failure. Returns the failed items.
     async fn send_app(
         &self,
         client: &Client,
@@ -175,23 +169,19 @@ impl PusherSink {
         } else {
             1
         };
-        let mut failures = Vec::new();
-        let mut chunks = items.chunks(size);
-        for chunk in chunks.by_ref() {
-            if let Err(e) = self.trigger(client, app, chunk).await {
-                failures.extend(chunk.iter().map(|item| (item.index, e.duplicate())));
-                break;
-            }
-        }
-        for chunk in chunks {
-            failures.extend(chunk.iter().map(|item| {
-                (
-                    item.index,
-                    error(ErrorKind::Unavailable, NOT_SENT).with_retry(Retry::Backoff),
-                )
-            }));
-        }
-        failures
+        send_in_order(
+            Channel::Pusher,
+            "Pusher app",
+            items.chunks(size),
+            |item| item.index,
+            |chunk| async move {
+                match self.trigger(client, app, chunk).await {
+                    Ok(()) => Vec::new(),
+                    Err(e) => chunk.iter().map(|item| (item.index, e.duplicate())).collect(),
+                }
+            },
+        )
+        .await
     }
 
     /// One request: `POST /apps/{id}/events` for one item, `/batch_events` for several.
@@ -348,13 +338,9 @@ impl EventSink for PusherSink {
         Channel::Pusher
     }
 
-    /// Batches of up to 100, ordered, acknowledged (an HTTP 2xx without an error), at most
-    /// `max_payload_bytes` per event.
+    /// Batches of up to 100, ordered.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
-            .ordered()
-            .acknowledged()
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Triggers every item: one app's items in order (10 per request with `batch_events`),
@@ -362,28 +348,19 @@ impl EventSink for PusherSink {
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let client = self.client()?;
         let mut report = DeliveryReport::success();
-        let mut groups: Vec<(&PusherApp, Vec<Item<'_>>)> = Vec::new();
-        let mut by_app: HashMap<&PusherApp, usize> = HashMap::new();
+        let mut items = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            match self.prepare(index, delivery) {
-                Ok(item) => {
-                    let app = &item.target.app;
-                    let group = *by_app.entry(app).or_insert_with(|| {
-                        groups.push((app, Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[group].1.push(item);
-                }
+            match self.item(index, delivery) {
+                Ok(item) => items.push((&item.target.app, item)),
                 Err(e) => report.fail(index, e),
             }
         }
+        let groups = group_by_key(items);
         let sends = groups
             .iter()
             .map(|(app, items)| self.send_app(&client, app, items));
         for failures in futures_util::future::join_all(sends).await {
-            for (index, e) in failures {
-                report.fail(index, e);
-            }
+            report.extend(failures);
         }
         Ok(report)
     }
@@ -408,6 +385,11 @@ impl EventSink for PusherSink {
     /// Drops the HTTP client; later sends fail with `Closed`. Idempotent.
     async fn shutdown(&self) -> Result<(), SinkError> {
         self.lock().take();
+        Ok(())
+    }
+
+    /// Nothing to provision: Pusher channels exist as soon as an event is triggered on them.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -12,12 +12,14 @@ use std::time::Duration;
 use common::{Probe, PusherServer};
 use evolution_events::{Bytes, Destination, EventSink, PusherApp, PusherTarget, Uuid, async_trait};
 use evolution_sink_pusher::{PusherConfig, PusherSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 use serde_json::Value;
 
 struct PusherFixture {
     server: PusherServer,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     probe: Probe,
     closed_port: u16,
 }
@@ -33,9 +35,10 @@ async fn pusher() -> Result<PusherFixture, Skip> {
     let probe = Probe::start(&server).await?;
     Ok(PusherFixture {
         server,
+        max_payload_bytes: sink.config().max_payload_bytes,
         sink: Arc::new(sink),
         probe,
-        closed_port: common::closed_port(),
+        closed_port: closed_port(),
     })
 }
 
@@ -85,6 +88,10 @@ impl ContractFixture for PusherFixture {
                 }
             })
             .collect()
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
     }
 
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {

@@ -65,8 +65,8 @@
 //!
 //! # Delivery, order, limits
 //!
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 256, ordered,
-//! acknowledged, `max_payload_bytes`. Every message is published on one confirm-mode channel and
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 256, ordered. Payloads up to
+//! `max_payload_bytes`. Every message is published on one confirm-mode channel and
 //! counts as delivered only when the broker confirmed it (`basic.ack` after it is stored in the
 //! queues; quorum queues write it to disk first): the batch is published back to back and the
 //! confirms awaited together, and concurrent sends share the channel, so many messages are in

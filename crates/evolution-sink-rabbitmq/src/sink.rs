@@ -1,11 +1,10 @@
 //! [`RabbitmqSink`]: the [`EventSink`] of the RabbitMQ channel.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
-use evolution_events::reconnect::ConnectBackoff;
+use evolution_events::reconnect::{self, Health, Reconnect};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, RabbitmqTarget,
     Retry, SinkError, async_trait,
@@ -18,7 +17,6 @@ use lapin::{
     BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
 };
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::classify::{Failure, Stage, classify, error};
 use crate::config::RabbitmqConfig;
@@ -43,15 +41,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct RabbitmqSink {
     config: RabbitmqConfig,
     label: String,
-    state: Mutex<State>,
-    closed: AtomicBool,
-}
-
-/// The current connection, and the backoff after failed attempts.
-#[derive(Debug, Default)]
-struct State {
-    link: Option<Arc<Link>>,
-    attempts: ConnectBackoff<Instant>,
+    connection: Reconnect<Link>,
 }
 
 /// One connection and what was declared on it.
@@ -79,6 +69,25 @@ impl Link {
     }
 }
 
+impl reconnect::Link for Link {
+    /// Lost once the connection or the publish channel is closed: a new connection is made.
+    fn health(&self) -> Health {
+        if self.usable() {
+            Health::Usable
+        } else {
+            Health::Lost
+        }
+    }
+
+    /// Releases what is left of the connection without waiting.
+    fn retire(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let _closed =
+                tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(320, "reconnecting".into())).await;
+        });
+    }
+}
+
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -95,16 +104,10 @@ impl RabbitmqSink {
     /// `ConfigInvalid` when a timeout or backoff is zero, `reconnect_min` exceeds
     /// `reconnect_max`, `frame_max` is between 1 and 4095, or `max_payload_bytes` is zero.
     pub fn new(config: RabbitmqConfig) -> Result<Self, SinkError> {
-        if config.connect_timeout.is_zero() || config.reconnect_min.is_zero() {
+        if config.connect_timeout.is_zero() {
             return Err(error(
                 ErrorKind::ConfigInvalid,
-                "the connect timeout and the reconnect backoff must be longer than zero",
-            ));
-        }
-        if config.reconnect_min > config.reconnect_max {
-            return Err(error(
-                ErrorKind::ConfigInvalid,
-                "reconnect_min must not exceed reconnect_max",
+                "the connect timeout must be longer than zero",
             ));
         }
         if (1..4096).contains(&config.frame_max) {
@@ -122,11 +125,16 @@ impl RabbitmqSink {
                 "max_payload_bytes must be greater than zero",
             ));
         }
+        let label = config.uri.label();
         Ok(Self {
-            label: config.uri.label(),
+            connection: Reconnect::new(
+                Channel::Rabbitmq,
+                label.clone(),
+                config.reconnect_min,
+                config.reconnect_max,
+            )?,
+            label,
             config,
-            state: Mutex::new(State::default()),
-            closed: AtomicBool::new(false),
         })
     }
 
@@ -136,55 +144,10 @@ impl RabbitmqSink {
         &self.config
     }
 
-    fn closed_error() -> SinkError {
-        error(ErrorKind::Closed, "the rabbitmq sink is shut down")
-    }
-
     /// The current connection, connecting first if there is none (or it broke) and the backoff
     /// allows an attempt now.
     async fn link(&self) -> Result<Arc<Link>, SinkError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
-        let mut state = self.state.lock().await;
-        if let Some(link) = &state.link {
-            if link.usable() {
-                return Ok(Arc::clone(link));
-            }
-            tracing::warn!(broker = %self.label, "the RabbitMQ connection was lost; reconnecting");
-            if let Some(old) = state.link.take() {
-                // Release what is left of it without waiting.
-                tokio::spawn(async move {
-                    let _closed =
-                        tokio::time::timeout(CLOSE_TIMEOUT, old.connection.close(320, "reconnecting".into()))
-                            .await;
-                });
-            }
-        }
-        if let Some(why) = state.attempts.too_early(Instant::now(), &self.label) {
-            return Err(error(ErrorKind::Unavailable, why).with_retry(Retry::Backoff));
-        }
-        match self.connect().await {
-            Ok(link) => {
-                let failed = state.attempts.succeeded();
-                if failed > 0 {
-                    tracing::info!(broker = %self.label, attempts = failed + 1, "reconnected to RabbitMQ");
-                }
-                let link = Arc::new(link);
-                state.link = Some(Arc::clone(&link));
-                Ok(link)
-            }
-            Err(e) => {
-                let (pause, attempt) = state.attempts.failed(
-                    Instant::now(),
-                    self.config.reconnect_min,
-                    self.config.reconnect_max,
-                    e.message(),
-                );
-                tracing::warn!(broker = %self.label, attempt, next_in = ?pause, error = %e, "cannot connect to RabbitMQ");
-                Err(e)
-            }
-        }
+        self.connection.link(|| self.connect()).await
     }
 
     /// Connects and opens the two channels, within the connect timeout.
@@ -323,20 +286,11 @@ impl RabbitmqSink {
 
     /// Declares the destination and publishes one delivery; the confirm is awaited by the caller.
     async fn publish(&self, link: &Link, delivery: &Delivery) -> Result<PublisherConfirm, SinkError> {
-        let Destination::Rabbitmq(target) = &*delivery.destination else {
-            return Err(not_rabbitmq(&delivery.destination));
-        };
-        let payload = delivery.payload();
-        if payload.len() > self.config.max_payload_bytes {
-            return Err(error(
-                ErrorKind::Rejected,
-                format!(
-                    "the payload is {} bytes; this sink publishes at most {} (max_payload_bytes)",
-                    payload.len(),
-                    self.config.max_payload_bytes
-                ),
-            ));
-        }
+        let target = delivery
+            .destination
+            .rabbitmq()
+            .ok_or_else(|| delivery.destination.mismatch(Channel::Rabbitmq))?;
+        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
         self.declare(link, target).await?;
         link.publish
             .basic_publish(
@@ -382,17 +336,6 @@ fn properties(delivery: &Delivery) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// An item whose destination is not a RabbitMQ target.
-fn not_rabbitmq(destination: &Destination) -> SinkError {
-    let channel = destination
-        .built_in_channel()
-        .map_or_else(|| "custom".to_owned(), |c| c.to_string());
-    error(
-        ErrorKind::ConfigInvalid,
-        format!("a {channel} destination cannot be delivered by the rabbitmq sink"),
-    )
-}
-
 /// The outcome of one publisher confirm.
 fn confirmed(
     delivery: &Delivery,
@@ -405,7 +348,7 @@ fn confirmed(
         Ok(Confirmation::Ack(None)) => Ok(()),
         Ok(Confirmation::Ack(Some(returned))) => {
             // Someone deleted the queue or its binding: declare them again before the retry.
-            if let Destination::Rabbitmq(target) = &*delivery.destination {
+            if let Some(target) = delivery.destination.rabbitmq() {
                 link.forget(target);
             }
             Err(classify(
@@ -445,19 +388,14 @@ impl EventSink for RabbitmqSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.config.max_payload_bytes)
-            .ordered()
-            .acknowledged()
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Publishes every item (declaring its destination first if this connection has not), then
     /// awaits every confirm. `Err` when there is no connection (retryable `Unavailable` or
     /// `Timeout`, or `Closed`); per-item failures otherwise.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
+        self.connection.check_open()?;
         if batch.is_empty() {
             return Ok(DeliveryReport::success());
         }
@@ -480,18 +418,10 @@ impl EventSink for RabbitmqSink {
             }
         }
         let secrets = self.config.uri.secrets();
-        let mut failures = Vec::new();
         for (index, confirm) in pending {
             if let Err(e) = confirmed(&batch[index], &link, confirm.await, &secrets) {
-                failures.push((index, e));
+                report.fail(index, e);
             }
-        }
-        let mut all: Vec<(usize, SinkError)> = report.into_failures();
-        all.extend(failures);
-        all.sort_by_key(|(index, _)| *index);
-        let mut report = DeliveryReport::success();
-        for (index, e) in all {
-            report.fail(index, e);
         }
         Ok(report)
     }
@@ -514,11 +444,15 @@ impl EventSink for RabbitmqSink {
         Ok(())
     }
 
+    /// Nothing ahead of time: the first publish on a connection declares its exchange, queue and
+    /// binding.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Closes the connection (at most 5 s). Idempotent; later sends fail with `Closed`.
     async fn shutdown(&self) -> Result<(), SinkError> {
-        self.closed.store(true, Ordering::Release);
-        let link = self.state.lock().await.link.take();
-        if let Some(link) = link
+        if let Some(link) = self.connection.close().await
             && link.connection.status().connected()
         {
             let _closed =
@@ -530,6 +464,9 @@ impl EventSink for RabbitmqSink {
 
 #[cfg(test)]
 mod tests {
+    use evolution_sink_testkit::fixtures::closed_port;
+    use evolution_sink_testkit::reconnect::unreachable_waits_for_the_backoff;
+
     use super::*;
     use crate::config::AmqpUri;
 
@@ -540,13 +477,8 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let sink = RabbitmqSink::new(config()).unwrap();
-        assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(256)
-                .with_max_payload_bytes(16 * 1024 * 1024)
-                .ordered()
-                .acknowledged()
-        );
+        assert_eq!(sink.capabilities(), Capabilities::new(256).ordered());
+        assert_eq!(sink.config().max_payload_bytes, 16 * 1024 * 1024);
         assert_eq!(sink.channel(), Channel::Rabbitmq);
         assert_eq!(NAME, Channel::Rabbitmq.to_string());
         assert!(!format!("{sink:?}").contains("guest:guest"));
@@ -584,30 +516,13 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_fails_fast_then_waits_for_the_backoff() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = closed_port();
         let sink = RabbitmqSink::new(RabbitmqConfig {
             reconnect_min: Duration::from_secs(30),
             reconnect_max: Duration::from_secs(30),
             ..RabbitmqConfig::new(AmqpUri::parse(&format!("amqp://u:hunter2@127.0.0.1:{port}/%2f")).unwrap())
         })
         .unwrap();
-        let first = sink.health_check().await.unwrap_err();
-        assert_eq!(first.kind(), ErrorKind::Unavailable, "{first}");
-        assert!(first.is_retryable());
-        let second = sink.health_check().await.unwrap_err();
-        assert!(
-            second.message().contains("next connection attempt in"),
-            "{second}"
-        );
-        for e in [first, second] {
-            assert!(!e.to_string().contains("hunter2"), "{e}");
-        }
-        sink.shutdown().await.unwrap();
-        sink.shutdown().await.unwrap();
-        assert_eq!(sink.send(&[]).await.unwrap_err().kind(), ErrorKind::Closed);
+        unreachable_waits_for_the_backoff(&sink, "hunter2").await;
     }
 }

@@ -97,6 +97,10 @@ impl ContractFixture for RabbitFixture {
             .collect()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(LIMIT)
+    }
+
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
         let uri = AmqpUri::parse(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port())).unwrap();
         Arc::new(

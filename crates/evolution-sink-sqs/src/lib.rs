@@ -62,12 +62,14 @@
 //!
 //! # Batches, size, order
 //!
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 100 items, payloads up to
-//! `max_payload_bytes` − 256 (room for the attributes), ordered, acknowledged. The items of one
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 100 items, ordered. Payloads
+//! up to `max_payload_bytes` − 256 (room for the attributes); an item counts as delivered once
+//! SQS accepted it. The items of one
 //! queue go out with `SendMessageBatch` in calls of at most 10 entries whose sizes add up to at
 //! most the payload limit, one call after another in batch order; different queues concurrently.
-//! Each entry SQS reports failed fails its own item; after a failed call or entry, the later items
-//! of that queue are reported "not sent" (retryable), so nothing overtakes a failed event. An
+//! Each entry SQS reports failed fails its own item; after a call or entry that failed retryably,
+//! the later items of that queue are reported "not sent" (retryable), so nothing overtakes a
+//! failed event ([`send_in_order`](evolution_events::send_in_order)). An
 //! event over the size limit is rejected alone with a message giving both sizes: never dropped
 //! silently (Evolution API drops it with a log line unless S3 offload is configured; offloading to
 //! S3 is not supported here). Order holds end to end on FIFO queues (per instance); a standard

@@ -13,7 +13,7 @@ use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry, SinkError,
-    SqsTarget, async_trait,
+    SqsTarget, async_trait, group_by_key, send_in_order,
 };
 use futures_util::future::join_all;
 
@@ -36,9 +36,6 @@ pub(crate) const ATTRIBUTE_RESERVE: usize = 256;
 
 /// The smallest payload limit accepted.
 const MIN_PAYLOAD_BYTES: usize = 2048;
-
-/// Message of an item held back because an earlier item of its queue failed.
-const NOT_SENT: &str = "not sent: an earlier event for this queue failed";
 
 /// Sends events as SQS messages (see the [crate documentation](crate) for the wire format, queue
 /// provisioning and the classification of errors).
@@ -147,8 +144,10 @@ impl SqsSink {
         error(ErrorKind::Closed, "the SQS sink is shut down")
     }
 
-    /// The largest message body accepted: the payload limit less the attributes' reserve.
-    fn body_limit(&self) -> usize {
+    /// The largest event payload this sink sends: `max_payload_bytes` less 256 bytes kept for the
+    /// message attributes. A larger one fails alone as `Rejected`.
+    #[must_use]
+    pub fn body_limit(&self) -> usize {
         self.config.max_payload_bytes - ATTRIBUTE_RESERVE
     }
 
@@ -297,7 +296,7 @@ impl SqsSink {
     }
 
     /// Sends the items of one queue in calls of at most 10 entries and the payload limit,
-    /// in order, stopping after the first failure. Returns the failed items.
+    /// in order, stopping after the first retryable failure. Returns the failed items.
     async fn send_queue(
         &self,
         client: &Client,
@@ -305,69 +304,70 @@ impl SqsSink {
         fifo: bool,
         items: Vec<Item>,
     ) -> Vec<(usize, SinkError)> {
-        let mut failures = Vec::new();
+        // Resolved (and cached) before the first call: a queue that cannot be used fails every
+        // item at once.
+        if let Err(e) = self.resolve(client, queue, fifo).await {
+            return items
+                .into_iter()
+                .map(|item| (item.index, e.duplicate()))
+                .collect();
+        }
+        let chunks = chunks(items, self.config.max_payload_bytes);
+        let units = chunks.iter().map(Vec::as_slice);
+        send_in_order(
+            Channel::Sqs,
+            "queue",
+            units,
+            |item| item.index,
+            |chunk| self.send_call(client, queue, fifo, chunk),
+        )
+        .await
+    }
+
+    /// One `SendMessageBatch` call of `chunk` to `queue`; the failed items. A queue that no
+    /// longer exists is created again, once, and the call repeated.
+    async fn send_call(
+        &self,
+        client: &Client,
+        queue: &str,
+        fifo: bool,
+        chunk: &[Item],
+    ) -> Vec<(usize, SinkError)> {
+        let failed_all = |e: &SinkError| chunk.iter().map(|item| (item.index, e.duplicate())).collect();
         let mut url = match self.resolve(client, queue, fifo).await {
             Ok(url) => url,
-            Err(e) => {
-                return items
-                    .into_iter()
-                    .map(|item| (item.index, e.duplicate()))
-                    .collect();
-            }
+            Err(e) => return failed_all(&e),
         };
-        let mut stopped = false;
-        let mut recreated = false;
-        for chunk in chunks(items, self.config.max_payload_bytes) {
-            if stopped {
-                failures.extend(
-                    chunk
-                        .iter()
-                        .map(|item| (item.index, error(ErrorKind::Unavailable, NOT_SENT))),
-                );
-                continue;
-            }
-            let mut outcome = send_chunk(client, &url, &chunk).await;
-            if let Err(failure) = &outcome
-                && failure.is_missing_queue()
-                && !recreated
-            {
-                // Deleted, or a server that lost its queues on restart: create it again, once.
-                recreated = true;
-                self.forget(queue);
-                tracing::warn!(sink = NAME, %queue, "the queue does not exist any more; creating it again");
-                match self.resolve(client, queue, fifo).await {
-                    Ok(new_url) => {
-                        url = new_url;
-                        outcome = send_chunk(client, &url, &chunk).await;
-                    }
-                    Err(e) => {
-                        failures.extend(chunk.iter().map(|item| (item.index, e.duplicate())));
-                        stopped = true;
-                        continue;
-                    }
-                }
-            }
-            let failed = match outcome {
-                Err(failure) => {
-                    if failure.is_missing_queue() {
-                        self.forget(queue);
-                    }
-                    let e = classify(Op::Send(queue), &failure);
-                    if e.kind() == ErrorKind::Rejected && chunk.len() > 1 {
-                        // SQS refused the whole call for one entry (a message over the queue's own
-                        // size limit, say): send them one by one so only that one fails.
-                        self.send_one_by_one(client, queue, &url, &chunk).await
-                    } else {
-                        chunk.iter().map(|item| (item.index, e.duplicate())).collect()
-                    }
-                }
-                Ok(output) => entry_failures(queue, &chunk, &output),
+        let mut outcome = send_chunk(client, &url, chunk).await;
+        if let Err(failure) = &outcome
+            && failure.is_missing_queue()
+        {
+            // Deleted, or a server that lost its queues on restart: create it again, once.
+            self.forget(queue);
+            tracing::warn!(sink = NAME, %queue, "the queue does not exist any more; creating it again");
+            url = match self.resolve(client, queue, fifo).await {
+                Ok(url) => url,
+                Err(e) => return failed_all(&e),
             };
-            // A refused item is final (dead); after anything retryable, hold the rest back.
-            stopped = failed.iter().any(|(_, e)| e.is_retryable());
-            failures.extend(failed);
+            outcome = send_chunk(client, &url, chunk).await;
         }
-        failures
+        match outcome {
+            Err(failure) => {
+                if failure.is_missing_queue() {
+                    self.forget(queue);
+                }
+                let e = classify(Op::Send(queue), &failure);
+                if e.kind() == ErrorKind::Rejected && chunk.len() > 1 {
+                    // SQS refused the whole call for one entry (a message over the queue's own
+                    // size limit, say): send them one by one so only that one fails.
+                    self.send_one_by_one(client, queue, &url, chunk).await
+                } else {
+                    failed_all(&e)
+                }
+            }
+            // A refused entry is final (dead); after a retryable one the rest is held back.
+            Ok(output) => entry_failures(queue, chunk, &output),
+        }
     }
 
     /// Sends each item of `chunk` in a call of its own, in order, until one fails retryably (the
@@ -379,22 +379,22 @@ impl SqsSink {
         url: &str,
         chunk: &[Item],
     ) -> Vec<(usize, SinkError)> {
-        let mut failures = Vec::new();
-        let mut stopped = false;
-        for item in chunk {
-            if stopped {
-                failures.push((item.index, error(ErrorKind::Unavailable, NOT_SENT)));
-                continue;
-            }
-            let single = std::slice::from_ref(item);
-            let failed = match send_chunk(client, url, single).await {
-                Ok(output) => entry_failures(queue, single, &output),
-                Err(failure) => vec![(item.index, classify(Op::Send(queue), &failure))],
-            };
-            stopped = failed.iter().any(|(_, e)| e.is_retryable());
-            failures.extend(failed);
-        }
-        failures
+        send_in_order(
+            Channel::Sqs,
+            "queue",
+            chunk.chunks(1),
+            |item| item.index,
+            |single| async move {
+                match send_chunk(client, url, single).await {
+                    Ok(output) => entry_failures(queue, single, &output),
+                    Err(failure) => {
+                        let e = classify(Op::Send(queue), &failure);
+                        single.iter().map(|item| (item.index, e.duplicate())).collect()
+                    }
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -509,51 +509,33 @@ impl EventSink for SqsSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(MAX_BATCH)
-            .with_max_payload_bytes(self.body_limit())
-            .ordered()
-            .acknowledged()
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// Sends every item with `SendMessageBatch`: the items of one queue in order (calls of at
-    /// most 10 entries, stopping after a failure), different queues concurrently.
+    /// most 10 entries, stopping after a retryable failure), different queues concurrently.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let client = self.client().await?;
-        let mut failures: Vec<(usize, SinkError)> = Vec::new();
-        // Queues in first-seen order, each with its items in batch order.
-        let mut queues: Vec<(&str, bool, Vec<Item>)> = Vec::new();
-        let mut position: HashMap<&str, usize> = HashMap::new();
+        let mut report = DeliveryReport::success();
+        let mut items = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            let Destination::Sqs(target) = &*delivery.destination else {
-                failures.push((
-                    index,
-                    error(
-                        ErrorKind::ConfigInvalid,
-                        format!("not an SQS destination: {}", delivery.destination.label()),
-                    ),
-                ));
+            let Some(target) = delivery.destination.sqs() else {
+                report.fail(index, delivery.destination.mismatch(Channel::Sqs));
                 continue;
             };
-            let slot = *position.entry(target.queue.as_str()).or_insert_with(|| {
-                queues.push((target.queue.as_str(), target.fifo, Vec::new()));
-                queues.len() - 1
-            });
             match self.entry(delivery, target) {
-                Ok((entry, size)) => queues[slot].2.push(Item { index, entry, size }),
-                Err(e) => failures.push((index, e)),
+                Ok((entry, size)) => {
+                    items.push(((target.queue.as_str(), target.fifo), Item { index, entry, size }))
+                }
+                Err(e) => report.fail(index, e),
             }
         }
-        let sends = queues
+        // Queues in first-seen order, each with its items in batch order, concurrently.
+        let sends = group_by_key(items)
             .into_iter()
-            .filter(|(_, _, items)| !items.is_empty())
-            .map(|(queue, fifo, items)| self.send_queue(&client, queue, fifo, items));
+            .map(|((queue, fifo), items)| self.send_queue(&client, queue, fifo, items));
         for queue_failures in join_all(sends).await {
-            failures.extend(queue_failures);
-        }
-        failures.sort_by_key(|(index, _)| *index);
-        let mut report = DeliveryReport::success();
-        for (index, e) in failures {
-            report.fail(index, e);
+            report.extend(queue_failures);
         }
         Ok(report)
     }
@@ -588,10 +570,8 @@ impl EventSink for SqsSink {
     /// Resolves (creating when missing) the queues of `destinations`.
     async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
         let client = self.client().await?;
-        for destination in destinations {
-            if let Destination::Sqs(target) = destination {
-                self.resolve(&client, &target.queue, target.fifo).await?;
-            }
+        for target in destinations.iter().filter_map(Destination::sqs) {
+            self.resolve(&client, &target.queue, target.fifo).await?;
         }
         Ok(())
     }
@@ -687,9 +667,6 @@ mod tests {
         .unwrap_err();
         assert!(e.message().contains("SQS_SECRET_ACCESS_KEY"), "{e}");
         let sink = SqsSink::new(SqsConfig::new("us-east-1")).unwrap();
-        assert_eq!(
-            sink.capabilities().max_payload_bytes,
-            Some(SqsConfig::SQS_LIMIT_BYTES - ATTRIBUTE_RESERVE)
-        );
+        assert_eq!(sink.body_limit(), SqsConfig::SQS_LIMIT_BYTES - ATTRIBUTE_RESERVE);
     }
 }

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use evolution_events::{Destination, EventSink, SqsTarget, Uuid, async_trait};
 use evolution_sink_sqs::{SqsConfig, SqsCredentials, SqsSink};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip};
 
 struct SqsFixture {
     fifo: bool,
     sink: Arc<dyn EventSink>,
+    max_payload_bytes: usize,
     client: aws_sdk_sqs::Client,
     /// One receiver per queue, started on the first look and kept.
     watchers: Mutex<HashMap<String, Arc<common::QueueWatcher>>>,
@@ -46,6 +48,7 @@ async fn fixture(fifo: bool) -> Result<SqsFixture, Skip> {
     Ok(SqsFixture {
         client: common::client(&endpoint).await,
         fifo,
+        max_payload_bytes: sink.body_limit(),
         sink: Arc::new(sink),
         watchers: Mutex::new(HashMap::new()),
     })
@@ -96,11 +99,15 @@ impl ContractFixture for SqsFixture {
             .collect()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_payload_bytes)
+    }
+
     async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
         let sink = SqsSink::new(SqsConfig {
             connect_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),
-            ..config(format!("http://127.0.0.1:{}", common::free_port()))
+            ..config(format!("http://127.0.0.1:{}", closed_port()))
         })
         .unwrap();
         Arc::new(sink)

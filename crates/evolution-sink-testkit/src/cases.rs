@@ -15,7 +15,7 @@ use evolution_events::{
 };
 use serde_json::{Value, json};
 
-use crate::contract::{ContractFixture, Observed};
+use crate::contract::{ContractFixture, Observed, report_skip};
 use crate::fixtures;
 
 /// The longest a single `send`, `flush` or `shutdown` of a reachable sink may take.
@@ -67,6 +67,11 @@ fn describe_failures(failures: &[(usize, SinkError)]) -> String {
         out.push_str(&format!("\n  item {index}: {error} (kind {})", error.kind()));
     }
     out
+}
+
+/// Says that `case` does not apply to this sink, and why (`not ordered`, …).
+fn skipped(case: &str, why: &str) {
+    report_skip(format_args!("contract case `{case}`: skipped ({why})"));
 }
 
 /// Sends one batch, which must succeed for every item.
@@ -208,13 +213,14 @@ pub async fn delivers_batch<F: ContractFixture>(fx: &F) {
     }
 }
 
-/// **An ordered sink keeps send order.** Only for sinks declaring `ordered`: 20 events of one
-/// instance, sent to one destination in successive batches of at most `max_batch_size`, arrive
-/// in the order they were sent.
+/// **An ordered sink keeps send order.** Only for sinks declaring `ordered` (otherwise
+/// `skipped (not ordered)`): 20 events of one instance, sent to one destination in successive
+/// batches of at most `max_batch_size`, arrive in the order they were sent.
 pub async fn keeps_order<F: ContractFixture>(fx: &F) {
     const CASE: &str = "keeps_order";
     let sink = fx.sink();
     if !sink.capabilities().ordered {
+        skipped(CASE, "not ordered");
         return;
     }
     let destination = fx.destination().await;
@@ -256,17 +262,19 @@ pub async fn empty_batch_is_noop<F: ContractFixture>(fx: &F) {
     );
 }
 
-/// **An item over the payload limit is rejected alone.** Only for sinks declaring
-/// `max_payload_bytes`: of `[small, too big (limit + 1 KiB), small]` (one batch, or three sends
-/// if batches are smaller than 3), the big item is reported failed with `Rejected` in the
-/// report — not as an error of the whole send — and the two small ones arrive.
+/// **An item over the payload limit is rejected alone.** Only for sinks with a payload limit
+/// ([`ContractFixture::max_payload_bytes`]; otherwise `skipped (no payload limit)`): of
+/// `[small, too big (limit + 1 KiB), small]` (one batch, or three sends if batches are smaller
+/// than 3), the big item is reported failed with `Rejected` in the report — not as an error of
+/// the whole send — and the two small ones arrive.
 pub async fn oversize_item_rejected_per_item<F: ContractFixture>(fx: &F) {
     const CASE: &str = "oversize_item_rejected_per_item";
-    let sink = fx.sink();
-    let caps = sink.capabilities();
-    let Some(limit) = caps.max_payload_bytes else {
+    let Some(limit) = fx.max_payload_bytes() else {
+        skipped(CASE, "no payload limit");
         return;
     };
+    let sink = fx.sink();
+    let caps = sink.capabilities();
     let destination = fx.destination().await;
     let small = |n: u64| to(&*sink, &destination, event(&json!({"case": CASE, "n": n}), n));
     let big = to(
@@ -447,7 +455,7 @@ pub async fn concurrent_senders<F: ContractFixture>(fx: &F) {
 /// **Payloads travel byte for byte.** Data with emoji (including ZWJ sequences and skin tones),
 /// right-to-left Arabic and Hebrew, CJK, escaped quotes, backslashes, newlines and control
 /// characters arrives byte-identical; so does a payload near the limit (`limit − 512` bytes when
-/// the sink declares `max_payload_bytes`, 256 KiB otherwise).
+/// the sink has one, [`ContractFixture::max_payload_bytes`]; 256 KiB otherwise).
 pub async fn unicode_and_near_limit_payloads<F: ContractFixture>(fx: &F) {
     const CASE: &str = "unicode_and_near_limit_payloads";
     let sink = fx.sink();
@@ -467,7 +475,7 @@ pub async fn unicode_and_near_limit_payloads<F: ContractFixture>(fx: &F) {
     });
     let unicode = to(&*sink, &destination, event(&data, 1));
 
-    let target = match sink.capabilities().max_payload_bytes {
+    let target = match fx.max_payload_bytes() {
         Some(limit) => limit.saturating_sub(512),
         None => 256 * 1024,
     };
@@ -599,6 +607,9 @@ mod tests {
         }
         fn deduplicates_redeliveries(&self) -> bool {
             matches!(self.fault, Fault::ClaimsDedupe)
+        }
+        fn max_payload_bytes(&self) -> Option<usize> {
+            self.inner.max_payload_bytes()
         }
         async fn unreachable_sink(&self) -> Arc<dyn EventSink> {
             match self.fault {

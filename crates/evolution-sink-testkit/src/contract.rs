@@ -38,6 +38,14 @@ pub trait ContractFixture: Send + Sync + 'static {
         self.destination().await
     }
 
+    /// The largest payload the sink sends, in bytes, if it has a limit (its `max_payload_bytes`):
+    /// `oversize_item_rejected_per_item` then sends an item over it, and
+    /// `unicode_and_near_limit_payloads` one just under it. Default: `None`, no limit (the first
+    /// case is skipped, the second sends 256 KiB).
+    fn max_payload_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the server itself drops a redelivery that carries the same idempotency key (a
     /// JetStream stream with `Nats-Msg-Id`, an SQS FIFO queue with `MessageDeduplicationId`).
     /// `same_id_on_redelivery` then expects one message on the wire instead of two. Default:
@@ -86,7 +94,7 @@ pub fn require<F>(fixture: Result<F, Skip>) -> Option<F> {
         Ok(fixture) => Some(fixture),
         Err(Skip(reason)) if strict() => panic!("contract fixture unavailable in CI: {reason}"),
         Err(Skip(reason)) => {
-            report_skip(&reason);
+            report_skip(format_args!("skipped: {reason}"));
             None
         }
     }
@@ -96,8 +104,8 @@ pub fn require<F>(fixture: Result<F, Skip>) -> Option<F> {
     clippy::print_stderr,
     reason = "a skipped contract case must be visible in the test output"
 )]
-fn report_skip(reason: &str) {
-    eprintln!("skipped: {reason}");
+pub(crate) fn report_skip(line: fmt::Arguments<'_>) {
+    eprintln!("{line}");
 }
 
 fn strict() -> bool {

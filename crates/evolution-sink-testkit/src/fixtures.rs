@@ -46,3 +46,16 @@ pub fn delivery(
         attempt: 1,
     }
 }
+
+/// A local TCP port where nothing listens (bound, then released): where an unreachable sink
+/// points.
+///
+/// # Panics
+/// If no local port can be bound (this is test code).
+#[must_use]
+pub fn closed_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(address) => address.port(),
+        Err(e) => panic!("fixtures::closed_port: cannot bind a local port: {e}"),
+    }
+}

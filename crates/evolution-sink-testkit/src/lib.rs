@@ -17,6 +17,8 @@
 //!
 //! Without a server the cases are skipped (`skipped: …` on stderr), except in CI (`CI=true`) or
 //! with `EVOLUTION_CONTRACT_STRICT=1`, where an unavailable fixture fails them (see [`require`]).
+//! A case that the sink's capabilities exclude passes and says so on stderr: `contract case
+//! `keeps_order`: skipped (not ordered)`, `… skipped (no payload limit)`.
 //! The suite runs against [`MemoryFixture`] in this crate's own tests.
 
 pub mod bench;
@@ -24,6 +26,7 @@ pub mod cases;
 mod contract;
 pub mod fixtures;
 pub mod memory;
+pub mod reconnect;
 
 pub use contract::{ContractFixture, Observed, Skip, require};
 pub use memory::{MemoryFixture, MemorySink, Received};

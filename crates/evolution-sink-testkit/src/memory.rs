@@ -42,7 +42,7 @@ pub struct Received {
 /// Cheap to clone: clones share the same state, so a test keeps one clone to inspect and inject
 /// failures while the code under test owns another as `Arc<dyn EventSink>`.
 ///
-/// Default capabilities: batches of 100, ordered, acknowledged, no payload limit.
+/// Default capabilities: batches of 100, ordered; no payload limit.
 #[derive(Clone, Debug)]
 pub struct MemorySink {
     inner: Arc<Inner>,
@@ -61,6 +61,7 @@ struct Inner {
 #[derive(Debug)]
 struct State {
     capabilities: Capabilities,
+    max_payload_bytes: Option<usize>,
     down: bool,
     closed: bool,
     fail_next: Option<Injected>,
@@ -87,14 +88,16 @@ struct EventRule {
 }
 
 impl MemorySink {
-    /// A sink of `channel` with capabilities `Capabilities::new(100).ordered().acknowledged()`.
+    /// A sink of `channel` with capabilities `Capabilities::new(100).ordered()` and no payload
+    /// limit.
     #[must_use]
     pub fn new(channel: Channel) -> Self {
         Self {
             inner: Arc::new(Inner {
                 channel,
                 state: Mutex::new(State {
-                    capabilities: Capabilities::new(100).ordered().acknowledged(),
+                    capabilities: Capabilities::new(100).ordered(),
+                    max_payload_bytes: None,
                     down: false,
                     closed: false,
                     fail_next: None,
@@ -112,6 +115,13 @@ impl MemorySink {
     #[must_use]
     pub fn with_capabilities(self, caps: Capabilities) -> Self {
         self.state().capabilities = caps;
+        self
+    }
+
+    /// Rejects (per item, `Rejected`) every payload longer than `limit` bytes (for every clone).
+    #[must_use]
+    pub fn with_max_payload_bytes(self, limit: usize) -> Self {
+        self.state().max_payload_bytes = Some(limit);
         self
     }
 
@@ -268,7 +278,7 @@ impl EventSink for MemorySink {
             return Err(self.error(kind, "injected failure (fail_next)", status));
         }
 
-        let limit = state.capabilities.max_payload_bytes;
+        let limit = state.max_payload_bytes;
         let now = Instant::now();
         let mut report = DeliveryReport::success();
         let mut delivered = 0;
@@ -331,11 +341,16 @@ impl EventSink for MemorySink {
         self.state().closed = true;
         Ok(())
     }
+
+    /// Nothing to provision in memory.
+    async fn prepare(&self, _destinations: &[Destination]) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// The contract fixture over a [`MemorySink`] (channel `Custom("memory")`, capabilities
-/// `Capabilities::new(100).ordered().acknowledged().with_max_payload_bytes(64 * 1024)`, so every
-/// capability-gated case runs). Destinations are `Destination::Custom` with a fresh UUID target.
+/// `Capabilities::new(100).ordered()`, payloads up to 64 KiB, so every capability-gated case
+/// runs). Destinations are `Destination::Custom` with a fresh UUID target.
 #[derive(Clone, Debug)]
 pub struct MemoryFixture {
     sink: MemorySink,
@@ -344,6 +359,8 @@ pub struct MemoryFixture {
 impl MemoryFixture {
     /// The channel of the fixture's sinks.
     pub const CHANNEL: Channel = Channel::Custom("memory");
+    /// The payload limit of the fixture's sinks.
+    pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
     /// A fixture with a fresh sink.
     #[must_use]
@@ -360,12 +377,7 @@ impl MemoryFixture {
     }
 
     fn memory_sink() -> MemorySink {
-        MemorySink::new(Self::CHANNEL).with_capabilities(
-            Capabilities::new(100)
-                .ordered()
-                .acknowledged()
-                .with_max_payload_bytes(64 * 1024),
-        )
+        MemorySink::new(Self::CHANNEL).with_max_payload_bytes(Self::MAX_PAYLOAD_BYTES)
     }
 }
 
@@ -404,6 +416,10 @@ impl ContractFixture for MemoryFixture {
         sink.set_down(true);
         Arc::new(sink)
     }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(Self::MAX_PAYLOAD_BYTES)
+    }
 }
 
 #[cfg(test)]
@@ -429,10 +445,7 @@ mod tests {
     async fn delivers_and_records_in_order() {
         let sink = MemorySink::new(Channel::Webhook);
         assert_eq!(sink.channel(), Channel::Webhook);
-        assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(100).ordered().acknowledged()
-        );
+        assert_eq!(sink.capabilities(), Capabilities::new(100).ordered());
         let batch = [one(1, &sink), one(2, &sink)];
         let report = sink.send(&batch).await.unwrap();
         assert!(report.is_success());
@@ -552,7 +565,8 @@ mod tests {
     #[tokio::test]
     async fn oversize_items_are_rejected_per_item() {
         let sink = MemorySink::new(Channel::Sqs)
-            .with_capabilities(Capabilities::new(10).with_max_payload_bytes(1024));
+            .with_capabilities(Capabilities::new(10))
+            .with_max_payload_bytes(1024);
         let big = delivery(
             2,
             sink.channel(),

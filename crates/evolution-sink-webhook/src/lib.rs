@@ -52,11 +52,12 @@
 //!
 //! # Batches and order
 //!
-//! [`Capabilities`](evolution_events::Capabilities): batches of up to 64, ordered, acknowledged
-//! (an item counts as delivered only on a 2xx answer). Items of one batch that share an
-//! (instance, URL) pair are sent one after the other, in batch order; after the first failure the
-//! rest of that pair are not sent and are reported failed as retryable `Unavailable` ("not sent:
-//! an earlier event for this destination failed"), so nothing overtakes a failed event. Different
+//! [`Capabilities`](evolution_events::Capabilities): batches of up to 64, ordered; an item counts
+//! as delivered only on a 2xx answer. Items of one batch that share an (instance, URL) pair are
+//! sent one after the other, in batch order; after the first retryable failure the rest of that
+//! pair are not sent and are reported failed as retryable `Unavailable` ("not sent: an earlier
+//! event for this destination failed"), so nothing overtakes a failed event
+//! ([`send_in_order`](evolution_events::send_in_order)). Different
 //! pairs are sent concurrently. `send` returns `Err` only when the sink is shut down (`Closed`);
 //! every other failure is per item, in the report.
 //!

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use evolution_events::{
-    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry, SinkError,
-    WebhookTarget, async_trait,
+    Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, SinkError,
+    WebhookTarget, async_trait, group_by_key, send_in_order,
 };
 use reqwest::header::{HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::redirect::Policy;
@@ -35,9 +35,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a health check's probe may take (less if the request timeout is shorter).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Message of an item held back because an earlier item of its destination failed.
-const NOT_SENT: &str = "not sent: an earlier event for this destination failed";
 
 /// Delivers events as HTTP POSTs (see the [crate documentation](crate) for the wire format and
 /// the classification of answers).
@@ -177,36 +174,33 @@ impl EventSink for WebhookSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(MAX_BATCH).ordered().acknowledged()
+        Capabilities::new(MAX_BATCH).ordered()
     }
 
     /// POSTs every item. Items of one (instance, URL) go one after the other, in batch order, and
-    /// stop at the first failure (the rest are reported "not sent", retryable); different
-    /// (instance, URL) pairs go concurrently.
+    /// stop at the first retryable failure (the rest are reported "not sent", retryable);
+    /// different (instance, URL) pairs go concurrently.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {
         let client = self.client()?;
         if batch.is_empty() {
             return Ok(DeliveryReport::success());
         }
-        let mut failures: Vec<(usize, SinkError)> = Vec::new();
-        let mut groups: Vec<Vec<(usize, Delivery)>> = Vec::new();
-        let mut by_key: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut report = DeliveryReport::success();
+        let mut items = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            let Destination::Webhook(target) = &*delivery.destination else {
-                failures.push((index, not_a_webhook(&delivery.destination)));
+            let Some(target) = delivery.destination.webhook() else {
+                report.fail(index, delivery.destination.mismatch(Channel::Webhook));
                 continue;
             };
             let key = (delivery.envelope.instance().as_str(), target.url.as_str());
-            let group = *by_key.entry(key).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[group].push((index, delivery.clone()));
+            items.push((key, (index, delivery.clone())));
         }
+        let groups: Vec<Vec<(usize, Delivery)>> =
+            group_by_key(items).into_iter().map(|(_, group)| group).collect();
 
         if groups.len() <= 1 {
             for group in groups {
-                failures.extend(deliver_group(client.clone(), Arc::clone(&self.shared), group).await);
+                report.extend(deliver_group(client.clone(), Arc::clone(&self.shared), group).await);
             }
         } else {
             let mut tasks = JoinSet::new();
@@ -219,24 +213,18 @@ impl EventSink for WebhookSink {
             // Dropping `tasks` (a cancelled send) aborts the groups still running.
             while let Some(joined) = tasks.join_next_with_id().await {
                 match joined {
-                    Ok((_, group_failures)) => failures.extend(group_failures),
+                    Ok((_, group_failures)) => report.extend(group_failures),
                     Err(e) => {
                         for &index in members.get(&e.id()).map(Vec::as_slice).unwrap_or_default() {
-                            failures.push((
+                            report.fail(
                                 index,
                                 error(ErrorKind::Unexpected, "the delivery task of this item failed")
                                     .with_source(HttpError(e.to_string())),
-                            ));
+                            );
                         }
                     }
                 }
             }
-        }
-
-        failures.sort_by_key(|(index, _)| *index);
-        let mut report = DeliveryReport::success();
-        for (index, e) in failures {
-            report.fail(index, e);
         }
         Ok(report)
     }
@@ -290,7 +278,7 @@ impl EventSink for WebhookSink {
     async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
         let mut checked = HashSet::new();
         for destination in destinations {
-            let Destination::Webhook(target) = destination else {
+            let Some(target) = destination.webhook() else {
                 continue;
             };
             let Ok(url) = Url::parse(&target.url) else {
@@ -307,46 +295,37 @@ impl EventSink for WebhookSink {
     }
 }
 
-/// An item whose destination is not a webhook URL.
-fn not_a_webhook(destination: &Destination) -> SinkError {
-    let channel = destination
-        .built_in_channel()
-        .map_or_else(|| "custom".to_owned(), |c| c.to_string());
-    error(
-        ErrorKind::ConfigInvalid,
-        format!("a {channel} destination cannot be delivered by the webhook sink"),
-    )
-}
-
-/// Sends the items of one (instance, URL), in order, stopping at the first failure.
+/// Sends the items of one (instance, URL), in order, stopping at the first retryable failure.
 async fn deliver_group(
     client: Client,
     shared: Arc<Shared>,
     group: Vec<(usize, Delivery)>,
 ) -> Vec<(usize, SinkError)> {
-    let mut failures = Vec::new();
-    let mut failed = false;
-    for (index, delivery) in group {
-        if failed {
-            failures.push((
-                index,
-                error(ErrorKind::Unavailable, NOT_SENT).with_retry(Retry::Backoff),
-            ));
-            continue;
-        }
-        if let Err(e) = deliver(&client, &shared, &delivery).await {
-            failed = true;
-            failures.push((index, e));
-        }
-    }
-    failures
+    let (client, shared) = (&client, &*shared);
+    send_in_order(
+        Channel::Webhook,
+        "destination",
+        group.chunks(1),
+        |(index, _)| *index,
+        |unit| async move {
+            let mut failed = Vec::new();
+            for (index, delivery) in unit {
+                if let Err(e) = deliver(client, shared, delivery).await {
+                    failed.push((*index, e));
+                }
+            }
+            failed
+        },
+    )
+    .await
 }
 
 /// POSTs one delivery and classifies the outcome.
 async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Result<(), SinkError> {
-    let Destination::Webhook(target) = &*delivery.destination else {
-        return Err(not_a_webhook(&delivery.destination));
-    };
+    let target = delivery
+        .destination
+        .webhook()
+        .ok_or_else(|| delivery.destination.mismatch(Channel::Webhook))?;
     // The label (the URL without its secrets) is only needed for errors: built lazily.
     let label = || delivery.destination.label();
     let url = match Url::parse(&target.url) {
@@ -450,10 +429,7 @@ mod tests {
     fn settings_are_checked() {
         let sink = WebhookSink::new(WebhookConfig::default()).unwrap();
         assert_eq!(sink.config().request_timeout, Duration::from_secs(60));
-        assert_eq!(
-            sink.capabilities(),
-            Capabilities::new(64).ordered().acknowledged()
-        );
+        assert_eq!(sink.capabilities(), Capabilities::new(64).ordered());
         assert_eq!(sink.channel(), Channel::Webhook);
         assert_eq!(NAME, Channel::Webhook.to_string());
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evolution_events::{Destination, EventSink, Sensitive, Uuid, WebhookTarget, async_trait};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{ContractFixture, Observed, Skip, contract_suite};
 use evolution_sink_webhook::{WebhookConfig, WebhookSink};
 
@@ -20,12 +21,6 @@ struct WebhookFixture {
     sink: Arc<dyn EventSink>,
     /// A port nothing listens on.
     closed_port: u16,
-}
-
-/// A port that was free a moment ago (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 async fn webhook() -> Result<WebhookFixture, Skip> {

@@ -66,7 +66,7 @@
 //! whose buffer is full (a client reading too slowly) misses that event; this is counted
 //! ([`WebsocketSink::missed`]) and logged, not retried (a retry would duplicate the event for
 //! every other socket). No payload limit. [`Capabilities`](evolution_events::Capabilities):
-//! batches of up to 256, ordered (one socket receives emissions in send order), not acknowledged.
+//! batches of up to 256, ordered (one socket receives emissions in send order).
 //!
 //! # Replay on reconnection
 //!

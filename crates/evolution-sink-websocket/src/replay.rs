@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use evolution_events::naming::GLOBAL_ROOM;
-use evolution_events::{Delivery, Destination, InstanceName, RawValue, Uuid, async_trait};
+use evolution_events::{Delivery, InstanceName, RawValue, Uuid, async_trait};
 use serde_json::{Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
@@ -57,9 +57,7 @@ pub(crate) fn requested<A: Adapter>(auth: Option<&Value>, s: &SocketRef<A>) -> R
 /// Whether a socket admitted with `access` on `namespace` sees `delivery` (the rules of the live
 /// emission: its namespace, and on `/` the instance's room or, for global access, every room).
 fn visible(delivery: &Delivery, namespace: &str, access: &Access) -> Option<(String, Box<RawValue>)> {
-    let Destination::Websocket(target) = &*delivery.destination else {
-        return None;
-    };
+    let target = delivery.destination.websocket()?;
     if target.namespace != namespace {
         return None;
     }

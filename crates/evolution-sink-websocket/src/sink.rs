@@ -566,8 +566,7 @@ impl EventSink for WebsocketSink {
         Channel::Websocket
     }
 
-    /// Batches of up to 256, ordered (each socket receives the emissions in send order), not
-    /// acknowledged (Socket.IO emissions are written to the sockets' buffers, not confirmed).
+    /// Batches of up to 256, ordered (each socket receives the emissions in send order).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(MAX_BATCH).ordered()
     }
@@ -583,14 +582,8 @@ impl EventSink for WebsocketSink {
         self.check_usable()?;
         let mut report = DeliveryReport::success();
         for (index, delivery) in batch.iter().enumerate() {
-            let Destination::Websocket(target) = &*delivery.destination else {
-                report.fail(
-                    index,
-                    error(
-                        ErrorKind::ConfigInvalid,
-                        format!("not a websocket destination: {}", delivery.destination.label()),
-                    ),
-                );
+            let Some(target) = delivery.destination.websocket() else {
+                report.fail(index, delivery.destination.mismatch(Channel::Websocket));
                 continue;
             };
             let payload = delivery.payload();
@@ -639,10 +632,8 @@ impl EventSink for WebsocketSink {
     async fn prepare(&self, destinations: &[Destination]) -> Result<(), SinkError> {
         #[cfg(feature = "redis")]
         if let Io::Redis(r) = &self.io {
-            for destination in destinations {
-                if let Destination::Websocket(target) = destination {
-                    r.namespace(&target.namespace, &self.gate).await?;
-                }
+            for target in destinations.iter().filter_map(Destination::websocket) {
+                r.namespace(&target.namespace, &self.gate).await?;
             }
         }
         let _ = destinations;

@@ -18,6 +18,7 @@ use common::{
 };
 use evolution_events::naming::GLOBAL_EVENT;
 use evolution_events::{ErrorKind, EventSink, Retry};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_websocket::{RedisConfig, RedisUrl, WebsocketConfig, WebsocketSink};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -34,7 +35,7 @@ impl PrivateRedis {
     /// `None` (a skip) outside CI when `redis-server` is not installed; a panic in CI.
     async fn start() -> Option<Self> {
         let mut redis = Self {
-            port: common_free_port(),
+            port: closed_port(),
             child: None,
         };
         match redis.spawn().await {
@@ -111,14 +112,6 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn common_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A replica's sink configuration on `redis`, with a prefix of its own per test.
@@ -329,7 +322,7 @@ async fn while_redis_is_down_health_and_emissions_fail_retryably_then_recover() 
 
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_start_and_keeps_the_password() {
-    let port = common_free_port(); // nothing listens there
+    let port = closed_port(); // nothing listens there
     let url = RedisUrl::parse(&format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0")).unwrap();
     let config = WebsocketConfig {
         redis: Some(RedisConfig {

@@ -258,7 +258,7 @@ async fn pipeline(server: &Server, instances: &[String]) -> f64 {
     let dispatcher = start(None);
     let settings = server.settings();
     let start = Instant::now();
-    common::emit_all(&dispatcher, events(instances), &settings).await;
+    common::emit_all(&dispatcher, events(instances), Some(&settings)).await;
     while dispatcher.counters(Channel::Pusher).unwrap().delivered < EVENTS as u64 {
         let counters = dispatcher.counters(Channel::Pusher).unwrap();
         assert_eq!(counters.dead, 0, "dead Pusher deliveries: {counters:?}");
@@ -277,7 +277,7 @@ async fn pipeline_paced(server: &Server, instances: &[String]) -> (Duration, Dur
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
-    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, Some(&settings)).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     latency

@@ -240,7 +240,7 @@ async fn pipeline(endpoint: &str, run: &str, instances: &[String]) -> f64 {
         .map(|i| envelope(&instances[(i / 10) % instances.len()], i))
         .collect();
     let start = Instant::now();
-    common::emit_all(&dispatcher, envelopes, &settings).await;
+    common::emit_all(&dispatcher, envelopes, Some(&settings)).await;
     while dispatcher.counters(Channel::Sqs).unwrap().delivered < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -256,7 +256,7 @@ async fn pipeline_paced(endpoint: &str, run: &str, instances: &[String]) -> (Dur
     let envelopes = (0..PACED)
         .map(|i| envelope(&instances[i % instances.len()], i))
         .collect();
-    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, Some(&settings)).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     latency

@@ -197,7 +197,7 @@ async fn pipeline(url: &str, envelopes: Vec<EventEnvelope>, count: &AtomicU64) -
     let (dispatcher, settings) = start(url);
     let before = count.load(Ordering::Relaxed);
     let start = Instant::now();
-    common::emit_all(&dispatcher, envelopes, &settings).await;
+    common::emit_all(&dispatcher, envelopes, Some(&settings)).await;
     wait(count, before + EVENTS as u64).await;
     let r = rate(start);
     dispatcher.shutdown(Duration::from_secs(5)).await;
@@ -213,7 +213,7 @@ async fn pipeline_paced(url: &str, envelopes: Vec<EventEnvelope>) -> HashMap<Str
     while dispatcher.counters(Channel::Webhook).unwrap().delivered < 1 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let sent = common::emit_paced(&dispatcher, envelopes, RATE, &settings).await;
+    let sent = common::emit_paced(&dispatcher, envelopes, RATE, Some(&settings)).await;
     // Delivered by now or soon: the caller waits for the arrivals before shutting down.
     let watcher = dispatcher.clone();
     tokio::spawn(async move {

@@ -209,8 +209,7 @@ fn assert_in_order(received: &[evolution_sink_testkit::Received], instance: &str
 
 #[tokio::test(start_paused = true)]
 async fn per_instance_order_holds_under_retries() {
-    let nats =
-        MemorySink::new(Channel::Nats).with_capabilities(Capabilities::new(5).ordered().acknowledged());
+    let nats = MemorySink::new(Channel::Nats).with_capabilities(Capabilities::new(5).ordered());
     let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
         .sink(Arc::new(nats.clone()))
         .start()
@@ -303,7 +302,6 @@ async fn a_sink_that_allows_several_batches_per_key_gets_them_at_once_and_in_ord
         let kafka = MemorySink::new(Channel::Kafka).with_capabilities(
             Capabilities::new(10)
                 .ordered()
-                .acknowledged()
                 .with_max_in_flight_per_key(in_flight),
         );
         kafka.set_hang(true);
@@ -325,12 +323,8 @@ async fn a_sink_that_allows_several_batches_per_key_gets_them_at_once_and_in_ord
 
 #[tokio::test(start_paused = true)]
 async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
-    let kafka = MemorySink::new(Channel::Kafka).with_capabilities(
-        Capabilities::new(10)
-            .ordered()
-            .acknowledged()
-            .with_max_in_flight_per_key(3),
-    );
+    let kafka = MemorySink::new(Channel::Kafka)
+        .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
     let d = one_worker(&kafka);
     let s = settings(json!({"kafka": {"enabled": true}}));
     // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,

@@ -17,12 +17,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Process, TopicWatcher, env_or_skip, free_port, wait_port};
+use common::{Process, TopicWatcher, env_or_skip, wait_port};
 use evolution_events::{
     Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, InstanceName, InstanceSettings, RawValue,
     Uuid,
 };
 use evolution_outbox::{MemoryOutbox, Outbox};
+use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sinks::kafka::{KafkaConfig, KafkaSink};
 use evolution_sinks::{Dispatcher, Router};
 use tokio::time::Instant;
@@ -74,7 +75,7 @@ async fn order_holds_across_a_broker_restart_with_several_batches_in_flight() {
     };
     let dir = std::env::temp_dir().join(format!("evolution-kafka-restart-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let s3_port = free_port();
+    let s3_port = closed_port();
     let _s3 = Process::spawn(
         &moto,
         &["-H", "127.0.0.1", "-p", &s3_port.to_string()],
@@ -91,7 +92,7 @@ async fn order_holds_across_a_broker_restart_with_several_batches_in_flight() {
         .await
         .unwrap();
     assert!(bucket.status().is_success(), "{}", bucket.status());
-    let port = free_port();
+    let port = closed_port();
     let mut broker = tansu(&tansu_bin, port, s3_port, dir.join("tansu.log"));
     assert!(
         wait_port(port, Duration::from_secs(30)).await,

@@ -139,15 +139,6 @@ pub async fn read_topic(
         .await
 }
 
-/// A port that was free a moment ago (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The brokers of the shared test server, or `None` (the test is skipped; in CI it fails).
 pub fn shared_brokers() -> Option<String> {
     env_or_skip("EVOLUTION_TEST_KAFKA_BROKERS")

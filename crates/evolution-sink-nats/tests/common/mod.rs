@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::{Client, Message};
 use evolution_events::Uuid;
+pub use evolution_sink_testkit::fixtures::closed_port;
 use evolution_sink_testkit::{Observed, Skip};
 use futures_util::StreamExt;
 
@@ -17,15 +18,6 @@ pub fn server_url() -> Result<String, Skip> {
     std::env::var("EVOLUTION_TEST_NATS_URL").map_err(|_| {
         Skip::new("set EVOLUTION_TEST_NATS_URL=nats://127.0.0.1:4222 (eval \"$(scripts/services env)\")")
     })
-}
-
-/// A port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A unique token: `{prefix}-{uuid}` (valid in subjects and, without `-`, in stream names).

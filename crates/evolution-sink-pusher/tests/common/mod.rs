@@ -57,15 +57,6 @@ impl PusherServer {
     }
 }
 
-/// A port that was free a moment ago.
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `EVOLUTION_TEST_NODE_DIR` (`scripts/services up node`), where pusher-js is installed.
 pub fn node_dir() -> Result<PathBuf, Skip> {
     let dir = std::env::var("EVOLUTION_TEST_NODE_DIR").map_err(|_| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use evolution_events::Uuid;
 use evolution_sink_testkit::Skip;
+pub use evolution_sink_testkit::fixtures::closed_port;
 use lapin::message::Delivery;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -19,15 +20,6 @@ pub fn broker_uri() -> Result<String, Skip> {
             "set EVOLUTION_TEST_RABBITMQ_URI=amqp://guest:guest@127.0.0.1:5672/%2f (eval \"$(scripts/services env)\")",
         )
     })
-}
-
-/// A port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A unique name: `{prefix}-{uuid}`.

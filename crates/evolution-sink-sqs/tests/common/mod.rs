@@ -151,15 +151,6 @@ impl Drop for QueueWatcher {
     }
 }
 
-/// A port that was free a moment ago (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `name`'s value, or `None` with a `skipped:` line (outside CI; in CI a missing variable fails).
 pub fn env_or_skip(name: &str) -> Option<String> {
     match std::env::var(name) {

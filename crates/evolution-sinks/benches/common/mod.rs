@@ -2,25 +2,66 @@
 //! event at once, or one at a time at a fixed rate.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use evolution_events::{EventEnvelope, InstanceSettings};
+use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue};
 use evolution_sink_testkit::bench::paced;
 use evolution_sinks::Dispatcher;
 
-/// Hands every event to `dispatcher`, 500 per `emit_many` call, all with `settings`.
+/// `count` events of ~1 KB (`MESSAGES_UPSERT`), of the instances `{tag}-0` …
+/// `{tag}-{instances - 1}` in turn.
+#[allow(
+    dead_code,
+    reason = "the broker benches use it, not every bench that includes this module"
+)]
+pub(crate) fn envelopes(count: usize, instances: usize, tag: &str) -> Vec<EventEnvelope> {
+    (0..count)
+        .map(|i| {
+            let data = format!(
+                r#"{{"key":{{"id":"MSG{i:08}"}},"message":{{"conversation":"{}"}}}}"#,
+                "x".repeat(800)
+            );
+            EventEnvelope::new(
+                EventKind::MessagesUpsert,
+                InstanceName::new(&format!("{tag}-{}", i % instances)).unwrap(),
+                RawValue::from_string(data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Events per second through `dispatcher`: every event handed over at once ([`emit_all`], global
+/// routes) until `channel` delivered them all; then the dispatcher is shut down.
+#[allow(
+    dead_code,
+    reason = "the broker benches use it, not every bench that includes this module"
+)]
+pub(crate) async fn throughput(
+    dispatcher: Dispatcher,
+    channel: Channel,
+    envelopes: Vec<EventEnvelope>,
+) -> f64 {
+    let count = envelopes.len();
+    let start = Instant::now();
+    emit_all(&dispatcher, envelopes, None).await;
+    while dispatcher.counters(channel).unwrap().delivered < count as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    dispatcher.shutdown(Duration::from_secs(5)).await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Hands every event to `dispatcher`, 500 per `emit_many` call, all with `settings` (`None`: the
+/// global routes only).
 pub(crate) async fn emit_all(
     dispatcher: &Dispatcher,
     envelopes: Vec<EventEnvelope>,
-    settings: &InstanceSettings,
+    settings: Option<&InstanceSettings>,
 ) {
     let mut envelopes = envelopes.into_iter();
     loop {
-        let chunk: Vec<_> = envelopes
-            .by_ref()
-            .take(500)
-            .map(|e| (e, Some(settings)))
-            .collect();
+        let chunk: Vec<_> = envelopes.by_ref().take(500).map(|e| (e, settings)).collect();
         if chunk.is_empty() {
             return;
         }
@@ -28,15 +69,16 @@ pub(crate) async fn emit_all(
     }
 }
 
-/// Offers each event to `Dispatcher::emit` at `rate` per second; returns when each was handed over.
+/// Offers each event to `Dispatcher::emit` at `rate` per second, with `settings` (`None`: the
+/// global routes only); returns when each was handed over.
 pub(crate) async fn emit_paced(
     dispatcher: &Dispatcher,
     envelopes: Vec<EventEnvelope>,
     rate: f64,
-    settings: &InstanceSettings,
+    settings: Option<&InstanceSettings>,
 ) -> HashMap<String, Instant> {
     paced(envelopes, rate, async |envelope| {
-        dispatcher.emit(envelope, Some(settings)).await.unwrap();
+        dispatcher.emit(envelope, settings).await.unwrap();
     })
     .await
 }

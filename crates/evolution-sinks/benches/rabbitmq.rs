@@ -11,20 +11,20 @@
 //! (raw: that message's confirm; pipeline: `RabbitmqSink::send` returned it confirmed, just before
 //! the dispatcher settles it).
 //!
-//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-rabbitmq --bench rabbitmq`
+//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sinks --bench rabbitmq`
 //! (default broker `amqp://guest:guest@127.0.0.1:5672/%2f`). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, InstanceName, NamingProfile, RawValue,
-};
+use evolution_events::{Channel, EventEnvelope, EventKind, EventSink, GlobalSettings, NamingProfile};
 use evolution_outbox::{MemoryOutbox, Outbox};
-use evolution_sink_rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sink_testkit::bench::{Acked, Acks, ms, paced, percentiles};
+use evolution_sinks::rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use lapin::PublisherConfirm;
 use lapin::options::{
@@ -44,19 +44,7 @@ const PACED: usize = 6_000;
 const RATE: f64 = 2_000.0;
 
 fn envelopes(tag: &str) -> Vec<EventEnvelope> {
-    (0..EVENTS)
-        .map(|i| {
-            let data = format!(
-                r#"{{"key":{{"id":"MSG{i:08}"}},"message":{{"conversation":"{}"}}}}"#,
-                "x".repeat(800)
-            );
-            EventEnvelope::new(
-                EventKind::MessagesUpsert,
-                InstanceName::new(&format!("{tag}-{}", i % INSTANCES)).unwrap(),
-                RawValue::from_string(data).unwrap(),
-            )
-        })
-        .collect()
+    common::envelopes(EVENTS, INSTANCES, tag)
 }
 
 fn routing_key(instance: &str) -> String {
@@ -86,22 +74,7 @@ fn start(uri: &str, exchange: &str, acks: Option<Acks>) -> Dispatcher {
 
 /// Through the dispatcher: emits every event (global route), waits until all are delivered.
 async fn dispatcher(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
-    let dispatcher = start(uri, exchange, None);
-    let start = Instant::now();
-    let mut events = events;
-    while !events.is_empty() {
-        let chunk: Vec<_> = events
-            .drain(..events.len().min(1000))
-            .map(|e| (e, None))
-            .collect();
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
-    while dispatcher.counters(Channel::Rabbitmq).unwrap().delivered < EVENTS as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = start.elapsed();
-    dispatcher.shutdown(Duration::from_secs(5)).await;
-    EVENTS as f64 / elapsed.as_secs_f64()
+    common::throughput(start(uri, exchange, None), Channel::Rabbitmq, events).await
 }
 
 /// Publishes one event as the sink does (serializing it, same properties, mandatory).
@@ -139,9 +112,8 @@ async fn publish(channel: &lapin::Channel, exchange: &str, envelope: &EventEnvel
         .unwrap()
 }
 
-/// Latency phase of the raw loop: each event published at its time on one confirm-mode channel,
-/// its confirm awaited in its own task.
-async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
+/// A connection and a channel in confirm mode on it, as the raw loops publish.
+async fn confirm_channel(uri: &str) -> (Connection, lapin::Channel) {
     let connection = Connection::connect(uri, ConnectionProperties::default())
         .await
         .unwrap();
@@ -150,6 +122,13 @@ async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Du
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    (connection, channel)
+}
+
+/// Latency phase of the raw loop: each event published at its time on one confirm-mode channel,
+/// its confirm awaited in its own task.
+async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
+    let (connection, channel) = confirm_channel(uri).await;
     let acks: Acks = Acks::default();
     let sent = paced(events, RATE, async |envelope| {
         let confirm = publish(&channel, exchange, &envelope).await;
@@ -170,10 +149,7 @@ async fn raw_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Du
 async fn dispatcher_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> (Duration, Duration) {
     let acks: Acks = Acks::default();
     let dispatcher = start(uri, exchange, Some(acks.clone()));
-    let sent = paced(events, RATE, async |envelope| {
-        dispatcher.emit(envelope, None).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, events, RATE, None).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(5)).await;
     latency
@@ -183,14 +159,7 @@ async fn dispatcher_paced(uri: &str, exchange: &str, events: Vec<EventEnvelope>)
 /// `BATCH` events, publish each (serializing it, same properties as the sink) and await the
 /// batch's confirms.
 async fn raw(uri: &str, exchange: &str, events: Vec<EventEnvelope>) -> f64 {
-    let connection = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (connection, channel) = confirm_channel(uri).await;
     let events = Arc::new(events);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();

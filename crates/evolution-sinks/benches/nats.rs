@@ -11,7 +11,7 @@
 //! of the subjects (its own connection, keyed by the `id` header) — one clock, one definition for
 //! both paths and both modes.
 //!
-//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sink-nats --bench nats`
+//! Run: `eval "$(scripts/services env)"; cargo bench -p evolution-sinks --bench nats`
 //! (default server `nats://127.0.0.1:4222`, JetStream enabled). Prints a Markdown table.
 //!
 //! Profiling: with `NATS_BENCH_PROFILE=raw|core` the bench runs only that core-mode path (`raw`:
@@ -19,18 +19,18 @@
 //! under `perf record`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, NamingProfile, RawValue,
-};
+use evolution_events::{Channel, EventEnvelope, EventKind, GlobalSettings, NamingProfile};
 use evolution_outbox::{MemoryOutbox, Outbox};
-use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sink_testkit::bench::{Acks, ms, paced, percentiles};
+use evolution_sinks::nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sinks::{ChannelConfig, Dispatcher, Router};
 use futures_util::StreamExt as _;
 
@@ -87,19 +87,7 @@ async fn subscriber(url: &str, prefix: &str) -> Acks {
 }
 
 fn envelopes(tag: &str) -> Vec<EventEnvelope> {
-    (0..EVENTS)
-        .map(|i| {
-            let data = format!(
-                r#"{{"key":{{"id":"MSG{i:08}"}},"message":{{"conversation":"{}"}}}}"#,
-                "x".repeat(800)
-            );
-            EventEnvelope::new(
-                EventKind::MessagesUpsert,
-                InstanceName::new(&format!("{tag}-{}", i % INSTANCES)).unwrap(),
-                RawValue::from_string(data).unwrap(),
-            )
-        })
-        .collect()
+    common::envelopes(EVENTS, INSTANCES, tag)
 }
 
 fn headers(envelope: &EventEnvelope) -> HeaderMap {
@@ -137,24 +125,7 @@ fn start(url: &str, prefix: &str, stream: Option<&str>) -> Dispatcher {
 }
 
 async fn dispatcher(url: &str, prefix: &str, stream: Option<&str>, events: Vec<EventEnvelope>) -> f64 {
-    let dispatcher = start(url, prefix, stream);
-    let start = Instant::now();
-    // Chunks taken off the front without moving the rest (a `drain` from the front would shift
-    // every remaining event each time: quadratic copying charged to the pipeline).
-    let mut events = events.into_iter();
-    loop {
-        let chunk: Vec<_> = events.by_ref().take(1000).map(|e| (e, None)).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        dispatcher.emit_many(chunk).await.unwrap();
-    }
-    while dispatcher.counters(Channel::Nats).unwrap().delivered < EVENTS as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = start.elapsed();
-    dispatcher.shutdown(Duration::from_secs(5)).await;
-    EVENTS as f64 / elapsed.as_secs_f64()
+    common::throughput(start(url, prefix, stream), Channel::Nats, events).await
 }
 
 /// Latency phase of the pipeline: each event given to `Dispatcher::emit` at its time.
@@ -166,10 +137,7 @@ async fn dispatcher_paced(
 ) -> (Duration, Duration) {
     let acks = subscriber(url, prefix).await;
     let dispatcher = start(url, prefix, stream);
-    let sent = paced(events, RATE, async |envelope| {
-        dispatcher.emit(envelope, None).await.unwrap();
-    })
-    .await;
+    let sent = common::emit_paced(&dispatcher, events, RATE, None).await;
     let latency = percentiles(&sent, &acks).await;
     dispatcher.shutdown(Duration::from_secs(5)).await;
     latency
@@ -265,6 +233,18 @@ async fn raw(url: &str, prefix: &str, jetstream: bool, events: Vec<EventEnvelope
     EVENTS as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The stream `name` (file storage) over `{prefix}.>`.
+async fn create_stream(js: &jetstream::Context, name: &str, prefix: &str) {
+    js.get_or_create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: stream::StorageType::File,
+        ..stream::Config::default()
+    })
+    .await
+    .unwrap();
+}
+
 fn main() {
     let url = std::env::var("EVOLUTION_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -303,14 +283,7 @@ fn main() {
                     let prefix = format!("evolution{tag}");
                     let name = format!("BENCH_{}", tag.to_ascii_uppercase());
                     if jetstream {
-                        js.get_or_create_stream(stream::Config {
-                            name: name.clone(),
-                            subjects: vec![format!("{prefix}.>")],
-                            storage: stream::StorageType::File,
-                            ..stream::Config::default()
-                        })
-                        .await
-                        .unwrap();
+                        create_stream(&js, &name, &prefix).await;
                     }
                     let events = envelopes(&tag);
                     rates[slot] = if through_dispatcher {
@@ -348,14 +321,7 @@ fn main() {
                 let name = format!("BENCH_{}", tag.to_ascii_uppercase());
                 if jetstream {
                     let _ignored = js.delete_stream(&name).await;
-                    js.get_or_create_stream(stream::Config {
-                        name: name.clone(),
-                        subjects: vec![format!("{prefix}.>")],
-                        storage: stream::StorageType::File,
-                        ..stream::Config::default()
-                    })
-                    .await
-                    .unwrap();
+                    create_stream(&js, &name, &prefix).await;
                 }
                 let events: Vec<EventEnvelope> = envelopes(&tag).into_iter().take(PACED).collect();
                 latency.push(if through_dispatcher {
