@@ -30,6 +30,10 @@ pub struct Delivery {
     pub envelope: Arc<EventEnvelope>,
     /// Where it goes.
     pub destination: Arc<Destination>,
+    /// Its ordering key — its instance and destination — when its channel keeps order; `None`
+    /// otherwise. Computed once when the event is routed, stored with the delivery, and used by
+    /// the dispatcher to hold back the rest of a key after a failure (ADR 0002).
+    pub ordering_key: Option<Arc<str>>,
     /// Which attempt this is: 1 for the first.
     pub attempt: u32,
 }
@@ -273,6 +277,7 @@ mod tests {
             profile: NamingProfile::Seed,
             envelope: Arc::new(envelope),
             destination: Arc::new(Destination::Custom(CustomTarget { target: "t".into() })),
+            ordering_key: None,
             attempt: 1,
         }
     }

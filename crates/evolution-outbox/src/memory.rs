@@ -221,6 +221,7 @@ impl Outbox for MemoryOutbox {
                         profile: event.profile,
                         envelope: Arc::clone(&envelope),
                         destination: d.destination,
+                        ordering_key: d.ordering_key.clone(),
                         attempt: 0,
                     };
                     touched.insert(d.channel);

@@ -132,6 +132,7 @@ fn state_status(state: i64) -> DeliveryStatus {
 pub(crate) struct Decoder {
     events: HashMap<i64, Arc<EventEnvelope>>,
     destinations: HashMap<String, Arc<Destination>>,
+    keys: HashMap<String, Arc<str>>,
 }
 
 impl Decoder {
@@ -161,6 +162,17 @@ impl Decoder {
                 e
             }
         };
+        let ordering_key = match row.opt_text("okey")? {
+            None => None,
+            Some(key) => Some(match self.keys.get(&key) {
+                Some(shared) => Arc::clone(shared),
+                None => {
+                    let shared: Arc<str> = Arc::from(key.as_str());
+                    self.keys.insert(key, Arc::clone(&shared));
+                    shared
+                }
+            }),
+        };
         let profile = row.text("profile")?;
         let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
         Ok(Delivery {
@@ -170,6 +182,7 @@ impl Decoder {
             profile: NamingProfile::parse(&profile).map_err(|e| e.to_string())?,
             envelope,
             destination,
+            ordering_key,
             attempt: if state == DEAD {
                 attempts
             } else {

@@ -930,7 +930,17 @@ pub async fn ordered_key_claims_its_head_run_in_order<F: OutboxFixture>(fx: &F) 
         k[..3].to_vec(),
         "a claim takes the head run of a key, in enqueue order"
     );
+    rule!(
+        CASE,
+        run.iter().all(|d| d.ordering_key.as_deref() == Some("a/k")),
+        "a claimed delivery carries the ordering key it was enqueued with"
+    );
     let next = claim_all(CASE, o, CHANNEL).await;
+    rule!(
+        CASE,
+        next.iter().all(|d| d.ordering_key.as_deref() == Some("b/j")),
+        "a claimed delivery carries the ordering key it was enqueued with"
+    );
     rule_eq!(
         CASE,
         events(&next),

@@ -41,6 +41,7 @@ fn delivery(id: u64, instance: &str, topic: &str) -> Delivery {
             topic: topic.to_owned(),
             key: instance.to_owned(),
         })),
+        ordering_key: None,
         attempt: 1,
     }
 }

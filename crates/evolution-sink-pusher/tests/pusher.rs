@@ -48,6 +48,7 @@ fn delivery(app: PusherApp, channel: &str, n: u64) -> Delivery {
             channel: channel.to_owned(),
             event: "MESSAGES_UPSERT".to_owned(),
         })),
+        ordering_key: None,
         attempt: 1,
     }
 }

@@ -54,6 +54,7 @@ fn delivery(id: u64, instance: &str, target: &SqsTarget, data: &Value) -> Delive
         profile: NamingProfile::Seed,
         envelope: Arc::new(envelope),
         destination: Arc::new(Destination::Sqs(target.clone())),
+        ordering_key: None,
         attempt: 1,
     }
 }

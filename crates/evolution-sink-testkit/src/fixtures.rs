@@ -43,6 +43,7 @@ pub fn delivery(
         profile: NamingProfile::Seed,
         envelope,
         destination: Arc::new(destination),
+        ordering_key: None,
         attempt: 1,
     }
 }

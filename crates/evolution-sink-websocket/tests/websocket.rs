@@ -173,6 +173,7 @@ async fn the_endpoint_must_be_served_and_deleted_instances_are_cut_off() {
         profile: NamingProfile::Seed,
         envelope,
         destination: Arc::new(Destination::Websocket(target)),
+        ordering_key: None,
         attempt: 1,
     };
     let e = endpoint.sink.send(&[delivery]).await.unwrap_err();

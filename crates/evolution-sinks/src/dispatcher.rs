@@ -661,19 +661,15 @@ impl Worker {
                 }
             }
         }
-        let mut blocked: HashSet<Arc<str>> = HashSet::new();
+        let mut blocked: HashSet<&str> = HashSet::new();
         let mut settlements = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
         for ((delivery, failure), latency) in batch.iter().zip(failures).zip(latencies) {
-            // Computed only when needed: a failure so far, or this delivery failing.
-            let key = || {
-                ctx.ordered
-                    .then(|| ordering_key(delivery.envelope.instance(), &delivery.destination))
-            };
-            if !blocked.is_empty()
-                && let Some(key) = key()
-                && blocked.contains(&key)
+            // The key computed when the event was routed (`None`: the channel is unordered).
+            let key = delivery.ordering_key.as_deref();
+            if let Some(key) = key
+                && blocked.contains(key)
             {
                 // An earlier delivery of this key failed in this batch: send this one again after it.
                 settlements.push(Settlement {
@@ -706,7 +702,7 @@ impl Worker {
                                 channel = %ctx.channel, delivery = delivery.id, attempt = delivery.attempt,
                                 destination = %delivery.destination.label(), ?delay, %error, "delivery failed; will retry"
                             );
-                            if let Some(key) = key() {
+                            if let Some(key) = key {
                                 blocked.insert(key);
                             }
                             Outcome::Retry {

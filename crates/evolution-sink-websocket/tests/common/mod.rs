@@ -266,6 +266,7 @@ pub fn deliveries(instance: &str, global: bool) -> (Arc<EventEnvelope>, Vec<Deli
                 profile: NamingProfile::Seed,
                 envelope: Arc::clone(&envelope),
                 destination: Arc::new(Destination::Websocket(target)),
+                ordering_key: None,
                 attempt: 1,
             });
         }
