@@ -25,6 +25,8 @@
 
 mod common;
 
+use common::ROUNDS;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,10 +54,6 @@ const RATE: f64 = 2_000.0;
 
 /// Runs of one path in profiling mode (`KAFKA_BENCH_PROFILE`).
 const PROFILE_RUNS: usize = 10;
-/// Paired rounds for the headline ratio: each times the raw loop and the ordered pipeline (1
-/// instance) back to back, alternately first; the ratio printed is the median of the rounds'
-/// ratios, so a burst of load from elsewhere on the machine moves it less than one run of each.
-const ROUNDS: usize = 7;
 
 /// `KAFKA_LINGER_MS` (default 1, the sink's default), for both paths.
 fn linger() -> Duration {
@@ -576,10 +574,9 @@ async fn main() {
         );
         ratios.push(pipe / raw);
     }
-    ratios.sort_by(f64::total_cmp);
     println!(
         "| **median of the {ROUNDS} rounds' ratios** | | | **{:.2}×** |",
-        ratios[ROUNDS / 2]
+        common::median(ratios)
     );
     println!(
         "\nrecords/s: {EVENTS} events handed over at once, until the last is acknowledged. p50/p99: \

@@ -21,6 +21,8 @@
 
 mod common;
 
+use common::ROUNDS;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -44,10 +46,6 @@ const PACED: usize = 6_000;
 const RATE: f64 = 2_000.0;
 /// Runs of one path in profiling mode (`NATS_BENCH_PROFILE`).
 const PROFILE_RUNS: usize = 20;
-/// Rounds per mode, each timing both paths back to back (alternately first); the ratio printed is
-/// the median of the rounds' ratios, so a burst of load from elsewhere on the machine moves it less
-/// than a best-of-N.
-const ROUNDS: usize = 7;
 
 /// Profiling mode: one core-mode path only, [`PROFILE_RUNS`] times.
 async fn profile(url: &str, path: &str) {
@@ -310,8 +308,7 @@ fn main() {
                 "| {mode} | best | {best_raw:.0} | {best_dispatcher:.0} | {:.2} |",
                 best_dispatcher / best_raw
             );
-            ratios.sort_by(f64::total_cmp);
-            let median = ratios[ROUNDS / 2];
+            let median = common::median(ratios);
             println!("| {mode} | median of the {ROUNDS} paired ratios | | | **{median:.2}** |");
             // Latency: both paths at a fixed rate, fresh subjects (and stream), raw first.
             let mut latency = Vec::new();

@@ -8,6 +8,19 @@ use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, Instance
 use evolution_sink_testkit::bench::paced;
 use evolution_sinks::Dispatcher;
 
+/// Rounds of a paired comparison: each times the raw loop and the pipeline back to back,
+/// alternately first; the ratio reported is [`median`] of the rounds' ratios, so a burst of load
+/// from elsewhere on the machine moves it less than one run or a best-of-N.
+#[allow(dead_code, reason = "the Kafka and NATS benches use it, not every bench")]
+pub(crate) const ROUNDS: usize = 7;
+
+/// The median of `ratios` (the upper one of an even count).
+#[allow(dead_code, reason = "the Kafka and NATS benches use it, not every bench")]
+pub(crate) fn median(mut ratios: Vec<f64>) -> f64 {
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// `count` events of ~1 KB (`MESSAGES_UPSERT`), of the instances `{tag}-0` …
 /// `{tag}-{instances - 1}` in turn.
 #[allow(
