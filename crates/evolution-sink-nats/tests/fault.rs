@@ -13,13 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, RawValue, RetryPolicy, Uuid,
-};
-use evolution_outbox::{MemoryOutbox, Outbox};
+use evolution_events::{EventKind, GlobalSettings, Uuid};
 use evolution_sink_nats::{JetStreamConfig, NatsConfig, NatsMode, NatsSink, NatsUrl};
 use evolution_sink_testkit::require;
-use evolution_sinks::{ChannelConfig, Dispatcher, Router};
+use evolution_sinks::testing::restart_mid_stream;
 use futures_util::StreamExt;
 
 use common::{PrivateServer, header};
@@ -43,91 +40,21 @@ fn a_server_restart_loses_no_event_in_jetstream_mode() {
             ..NatsConfig::new(NatsUrl::parse(&server.url()).unwrap())
         })
         .unwrap();
-        let outbox = Arc::new(MemoryOutbox::default());
-        let config = ChannelConfig {
-            retry: RetryPolicy {
-                max_delay: Duration::from_secs(2),
-                ..RetryPolicy::forever()
-            },
-            ..ChannelConfig::default_for(Channel::Nats)
-        };
-        let dispatcher = Dispatcher::builder(
-            Arc::clone(&outbox) as Arc<dyn Outbox>,
-            Router::new(global).unwrap(),
-        )
-        .sink_with(Arc::new(sink), config)
-        .start()
-        .unwrap();
-
-        let producer = {
-            let dispatcher = dispatcher.clone();
-            tokio::spawn(async move {
-                let mut ids = Vec::with_capacity(EVENTS);
-                for chunk in 0..EVENTS / 100 {
-                    let events = (0..100)
-                        .map(|i| {
-                            let n = chunk * 100 + i;
-                            let data =
-                                RawValue::from_string(format!(r#"{{"n":{n},"text":"{}"}}"#, "x".repeat(900)))
-                                    .unwrap();
-                            let instance = InstanceName::new(&format!("fault-{}", n % INSTANCES)).unwrap();
-                            (
-                                EventEnvelope::new(EventKind::MessagesUpsert, instance, data),
-                                None,
-                            )
-                        })
-                        .collect();
-                    for stored in dispatcher.emit_many(events).await.unwrap() {
-                        ids.push(stored.id());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                ids
-            })
-        };
-
-        let delivered = |d: &Dispatcher| d.counters(Channel::Nats).unwrap().delivered;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while delivered(&dispatcher) < (EVENTS / 4) as u64 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no progress before the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let delivered_at_stop = delivered(&dispatcher);
-        server.stop().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        server.boot().await;
-
-        let ids = producer.await.unwrap();
-        assert_eq!(ids.len(), EVENTS);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let stats = outbox.stats(Channel::Nats).await.unwrap();
-            if stats.pending == 0 && stats.in_flight == 0 {
-                assert_eq!(stats.dead, 0, "nothing may go to the dead letters");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "deliveries still pending 90 s after the restart: {stats:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let run = restart_mid_stream(Arc::new(sink), global, EVENTS, INSTANCES, async {
+            server.stop().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            server.boot().await;
+        })
+        .await;
+        let (ids, counters) = (run.ids, run.counters);
         // The restart came mid-stream. Whether it failed sends (retried by the dispatcher) or
         // async-nats absorbed it by reconnecting and publishing its buffer depends on timing;
         // either way every event must be in the stream.
         assert!(
-            delivered_at_stop < EVENTS as u64,
-            "the restart must come while events are still being delivered ({delivered_at_stop} of {EVENTS})"
+            run.delivered_at_stop < EVENTS as u64,
+            "the restart must come while events are still being delivered ({} of {EVENTS})",
+            run.delivered_at_stop
         );
-        let counters = dispatcher.counters(Channel::Nats).unwrap();
-        eprintln!(
-            "nats fault: delivered before the stop {delivered_at_stop}, failed attempts {}, retried {}",
-            counters.failed_attempts, counters.retried
-        );
-        dispatcher.shutdown(Duration::from_secs(5)).await;
 
         // The consumer reads the whole stream.
         let client = async_nats::connect(server.url()).await.unwrap();

@@ -11,13 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, GlobalSettings, InstanceName, RawValue, RetryPolicy, Uuid,
-};
-use evolution_outbox::{MemoryOutbox, Outbox};
+use evolution_events::{EventKind, GlobalSettings, Uuid};
 use evolution_sink_rabbitmq::{AmqpUri, RabbitmqConfig, RabbitmqSink};
 use evolution_sink_testkit::require;
-use evolution_sinks::{ChannelConfig, Dispatcher, Router};
+use evolution_sinks::testing::restart_mid_stream;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -46,86 +43,17 @@ fn a_broker_restart_loses_no_event() {
             ..RabbitmqConfig::new(AmqpUri::parse(&broker.uri()).unwrap())
         })
         .unwrap();
-        let outbox = Arc::new(MemoryOutbox::default());
-        let config = ChannelConfig {
-            // The broker default (retry for ever), with a shorter cap so the test ends sooner.
-            retry: RetryPolicy {
-                max_delay: Duration::from_secs(2),
-                ..RetryPolicy::forever()
-            },
-            ..ChannelConfig::default_for(Channel::Rabbitmq)
-        };
-        let dispatcher = Dispatcher::builder(
-            Arc::clone(&outbox) as Arc<dyn Outbox>,
-            Router::new(global).unwrap(),
-        )
-        .sink_with(Arc::new(sink), config)
-        .start()
-        .unwrap();
-
-        // The producer: 20 000 events over 4 instances, in chunks, for a few seconds.
-        let producer = {
-            let dispatcher = dispatcher.clone();
-            tokio::spawn(async move {
-                let mut ids = Vec::with_capacity(EVENTS);
-                for chunk in 0..EVENTS / 100 {
-                    let events = (0..100)
-                        .map(|i| {
-                            let n = chunk * 100 + i;
-                            let data =
-                                RawValue::from_string(format!(r#"{{"n":{n},"text":"{}"}}"#, "x".repeat(900)))
-                                    .unwrap();
-                            let instance = InstanceName::new(&format!("fault-{}", n % INSTANCES)).unwrap();
-                            (
-                                EventEnvelope::new(EventKind::MessagesUpsert, instance, data),
-                                None,
-                            )
-                        })
-                        .collect();
-                    for stored in dispatcher.emit_many(events).await.unwrap() {
-                        ids.push(stored.id());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                ids
-            })
-        };
-
-        // Restart the broker once a quarter of the stream went out.
-        let delivered = |d: &Dispatcher| d.counters(Channel::Rabbitmq).unwrap().delivered;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while delivered(&dispatcher) < (EVENTS / 4) as u64 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no progress before the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        broker.stop();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        broker.boot().await;
-
-        let ids = producer.await.unwrap();
-        assert_eq!(ids.len(), EVENTS);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let stats = outbox.stats(Channel::Rabbitmq).await.unwrap();
-            if stats.pending == 0 && stats.in_flight == 0 {
-                assert_eq!(stats.dead, 0, "nothing may go to the dead letters");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "deliveries still pending 90 s after the restart: {stats:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let counters = dispatcher.counters(Channel::Rabbitmq).unwrap();
+        let run = restart_mid_stream(Arc::new(sink), global, EVENTS, INSTANCES, async {
+            broker.stop();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            broker.boot().await;
+        })
+        .await;
+        let (ids, counters) = (run.ids, run.counters);
         assert!(
             counters.failed_attempts > 0,
             "the restart must have failed some sends: {counters:?}"
         );
-        dispatcher.shutdown(Duration::from_secs(5)).await;
 
         // The consumer reads the four durable queues.
         let connection = Connection::connect(&broker.uri(), ConnectionProperties::default())

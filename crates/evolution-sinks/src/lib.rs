@@ -25,6 +25,8 @@
 pub mod build;
 mod dispatcher;
 mod router;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 /// The webhook channel (feature `webhook`).
 #[cfg(feature = "webhook")]
