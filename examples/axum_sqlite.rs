@@ -43,7 +43,7 @@ async fn place_order(
     let data =
         serde_json::value::to_raw_value(&order).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let event = EventEnvelope::new(EventKind::MessagesUpsert, shop, data);
-    match app.dispatcher.emit(event, Some(&app.settings)).await {
+    match app.dispatcher.emit(event, Some(app.settings.as_ref())).await {
         Ok(stored) => Ok((StatusCode::ACCEPTED, Json(json!({"id": stored.id()})))),
         Err(e @ EmitError::Routing(_)) => Err((StatusCode::BAD_REQUEST, e.to_string())),
         // The outbox is full, unreachable or shutting down: nothing was stored; the client retries.

@@ -26,6 +26,7 @@ pub mod cases;
 mod contract;
 pub mod fixtures;
 pub mod memory;
+pub mod node;
 pub mod reconnect;
 
 pub use contract::{ContractFixture, Observed, Skip, require};

@@ -42,42 +42,12 @@ pub fn authorize(key: &str) -> Access {
 
 /// `EVOLUTION_TEST_NODE_DIR` (`scripts/services up node`), where socket.io-client is installed.
 pub fn node_dir() -> Result<PathBuf, Skip> {
-    let dir = std::env::var("EVOLUTION_TEST_NODE_DIR").map_err(|_| {
-        Skip::new(
-            "set EVOLUTION_TEST_NODE_DIR (run `scripts/services up node`, then eval \"$(scripts/services env)\")",
-        )
-    })?;
-    let dir = PathBuf::from(dir);
-    if !dir.join("node_modules/socket.io-client").is_dir() {
-        return Err(Skip::new(format!(
-            "{} has no node_modules/socket.io-client: run `scripts/services up node`",
-            dir.display()
-        )));
-    }
-    Ok(dir)
+    evolution_sink_testkit::node::node_dir("socket.io-client")
 }
 
-/// Copies `tests/node/<name>` next to the installed node_modules (ES modules resolve packages
-/// from the script's own directory) and returns its path there.
+/// `tests/node/<name>`, copied next to the installed node_modules.
 pub fn node_script(name: &str) -> Result<PathBuf, Skip> {
-    let dir = node_dir()?.join("scripts");
-    std::fs::create_dir_all(&dir).map_err(|e| Skip::new(format!("{}: {e}", dir.display())))?;
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/node")
-        .join(name);
-    let unique = format!(
-        "{name}.{}.{}.tmp",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let tmp = dir.join(unique);
-    std::fs::copy(&source, &tmp).map_err(|e| Skip::new(format!("{}: {e}", source.display())))?;
-    let target = dir.join(name);
-    std::fs::rename(&tmp, &target).map_err(|e| Skip::new(format!("{}: {e}", target.display())))?;
-    Ok(target)
+    evolution_sink_testkit::node::node_script("socket.io-client", name)
 }
 
 /// The sink's endpoint, served on a free loopback port.
