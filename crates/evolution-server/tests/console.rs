@@ -1,0 +1,155 @@
+//! The operators' web console (`/console`) in a real browser: `tests/node/console.mjs` drives
+//! Debian's Chromium (headless, through npm `playwright-core`) against the real server binary and
+//! a real webhook receiver; this test then checks what reached the receiver and the server.
+//!
+//! Needs `EVOLUTION_TEST_CHROMIUM` and `EVOLUTION_TEST_NODE_DIR` (`scripts/services up browser`;
+//! `eval "$(scripts/services env)"`): without them the test fails (it never skips). Screenshots of
+//! each page: `target/tmp/console-screenshots/` (`CARGO_TARGET_TMPDIR`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use common::{API_KEY, Receiver, Server};
+use serde_json::Value;
+
+/// A browser-side dependency, required (the test fails without it, naming how to get it).
+fn required(var: &str, check: impl Fn(&PathBuf) -> bool) -> PathBuf {
+    let value = std::env::var(var).unwrap_or_default();
+    let path = PathBuf::from(&value);
+    assert!(
+        !value.is_empty() && check(&path),
+        "{var} is not set or does not hold what the console test needs ({value:?}): run `scripts/services up browser` \
+         and `eval \"$(scripts/services env)\"` (Debian's chromium and npm playwright-core)"
+    );
+    path
+}
+
+/// Serves `POST /status/{code}`: sets what the receiver answers (how the browser script breaks
+/// and fixes it).
+async fn control(receiver: Receiver) -> String {
+    async fn set(State(receiver): State<Receiver>, Path(code): Path<u16>) -> &'static str {
+        receiver.set_status(code);
+        "ok"
+    }
+    let app = axum::Router::new()
+        .route("/status/{code}", post(set))
+        .with_state(receiver);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_scenario_in_a_real_browser() {
+    let chromium = required("EVOLUTION_TEST_CHROMIUM", |p| p.is_file());
+    let node_dir = required("EVOLUTION_TEST_NODE_DIR", |p| {
+        p.join("node_modules/playwright-core").is_dir()
+    });
+    let receiver = Receiver::start().await;
+    let control = control(receiver.clone()).await;
+    let server = Server::start(
+        "console",
+        &[
+            ("WEBSOCKET_ENABLED", "true"),
+            // A broken receiver makes a dead letter within about a second.
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "2"),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_MAX_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_JITTER_FACTOR", "0"),
+        ],
+    )
+    .await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node/console.mjs");
+    let base = server.url("");
+    let webhook = receiver.url("/webhook");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([base.as_str(), API_KEY, webhook.as_str(), control.as_str()])
+            .env("NODE_DIR", node_dir)
+            .env("CHROMIUM", chromium)
+            .env("SHOTS", &shots)
+            .output()
+            .expect("run node (Node 20: scripts/services up node)")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser scenario took more than 4 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser scenario failed ({}); screenshots in {}:\n{stderr}",
+        out.status,
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("console-screenshots")
+            .display()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ids: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no result line from the browser ({e}): {stdout}\n{stderr}"));
+    let instance = ids["instance"].as_str().unwrap();
+
+    // What reached the receiver: every event posted or sent from the console, the failed one once
+    // (after the redrive: the receiver records only what it answered 200), with the header set in
+    // the form and saved back redacted.
+    let hits = receiver.wait_for(4, Duration::from_secs(10)).await;
+    for which in ["live", "paused", "test", "failed"] {
+        let id = ids[which].as_str().unwrap();
+        let got: Vec<_> = hits.iter().filter(|h| h.body["id"] == id).collect();
+        assert_eq!(
+            got.len(),
+            1,
+            "{which} event {id} reached the receiver once: {hits:?}"
+        );
+        assert_eq!(got[0].body["instance"], instance);
+        assert_eq!(
+            got[0].headers.get("authorization").and_then(|v| v.to_str().ok()),
+            Some("Bearer hidden-header-secret"),
+            "the header kept through the console's second save"
+        );
+    }
+    // The failed event: dead after the broken receiver's 500s, delivered after the redrive.
+    let (status, log) = server
+        .call(
+            "GET",
+            &format!("/deliveries/{instance}?channel=webhook"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let failed = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == ids["failed"])
+        .unwrap_or_else(|| panic!("no webhook delivery of the failed event: {log}"));
+    assert_eq!(failed["status"], "delivered", "{failed}");
+    let attempts = failed["attempt_log"].as_array().unwrap();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["retry", "dead", "delivered"], "{failed}");
+    assert!(
+        attempts[..2].iter().all(|a| a["status"] == 500),
+        "the broken receiver's answers: {failed}"
+    );
+    // The instance deleted from the console is gone; the other one stays.
+    let (_, list) = server
+        .call("GET", "/instance/fetchInstances", Some(API_KEY), None)
+        .await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["instanceName"].as_str())
+        .collect();
+    assert_eq!(names, [instance], "{list}");
+}
