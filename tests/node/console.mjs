@@ -5,7 +5,8 @@
 //   NODE_DIR=… CHROMIUM=… SHOTS=DIR node console.mjs SERVER_URL APIKEY RECEIVER_URL CONTROL_URL
 //
 // CONTROL_URL/status/{code} sets the status the receiver answers (500: broken, 200: fixed).
-// Prints one JSON line at the end: {"instance","other","live","paused","test","failed"} (event ids).
+// Prints one JSON line at the end: {"instance","other","live","paused","test","failed","retried",
+// "purged","token"} (event ids).
 // Exits 1 with the reason on the first failed expectation; a screenshot of each page goes to SHOTS.
 import { createRequire } from 'node:module';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -28,7 +29,7 @@ const instance = `console-${suffix}`;
 const other = `other-${suffix}`;
 const token = `console-token-${suffix}-0123`;
 const otherToken = `other-token-${suffix}-0123`;
-const TIMEOUT = 15000;
+const TIMEOUT = 30000;
 
 // Console errors: only the browser's own "Failed to load resource … 4xx" lines of the steps that
 // expect a refusal are allowed; anything else fails the test.
@@ -213,27 +214,53 @@ try {
   await setReceiver(500);
   await tab('Settings').click();
   ids.failed = await sendTestEvent();
+  ids.retried = await sendTestEvent();
   await tab('Deliveries').click();
+  await deliveryRow(ids.retried, 'webhook', 'dead');
   const failed = await deliveryRow(ids.failed, 'webhook', 'dead');
   await failed.locator('summary').click();
   await expectText(failed.locator('ol.attempts li'), /HTTP 500/, 'the failed attempts');
   await page.locator('#f-channel').selectOption('webhook');
   await page.locator('#f-status').selectOption('dead');
   await page.getByRole('button', { name: 'Apply' }).click();
-  await page.locator(`tr[data-channel="webhook"][data-status="dead"]`).first().waitFor();
-  if (await page.locator('tr[data-delivery]:not([data-status="dead"])').count()) throw new Error('the status filter shows others');
+  // The filtered table: the two dead webhook deliveries only.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('tr[data-delivery]')];
+    return rows.length === 2 && rows.every((r) => r.dataset.status === 'dead' && r.dataset.channel === 'webhook');
+  });
   await page.locator('[data-dead-channel=webhook]').waitFor();
   await shot('07-deliveries-failed');
 
-  step = 'receiver fixed, redrive';
+  step = 'receiver fixed, retry one';
   await setReceiver(200);
-  await page.getByRole('button', { name: 'Redrive webhook' }).click();
-  await expectText(page.locator('#flash'), /Sent 1 dead letter/, 'redriven');
+  const retried = page.locator(`tr[data-event-id="${ids.retried}"][data-channel="webhook"]`);
+  const retriedId = await retried.getAttribute('data-delivery');
+  await retried.getByRole('button', { name: `Retry delivery ${retriedId}` }).click();
+  await expectText(page.locator('#flash'), new RegExp(`Delivery ${retriedId} sent again`), 'retried');
   await page.locator('#f-status').selectOption('');
   await page.getByRole('button', { name: 'Apply' }).click();
+  await deliveryRow(ids.retried, 'webhook', 'delivered');
+
+  step = 'redrive the rest';
+  await page.getByRole('button', { name: 'Redrive webhook' }).click();
+  await expectText(page.locator('#flash'), /Sent 1 dead letter/, 'redriven');
   await deliveryRow(ids.failed, 'webhook', 'delivered');
   await page.locator('#no-dead').waitFor();
   await shot('08-deliveries-redriven');
+
+  step = 'purge';
+  await setReceiver(500);
+  await tab('Settings').click();
+  ids.purged = await sendTestEvent();
+  await tab('Deliveries').click();
+  await deliveryRow(ids.purged, 'webhook', 'dead');
+  const purge = page.locator('[data-dead-channel=webhook]').getByRole('button', { name: /purge/i });
+  await purge.click();
+  await purge.click();
+  await expectText(page.locator('#flash'), /Purged the webhook dead letters/, 'purged');
+  await page.locator('#no-dead').waitFor();
+  await page.locator(`tr[data-event-id="${ids.purged}"][data-channel="webhook"]`).waitFor({ state: 'detached' });
+  await setReceiver(200);
 
   step = 'metrics';
   await page.getByRole('link', { name: 'Metrics' }).click();
@@ -268,6 +295,10 @@ try {
   await signIn(token);
   await expectText(page.locator('#who'), new RegExp(`instance ${instance}`), 'who');
   await page.locator('#channel-webhook').waitFor();
+  await tab('Live').click();
+  await expectText(page.locator('#live-status'), /connected/, 'Socket.IO with the instance token');
+  ids.token = await postEvent('seen with the token');
+  await page.locator(`#live-list li[data-id="${ids.token}"]`).waitFor();
   await page.goto(`${base}/console/#/instances`);
   await page.locator(`tr[data-instance="${instance}"]`).waitFor();
   if (await page.locator(`tr[data-instance="${other}"]`).count()) throw new Error('an instance token sees another instance');

@@ -673,7 +673,8 @@
         const attempts = (x.attempt_log || []).map((a) =>
           h('li', {}, `#${a.attempt} ${fmtTime(a.at)}: ${a.outcome}${a.status ? ` (HTTP ${a.status})` : ''}, ${a.latency_ms} ms${a.error ? ` — ${a.error}` : ''}`));
         const details = h('details', { open: open.has(x.id) },
-          h('summary', {}, `${x.attempts} attempt(s)`),
+          // The log keeps the attempts of every round (a redrive starts a new one).
+          h('summary', {}, `${Math.max(x.attempts, attempts.length)} attempt(s)`),
           attempts.length ? h('ol', { class: 'attempts' }, attempts) : h('p', { class: 'hint' }, 'no attempt yet'),
           x.next_attempt_at ? h('p', { class: 'hint' }, `next attempt ${fmtTime(x.next_attempt_at)}`) : null);
         details.addEventListener('toggle', () => (details.open ? open.add(x.id) : open.delete(x.id)));
@@ -683,11 +684,12 @@
         return h('tr', { 'data-delivery': x.id, 'data-event-id': x.event_id, 'data-channel': x.channel, 'data-status': x.status },
           h('td', {}, String(x.id)),
           h('td', {}, x.event, h('div', { class: 'mono hint hide-narrow' }, x.event_id)),
-          h('td', {}, x.channel, h('div', { class: 'hint hide-narrow' }, x.destination)),
+          h('td', {}, x.channel, h('div', { class: 'hint hide-narrow wrap' }, x.destination)),
           h('td', {}, h('span', { class: `badge ${x.status}` }, x.status)),
           h('td', {}, details),
           h('td', { class: 'hide-narrow' }, fmtTime(x.created_at)),
-          h('td', {}, x.last_error || '', retry));
+          // The log keeps the last error after a later success: shown as history then.
+          h('td', { class: 'wrap' }, x.status === 'delivered' && x.last_error ? h('span', { class: 'hint' }, `earlier: ${x.last_error}`) : x.last_error || '', retry));
       });
       return h('table', {},
         h('thead', {}, h('tr', {}, ['#', 'Event', 'Channel', 'Status', 'Attempts', 'Accepted', 'Last error'].map((t, i) =>
