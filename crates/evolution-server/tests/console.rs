@@ -166,3 +166,132 @@ async fn operators_scenario_in_a_real_browser() {
         .collect();
     assert_eq!(names, [instance], "{list}");
 }
+
+/// The console's files and JSON routes over plain HTTP (no browser): the headers that keep the
+/// page from running anything but its own files, who `session` says the key is, and the
+/// settings route keeping a secret sent back redacted while taking a changed field.
+#[tokio::test]
+async fn console_routes_answer_with_their_headers_and_access() {
+    let receiver = Receiver::start().await;
+    let server = Server::start("console-http", &[]).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let bare = client.get(server.url("/console")).send().await.unwrap();
+    assert_eq!(bare.status(), 308);
+    assert_eq!(bare.headers()["location"], "/console/");
+    for (path, kind) in [
+        ("/console/", "text/html"),
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+        ("/console/socket.io.min.js", "text/javascript"),
+        ("/console/socket.io-client.LICENSE", "text/plain"),
+    ] {
+        let r = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let headers = r.headers().clone();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}: {headers:?}"
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'")
+                && !csp.contains("unsafe")
+                && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(!r.text().await.unwrap().is_empty());
+    }
+
+    let token = "acme-token-0123456789";
+    common::create_instance(
+        &server,
+        "acme",
+        serde_json::json!({"token": token, "webhook": {"url": receiver.url("/hook"),
+            "headers": {"Authorization": "Bearer kept-secret"}}}),
+    )
+    .await;
+    let (status, global) = server
+        .call("GET", "/console/api/session", Some(API_KEY), None)
+        .await;
+    assert_eq!(status, 200, "{global}");
+    assert_eq!(global["access"], "global");
+    assert!(global.get("instance").is_none(), "{global}");
+    assert!(global["channels"].as_array().unwrap().contains(&"webhook".into()));
+    assert!(
+        global["events"]
+            .as_array()
+            .unwrap()
+            .contains(&"MESSAGES_UPSERT".into())
+    );
+    assert_eq!(global["websocket"], false, "WEBSOCKET_ENABLED is off");
+    let (status, own) = server
+        .call("GET", "/console/api/session", Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{own}");
+    assert_eq!(
+        (&own["access"], &own["instance"]),
+        (&"instance".into(), &"acme".into())
+    );
+    for key in [Some("wrong-key-0123456789"), None] {
+        let (status, body) = server.call("GET", "/console/api/session", key, None).await;
+        assert_eq!(status, 401, "{body}");
+    }
+
+    // The form sends back what `find` showed: the header stays, the URL changes.
+    let (_, shown) = server.call("GET", "/webhook/find/acme", Some(token), None).await;
+    assert_eq!(shown["headers"]["Authorization"], "**REDACTED**", "{shown}");
+    let mut sent = shown.clone();
+    sent["url"] = receiver.url("/moved").into();
+    sent["enabled"] = true.into();
+    let (status, saved) = server
+        .call(
+            "POST",
+            "/console/api/settings/webhook/acme",
+            Some(token),
+            Some(serde_json::json!({ "webhook": sent })),
+        )
+        .await;
+    assert_eq!(status, 201, "{saved}");
+    assert_eq!(saved["webhook"]["headers"]["Authorization"], "**REDACTED**");
+    common::post_events(&server, "acme", common::seed_event("MESSAGES_UPSERT")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let hook = loop {
+        let hits = receiver.hits();
+        if let Some(hit) = hits.iter().find(|h| h.body["event"] == "MESSAGES_UPSERT") {
+            break hit.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no MESSAGES_UPSERT reached the receiver: {hits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hook.path, "/moved");
+    assert_eq!(hook.headers["authorization"], "Bearer kept-secret");
+    // Its validation is the set route's: field errors named, nothing stored; another instance's
+    // settings are refused to an instance token.
+    let (status, refused) = server
+        .call(
+            "POST",
+            "/console/api/settings/webhook/acme",
+            Some(token),
+            Some(serde_json::json!({"webhook": {"enabled": true, "url": "not a url"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("webhook.url"), "{refused}");
+    common::create_instance(&server, "other", serde_json::json!({})).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/console/api/settings/webhook/other",
+            Some(token),
+            Some(serde_json::json!({"webhook": {"enabled": false, "url": receiver.url("/x")}})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+}
