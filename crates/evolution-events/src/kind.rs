@@ -113,6 +113,12 @@ impl EventKind {
         REGISTRY.iter().map(|info| info.kind)
     }
 
+    /// This kind's position in the registry (`0..REGISTRY.len()`): an index for per-kind tables.
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// This kind's registry row.
     #[must_use]
     pub fn info(self) -> &'static EventInfo {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::app::{App, random_token};
 use crate::error::ApiError;
+use crate::instances::Instance;
 use crate::metrics;
 
 pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
@@ -28,7 +29,7 @@ pub(crate) enum Access {
     /// The global `AUTHENTICATION_API_KEY`: everything.
     Global,
     /// An instance token: that instance only.
-    Instance(Arc<InstanceRecord>),
+    Instance(Arc<Instance>),
 }
 
 /// The routes.
@@ -85,11 +86,7 @@ pub(crate) fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
 
 /// Authorizes access to `instance` and returns it: 403 for another instance's token, 404 if it
 /// does not exist (only the global key learns that).
-pub(crate) fn instance_access(
-    app: &App,
-    headers: &HeaderMap,
-    instance: &str,
-) -> ApiResult<Arc<InstanceRecord>> {
+pub(crate) fn instance_access(app: &App, headers: &HeaderMap, instance: &str) -> ApiResult<Arc<Instance>> {
     match authorize(app, headers)? {
         Access::Instance(own) if own.name.as_str() == instance => Ok(own),
         Access::Instance(_) => Err(ApiError::new(
@@ -238,9 +235,11 @@ async fn create_instance(
     if name.is_none() && !fields.contains_key("instanceName") {
         errors.push("instanceName: is required".to_owned());
     }
+    let mut checked = None;
     if let Some(name) = &name {
-        if let Err(e) = app.dispatcher.router().validate_instance(name, &settings) {
-            errors.extend(e.0.iter().map(ToString::to_string));
+        match app.dispatcher.router().check(name, settings.clone()) {
+            Ok(c) => checked = Some(c),
+            Err(e) => errors.extend(e.0.iter().map(ToString::to_string)),
         }
         if app.instance(name.as_str()).is_some() {
             return Err(ApiError::new(
@@ -255,7 +254,7 @@ async fn create_instance(
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     }
-    let Some(name) = name else {
+    let (Some(name), Some(checked)) = (name, checked) else {
         return Err(ApiError::bad_request("instanceName: is required"));
     };
     let record = InstanceRecord {
@@ -277,10 +276,10 @@ async fn create_instance(
         ));
     }
     app.store.create_instance(&record).await?;
-    app.cache(record.clone());
+    app.cache_checked(Instance::checked(record.clone(), checked));
     let data = json!({"instanceName": name, "instanceId": record.id});
     let event = app.envelope(EventKind::InstanceCreate, name.clone(), &data, None);
-    if let Err(e) = app.emit(vec![(event, None)]).await {
+    if let Err(e) = app.emit(vec![event]).await {
         // Nothing half-stored: without its INSTANCE_CREATE event the instance is not created.
         app.uncache(&name);
         if let Err(undo) = app.store.delete_instance(&name).await {
@@ -317,7 +316,7 @@ async fn delete_instance(
     let data = json!({"instanceName": record.name, "instanceId": record.id});
     let deleted = app.envelope(EventKind::InstanceDelete, record.name.clone(), &data, None);
     let removed = app.envelope(EventKind::RemoveInstance, record.name.clone(), &Value::Null, None);
-    app.emit(vec![(deleted, None), (removed, None)]).await?;
+    app.emit(vec![deleted, removed]).await?;
     app.store.delete_instance(&record.name).await?;
     app.uncache(&record.name);
     #[cfg(feature = "websocket")]
@@ -360,26 +359,29 @@ pub(crate) async fn set_channel(
         .collect();
     let mut settings = record.settings.clone();
     parse_channel(&app, channel, value, &mut settings, &mut errors);
-    if errors.is_empty()
-        && let Err(e) = app.dispatcher.router().validate_instance(&record.name, &settings)
-    {
-        errors.extend(e.0.iter().map(ToString::to_string));
+    let mut checked = None;
+    if errors.is_empty() {
+        match app.dispatcher.router().check(&record.name, settings.clone()) {
+            Ok(c) => checked = Some(c),
+            Err(e) => errors.extend(e.0.iter().map(ToString::to_string)),
+        }
     }
     if errors.is_empty() {
         provision(&app, &record.name, &settings, &mut errors).await;
     }
-    if !errors.is_empty() {
+    let Some(checked) = checked.filter(|_| errors.is_empty()) else {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
-    }
+    };
     if !app.store.update_settings(&record.name, &settings).await? {
         return Err(ApiError::not_found(format!(
             "The \"{instance}\" instance does not exist"
         )));
     }
-    app.cache(InstanceRecord {
+    let updated = InstanceRecord {
         settings: settings.clone(),
-        ..(*record).clone()
-    });
+        ..record.record().clone()
+    };
+    app.cache_checked(Instance::checked(updated, checked));
     Ok((
         StatusCode::CREATED,
         Json(json!({ key: settings.redacted().get(channel) })),

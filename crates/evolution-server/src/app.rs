@@ -6,20 +6,18 @@ use std::sync::{Arc, Weak};
 #[cfg(feature = "websocket")]
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use evolution_events::{
-    Channel, EventEnvelope, EventKind, InstanceName, InstanceSettings, RawValue, Scope, Sensitive,
-};
+use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, RawValue, Scope, Sensitive};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 #[cfg(feature = "postgres")]
 use evolution_outbox::{PostgresOptions, PostgresOutbox};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
 #[cfg(feature = "websocket")]
 use evolution_sinks::websocket::{Access, WebsocketLayer, WebsocketSink};
-use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router};
+use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router, Routing};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
-use crate::instances::InstanceCache;
+use crate::instances::{Instance, InstanceCache};
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -170,6 +168,7 @@ impl App {
             .instances()
             .await
             .map_err(|e| StartError::Database(e.to_string()))?;
+        let instances = InstanceCache::new(dispatcher.router().clone(), instances);
         let app = Arc::new(Self {
             config,
             api_key,
@@ -177,7 +176,7 @@ impl App {
             store,
             outbox,
             storage,
-            instances: InstanceCache::new(instances),
+            instances,
             accepted: AtomicU64::new(0),
             #[cfg(feature = "websocket")]
             websocket,
@@ -197,7 +196,7 @@ impl App {
             &data,
             None,
         );
-        if let Err(e) = app.emit(vec![(startup, None)]).await {
+        if let Err(e) = app.emit(vec![startup]).await {
             tracing::warn!(error = %e, "could not emit APPLICATION_STARTUP");
         }
         Ok(app)
@@ -219,18 +218,23 @@ impl App {
     }
 
     /// The cached instance.
-    pub(crate) fn instance(&self, name: &str) -> Option<Arc<InstanceRecord>> {
+    pub(crate) fn instance(&self, name: &str) -> Option<Arc<Instance>> {
         self.instances.get(name)
     }
 
     /// Every cached instance, by name.
-    pub(crate) fn all_instances(&self) -> Vec<Arc<InstanceRecord>> {
+    pub(crate) fn all_instances(&self) -> Vec<Arc<Instance>> {
         self.instances.all()
     }
 
-    /// Replaces (or adds) a cached instance.
+    /// Replaces (or adds) a cached instance, checking its settings.
     pub(crate) fn cache(&self, record: InstanceRecord) {
         self.instances.insert(record);
+    }
+
+    /// Replaces (or adds) a cached instance whose settings were just checked.
+    pub(crate) fn cache_checked(&self, instance: Instance) {
+        self.instances.insert_checked(instance);
     }
 
     /// Drops a cached instance.
@@ -239,7 +243,7 @@ impl App {
     }
 
     /// The instance whose token is `key` (see [`InstanceCache::by_token`]).
-    pub(crate) fn instance_by_token(&self, key: &str) -> Option<Arc<InstanceRecord>> {
+    pub(crate) fn instance_by_token(&self, key: &str) -> Option<Arc<Instance>> {
         self.instances.by_token(key)
     }
 
@@ -278,7 +282,13 @@ impl App {
         // A `Value` always serializes (its map keys are strings).
         let raw = serde_json::value::to_raw_value(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
         let record = self.instance(instance.as_str());
-        self.envelope_raw(kind, instance, record.as_deref(), raw, sender)
+        self.envelope_raw(
+            kind,
+            instance,
+            record.as_deref().map(Instance::record),
+            raw,
+            sender,
+        )
     }
 
     /// An envelope for `instance` (whose cached record is `record`, if it has one) with `data`
@@ -302,44 +312,38 @@ impl App {
             .with_apikey(apikey)
     }
 
-    /// Routes and stores events of `record`'s instance with its settings (the envelopes moved,
-    /// the record found once by the caller).
+    /// Routes and stores events of `instance` with its checked settings (the envelopes moved, the
+    /// instance found once by the caller).
     pub(crate) async fn emit_for(
         &self,
-        record: &InstanceRecord,
+        instance: &Instance,
         envelopes: Vec<EventEnvelope>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
         let batch = envelopes
             .into_iter()
-            .map(|envelope| (envelope, Some(&record.settings)))
+            .map(|envelope| (envelope, instance.routing()))
             .collect();
         let stored = self.dispatcher.emit_many(batch).await?;
         self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
         Ok(stored)
     }
 
-    /// Routes and stores events, each with its instance's cached settings unless given.
+    /// Routes and stores events, each with its instance's cached settings (global settings only
+    /// for a name that is not an instance, such as the server's own).
     pub(crate) async fn emit(
         &self,
-        events: Vec<(EventEnvelope, Option<InstanceSettings>)>,
+        envelopes: Vec<EventEnvelope>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
-        let (envelopes, given): (Vec<EventEnvelope>, Vec<Option<InstanceSettings>>) =
-            events.into_iter().unzip();
-        let cached: Vec<Option<Arc<InstanceRecord>>> = envelopes
+        let cached: Vec<Option<Arc<Instance>>> = envelopes
             .iter()
-            .zip(&given)
-            .map(|(e, given)| {
-                given
-                    .is_none()
-                    .then(|| self.instance(e.instance().as_str()))
-                    .flatten()
-            })
+            .map(|e| self.instance(e.instance().as_str()))
             .collect();
         let batch = envelopes
             .into_iter()
-            .zip(given.iter().zip(&cached))
-            .map(|(envelope, (given, cached))| {
-                (envelope, given.as_ref().or(cached.as_ref().map(|r| &r.settings)))
+            .zip(&cached)
+            .map(|(envelope, cached)| {
+                let routing = cached.as_ref().map_or(Routing::Unchecked(None), |i| i.routing());
+                (envelope, routing)
             })
             .collect();
         let stored = self.dispatcher.emit_many(batch).await?;
@@ -369,7 +373,7 @@ async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
             "error": notice.error,
         });
         let envelope = app.envelope(EventKind::Errors, d.envelope.instance().clone(), &data, None);
-        if let Err(e) = app.emit(vec![(envelope, None)]).await {
+        if let Err(e) = app.emit(vec![envelope]).await {
             tracing::warn!(error = %e, "could not emit an ERRORS event");
         }
     }
@@ -394,7 +398,7 @@ async fn disable_webhook(app: &App, delivery: &evolution_events::Delivery) {
             );
             app.cache(InstanceRecord {
                 settings,
-                ..(*record).clone()
+                ..record.record().clone()
             });
         }
         Err(e) => tracing::error!(instance = %record.name, error = %e, "could not disable a gone webhook"),

@@ -68,6 +68,25 @@ struct StreamState {
 }
 
 impl NatsSink {
+    /// A round trip to the server: the client's buffer flushed and answered within
+    /// `flush_timeout`.
+    async fn flush_client(&self, client: &async_nats::Client) -> Result<(), SinkError> {
+        match tokio::time::timeout(self.config.flush_timeout, client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classified(
+                flush_class(e.kind()),
+                &format!("flush to {}", self.label()),
+                &e,
+                &self.config.url.secrets(),
+            )),
+            Err(_) => Err(error(
+                ErrorKind::Timeout,
+                format!("{}: no answer to a flush", self.label()),
+            )
+            .with_retry(Retry::Backoff)),
+        }
+    }
+
     /// A sink with these settings. Nothing is connected yet: the first `send` or `health_check`
     /// connects.
     ///
@@ -472,25 +491,7 @@ impl EventSink for NatsSink {
     /// makes sure the stream exists.
     async fn health_check(&self) -> Result<(), SinkError> {
         let link = self.link().await?;
-        let secrets = self.config.url.secrets();
-        match tokio::time::timeout(self.config.flush_timeout, link.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(classified(
-                    flush_class(e.kind()),
-                    &format!("flush to {}", self.label()),
-                    &e,
-                    &secrets,
-                ));
-            }
-            Err(_) => {
-                return Err(error(
-                    ErrorKind::Timeout,
-                    format!("{}: no answer to a flush", self.label()),
-                )
-                .with_retry(Retry::Backoff));
-            }
-        }
+        self.flush_client(&link.client).await?;
         if let (NatsMode::JetStream(js), Some((context, stream_state))) = (&self.config.mode, &link.jetstream)
         {
             self.ensure_stream(context, stream_state, js, &BTreeSet::new())
@@ -505,23 +506,7 @@ impl EventSink for NatsSink {
         if let Some(link) = self.connection.current().await
             && link.client.connection_state() == ConnectionState::Connected
         {
-            match tokio::time::timeout(self.config.flush_timeout, link.client.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(classified(
-                        flush_class(e.kind()),
-                        &format!("flush to {}", self.label()),
-                        &e,
-                        &self.config.url.secrets(),
-                    ));
-                }
-                Err(_) => {
-                    return Err(error(
-                        ErrorKind::Timeout,
-                        format!("{}: no answer to a flush", self.label()),
-                    ));
-                }
-            }
+            self.flush_client(&link.client).await?;
         }
         Ok(())
     }

@@ -4,12 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventSink,
+    Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind, EventSink,
     InstanceName, InstanceSettings, NameError, RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::router::Router;
+use crate::router::{CheckedSettings, Route, Router};
 
 /// How long an idle worker sleeps before looking again when nothing is scheduled (it is woken
 /// earlier by new work).
@@ -316,6 +316,7 @@ impl DispatcherBuilder {
         }
         Ok(Dispatcher {
             shared: Arc::new(Shared {
+                id: crate::router::next_id(),
                 outbox: self.outbox,
                 router: self.router,
                 channels,
@@ -329,6 +330,8 @@ impl DispatcherBuilder {
 
 #[derive(Debug)]
 struct Shared {
+    /// Tells dispatchers apart for the deliveries planned in [`CheckedSettings`].
+    id: u64,
     outbox: Arc<dyn Outbox>,
     router: Router,
     channels: HashMap<Channel, Arc<ChannelCtx>>,
@@ -369,18 +372,18 @@ impl Dispatcher {
         }
     }
 
-    /// Accepts one event: routes it with `settings` (the instance's own) and the global settings,
-    /// and stores it with all its deliveries. Returns the stored event (with its sequence) once
-    /// the outbox has it.
+    /// Accepts one event: routes it with the instance's own settings (see [`Routing`]) and the
+    /// global settings, and stores it with all its deliveries. Returns the stored event (with its
+    /// sequence) once the outbox has it.
     ///
     /// # Errors
     /// See [`EmitError`]; nothing is stored on error.
-    pub async fn emit(
+    pub async fn emit<'a>(
         &self,
         event: EventEnvelope,
-        settings: Option<&InstanceSettings>,
+        settings: impl Into<Routing<'a>>,
     ) -> Result<Arc<EventEnvelope>, EmitError> {
-        let mut stored = self.emit_many(vec![(event, settings)]).await?;
+        let mut stored = self.emit_many(vec![(event, settings.into())]).await?;
         stored.pop().ok_or(EmitError::Closed)
     }
 
@@ -388,9 +391,9 @@ impl Dispatcher {
     ///
     /// # Errors
     /// See [`EmitError`]; nothing is stored on error.
-    pub async fn emit_many(
+    pub async fn emit_many<'a, S: Into<Routing<'a>>>(
         &self,
-        events: Vec<(EventEnvelope, Option<&InstanceSettings>)>,
+        events: Vec<(EventEnvelope, S)>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(EmitError::Closed);
@@ -398,24 +401,19 @@ impl Dispatcher {
         let profile = self.shared.router.global().naming;
         let mut batch = Vec::with_capacity(events.len());
         for (envelope, settings) in events {
-            let routes = self.shared.router.route(&envelope, settings)?;
-            let mut deliveries = Vec::with_capacity(routes.len());
-            for route in routes {
-                let ctx = self
-                    .shared
-                    .channels
-                    .get(&route.channel)
-                    .ok_or(EmitError::NoSink(route.channel))?;
-                let ordering_key = ctx
-                    .ordered
-                    .then(|| ordering_key(envelope.instance(), &route.destination));
-                deliveries.push(NewDelivery {
-                    channel: route.channel,
-                    scope: route.scope,
-                    destination: Arc::new(route.destination),
-                    ordering_key,
-                });
-            }
+            let deliveries = match settings.into() {
+                Routing::Checked(checked) if checked.checked_by(&self.shared.router, envelope.instance()) => {
+                    self.planned(envelope.kind(), checked)?
+                }
+                Routing::Checked(checked) => self.plan(
+                    envelope.instance(),
+                    self.shared.router.route(&envelope, Some(checked.settings()))?,
+                )?,
+                Routing::Unchecked(settings) => self.plan(
+                    envelope.instance(),
+                    self.shared.router.route(&envelope, settings)?,
+                )?,
+            };
             batch.push(NewEvent {
                 envelope,
                 profile,
@@ -423,6 +421,51 @@ impl Dispatcher {
             });
         }
         Ok(self.shared.outbox.enqueue(batch).await?)
+    }
+
+    /// The deliveries of an event of `kind` with settings this dispatcher's router checked: planned
+    /// on the first event of that kind, then shared.
+    fn planned(&self, kind: EventKind, checked: &CheckedSettings) -> Result<Vec<NewDelivery>, EmitError> {
+        let slot = checked.planned.get(kind.index());
+        if let Some(planned) = slot.and_then(OnceLock::get)
+            && planned.dispatcher == self.shared.id
+        {
+            return Ok(planned.deliveries.to_vec());
+        }
+        let deliveries = self.plan(
+            checked.instance(),
+            self.shared.router.route_checked(kind, checked),
+        )?;
+        if let Some(slot) = slot {
+            // Another thread may have planned it first: theirs is the same. (Settings shared by two
+            // dispatchers keep the first one's plan; the other plans on each event.)
+            let _kept_if_first = slot.set(Arc::new(Planned {
+                dispatcher: self.shared.id,
+                deliveries: deliveries.clone().into(),
+            }));
+        }
+        Ok(deliveries)
+    }
+
+    /// The deliveries of `routes`, each with its ordering key where its channel keeps order.
+    fn plan(&self, instance: &InstanceName, routes: Vec<Route>) -> Result<Vec<NewDelivery>, EmitError> {
+        routes
+            .into_iter()
+            .map(|route| {
+                let ctx = self
+                    .shared
+                    .channels
+                    .get(&route.channel)
+                    .ok_or(EmitError::NoSink(route.channel))?;
+                let ordering_key = ctx.ordered.then(|| ordering_key(instance, &route.destination));
+                Ok(NewDelivery {
+                    channel: route.channel,
+                    scope: route.scope,
+                    destination: Arc::new(route.destination),
+                    ordering_key,
+                })
+            })
+            .collect()
     }
 
     /// The router.
@@ -555,6 +598,35 @@ impl Dispatcher {
 }
 
 /// The ordering key of a delivery: its instance and destination.
+/// The instance settings an event is routed with.
+#[derive(Clone, Copy, Debug)]
+pub enum Routing<'a> {
+    /// Global settings only (`None`), or instance settings validated on this event.
+    Unchecked(Option<&'a InstanceSettings>),
+    /// Settings the router checked when they were saved ([`Router::check`]): nothing is validated
+    /// again, and each event kind's deliveries are planned once.
+    Checked(&'a CheckedSettings),
+}
+
+impl<'a> From<Option<&'a InstanceSettings>> for Routing<'a> {
+    fn from(settings: Option<&'a InstanceSettings>) -> Self {
+        Self::Unchecked(settings)
+    }
+}
+
+impl<'a> From<&'a CheckedSettings> for Routing<'a> {
+    fn from(settings: &'a CheckedSettings) -> Self {
+        Self::Checked(settings)
+    }
+}
+
+/// The deliveries one dispatcher planned for one event kind of a [`CheckedSettings`].
+#[derive(Debug)]
+pub(crate) struct Planned {
+    dispatcher: u64,
+    deliveries: Box<[NewDelivery]>,
+}
+
 fn ordering_key(instance: &InstanceName, destination: &Destination) -> Arc<str> {
     Arc::from(format!("{instance}\u{1f}{}", destination.label()))
 }

@@ -56,6 +56,6 @@ pub use evolution_sink_sqs as sqs;
 
 pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
-    EmitError, LATENCY_BUCKETS, LatencyHistogram, ShutdownReport,
+    EmitError, LATENCY_BUCKETS, LatencyHistogram, Routing, ShutdownReport,
 };
-pub use router::{Route, Router};
+pub use router::{CheckedSettings, Route, Router};

@@ -1,5 +1,8 @@
 //! The Router: from an event and the settings to the deliveries it needs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use evolution_events::naming::{RabbitmqNaming, SqsNaming};
 use evolution_events::{
     Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, GlobalSettings,
@@ -31,6 +34,50 @@ struct CustomRoute {
 pub struct Router {
     global: GlobalSettings,
     custom: Vec<CustomRoute>,
+    /// Tells routers with other settings apart: [`CheckedSettings`] skip validation only on the
+    /// router that checked them.
+    id: u64,
+}
+
+/// A fresh id for a router or a dispatcher (process-wide, never reused).
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An instance's settings as a [`Router`] checked them when they were saved: every destination
+/// they and the global settings name for this instance, for any event, is valid on its channel.
+/// Routing with them ([`Dispatcher::emit`](crate::Dispatcher::emit)) validates nothing again, and
+/// the Dispatcher keeps the deliveries of each event kind it has routed once (destinations and
+/// ordering keys shared, not rebuilt per event).
+///
+/// Made by [`Router::check`]; keep one per instance and make a new one when its settings change.
+#[derive(Clone, Debug)]
+pub struct CheckedSettings {
+    instance: InstanceName,
+    settings: InstanceSettings,
+    router: u64,
+    /// Per event kind ([`EventKind::index`]), the deliveries the Dispatcher planned.
+    pub(crate) planned: Box<[OnceLock<Arc<crate::dispatcher::Planned>>]>,
+}
+
+impl CheckedSettings {
+    /// The instance they were checked for.
+    #[must_use]
+    pub fn instance(&self) -> &InstanceName {
+        &self.instance
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn settings(&self) -> &InstanceSettings {
+        &self.settings
+    }
+
+    /// Whether `router` checked them for `instance`: only then can routing skip validation.
+    pub(crate) fn checked_by(&self, router: &Router, instance: &InstanceName) -> bool {
+        self.router == router.id && self.instance == *instance
+    }
 }
 
 impl Router {
@@ -74,6 +121,7 @@ impl Router {
         let router = Self {
             global,
             custom: Vec::new(),
+            id: next_id(),
         };
         // Every global route of every event must produce valid names.
         let probe = InstanceName::new("x").map_err(|e| {
@@ -115,6 +163,8 @@ impl Router {
             events,
             target: target.into(),
         });
+        // Settings checked before did not see this route.
+        self.id = next_id();
         self
     }
 
@@ -128,19 +178,44 @@ impl Router {
     ///
     /// # Errors
     /// A [`NameError`] if a destination would be refused by its channel. Settings checked by
-    /// [`Router::validate_instance`] never produce one.
+    /// [`Router::check`] never produce one.
     pub fn route(
         &self,
         event: &EventEnvelope,
         settings: Option<&InstanceSettings>,
     ) -> Result<Vec<Route>, NameError> {
+        let routes = self.routes_of(event.instance(), event.kind(), settings)?;
+        for route in &routes {
+            // Webhook URLs were checked when they were joined (`webhook_url`).
+            if !matches!(route.destination, Destination::Webhook(_)) {
+                route.destination.validate()?;
+            }
+        }
+        Ok(routes)
+    }
+
+    /// The routes of an event of `kind` for `instance`, without validating their names: `settings`
+    /// were checked by this router ([`CheckedSettings`]).
+    pub(crate) fn route_checked(&self, kind: EventKind, settings: &CheckedSettings) -> Vec<Route> {
+        // `check` ran `instance_routes` for every kind, so it cannot fail here; were it to, the
+        // instance routes it could not name are left out rather than sent somewhere else.
+        self.routes_of(&settings.instance, kind, Some(&settings.settings))
+            .unwrap_or_default()
+    }
+
+    fn routes_of(
+        &self,
+        instance: &InstanceName,
+        kind: EventKind,
+        settings: Option<&InstanceSettings>,
+    ) -> Result<Vec<Route>, NameError> {
         let mut routes = Vec::new();
         if let Some(settings) = settings {
-            self.instance_routes(event.instance(), event.kind(), settings, &mut routes, false)?;
+            self.instance_routes(instance, kind, settings, &mut routes, false)?;
         }
-        self.global_routes(event.instance(), event.kind(), &mut routes, false);
+        self.global_routes(instance, kind, &mut routes, false);
         for custom in &self.custom {
-            if custom.events.matches(event.kind()) {
+            if custom.events.matches(kind) {
                 push(
                     &mut routes,
                     custom.channel,
@@ -151,13 +226,46 @@ impl Router {
                 );
             }
         }
-        for route in &routes {
-            // Webhook URLs were checked when they were joined (`webhook_url`).
-            if !matches!(route.destination, Destination::Webhook(_)) {
-                route.destination.validate()?;
+        Ok(routes)
+    }
+
+    /// Checks `settings` for `instance` once, when they are saved ([`Router::validate_instance`],
+    /// plus the names the global settings give this instance), so that routing its events
+    /// validates nothing again.
+    ///
+    /// # Errors
+    /// Every problem found, each under the channel's field.
+    pub fn check(
+        &self,
+        instance: &InstanceName,
+        settings: InstanceSettings,
+    ) -> Result<CheckedSettings, ValidationErrors> {
+        let mut errors = match self.validate_instance(instance, &settings) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0,
+        };
+        for kind in EventKind::all() {
+            let mut routes = Vec::new();
+            self.global_routes(instance, kind, &mut routes, false);
+            for route in routes {
+                if let Err(e) = route.destination.validate() {
+                    errors.push(FieldError {
+                        field: route.channel.to_string(),
+                        message: e.to_string(),
+                    });
+                }
             }
         }
-        Ok(routes)
+        errors.dedup();
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors));
+        }
+        Ok(CheckedSettings {
+            instance: instance.clone(),
+            settings,
+            router: self.id,
+            planned: EventKind::all().map(|_| OnceLock::new()).collect(),
+        })
     }
 
     /// Checks that every event the settings select produces valid names on its channel (an

@@ -441,3 +441,50 @@ async fn nothing_is_stored_when_an_event_cannot_be_accepted() {
     nats.set_down(false);
     assert_eq!(nats.wait_for(3, Duration::from_secs(10)).await.len(), 3);
 }
+
+#[tokio::test]
+async fn checked_settings_route_like_unchecked_ones_and_only_on_the_router_that_checked_them() {
+    let sqs_router = |prefix: &str| {
+        let mut g = GlobalSettings::default();
+        g.sqs.broker.enabled = true;
+        g.sqs.broker.prefix = prefix.to_owned();
+        Router::new(g).unwrap()
+    };
+    let (plain, prefixed) = (sqs_router(""), sqs_router(&"p".repeat(40)));
+    let name = "i".repeat(40);
+    let s = settings(json!({"sqs": {"enabled": true}}));
+    let checked = plain
+        .check(&InstanceName::new(&name).unwrap(), s.clone())
+        .unwrap();
+    assert!(
+        prefixed
+            .check(&InstanceName::new(&name).unwrap(), s.clone())
+            .is_err(),
+        "the prefix makes the queue name too long"
+    );
+
+    let sqs = MemorySink::new(Channel::Sqs);
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), plain)
+        .sink(Arc::new(sqs.clone()))
+        .start()
+        .unwrap();
+    // The first event of a kind plans its deliveries, the next ones reuse them: same destinations
+    // as routing the same settings unchecked.
+    for n in 0..3 {
+        d.emit(event(&name, n), &checked).await.unwrap();
+    }
+    d.emit(event(&name, 3), Some(&s)).await.unwrap();
+    let received = sqs.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 4);
+    assert!(received.iter().all(|r| r.destination == received[0].destination));
+    assert!(received[0].destination.label().contains(&name));
+
+    // On a router with other settings the check does not hold: the event is validated, and refused.
+    let other = Dispatcher::builder(Arc::new(MemoryOutbox::default()), prefixed)
+        .sink(Arc::new(MemorySink::new(Channel::Sqs)))
+        .start()
+        .unwrap();
+    let err = other.emit(event(&name, 0), &checked).await.unwrap_err();
+    assert!(matches!(err, EmitError::Routing(_)), "{err}");
+    assert!(err.to_string().contains("at most 80"), "{err}");
+}

@@ -276,3 +276,25 @@ fn the_errors_webhook_receives_errors_events_only() {
             .contains("WEBHOOK_EVENTS_ERRORS_WEBHOOK")
     );
 }
+
+#[test]
+fn check_also_refuses_names_the_global_settings_give_the_instance() {
+    let mut g = GlobalSettings::default();
+    g.sqs.broker.enabled = true;
+    g.sqs.broker.global_enabled = true;
+    g.sqs.broker.events = EventKind::all().collect();
+    let router = Router::new(g).unwrap();
+    let long = InstanceName::new(&"x".repeat(64)).unwrap();
+    // The instance's own settings name nothing, but the global SQS queue of this name is too long:
+    // refused when the instance is saved, not on its first event.
+    router
+        .validate_instance(&long, &InstanceSettings::default())
+        .unwrap();
+    let err = router.check(&long, InstanceSettings::default()).unwrap_err();
+    assert!(err.0.iter().all(|e| e.field == "sqs"), "{err}");
+    assert!(err.to_string().contains("at most 80"), "{err}");
+    let checked = router
+        .check(&InstanceName::new("acme").unwrap(), InstanceSettings::default())
+        .unwrap();
+    assert_eq!(checked.instance().as_str(), "acme");
+}
