@@ -201,6 +201,13 @@ try {
   await tab('Settings').click();
   await page.locator('#test').waitFor();
   ids.test = await sendTestEvent();
+  // Emitted to nobody while the live page is closed (seen in the log), so only the replay on
+  // reconnection can bring it.
+  await tab('Deliveries').click();
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll(`tr[data-event-id="${id}"][data-channel="websocket"]`)];
+    return rows.length > 0 && rows.every((r) => r.dataset.status === 'delivered');
+  }, ids.test);
   await tab('Live').click();
   await page.locator(`#live-list li[data-id="${ids.test}"]`).waitFor();
   await expectText(page.locator('#live-note'), /replayed 1 missed/, 'replay');
