@@ -22,10 +22,10 @@ use crate::error::ApiError;
 use crate::instances::Instance;
 use crate::metrics;
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Who is calling.
-enum Access {
+pub(crate) enum Access {
     /// The global `AUTHENTICATION_API_KEY`: everything.
     Global,
     /// An instance token: that instance only.
@@ -54,6 +54,8 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
         )
+        // The operators' web console (`/console`) and its two JSON routes.
+        .merge(crate::console::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::clone(&app));
@@ -70,7 +72,7 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see GET /openapi.json")
 }
 
-fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
+pub(crate) fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
     let Some(key) = headers.get("apikey").and_then(|v| v.to_str().ok()) else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing `apikey` header"));
     };
@@ -84,7 +86,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<Access> {
 
 /// Authorizes access to `instance` and returns it: 403 for another instance's token, 404 if it
 /// does not exist (only the global key learns that).
-fn instance_access(app: &App, headers: &HeaderMap, instance: &str) -> ApiResult<Arc<Instance>> {
+pub(crate) fn instance_access(app: &App, headers: &HeaderMap, instance: &str) -> ApiResult<Arc<Instance>> {
     match authorize(app, headers)? {
         Access::Instance(own) if own.name.as_str() == instance => Ok(own),
         Access::Instance(_) => Err(ApiError::new(
@@ -333,7 +335,7 @@ fn route_channel(channel: &str) -> ApiResult<Channel> {
     Channel::parse_built_in(channel).map_err(|e| ApiError::not_found(e.to_string()))
 }
 
-async fn set_channel(
+pub(crate) async fn set_channel(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((channel, instance)): Path<(String, String)>,

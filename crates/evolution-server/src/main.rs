@@ -5,6 +5,7 @@
 mod api;
 mod app;
 mod config;
+mod console;
 mod error;
 mod instances;
 mod metrics;

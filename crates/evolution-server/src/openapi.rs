@@ -168,6 +168,33 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/console/api/session",
+            summary: "For the web console (/console): who the apikey is (access global or instance, and which) and what this server offers (channels, event names, whether Socket.IO is on)",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "required": ["access", "channels", "events", "websocket"],
+                "properties": {"access": {"enum": ["global", "instance"]}, "instance": {"type": "string"},
+                    "channels": {"type": "array", "items": {"type": "string"}}, "events": {"type": "array", "items": {"type": "string"}},
+                    "websocket": {"type": "boolean"}, "version": {"type": "string"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "post",
+            path: "/console/api/settings/{channel}/{instance}",
+            summary: "For the web console: as POST /{channel}/set/{instance}, but a value sent back exactly as find showed it redacted keeps the stored secret",
+            body: Some(
+                json!({"type": "object", "description": "{\"<channel>\": {...}}, as POST /{channel}/set/{instance}"}),
+            ),
+            ok: (
+                "201",
+                json!({"type": "object", "description": "the stored settings, secrets redacted"}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
             path: "/health",
             summary: "Liveness",
             body: None,
@@ -233,7 +260,7 @@ pub(crate) fn document() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "evolution events", "version": env!("CARGO_PKG_VERSION"),
-            "description": "Delivers events to webhook, WebSocket, RabbitMQ, SQS, Kafka, NATS and Pusher."},
+            "description": "Delivers events to webhook, WebSocket, RabbitMQ, SQS, Kafka, NATS and Pusher. Operators' web console: GET /console/."},
         "paths": paths,
         "components": {
             "securitySchemes": {"apikey": {"type": "apiKey", "in": "header", "name": "apikey"}},
