@@ -73,6 +73,11 @@ pub fn variables() -> Vec<Var> {
     Channel::BUILT_IN
         .into_iter()
         .filter_map(|channel| Some(Var::new(channel.switch_var()?, "false")))
+        .chain(
+            Channel::BUILT_IN
+                .into_iter()
+                .filter_map(|channel| Some(Var::unset(channel.global_filter_var()?))),
+        )
         .chain(REGISTRY.iter().flat_map(|entry| entry.vars.iter().copied()))
         .collect()
 }
@@ -89,6 +94,30 @@ pub fn event_toggles() -> impl Iterator<Item = &'static str> {
 pub fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
     for entry in REGISTRY {
         (entry.read_global)(vars, global);
+    }
+    read_global_filters(vars, global);
+}
+
+/// `<CHANNEL>_GLOBAL_FILTER` of every built-in channel: a JSON payload filter
+/// ([`evolution_events::Filter`]) of the channel's global deliveries.
+fn read_global_filters(vars: &mut Vars, global: &mut GlobalSettings) {
+    for channel in Channel::BUILT_IN {
+        let Some(name) = channel.global_filter_var() else {
+            continue;
+        };
+        let Some(text) = vars.string(name) else {
+            continue;
+        };
+        match evolution_events::Filter::from_text(&text, name) {
+            Ok(filter) => {
+                global.filters.insert(channel, filter);
+            }
+            Err(problems) => {
+                for problem in problems {
+                    vars.error(problem.to_string());
+                }
+            }
+        }
     }
 }
 

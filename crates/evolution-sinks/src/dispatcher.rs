@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind, EventSink,
-    InstanceName, InstanceSettings, NameError, RetryPolicy, SinkError,
+    Filter, InstanceName, InstanceSettings, NameError, NamingProfile, RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
@@ -401,19 +401,24 @@ impl Dispatcher {
         let profile = self.shared.router.global().naming;
         let mut batch = Vec::with_capacity(events.len());
         for (envelope, settings) in events {
-            let deliveries = match settings.into() {
+            let planned: Arc<[PlannedDelivery]> = match settings.into() {
                 Routing::Checked(checked) if checked.checked_by(&self.shared.router, envelope.instance()) => {
                     self.planned(envelope.kind(), checked)?
                 }
-                Routing::Checked(checked) => self.plan(
-                    envelope.instance(),
-                    self.shared.router.route(&envelope, Some(checked.settings()))?,
-                )?,
-                Routing::Unchecked(settings) => self.plan(
-                    envelope.instance(),
-                    self.shared.router.route(&envelope, settings)?,
-                )?,
+                Routing::Checked(checked) => self
+                    .plan(
+                        envelope.instance(),
+                        self.shared.router.route(&envelope, Some(checked.settings()))?,
+                    )?
+                    .into(),
+                Routing::Unchecked(settings) => self
+                    .plan(
+                        envelope.instance(),
+                        self.shared.router.route(&envelope, settings)?,
+                    )?
+                    .into(),
             };
+            let deliveries = select(&envelope, profile, &planned);
             batch.push(NewEvent {
                 envelope,
                 profile,
@@ -425,30 +430,37 @@ impl Dispatcher {
 
     /// The deliveries of an event of `kind` with settings this dispatcher's router checked: planned
     /// on the first event of that kind, then shared.
-    fn planned(&self, kind: EventKind, checked: &CheckedSettings) -> Result<Vec<NewDelivery>, EmitError> {
+    fn planned(
+        &self,
+        kind: EventKind,
+        checked: &CheckedSettings,
+    ) -> Result<Arc<[PlannedDelivery]>, EmitError> {
         let slot = checked.planned.get(kind.index());
         if let Some(planned) = slot.and_then(OnceLock::get)
             && planned.dispatcher == self.shared.id
         {
-            return Ok(planned.deliveries.to_vec());
+            return Ok(Arc::clone(&planned.deliveries));
         }
-        let deliveries = self.plan(
-            checked.instance(),
-            self.shared.router.route_checked(kind, checked),
-        )?;
+        let deliveries: Arc<[PlannedDelivery]> = self
+            .plan(
+                checked.instance(),
+                self.shared.router.route_checked(kind, checked),
+            )?
+            .into();
         if let Some(slot) = slot {
             // Another thread may have planned it first: theirs is the same. (Settings shared by two
             // dispatchers keep the first one's plan; the other plans on each event.)
             let _kept_if_first = slot.set(Arc::new(Planned {
                 dispatcher: self.shared.id,
-                deliveries: deliveries.clone().into(),
+                deliveries: Arc::clone(&deliveries),
             }));
         }
         Ok(deliveries)
     }
 
-    /// The deliveries of `routes`, each with its ordering key where its channel keeps order.
-    fn plan(&self, instance: &InstanceName, routes: Vec<Route>) -> Result<Vec<NewDelivery>, EmitError> {
+    /// The deliveries of `routes`, each with its ordering key where its channel keeps order, and
+    /// the payload filter it must pass.
+    fn plan(&self, instance: &InstanceName, routes: Vec<Route>) -> Result<Vec<PlannedDelivery>, EmitError> {
         routes
             .into_iter()
             .map(|route| {
@@ -458,11 +470,14 @@ impl Dispatcher {
                     .get(&route.channel)
                     .ok_or(EmitError::NoSink(route.channel))?;
                 let ordering_key = ctx.ordered.then(|| ordering_key(instance, &route.destination));
-                Ok(NewDelivery {
-                    channel: route.channel,
-                    scope: route.scope,
-                    destination: Arc::new(route.destination),
-                    ordering_key,
+                Ok(PlannedDelivery {
+                    delivery: NewDelivery {
+                        channel: route.channel,
+                        scope: route.scope,
+                        destination: Arc::new(route.destination),
+                        ordering_key,
+                    },
+                    filter: route.filter,
                 })
             })
             .collect()
@@ -624,7 +639,31 @@ impl<'a> From<&'a CheckedSettings> for Routing<'a> {
 #[derive(Debug)]
 pub(crate) struct Planned {
     dispatcher: u64,
-    deliveries: Box<[NewDelivery]>,
+    deliveries: Arc<[PlannedDelivery]>,
+}
+
+/// A delivery an event kind gets, made only for the events that pass its filter.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedDelivery {
+    delivery: NewDelivery,
+    filter: Option<Arc<Filter>>,
+}
+
+/// The planned deliveries whose filter `envelope` passes, evaluated on this event (the payload
+/// view is built once, only when some delivery has a filter).
+fn select(envelope: &EventEnvelope, profile: NamingProfile, planned: &[PlannedDelivery]) -> Vec<NewDelivery> {
+    let mut view = None;
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        if let Some(filter) = &p.filter {
+            let payload = view.get_or_insert_with(|| Filter::view(envelope, profile));
+            if !filter.matches(payload) {
+                continue;
+            }
+        }
+        out.push(p.delivery.clone());
+    }
+    out
 }
 
 fn ordering_key(instance: &InstanceName, destination: &Destination) -> Arc<str> {

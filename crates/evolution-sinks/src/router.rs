@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use evolution_events::naming::{RabbitmqNaming, SqsNaming};
 use evolution_events::{
-    Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, GlobalSettings,
-    InstanceName, InstanceSettings, NameError, Scope, ValidationErrors, WebhookTarget,
+    Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, Filter,
+    GlobalSettings, InstanceName, InstanceSettings, NameError, Scope, ValidationErrors, WebhookTarget,
 };
 
 /// One delivery the Router wants: a channel, the scope that asked for it, the resolved destination.
@@ -18,6 +18,9 @@ pub struct Route {
     pub scope: Scope,
     /// Where it goes.
     pub destination: Destination,
+    /// The payload filter of the settings that asked for it: the delivery is made only for events
+    /// that pass it (evaluated per event by the Dispatcher, never cached).
+    pub filter: Option<Arc<Filter>>,
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +226,7 @@ impl Router {
                     Destination::Custom(CustomTarget {
                         target: custom.target.clone(),
                     }),
+                    None,
                 );
             }
         }
@@ -318,7 +322,13 @@ impl Router {
                 .is_ok()
             {
                 for route in more {
-                    push(&mut routes, route.channel, route.scope, route.destination);
+                    push(
+                        &mut routes,
+                        route.channel,
+                        route.scope,
+                        route.destination,
+                        route.filter.as_deref(),
+                    );
                 }
             }
         }
@@ -356,6 +366,7 @@ impl Router {
                         w.secrets.clone()
                     },
                 }),
+                settings.filter(Channel::Webhook),
             );
         }
         if (g.websocket.enabled || all_selected) && settings.websocket.is_some() && wants(Channel::Websocket)
@@ -366,6 +377,7 @@ impl Router {
                     Channel::Websocket,
                     Scope::Instance,
                     Destination::Websocket(t),
+                    settings.filter(Channel::Websocket),
                 );
             }
         }
@@ -376,19 +388,38 @@ impl Router {
                 Channel::Rabbitmq,
                 Scope::Instance,
                 Destination::Rabbitmq(t),
+                settings.filter(Channel::Rabbitmq),
             );
         }
         if (g.sqs.broker.enabled || all_selected) && settings.sqs.is_some() && wants(Channel::Sqs) {
             let t = profile.sqs(Scope::Instance, instance, kind, self.sqs_naming());
-            push(routes, Channel::Sqs, Scope::Instance, Destination::Sqs(t));
+            push(
+                routes,
+                Channel::Sqs,
+                Scope::Instance,
+                Destination::Sqs(t),
+                settings.filter(Channel::Sqs),
+            );
         }
         if (g.kafka.enabled || all_selected) && settings.kafka.is_some() && wants(Channel::Kafka) {
             let t = profile.kafka(Scope::Instance, instance, kind, &g.kafka.prefix);
-            push(routes, Channel::Kafka, Scope::Instance, Destination::Kafka(t));
+            push(
+                routes,
+                Channel::Kafka,
+                Scope::Instance,
+                Destination::Kafka(t),
+                settings.filter(Channel::Kafka),
+            );
         }
         if (g.nats.enabled || all_selected) && settings.nats.is_some() && wants(Channel::Nats) {
             let t = profile.nats(Scope::Instance, instance, kind, &g.nats.prefix);
-            push(routes, Channel::Nats, Scope::Instance, Destination::Nats(t));
+            push(
+                routes,
+                Channel::Nats,
+                Scope::Instance,
+                Destination::Nats(t),
+                settings.filter(Channel::Nats),
+            );
         }
         if let Some(p) = &settings.pusher
             && (g.pusher.enabled || all_selected)
@@ -400,7 +431,13 @@ impl Router {
                 app.port = app.port.or(g.pusher.port);
             }
             let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
-            push(routes, Channel::Pusher, Scope::Instance, Destination::Pusher(t));
+            push(
+                routes,
+                Channel::Pusher,
+                Scope::Instance,
+                Destination::Pusher(t),
+                settings.filter(Channel::Pusher),
+            );
         }
         Ok(())
     }
@@ -424,6 +461,7 @@ impl Router {
                 Channel::Webhook,
                 Scope::Global,
                 Destination::Webhook(target),
+                g.filters.get(&Channel::Webhook),
             );
         }
         if let Some(url) = &g.webhook.errors_url
@@ -439,6 +477,7 @@ impl Router {
                 Channel::Webhook,
                 Scope::Global,
                 Destination::Webhook(target),
+                None,
             );
         }
         if all || (g.websocket.enabled && g.websocket.global_events) {
@@ -448,6 +487,7 @@ impl Router {
                     Channel::Websocket,
                     Scope::Global,
                     Destination::Websocket(t),
+                    g.filters.get(&Channel::Websocket),
                 );
             }
         }
@@ -456,19 +496,43 @@ impl Router {
         };
         if on(&g.rabbitmq) {
             let t = profile.rabbitmq(Scope::Global, instance, kind, self.rabbitmq_naming());
-            push(routes, Channel::Rabbitmq, Scope::Global, Destination::Rabbitmq(t));
+            push(
+                routes,
+                Channel::Rabbitmq,
+                Scope::Global,
+                Destination::Rabbitmq(t),
+                g.filters.get(&Channel::Rabbitmq),
+            );
         }
         if on(&g.sqs.broker) {
             let t = profile.sqs(Scope::Global, instance, kind, self.sqs_naming());
-            push(routes, Channel::Sqs, Scope::Global, Destination::Sqs(t));
+            push(
+                routes,
+                Channel::Sqs,
+                Scope::Global,
+                Destination::Sqs(t),
+                g.filters.get(&Channel::Sqs),
+            );
         }
         if on(&g.kafka) {
             let t = profile.kafka(Scope::Global, instance, kind, &g.kafka.prefix);
-            push(routes, Channel::Kafka, Scope::Global, Destination::Kafka(t));
+            push(
+                routes,
+                Channel::Kafka,
+                Scope::Global,
+                Destination::Kafka(t),
+                g.filters.get(&Channel::Kafka),
+            );
         }
         if on(&g.nats) {
             let t = profile.nats(Scope::Global, instance, kind, &g.nats.prefix);
-            push(routes, Channel::Nats, Scope::Global, Destination::Nats(t));
+            push(
+                routes,
+                Channel::Nats,
+                Scope::Global,
+                Destination::Nats(t),
+                g.filters.get(&Channel::Nats),
+            );
         }
         if let Some(app) = &g.pusher.app
             && (all || (g.pusher.enabled && g.pusher.global_enabled && g.pusher.events.contains(&kind)))
@@ -479,7 +543,13 @@ impl Router {
                 app.port = app.port.or(g.pusher.port);
             }
             let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
-            push(routes, Channel::Pusher, Scope::Global, Destination::Pusher(t));
+            push(
+                routes,
+                Channel::Pusher,
+                Scope::Global,
+                Destination::Pusher(t),
+                g.filters.get(&Channel::Pusher),
+            );
         }
     }
 
@@ -502,7 +572,13 @@ impl Router {
 }
 
 /// Adds a route unless the same channel already has the same destination.
-fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: Destination) {
+fn push(
+    routes: &mut Vec<Route>,
+    channel: Channel,
+    scope: Scope,
+    destination: Destination,
+    filter: Option<&Filter>,
+) {
     if !routes
         .iter()
         .any(|r| r.channel == channel && r.destination == destination)
@@ -511,6 +587,7 @@ fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: De
             channel,
             scope,
             destination,
+            filter: filter.map(|f| Arc::new(f.clone())),
         });
     }
 }

@@ -1,6 +1,8 @@
 //! Global settings: what the environment configures about routing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Filter;
 
 use crate::channel::Channel;
 use crate::config::Vars;
@@ -143,6 +145,8 @@ pub struct GlobalSettings {
     pub pusher: GlobalPusher,
     /// Prefix of Pusher channel names in the `seed` profile (`evolution`).
     pub pusher_prefix: String,
+    /// `<CHANNEL>_GLOBAL_FILTER`: the payload filter of each channel's global deliveries.
+    pub filters: BTreeMap<Channel, Filter>,
 }
 
 impl GlobalSettings {
@@ -176,6 +180,7 @@ impl Default for GlobalSettings {
             nats: GlobalBroker::default(),
             pusher: GlobalPusher::default(),
             pusher_prefix: "evolution".to_owned(),
+            filters: BTreeMap::new(),
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::EventSelection;
+use super::filter::Filter;
 use super::reader::{FieldError, Need, Reader, ValidationErrors, as_object, finish, join, read};
 use crate::channel::Channel;
 use crate::destination::PusherApp;
@@ -21,6 +22,9 @@ pub struct ChannelSettings {
     pub enabled: bool,
     /// Which events (empty = all). Kept when `enabled` is false.
     pub events: EventSelection,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 /// The per-instance webhook: `{"enabled","url","events","headers","base64","byEvents"}`.
@@ -47,6 +51,9 @@ pub struct WebhookSettings {
         serialize_with = "one_or_many"
     )]
     pub secrets: Vec<Sensitive>,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 fn one_or_many<S: serde::Serializer>(secrets: &[Sensitive], serializer: S) -> Result<S::Ok, S::Error> {
@@ -108,6 +115,9 @@ pub struct PusherSettings {
     /// API port override.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 impl PusherSettings {
@@ -173,6 +183,21 @@ impl InstanceSettings {
             Channel::Custom(_) => return false,
         };
         enabled && events.matches(kind)
+    }
+
+    /// The payload filter of `channel`'s settings, if any.
+    #[must_use]
+    pub fn filter(&self, channel: Channel) -> Option<&Filter> {
+        match channel {
+            Channel::Webhook => self.webhook.as_ref()?.filter.as_ref(),
+            Channel::Pusher => self.pusher.as_ref()?.filter.as_ref(),
+            Channel::Websocket => self.websocket.as_ref()?.filter.as_ref(),
+            Channel::Rabbitmq => self.rabbitmq.as_ref()?.filter.as_ref(),
+            Channel::Sqs => self.sqs.as_ref()?.filter.as_ref(),
+            Channel::Kafka => self.kafka.as_ref()?.filter.as_ref(),
+            Channel::Nats => self.nats.as_ref()?.filter.as_ref(),
+            Channel::Custom(_) => None,
+        }
     }
 
     fn basic(settings: Option<&ChannelSettings>, kind: EventKind) -> bool {
@@ -280,8 +305,13 @@ impl ChannelSettings {
         let mut r = Reader::new(value, path, errors)?;
         let enabled = r.bool("enabled", Need::Required);
         let events = r.events("events");
+        let filter = r.filter("filter");
         r.finish();
-        Some(Self { enabled, events })
+        Some(Self {
+            enabled,
+            events,
+            filter,
+        })
     }
 }
 
@@ -309,6 +339,7 @@ impl WebhookSettings {
         let base64 = r.bool("base64", Need::Optional);
         let by_events = r.bool("byEvents", Need::Optional);
         let secrets = r.secrets("secret");
+        let filter = r.filter("filter");
         r.finish();
         Some(Self {
             enabled,
@@ -318,6 +349,7 @@ impl WebhookSettings {
             base64,
             by_events,
             secrets,
+            filter,
         })
     }
 
@@ -356,6 +388,7 @@ impl PusherSettings {
         let events = r.events("events");
         let host = r.optional_string("host");
         let port = r.port("port");
+        let filter = r.filter("filter");
         r.finish();
         Some(Self {
             enabled,
@@ -367,6 +400,7 @@ impl PusherSettings {
             events,
             host,
             port,
+            filter,
         })
     }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::EventSelection;
+use super::filter::Filter;
 use crate::kind::EventKind;
 use crate::secret::Sensitive;
 
@@ -292,6 +293,18 @@ impl<'a> Reader<'a> {
             }
         }
         out
+    }
+
+    /// A payload filter ([`Filter`]); its problems are named under `<path>.<field>`.
+    pub(super) fn filter(&mut self, field: &'static str) -> Option<Filter> {
+        let value = self.get(field, Need::Optional)?;
+        match Filter::parse(value, &join(&self.path, field)) {
+            Ok(filter) => Some(filter),
+            Err(problems) => {
+                self.errors.extend(problems);
+                None
+            }
+        }
     }
 
     pub(super) fn finish(self) {
