@@ -21,16 +21,23 @@ fn events_schema() -> Value {
     json!({"type": "array", "items": {"type": "string", "description": "Event name: MESSAGES_UPSERT, messages.upsert or messages-upsert"}, "description": "Selected events; empty means every event"})
 }
 
+fn filter_schema() -> Value {
+    json!({"type": "object", "description": "Payload filter: only events whose payload matches are delivered (never stored otherwise). \
+Keys are payload paths (`data.key.fromMe`, or nested objects); values are a literal (equality) or operators \
+$eq, $ne, $in, $nin, $startsWith, $endsWith, $exists, combined with $and, $or, $not. \
+Example: {\"data.key.fromMe\": false, \"data.key.remoteJid\": {\"$endsWith\": \"@g.us\"}}"})
+}
+
 fn channel_settings() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["enabled"],
-        "properties": {"enabled": {"type": "boolean"}, "events": events_schema()}})
+        "properties": {"enabled": {"type": "boolean"}, "events": events_schema(), "filter": filter_schema()}})
 }
 
 fn webhook_settings() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["enabled", "url"],
         "properties": {"enabled": {"type": "boolean"}, "url": {"type": "string", "format": "uri"},
             "events": events_schema(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"}}})
+            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"}, "filter": filter_schema()}})
 }
 
 fn pusher_settings() -> Value {
@@ -38,7 +45,8 @@ fn pusher_settings() -> Value {
         "required": ["enabled", "appId", "key", "secret", "cluster", "useTLS"],
         "properties": {"enabled": {"type": "boolean"}, "appId": {"type": "string"}, "key": {"type": "string"},
             "secret": {"type": "string"}, "cluster": {"type": "string"}, "useTLS": {"type": "boolean"},
-            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}})
+            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"},
+            "filter": filter_schema()}})
 }
 
 fn operations() -> Vec<Op> {

@@ -419,3 +419,71 @@ async fn evolution_v2_profile_uses_evolution_api_names() {
     let _ignored = js.delete_stream(&stream).await;
     consumer.cleanup(&[queue], &[&instance]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payload filters
+// ---------------------------------------------------------------------------------------------
+
+fn payload_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn rabbitmq_filter_lets_only_matching_events_through() {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-filter-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-filter",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    common::create_instance(&server, &instance, json!({ "rabbitmq": settings })).await;
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = consumer
+        .wait(1)
+        .await
+        .iter()
+        .map(|d| payload_id(&d.data))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "rabbitmq", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "rabbitmq", json!({"enabled": true})).await;
+    let queues = [format!("evolution.{instance}.messages-upsert")];
+    assert_eq!(consumer.drain(&queues[0]).await, 1);
+    consumer.cleanup(&queues, &[&exchange]).await;
+}
+
+#[tokio::test]
+async fn nats_filter_lets_only_matching_events_through() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("nats-filter-{}", unique());
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("evolution.{instance}.>")).await;
+    let server = Server::start("nats-filter", &[("NATS_ENABLED", "true"), ("NATS_URI", &url)]).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    common::create_instance(&server, &instance, json!({ "nats": settings })).await;
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = wait_nats(&received, 1)
+        .await
+        .iter()
+        .map(|m| payload_id(&m.payload))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "nats", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "nats", json!({"enabled": true})).await;
+}

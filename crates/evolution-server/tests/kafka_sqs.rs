@@ -850,3 +850,61 @@ async fn sqs_server_restarts_lose_no_event() {
         sqs.log_tail()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payload filters
+// ---------------------------------------------------------------------------------------------
+
+fn payload_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn kafka_filter_lets_only_matching_events_through() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("kafka-filter-{}", unique());
+    let server = Server::start("kafka-filter", &as_refs(&kafka_env(&brokers))).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    create_instance(&server, &instance, json!({ "kafka": settings })).await;
+    let watch = TopicWatcher::start(&brokers, &format!("evolution.{instance}.messages-upsert"));
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = watch
+        .wait(1)
+        .await
+        .iter()
+        .map(|r| payload_id(&r.payload))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "kafka", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "kafka", json!({"enabled": true})).await;
+}
+
+#[tokio::test]
+async fn sqs_filter_lets_only_matching_events_through() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let instance = format!("sqs-filter-{}", unique());
+    let server = Server::start("sqs-filter", &as_refs(&sqs_env(&endpoint))).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    create_instance(&server, &instance, json!({ "sqs": settings })).await;
+    let watch = QueueWatcher::start(
+        sqs_client(&endpoint).await,
+        &format!("evolution-{instance}-messages-upsert"),
+    );
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = watch
+        .wait(1)
+        .await
+        .iter()
+        .map(|m| payload_id(m.body.as_bytes()))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "sqs", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "sqs", json!({"enabled": true})).await;
+}

@@ -464,3 +464,75 @@ async fn a_slow_receiver_does_not_hold_up_the_others() {
         );
     }
 }
+
+#[tokio::test]
+async fn filters_keep_what_does_not_match_off_the_wire_and_out_of_the_log() {
+    let receiver = Receiver::start().await;
+    let global = Receiver::start().await;
+    let server = Server::start(
+        "webhook-filter",
+        &[
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", &global.url("/global")),
+            ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "true"),
+            ("WEBHOOK_GLOBAL_FILTER", r#"{"data.key.fromMe": {"$eq": true}}"#),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"],
+                          "filter": common::group_filter()});
+    instance(&server, "filtered", settings.clone()).await;
+    let (_, found) = server
+        .call("GET", "/webhook/find/filtered", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["filter"], common::group_filter(), "kept as given");
+    let ids = common::post_filtered(&server, "filtered").await;
+
+    receiver.wait_for(1, WAIT).await;
+    global.wait_for(1, WAIT).await;
+    // Long enough for anything the filters should have stopped to arrive too.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let instance_ids: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        instance_ids,
+        [ids[2].clone()],
+        "only the group message not sent by me"
+    );
+    let global_ids: Vec<String> = global
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        global_ids,
+        [ids[1].clone()],
+        "WEBHOOK_GLOBAL_FILTER: only my message"
+    );
+    common::assert_only_logged(&server, "filtered", "webhook", &[&ids[1], &ids[2]]).await;
+    common::assert_bad_filter_refused(
+        &server,
+        "filtered",
+        "webhook",
+        json!({"enabled": true, "url": receiver.url("/hook")}),
+    )
+    .await;
+
+    // A bad global filter stops the start, naming the variable, the path and the operator.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+        .args(["config", "check"])
+        .env_clear()
+        .env("AUTHENTICATION_API_KEY", API_KEY)
+        .env("NATS_GLOBAL_FILTER", r#"{"data.type": {"$in": "x"}}"#)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("NATS_GLOBAL_FILTER.data.type.$in: `$in` on path `data.type` takes an array"),
+        "{text}"
+    );
+}

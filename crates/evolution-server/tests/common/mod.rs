@@ -451,3 +451,87 @@ pub fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
     assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
     assert_eq!(body["apikey"], Value::Null, "no secret by default");
 }
+
+/// The filter the filter tests set on each channel: messages not sent by me, in groups.
+pub fn group_filter() -> Value {
+    serde_json::json!({"data.key.fromMe": false, "data": {"key": {"remoteJid": {"$endsWith": "@g.us"}}}})
+}
+
+/// A MESSAGES_UPSERT whose key has `from_me` and `remote_jid`.
+pub fn message(from_me: bool, remote_jid: &str) -> Value {
+    serde_json::json!({"event": "MESSAGES_UPSERT", "data": {
+        "key": {"remoteJid": remote_jid, "fromMe": from_me, "id": unique()},
+        "message": {"conversation": "olá"}}})
+}
+
+/// Posts a direct message, a group message sent by me, a group message sent by someone else (in
+/// that order) and returns their ids; [`group_filter`] lets only the third through.
+pub async fn post_filtered(server: &Server, instance: &str) -> Vec<String> {
+    post_events(
+        server,
+        instance,
+        serde_json::json!([
+            message(false, "5511999999999@s.whatsapp.net"),
+            message(true, "120363000000000000@g.us"),
+            message(false, "120363000000000000@g.us"),
+        ]),
+    )
+    .await
+}
+
+/// The delivery log of `instance` on `channel` holds deliveries of the events `ids` only (Socket.IO
+/// makes two per event): the events the filters refused were never enqueued.
+pub async fn assert_only_logged(server: &Server, instance: &str, channel: &str, ids: &[&str]) {
+    let (status, log) = server
+        .call(
+            "GET",
+            &format!("/deliveries/{instance}?channel={channel}&limit=1000"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let mut logged: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    logged.sort_unstable();
+    logged.dedup();
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    assert_eq!(logged, want, "{channel} log: {log}");
+}
+
+/// `POST /{channel}/set/{instance}` with a filter that has an unknown operator and a bad operand:
+/// a 400 naming the path and the operator, and nothing stored.
+pub async fn assert_bad_filter_refused(server: &Server, instance: &str, channel: &str, mut settings: Value) {
+    let (_, before) = server
+        .call("GET", &format!("/{channel}/find/{instance}"), Some(API_KEY), None)
+        .await;
+    settings["filter"] =
+        serde_json::json!({"data.key.fromMe": {"$eqq": false}, "data.key.remoteJid": {"$endsWith": 1}});
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/{channel}/set/{instance}"),
+            Some(API_KEY),
+            Some(serde_json::json!({ channel: settings })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    for needle in [
+        format!("{channel}.filter.data.key.fromMe.$eqq: unknown operator `$eqq` on path `data.key.fromMe`"),
+        format!(
+            "{channel}.filter.data.key.remoteJid.$endsWith: `$endsWith` on path `data.key.remoteJid` takes a string"
+        ),
+    ] {
+        assert!(text.contains(&needle), "missing {needle} in {text}");
+    }
+    let (_, after) = server
+        .call("GET", &format!("/{channel}/find/{instance}"), Some(API_KEY), None)
+        .await;
+    assert_eq!(before, after, "nothing stored");
+}
