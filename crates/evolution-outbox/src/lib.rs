@@ -364,6 +364,21 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     /// Storage errors.
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError>;
 
+    /// The kept events of `instance` whose sequence is greater than `after`, in sequence order, at
+    /// most `limit` (`GET /events/{instance}?after=`: how a consumer fills a gap in `sequence`).
+    /// An event is kept while any of its deliveries is (delivered ones for the retention period;
+    /// an event no destination wanted is not stored at all); the memory outbox keeps the last
+    /// events of its history only.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError>;
+
     /// The deliveries of `channel` made for the events accepted after the event `after`, oldest
     /// event first, at most `limit`, only of `instance` when given (then `after` must be one of
     /// its events): what a reconnecting Socket.IO client missed. `None` when `after` is not kept

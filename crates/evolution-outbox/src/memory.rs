@@ -542,6 +542,25 @@ impl Outbox for MemoryOutbox {
             .cloned())
     }
 
+    /// The events of its history ([`MemoryOutbox::with_event_history`]).
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        let state = self.lock();
+        let mut events: Vec<StoredEvent> = state
+            .events
+            .values()
+            .filter(|e| e.envelope.instance() == instance && e.envelope.sequence() > after)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| e.envelope.sequence());
+        events.truncate(limit);
+        Ok(events)
+    }
+
     /// Always `None`: delivered deliveries are not kept.
     async fn deliveries_after(
         &self,

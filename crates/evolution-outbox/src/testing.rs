@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 use crate::{
     Attempt, ChannelStats, DeliveryQuery, DeliveryRecord, DeliveryStatus, NewDelivery, NewEvent, Outbox,
-    OutboxError, Outcome, RedriveFilter, Settlement, StatusFilter,
+    OutboxError, Outcome, RedriveFilter, Settlement, StatusFilter, StoredEvent,
 };
 
 #[doc(inline)]
@@ -111,6 +111,7 @@ macro_rules! outbox_contract_suite {
             purge_honours_every_filter_field,
             reopen_keeps_everything,
             event_lookup,
+            events_after_fill_a_gap_in_sequence,
             deliveries_after_replays_what_a_client_missed,
             delivery_log_reports_each_delivery,
         );
@@ -1831,6 +1832,72 @@ pub async fn event_lookup<F: OutboxFixture>(fx: &F) {
             ok(CASE, "event", o.event(&a, stored[0].id()).await).is_none(),
             "an event was found after its deliveries were pruned"
         );
+    }
+}
+
+/// **Catch-up** (`events_after`): the kept events of one instance whose sequence is greater than a
+/// given one, in sequence order, at most `limit`, delivered ones included, with their payloads;
+/// never another instance's; none once pruned.
+pub async fn events_after_fill_a_gap_in_sequence<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "events_after_fill_a_gap_in_sequence";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    let mut second = new_event(OTHER, "a", 1, None);
+    second.profile = NamingProfile::EvolutionV2;
+    let stored = enqueue(
+        CASE,
+        o,
+        vec![
+            new_event(CHANNEL, "a", 1, None),
+            new_event(CHANNEL, "b", 1, None),
+            second,
+            new_event(CHANNEL, "a", 2, None),
+        ],
+    )
+    .await;
+    let claimed = claim_all(CASE, o, CHANNEL).await;
+    settle_all(CASE, o, &claimed, &Outcome::Delivered).await;
+    let (a, b) = (instance("a"), instance("b"));
+    let after = |who: &InstanceName, after: u64, limit: usize| {
+        let who = who.clone();
+        async move {
+            let found = ok(CASE, "events_after", o.events_after(&who, after, limit).await);
+            found
+                .iter()
+                .map(|e| (e.envelope.id(), e.envelope.sequence()))
+                .collect::<Vec<_>>()
+        }
+    };
+    rule_eq!(
+        CASE,
+        after(&a, 0, 10).await,
+        vec![(stored[0].id(), 1), (stored[2].id(), 2), (stored[3].id(), 3)],
+        "every kept event of the instance, delivered ones included, in sequence order"
+    );
+    rule_eq!(
+        CASE,
+        after(&a, 1, 1).await,
+        vec![(stored[2].id(), 2)],
+        "only after the sequence, at most `limit`"
+    );
+    rule_eq!(CASE, after(&a, 3, 10).await, vec![], "nothing after the last");
+    rule_eq!(
+        CASE,
+        after(&b, 0, 10).await,
+        vec![(stored[1].id(), 1)],
+        "only the instance's own"
+    );
+    let found = ok(CASE, "events_after", o.events_after(&a, 1, 1).await);
+    rule!(
+        CASE,
+        found.first().map(StoredEvent::payload) == Some(stored[2].payload(NamingProfile::EvolutionV2)),
+        "each event comes with the payload its deliveries carry (its naming profile)"
+    );
+    if fx.keeps_history() {
+        let claimed = claim_all(CASE, o, OTHER).await;
+        settle_all(CASE, o, &claimed, &Outcome::Delivered).await;
+        ok(CASE, "prune", fx.prune(&outbox).await);
+        rule_eq!(CASE, after(&a, 0, 10).await, vec![], "pruned events are gone");
     }
 }
 

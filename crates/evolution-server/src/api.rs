@@ -41,7 +41,7 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/instance/delete/{instance}", delete(delete_instance))
         .route("/{channel}/set/{instance}", post(set_channel))
         .route("/{channel}/find/{instance}", get(find_channel))
-        .route("/events/{instance}", post(post_events))
+        .route("/events/{instance}", post(post_events).get(events_after))
         .route("/events/{instance}/{id}", get(get_event))
         .route("/deliveries/{target}", get(list_deliveries))
         .route("/deliveries/{target}/retry", post(retry_delivery))
@@ -490,6 +490,72 @@ async fn get_event(
             record.name
         ))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The answer of `GET /events/{instance}?after=`: each event's payload as its deliveries carry it.
+#[derive(serde::Serialize)]
+struct EventsAfter<'a> {
+    instance: &'a str,
+    after: u64,
+    /// The sequence of the last event returned (`after` when none): the next request's `after`.
+    next: u64,
+    /// `limit` events were returned: ask again from `next`.
+    more: bool,
+    events: Vec<&'a RawValue>,
+}
+
+/// `GET /events/{instance}?after=<sequence>&limit=<n>`: the kept events of the instance whose
+/// sequence is greater than `after`, in sequence order, with the bodies the channels send — how a
+/// consumer that saw a gap in `sequence` fills it. Same access as Socket.IO replay: the global key,
+/// or the instance's own token.
+async fn events_after(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<AfterQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; after is a sequence (0 or more), limit is 1 to 1000",
+            e.body_text()
+        ))
+    })?;
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be from 1 to 1000"));
+    }
+    let events = app.outbox.events_after(&record.name, after, limit).await?;
+    let payloads: Vec<Bytes> = events
+        .iter()
+        .map(evolution_outbox::StoredEvent::payload)
+        .collect();
+    let mut bodies = Vec::with_capacity(payloads.len());
+    for payload in &payloads {
+        let raw: &RawValue = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("a stored event of {} cannot be read back: {e}", record.name),
+            )
+        })?;
+        bodies.push(raw);
+    }
+    let body = EventsAfter {
+        instance: record.name.as_str(),
+        after,
+        next: events.last().map_or(after, |e| e.envelope.sequence()),
+        more: events.len() == limit,
+        events: bodies,
+    };
+    Ok(Json(body).into_response())
 }
 
 #[derive(Deserialize)]

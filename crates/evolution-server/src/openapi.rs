@@ -123,6 +123,20 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/events/{instance}",
+            summary: "Catch-up: the kept events whose sequence is greater than ?after= (default 0), in sequence order, at most ?limit= (1 to 1000, default 100), each as the channels send it; ask again from `next` while `more`",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "required": ["instance", "after", "next", "more", "events"],
+                    "properties": {"instance": {"type": "string"}, "after": {"type": "integer"},
+                        "next": {"type": "integer", "description": "sequence of the last event returned (after, when none)"},
+                        "more": {"type": "boolean"}, "events": {"type": "array", "items": {"type": "object"}}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
             path: "/events/{instance}/{id}",
             summary: "One accepted event as its deliveries carry it (resolves a Pusher `truncated` reference); 404 once pruned",
             body: None,

@@ -487,3 +487,121 @@ async fn nats_filter_lets_only_matching_events_through() {
     common::assert_only_logged(&server, &instance, "nats", &[&ids[2]]).await;
     common::assert_bad_filter_refused(&server, &instance, "nats", json!({"enabled": true})).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Catch-up by sequence
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /events/{instance}?after=` with `key`, every page until `more` is false.
+async fn catch_up(server: &Server, key: &str, instance: &str, after: u64) -> Vec<Value> {
+    let mut after = after;
+    let mut events = Vec::new();
+    loop {
+        let (status, page) = server
+            .call(
+                "GET",
+                &format!("/events/{instance}?after={after}&limit=2"),
+                Some(key),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["after"], after);
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        after = page["next"].as_u64().unwrap();
+        if !page["more"].as_bool().unwrap() {
+            return events;
+        }
+    }
+}
+
+/// A core NATS subscriber is offline for a while (core NATS keeps nothing for it): when it is back,
+/// the sequence of the next event shows a gap, and the catch-up route, with the instance's own
+/// token, gives it the missed events with the bodies NATS carries.
+#[tokio::test]
+async fn a_subscriber_that_missed_events_fills_the_gap_through_the_catch_up_route() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("catchup-{}", unique());
+    let token = format!("token-{instance}");
+    let server = Server::start("nats-catchup", &[("NATS_ENABLED", "true"), ("NATS_URI", &url)]).await;
+    for (name, token) in [
+        (instance.as_str(), token.as_str()),
+        ("catchup-other", "token-catchup-other"),
+    ] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/instance/create",
+                Some(common::API_KEY),
+                Some(json!({"instanceName": name, "token": token,
+                            "nats": {"enabled": true, "events": ["MESSAGES_UPSERT"]}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let subject = format!("evolution.{instance}.>");
+    let post = |n: usize| {
+        let events: Vec<Value> = (0..n).map(|_| common::message(false, "1@g.us")).collect();
+        common::post_events(&server, &instance, Value::Array(events))
+    };
+    let seq = |m: &async_nats::Message| {
+        serde_json::from_slice::<Value>(&m.payload).unwrap()["sequence"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, subject.clone()).await;
+    post(2).await;
+    let before = wait_nats(&received, 2).await;
+    assert_eq!(before.len(), 2);
+    let last_seen = seq(&before[1]);
+    drop(client);
+    let missed = post(3).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, subject).await;
+    let live = post(1).await;
+    let after = wait_nats(&received, 1).await;
+    assert_eq!(after.len(), 1);
+    assert!(seq(&after[0]) > last_seen + 1, "the subscriber sees a gap");
+
+    let filled = catch_up(&server, &token, &instance, last_seen).await;
+    let ids: Vec<&str> = filled.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = missed.iter().map(String::as_str).collect();
+    want.push(&live[0]);
+    assert_eq!(
+        ids, want,
+        "the missed events, then the live one, in sequence order"
+    );
+    let sequences: Vec<u64> = filled.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(
+        sequences,
+        (last_seen + 1..=seq(&after[0])).collect::<Vec<_>>(),
+        "no gap left"
+    );
+    let live_body: Value = serde_json::from_slice(&after[0].payload).unwrap();
+    assert_eq!(filled[3], live_body, "the body NATS carried");
+    let earlier = catch_up(&server, common::API_KEY, &instance, last_seen - 1).await;
+    let first_body: Value = serde_json::from_slice(&before[1].payload).unwrap();
+    assert_eq!(earlier[0], first_body, "the global key reads it too");
+
+    // Visibility: another instance's token cannot read it; bad parameters are named.
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/events/{instance}?after=0"),
+            Some("token-catchup-other"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    for (query, field) in [("after=-1", "after"), ("limit=0", "limit"), ("after=0&x=1", "x")] {
+        let (status, body) = server
+            .call("GET", &format!("/events/{instance}?{query}"), Some(&token), None)
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.to_string().contains(field), "{query}: {body}");
+    }
+}
