@@ -87,6 +87,12 @@ pub enum Outcome {
     /// Not attempted to completion through no fault of its own (an earlier delivery of its ordering
     /// key failed in the same batch): put it back, due now, without counting an attempt.
     Requeue,
+    /// Not attempted (its destination takes no more now: a rate limit, or a receiver that asked to
+    /// slow down): put it back, due after `delay`, without counting an attempt.
+    Postpone {
+        /// How long to wait.
+        delay: Duration,
+    },
     /// Give up: keep it as a dead letter.
     Dead {
         /// Why (no secrets).
@@ -110,7 +116,8 @@ pub struct Settlement {
     pub id: DeliveryId,
     /// What happened.
     pub outcome: Outcome,
-    /// The attempt's facts (`None` for [`Outcome::Requeue`], which is not an attempt).
+    /// The attempt's facts (`None` for [`Outcome::Requeue`] and [`Outcome::Postpone`], which are not
+    /// attempts).
     pub attempt: Option<Attempt>,
 }
 

@@ -348,9 +348,10 @@ impl Outbox for MemoryOutbox {
                             }
                         }
                     }
-                    Outcome::Retry { .. } | Outcome::Requeue => {
+                    Outcome::Retry { .. } | Outcome::Requeue | Outcome::Postpone { .. } => {
                         let (due, failed) = match outcome {
                             Outcome::Retry { delay, error } => (now + delay, Some(error)),
+                            Outcome::Postpone { delay } => (now + delay, None),
                             _ => (now, None),
                         };
                         if let Some(rec) = state.records.get_mut(&id) {

@@ -101,6 +101,7 @@ macro_rules! outbox_contract_suite {
             redriven_letter_takes_its_place_again,
             unordered_and_other_keys_go_out_concurrently,
             retry_waits_until_due,
+            postpone_waits_without_an_attempt,
             attempts_count_failed_tries_only,
             release_returns_in_flight_work,
             next_due_tells_when_to_claim,
@@ -1105,6 +1106,47 @@ pub async fn retry_waits_until_due<F: OutboxFixture>(fx: &F) {
         vec![(d[0].id, 2)],
         "the retry is claimed again, as attempt 2"
     );
+}
+
+/// **Postpone.** A delivery settled `Postpone { delay }` (its destination takes no more now) is not
+/// claimable before the delay, is due once it passed, and no attempt was counted.
+pub async fn postpone_waits_without_an_attempt<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "postpone_waits_without_an_attempt";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    enqueue(CASE, o, vec![new_event(CHANNEL, "a", 1, None)]).await;
+    let d = claim_all(CASE, o, CHANNEL).await;
+    rule_eq!(CASE, d.len(), 1, "one due delivery");
+    settle(
+        CASE,
+        o,
+        vec![Settlement {
+            id: d[0].id,
+            outcome: Outcome::Postpone { delay: RETRY },
+            attempt: None,
+        }],
+    )
+    .await;
+    rule!(
+        CASE,
+        claim_all(CASE, o, CHANNEL).await.is_empty(),
+        "a delivery was claimable before the end of its postponement"
+    );
+    let wait = next_due(CASE, o, CHANNEL).await;
+    let Some(wait) = wait.filter(|w| *w > Duration::ZERO && *w <= RETRY) else {
+        panic!(
+            "outbox contract case `{CASE}`: next_due must tell when the postponed delivery is due (within {RETRY:?}), got {wait:?}"
+        );
+    };
+    tokio::time::sleep(wait + MARGIN).await;
+    claim_one(
+        CASE,
+        o,
+        d[0].id,
+        1,
+        "a postponed delivery is due after its delay, still at attempt 1",
+    )
+    .await;
 }
 
 /// Claims the one due delivery of the case, which must be `id` at `attempt`.

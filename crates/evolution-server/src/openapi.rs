@@ -37,7 +37,9 @@ fn webhook_settings() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["enabled", "url"],
         "properties": {"enabled": {"type": "boolean"}, "url": {"type": "string", "format": "uri"},
             "events": events_schema(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"}, "filter": filter_schema()}})
+            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"},
+            "rateLimit": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "at most this many events per second reach the URL"},
+            "filter": filter_schema()}})
 }
 
 fn pusher_settings() -> Value {

@@ -536,3 +536,103 @@ async fn filters_keep_what_does_not_match_off_the_wire_and_out_of_the_log() {
         "{text}"
     );
 }
+
+/// An instance webhook with `rateLimit: 10` receives 30 events at 10 per second (± 10 %), while
+/// the global webhook of the same instance, without a limit, gets all 30 at once; waiting for its
+/// slot is not an attempt.
+#[tokio::test]
+async fn a_rate_limited_destination_receives_at_its_limit_while_another_runs_at_full_speed() {
+    let limited = Receiver::start().await;
+    let free = Receiver::start().await;
+    let server = Server::start(
+        "webhook-rate",
+        &[
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", &free.url("/free")),
+            ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "true"),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": limited.url("/limited"), "events": ["MESSAGES_UPSERT"],
+                          "rateLimit": 10});
+    instance(&server, "paced", settings).await;
+    let (_, found) = server
+        .call("GET", "/webhook/find/paced", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["rateLimit"], 10);
+    let events: Vec<Value> = (0..30).map(|_| common::message(false, "1@g.us")).collect();
+    post_events(&server, "paced", Value::Array(events)).await;
+
+    let fast = free.wait_for(30, WAIT).await;
+    assert_eq!(fast.len(), 30);
+    let fast_done = fast[29].at;
+    let slow = limited.wait_for(30, WAIT).await;
+    assert_eq!(slow.len(), 30);
+    let span = (slow[29].at - slow[0].at).as_secs_f64();
+    let rate = 29.0 / span;
+    eprintln!("rate-limited destination: 30 events in {span:.3} s = {rate:.2}/s");
+    assert!(
+        (9.0..=11.0).contains(&rate),
+        "{rate:.2} events/s for rateLimit 10"
+    );
+    let limited_by_then = slow.iter().filter(|h| h.at <= fast_done).count();
+    assert!(
+        (fast_done - fast[0].at) < Duration::from_secs(1) && limited_by_then <= 12,
+        "the free destination took {:?} and the limited one had {limited_by_then} by then",
+        fast_done - fast[0].at
+    );
+    // Waiting for a slot is not an attempt.
+    let log = deliveries(&server, "paced", "delivered").await;
+    let paced: Vec<&Value> = log
+        .iter()
+        .filter(|d| d["destination"].as_str().unwrap().ends_with("/limited"))
+        .collect();
+    assert_eq!(paced.len(), 30);
+    assert!(paced.iter().all(|d| d["attempts"] == 1), "{paced:?}");
+
+    // A bad rate is refused, naming the field.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/webhook/set/paced",
+            Some(API_KEY),
+            Some(json!({"webhook": {"enabled": true, "url": limited.url("/limited"), "rateLimit": 0}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("webhook.rateLimit"), "{body}");
+}
+
+/// A receiver that answers 429 with `Retry-After: 2` gets nothing more for 2 seconds — neither the
+/// retry nor another instance's event to the same URL — and then everything.
+#[tokio::test]
+async fn a_429_with_retry_after_slows_the_destination_down_for_that_long() {
+    let receiver = Receiver::start().await;
+    let server = Server::start("webhook-429", &[]).await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"]});
+    instance(&server, "first", settings.clone()).await;
+    instance(&server, "second", settings).await;
+    receiver.answer_once(429, Some("2"));
+    let first = post_events(&server, "first", common::message(false, "1@g.us")).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.refused().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused_at = receiver.refused()[0];
+    let second = post_events(&server, "second", common::message(false, "1@g.us")).await;
+    let hits = receiver.wait_for(2, WAIT).await;
+    assert_eq!(hits.len(), 2, "both arrive in the end");
+    let mut ids: Vec<&str> = hits.iter().map(|h| h.body["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut want = [first[0].as_str(), second[0].as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    for hit in &hits {
+        let waited = hit.at - refused_at;
+        assert!(
+            waited >= Duration::from_millis(1900),
+            "{} reached the receiver {waited:?} after its 429 with Retry-After: 2",
+            hit.body["id"]
+        );
+    }
+}

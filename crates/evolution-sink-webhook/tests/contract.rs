@@ -55,6 +55,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             url: self.receiver.url(&format!("/hook/{}", Uuid::now_v7())),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
@@ -88,6 +89,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn unreachable_destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             url: format!("http://127.0.0.1:{}/hook/{}", self.closed_port, Uuid::now_v7()),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],

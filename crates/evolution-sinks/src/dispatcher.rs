@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use evolution_events::{
     Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind, EventSink,
-    Filter, InstanceName, InstanceSettings, NameError, NamingProfile, RetryPolicy, SinkError,
+    Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry, RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::pace::{Pace, Pacer};
 use crate::router::{CheckedSettings, Route, Router};
 
 /// How long an idle worker sleeps before looking again when nothing is scheduled (it is woken
@@ -226,6 +227,8 @@ struct ChannelCtx {
     /// Wakes one idle worker that is not watching: a worker that claimed work wakes the next, which
     /// looks for more (and watches the outbox if it finds none).
     idle: tokio::sync::Notify,
+    /// Rate limits and pauses of the channel's destinations.
+    pacer: Pacer,
 }
 
 /// Builds a [`Dispatcher`].
@@ -296,6 +299,7 @@ impl DispatcherBuilder {
                 counters: Counters::default(),
                 watching: AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
+                pacer: Pacer::default(),
             };
             if channels.insert(channel, Arc::new(ctx)).is_some() {
                 return Err(BuildError::DuplicateChannel(channel));
@@ -729,6 +733,11 @@ impl Worker {
     /// several in flight per key (ADR 0012), started in claim order — and settles the whole claim
     /// in order: after a failed delivery, the later ones of its key are put back (ADR 0002).
     async fn deliver(&self, batch: Vec<Delivery>) {
+        let (batch, held) = self.pace(batch);
+        if batch.is_empty() {
+            self.settle(held).await;
+            return;
+        }
         let ctx = &self.ctx;
         let chunks: Vec<&[Delivery]> = batch.chunks(ctx.batch_size).collect();
         ctx.counters
@@ -806,6 +815,12 @@ impl Worker {
                 }
                 Some(error) => {
                     ctx.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if error.kind() == ErrorKind::RateLimited
+                        && let Retry::After(delay) = error.retry()
+                    {
+                        // The receiver asked to slow down: its destination waits that long.
+                        ctx.pacer.slow_down(delivery, delay, Instant::now());
+                    }
                     match ctx.config.retry.decide(delivery.attempt, &error) {
                         Decision::RetryAfter(delay) => {
                             ctx.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -848,23 +863,73 @@ impl Worker {
                 attempt: Some(attempt),
             });
         }
-        // Outcomes that cannot be recorded (storage full or failing) are retried until they are:
-        // otherwise the deliveries would stay claimed until the next start.
-        let mut pause = OUTBOX_ERROR_PAUSE;
-        while let Err(e) = self.outbox.settle(settlements.clone()).await {
-            tracing::error!(channel = %ctx.channel, error = %e, ?pause, "cannot record delivery outcomes; retrying");
-            if *self.closing.borrow() {
-                // Shutting down: a durable outbox puts in-flight deliveries back at the next start.
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_OUTBOX_ERROR_PAUSE);
+        settlements.extend(held);
+        if !self.settle(settlements).await {
+            return;
         }
         if let Some(hook) = &self.on_dead {
             for notice in dead {
                 hook(notice);
             }
         }
+    }
+}
+
+impl Worker {
+    /// Splits a claim into what goes now and what its destinations cannot take yet (a rate limit,
+    /// a receiver that asked to slow down): those are postponed to their slot, without an attempt,
+    /// and the later deliveries of their ordering keys put back behind them.
+    fn pace(&self, batch: Vec<Delivery>) -> (Vec<Delivery>, Vec<Settlement>) {
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut blocked: HashSet<Arc<str>> = HashSet::new();
+        let mut go = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if let Some(key) = &delivery.ordering_key
+                && blocked.contains(key)
+            {
+                held.push(Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Requeue,
+                    attempt: None,
+                });
+                continue;
+            }
+            match self.ctx.pacer.admit(&delivery, now) {
+                Pace::Go => go.push(delivery),
+                Pace::Wait(delay) => {
+                    if let Some(key) = &delivery.ordering_key {
+                        blocked.insert(Arc::clone(key));
+                    }
+                    held.push(Settlement {
+                        id: delivery.id,
+                        outcome: Outcome::Postpone { delay },
+                        attempt: None,
+                    });
+                }
+            }
+        }
+        (go, held)
+    }
+
+    /// Records outcomes, retrying until the outbox takes them (storage full or failing), since
+    /// otherwise the deliveries would stay claimed until the next start. `false` when it gave up
+    /// because the dispatcher is shutting down.
+    async fn settle(&self, settlements: Vec<Settlement>) -> bool {
+        if settlements.is_empty() {
+            return true;
+        }
+        let mut pause = OUTBOX_ERROR_PAUSE;
+        while let Err(e) = self.outbox.settle(settlements.clone()).await {
+            tracing::error!(channel = %self.ctx.channel, error = %e, ?pause, "cannot record delivery outcomes; retrying");
+            if *self.closing.borrow() {
+                // Shutting down: a durable outbox puts in-flight deliveries back at the next start.
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_OUTBOX_ERROR_PAUSE);
+        }
+        true
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod build;
 mod dispatcher;
+mod pace;
 mod router;
 #[cfg(feature = "test-util")]
 pub mod testing;

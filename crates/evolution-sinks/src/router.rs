@@ -358,6 +358,7 @@ impl Router {
                 Channel::Webhook,
                 Scope::Instance,
                 Destination::Webhook(WebhookTarget {
+                    rate_limit: w.rate_limit,
                     url,
                     headers,
                     signing_secrets: if w.secrets.is_empty() {
@@ -452,6 +453,7 @@ impl Router {
             && let Ok(url) = profile.webhook_url(&g.webhook.url, kind, g.webhook.by_events)
         {
             let target = WebhookTarget {
+                rate_limit: None,
                 url,
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
@@ -468,6 +470,7 @@ impl Router {
             && kind == EventKind::Errors
         {
             let target = WebhookTarget {
+                rate_limit: None,
                 url: url.clone(),
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),

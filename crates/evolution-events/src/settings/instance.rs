@@ -51,6 +51,10 @@ pub struct WebhookSettings {
         serialize_with = "one_or_many"
     )]
     pub secrets: Vec<Sensitive>,
+    /// `rateLimit`: at most this many events per second reach the URL (the Dispatcher spaces them
+    /// out, other destinations unaffected); none: as fast as it goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// Only events whose payload passes this filter (`filter`); none: every event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
@@ -339,6 +343,7 @@ impl WebhookSettings {
         let base64 = r.bool("base64", Need::Optional);
         let by_events = r.bool("byEvents", Need::Optional);
         let secrets = r.secrets("secret");
+        let rate_limit = r.rate("rateLimit");
         let filter = r.filter("filter");
         r.finish();
         Some(Self {
@@ -349,6 +354,7 @@ impl WebhookSettings {
             base64,
             by_events,
             secrets,
+            rate_limit,
             filter,
         })
     }

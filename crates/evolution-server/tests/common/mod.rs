@@ -198,6 +198,8 @@ pub use evolution_outbox::testing::PostgresSchema as Schema;
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Hit {
+    /// When it arrived.
+    pub at: Instant,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -208,6 +210,10 @@ pub struct Hit {
 struct ReceiverState {
     hits: Mutex<Vec<Hit>>,
     status: Mutex<u16>,
+    /// The answer to the next request only (status, `Retry-After`), then `status` again.
+    once: Mutex<Option<(u16, Option<String>)>>,
+    /// When each request answered with `once` arrived.
+    refused: Mutex<Vec<Instant>>,
 }
 
 /// A real HTTP receiver on 127.0.0.1 that records every request and answers `status` (200).
@@ -224,8 +230,8 @@ impl Receiver {
 
     pub async fn start_on(port: u16) -> Self {
         let state = Arc::new(ReceiverState {
-            hits: Mutex::new(Vec::new()),
             status: Mutex::new(200),
+            ..ReceiverState::default()
         });
         let app = axum::Router::new()
             .fallback(record)
@@ -242,6 +248,17 @@ impl Receiver {
 
     pub fn set_status(&self, status: u16) {
         *self.state.status.lock().unwrap() = status;
+    }
+
+    /// Answers the next request with `status` and a `Retry-After: retry_after` header (recording
+    /// when it came in [`Receiver::refused`]), then the usual status again.
+    pub fn answer_once(&self, status: u16, retry_after: Option<&str>) {
+        *self.state.once.lock().unwrap() = Some((status, retry_after.map(str::to_owned)));
+    }
+
+    /// When the requests answered by [`Receiver::answer_once`] arrived.
+    pub fn refused(&self) -> Vec<Instant> {
+        self.state.refused.lock().unwrap().clone()
     }
 
     pub fn hits(&self) -> Vec<Hit> {
@@ -266,19 +283,30 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let at = Instant::now();
+    if let Some((status, retry_after)) = state.once.lock().unwrap().take() {
+        state.refused.lock().unwrap().push(at);
+        let status = StatusCode::from_u16(status).unwrap();
+        return match retry_after {
+            Some(value) => (status, [("retry-after", value)]).into_response(),
+            None => status.into_response(),
+        };
+    }
     let status = *state.status.lock().unwrap();
     if status < 300 {
         let raw = String::from_utf8_lossy(&body).into_owned();
         let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
         state.hits.lock().unwrap().push(Hit {
+            at,
             path: uri.to_string(),
             headers,
             body,
             raw,
         });
     }
-    StatusCode::from_u16(status).unwrap()
+    StatusCode::from_u16(status).unwrap().into_response()
 }
 
 /// The specification's RabbitMQ consumer: declares the durable topic exchange, an exclusive
