@@ -47,6 +47,7 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/deliveries/{target}/retry", post(retry_delivery))
         .route("/deliveries/{target}/redrive", post(redrive))
         .route("/deliveries/{target}/dead", delete(purge_dead))
+        .route("/deliveries/{target}/destinations", get(destination_health))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
@@ -382,6 +383,19 @@ pub(crate) async fn set_channel(
         ..record.record().clone()
     };
     app.cache_checked(Instance::checked(updated, checked));
+    if settings.get(channel)["enabled"] == true {
+        // Enabled again: destinations disabled for failing are back, with what they held.
+        let held = app.dispatcher.enable_destinations(channel, &record.name);
+        if !held.is_empty() {
+            let filter = RedriveFilter {
+                ids: held,
+                instance: Some(record.name.clone()),
+                ..RedriveFilter::default()
+            };
+            let n = app.outbox.redrive(&filter).await?;
+            tracing::info!(instance = %record.name, %channel, redriven = n, "a disabled destination is enabled again");
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({ key: settings.redacted().get(channel) })),
@@ -689,6 +703,36 @@ async fn purge_dead(
     let filter = dead_filter(&app, &headers, &instance, query, &body)?;
     let n = app.outbox.purge(&filter).await?;
     Ok(Json(json!({ "purged": n })).into_response())
+}
+
+/// `GET /deliveries/{instance}/destinations`: per destination of the instance that this server
+/// attempted, its last success, consecutive failures and state (`healthy`, `failing`, `disabled`).
+async fn destination_health(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let list: Vec<Value> = app
+        .dispatcher
+        .destination_health(&record.name)
+        .into_iter()
+        .map(|h| {
+            json!({
+                "channel": h.channel,
+                "scope": h.scope,
+                "destination": h.destination,
+                "state": h.state.as_str(),
+                "lastSuccess": h.last_success,
+                "lastFailure": h.last_failure,
+                "failingSince": h.failing_since,
+                "consecutiveFailures": h.consecutive_failures,
+                "lastError": h.last_error,
+                "disabledAt": h.disabled_at,
+            })
+        })
+        .collect();
+    Ok(Json(list).into_response())
 }
 
 async fn health() -> Json<Value> {

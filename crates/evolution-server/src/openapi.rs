@@ -125,6 +125,22 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/deliveries/{instance}/destinations",
+            summary: "Endpoint health: per destination of the instance, last success, consecutive failures and state (healthy, failing, disabled: every attempt failed for WEBHOOK_DISABLE_AFTER_SECONDS; setting the channel enabled again redrives what it held)",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "array", "items": {"type": "object", "properties": {
+                "channel": {"type": "string"}, "scope": {"type": "string"}, "destination": {"type": "string"},
+                "state": {"type": "string", "enum": ["healthy", "failing", "disabled"]},
+                "lastSuccess": {"type": ["string", "null"]}, "lastFailure": {"type": ["string", "null"]},
+                "failingSince": {"type": ["string", "null"]}, "consecutiveFailures": {"type": "integer"},
+                "lastError": {"type": ["string", "null"]}, "disabledAt": {"type": ["string", "null"]}}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
             path: "/events/{instance}",
             summary: "Catch-up: the kept events whose sequence is greater than ?after= (default 0), in sequence order, at most ?limit= (1 to 1000, default 100), each as the channels send it; ask again from `next` while `more`",
             body: None,

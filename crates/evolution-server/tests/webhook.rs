@@ -636,3 +636,128 @@ async fn a_429_with_retry_after_slows_the_destination_down_for_that_long() {
         );
     }
 }
+
+async fn health_of(server: &Server, instance: &str) -> Vec<Value> {
+    let (status, list) = server
+        .call(
+            "GET",
+            &format!("/deliveries/{instance}/destinations"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array().unwrap().clone()
+}
+
+/// A receiver that fails every attempt for the window (2 s here; five days by default) is disabled:
+/// an ERRORS event says so, the health route shows it, its waiting delivery is held, new events
+/// are not routed to it; setting it enabled again redrives what waited.
+#[tokio::test]
+async fn a_receiver_that_always_fails_is_disabled_after_the_window_and_enabling_it_redrives() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let errors = Receiver::start().await;
+    let server = Server::start(
+        "webhook-disable",
+        &[
+            ("WEBHOOK_DISABLE_AFTER_SECONDS", "2"),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF", "false"),
+            ("WEBHOOK_RETRY_JITTER_FACTOR", "0"),
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "100"),
+            ("WEBHOOK_EVENTS_ERRORS", "true"),
+            ("WEBHOOK_EVENTS_ERRORS_WEBHOOK", &errors.url("/errors")),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"]});
+    instance(&server, "flaky", settings.clone()).await;
+    let waited = post_events(&server, "flaky", common::message(false, "1@g.us")).await;
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let disabled = loop {
+        let list = health_of(&server, "flaky").await;
+        if let Some(h) = list.iter().find(|h| h["state"] == "disabled") {
+            break h.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never disabled: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(disabled["channel"], "webhook");
+    assert!(
+        disabled["destination"].as_str().unwrap().ends_with("/hook"),
+        "{disabled}"
+    );
+    assert!(
+        disabled["consecutiveFailures"].as_u64().unwrap() >= 3,
+        "{disabled}"
+    );
+    assert_eq!(disabled["lastSuccess"], Value::Null);
+    assert!(
+        disabled["lastError"].as_str().unwrap().contains("500"),
+        "{disabled}"
+    );
+
+    // An ERRORS event says so, at the errors webhook (a real receiver).
+    let said = errors
+        .wait_for(1, WAIT)
+        .await
+        .into_iter()
+        .find(|h| h.body["data"]["disabled"] == true)
+        .expect("an ERRORS event about the disabled destination");
+    assert_eq!(said.body["event"], "ERRORS");
+    assert_eq!(said.body["instance"], "flaky");
+    assert!(
+        said.body["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every attempt failed for 2 s"),
+        "{}",
+        said.body
+    );
+    let (_, found) = server
+        .call("GET", "/webhook/find/flaky", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["enabled"], false, "the instance's webhook is switched off");
+
+    // What waited is held as a dead letter, without reaching the receiver again.
+    let held = wait_dead(&server, "flaky", 1).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["event_id"], waited[0].as_str());
+    assert!(
+        held[0]["last_error"].as_str().unwrap().contains("disabled"),
+        "{held:?}"
+    );
+    // While disabled, new events are not routed to it.
+    let skipped = post_events(&server, "flaky", common::message(false, "1@g.us")).await;
+
+    // The receiver is fixed; enabling the webhook again redrives what waited.
+    receiver.set_status(200);
+    let (status, body) = server
+        .call(
+            "POST",
+            "/webhook/set/flaky",
+            Some(API_KEY),
+            Some(json!({ "webhook": settings })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let hits = receiver.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [waited[0].clone()], "{hits:?}");
+    assert!(!ids.contains(&skipped[0]));
+    let after: Vec<Value> = health_of(&server, "flaky").await;
+    let h = after
+        .iter()
+        .find(|h| h["destination"].as_str().unwrap().ends_with("/hook"))
+        .unwrap();
+    assert_eq!(h["state"], "healthy", "{h}");
+    assert!(h["lastSuccess"].is_string(), "{h}");
+    assert_eq!(h["consecutiveFailures"], 0);
+}

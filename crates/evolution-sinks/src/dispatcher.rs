@@ -9,14 +9,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind, EventSink,
-    Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry, RetryPolicy, SinkError,
+    Channel, Decision, Delivery, DeliveryId, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind,
+    EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry, RetryPolicy,
+    SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::health::{DestinationHealth, DisabledHook, DisabledNotice, Tracker};
 use crate::pace::{Pace, Pacer};
 use crate::router::{CheckedSettings, Route, Router};
 
@@ -45,6 +47,10 @@ pub struct ChannelConfig {
     /// Batches of one ordering key in flight at once (ADR 0012); `None` uses the sink's
     /// `max_in_flight_per_key` (always clamped to it).
     pub max_in_flight_per_key: Option<usize>,
+    /// Disable a destination of an instance's settings once every attempt to it failed for this
+    /// long (its deliveries are then held as dead letters until it is enabled again:
+    /// [`Dispatcher::enable_destinations`]); `None`: never.
+    pub disable_after: Option<Duration>,
 }
 
 impl ChannelConfig {
@@ -64,6 +70,7 @@ impl ChannelConfig {
             send_timeout: Duration::from_secs(30),
             ordered: None,
             max_in_flight_per_key: None,
+            disable_after: None,
         }
     }
 
@@ -79,6 +86,7 @@ impl ChannelConfig {
             send_timeout: hints.send_timeout.unwrap_or(default.send_timeout),
             ordered: hints.ordered.or(default.ordered),
             max_in_flight_per_key: default.max_in_flight_per_key,
+            disable_after: hints.disable_after.or(default.disable_after),
         }
     }
 }
@@ -229,6 +237,8 @@ struct ChannelCtx {
     idle: tokio::sync::Notify,
     /// Rate limits and pauses of the channel's destinations.
     pacer: Pacer,
+    /// Each destination's last success, failures, and whether it is disabled.
+    health: Tracker,
 }
 
 /// Builds a [`Dispatcher`].
@@ -237,6 +247,7 @@ pub struct DispatcherBuilder {
     router: Router,
     sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
     on_dead: Option<DeadHook>,
+    on_disabled: Option<DisabledHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -246,6 +257,7 @@ impl std::fmt::Debug for DispatcherBuilder {
             .field("router", &self.router)
             .field("sinks", &self.sinks)
             .field("on_dead", &self.on_dead.is_some())
+            .field("on_disabled", &self.on_disabled.is_some())
             .finish()
     }
 }
@@ -270,6 +282,14 @@ impl DispatcherBuilder {
     #[must_use]
     pub fn on_dead(mut self, hook: impl Fn(DeadNotice) + Send + Sync + 'static) -> Self {
         self.on_dead = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` once for each destination disabled because every attempt to it failed for
+    /// its channel's [`ChannelConfig::disable_after`]. It runs on a worker: keep it short.
+    #[must_use]
+    pub fn on_disabled(mut self, hook: impl Fn(DisabledNotice) + Send + Sync + 'static) -> Self {
+        self.on_disabled = Some(Arc::new(hook));
         self
     }
 
@@ -300,6 +320,7 @@ impl DispatcherBuilder {
                 watching: AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
                 pacer: Pacer::default(),
+                health: Tracker::default(),
             };
             if channels.insert(channel, Arc::new(ctx)).is_some() {
                 return Err(BuildError::DuplicateChannel(channel));
@@ -314,6 +335,7 @@ impl DispatcherBuilder {
                     outbox: Arc::clone(&self.outbox),
                     closing: closing.subscribe(),
                     on_dead: self.on_dead.clone(),
+                    on_disabled: self.on_disabled.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -373,6 +395,7 @@ impl Dispatcher {
             router,
             sinks: Vec::new(),
             on_dead: None,
+            on_disabled: None,
         }
     }
 
@@ -508,6 +531,37 @@ impl Dispatcher {
     #[must_use]
     pub fn sink(&self, channel: Channel) -> Option<&Arc<dyn EventSink>> {
         self.shared.channels.get(&channel).map(|c| &c.sink)
+    }
+
+    /// The health of `instance`'s destinations on every channel, each destination this process
+    /// attempted: last success, failures since, and whether it is disabled.
+    #[must_use]
+    pub fn destination_health(&self, instance: &InstanceName) -> Vec<DestinationHealth> {
+        let mut all: Vec<DestinationHealth> = self
+            .shared
+            .channels
+            .values()
+            .flat_map(|ctx| ctx.health.list(Some(instance)))
+            .collect();
+        all.sort_by(|a, b| (a.channel, &a.destination).cmp(&(b.channel, &b.destination)));
+        all
+    }
+
+    /// Enables `instance`'s disabled destinations on `channel` again; the ids of the deliveries
+    /// they held back meanwhile (dead letters: redrive them to send them).
+    #[must_use]
+    pub fn enable_destinations(&self, channel: Channel, instance: &InstanceName) -> Vec<DeliveryId> {
+        self.shared
+            .channels
+            .get(&channel)
+            .map(|ctx| ctx.health.enable(instance))
+            .unwrap_or_default()
+    }
+
+    /// How `channel` is dispatched.
+    #[must_use]
+    pub fn config(&self, channel: Channel) -> Option<&ChannelConfig> {
+        self.shared.channels.get(&channel).map(|c| &c.config)
     }
 
     /// Counters of `channel` since start.
@@ -679,6 +733,7 @@ struct Worker {
     outbox: Arc<dyn Outbox>,
     closing: watch::Receiver<bool>,
     on_dead: Option<DeadHook>,
+    on_disabled: Option<DisabledHook>,
 }
 
 impl Worker {
@@ -782,6 +837,7 @@ impl Worker {
             }
         }
         let mut blocked: HashSet<&str> = HashSet::new();
+        let mut attempted: Vec<(&Delivery, Option<String>)> = Vec::with_capacity(batch.len());
         let mut settlements = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
@@ -803,6 +859,7 @@ impl Worker {
                 latency,
                 status: failure.as_ref().and_then(SinkError::status),
             };
+            attempted.push((delivery, failure.as_ref().map(ToString::to_string)));
             let outcome = match failure {
                 None => {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -864,8 +921,23 @@ impl Worker {
             });
         }
         settlements.extend(held);
+        let disabled = ctx.health.record(
+            attempted.iter().map(|(d, e)| (*d, e.as_deref())),
+            ctx.config.disable_after,
+            now,
+        );
         if !self.settle(settlements).await {
             return;
+        }
+        if let Some(hook) = &self.on_disabled {
+            for notice in disabled {
+                tracing::warn!(
+                    channel = %ctx.channel, instance = %notice.health.instance,
+                    destination = %notice.health.destination, failures = notice.health.consecutive_failures,
+                    "every attempt failed for the whole window: the destination is disabled"
+                );
+                hook(notice);
+            }
         }
         if let Some(hook) = &self.on_dead {
             for notice in dead {
@@ -891,6 +963,19 @@ impl Worker {
                 held.push(Settlement {
                     id: delivery.id,
                     outcome: Outcome::Requeue,
+                    attempt: None,
+                });
+                continue;
+            }
+            if self.ctx.health.hold(&delivery) {
+                held.push(Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Dead {
+                        error:
+                            "held: the destination is disabled (every attempt failed for the whole window); \
+                                enable it again to redrive"
+                                .to_owned(),
+                    },
                     attempt: None,
                 });
                 continue;

@@ -24,6 +24,7 @@
 
 pub mod build;
 mod dispatcher;
+mod health;
 mod pace;
 mod router;
 #[cfg(feature = "test-util")]
@@ -61,4 +62,5 @@ pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
     EmitError, LATENCY_BUCKETS, LatencyHistogram, Routing, ShutdownReport,
 };
+pub use health::{DestinationHealth, DisabledHook, DisabledNotice, HealthState};
 pub use router::{CheckedSettings, Route, Router};
