@@ -384,8 +384,19 @@ pub(crate) async fn set_channel(
     };
     app.cache_checked(Instance::checked(updated, checked));
     if settings.get(channel)["enabled"] == true {
-        // Enabled again: destinations disabled for failing are back, with what they held.
-        let held = app.dispatcher.enable_destinations(channel, &record.name);
+        // Enabled again: the destinations disabled for failing that it still names are back, with
+        // what they held.
+        let destinations: Vec<evolution_events::Destination> = app
+            .dispatcher
+            .router()
+            .instance_destinations(&record.name, &settings)
+            .into_iter()
+            .filter(|r| r.channel == channel)
+            .map(|r| r.destination)
+            .collect();
+        let held = app
+            .dispatcher
+            .enable_destinations(channel, &record.name, &destinations);
         if !held.is_empty() {
             let filter = RedriveFilter {
                 ids: held,

@@ -547,14 +547,22 @@ impl Dispatcher {
         all
     }
 
-    /// Enables `instance`'s disabled destinations on `channel` again; the ids of the deliveries
-    /// they held back meanwhile (dead letters: redrive them to send them).
+    /// Enables again those of `instance`'s disabled destinations on `channel` that are among
+    /// `destinations` (what its settings deliver to now: a destination they no longer name stays
+    /// disabled, with what it held); the ids of the deliveries they held back meanwhile (dead
+    /// letters: redrive them to send them).
     #[must_use]
-    pub fn enable_destinations(&self, channel: Channel, instance: &InstanceName) -> Vec<DeliveryId> {
+    pub fn enable_destinations(
+        &self,
+        channel: Channel,
+        instance: &InstanceName,
+        destinations: &[Destination],
+    ) -> Vec<DeliveryId> {
+        let labels: Vec<String> = destinations.iter().map(Destination::label).collect();
         self.shared
             .channels
             .get(&channel)
-            .map(|ctx| ctx.health.enable(instance))
+            .map(|ctx| ctx.health.enable(instance, &labels))
             .unwrap_or_default()
     }
 

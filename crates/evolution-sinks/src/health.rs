@@ -186,13 +186,16 @@ impl Tracker {
         }
     }
 
-    /// Enables every disabled destination of `instance` again; the ids of the deliveries held back
-    /// meanwhile.
-    pub(crate) fn enable(&self, instance: &InstanceName) -> Vec<DeliveryId> {
+    /// Enables the disabled destinations of `instance` labelled `labels` again; the ids of the
+    /// deliveries they held back meanwhile.
+    pub(crate) fn enable(&self, instance: &InstanceName, labels: &[String]) -> Vec<DeliveryId> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let mut held = Vec::new();
         for entry in entries.values_mut() {
-            if entry.health.instance == *instance && entry.health.state == HealthState::Disabled {
+            if entry.health.instance == *instance
+                && entry.health.state == HealthState::Disabled
+                && labels.contains(&entry.health.destination)
+            {
                 entry.health.state = HealthState::Healthy;
                 entry.health.failing_since = None;
                 entry.health.consecutive_failures = 0;
@@ -212,5 +215,76 @@ impl Tracker {
             .filter(|e| instance.is_none_or(|i| e.health.instance == *i))
             .map(|e| e.health.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use evolution_events::{EventEnvelope, EventKind, NamingProfile, RawValue, WebhookTarget};
+
+    use super::*;
+
+    fn delivery(id: DeliveryId, scope: Scope) -> Delivery {
+        let url = match scope {
+            Scope::Instance => "http://h/hook",
+            Scope::Global => "http://h/global",
+        };
+        Delivery {
+            id,
+            channel: Channel::Webhook,
+            scope,
+            profile: NamingProfile::Seed,
+            envelope: Arc::new(EventEnvelope::new(
+                EventKind::Call,
+                InstanceName::new("a").unwrap(),
+                RawValue::NULL.to_owned(),
+            )),
+            destination: Arc::new(Destination::Webhook(WebhookTarget {
+                url: url.to_owned(),
+                headers: Vec::new(),
+                signing_secrets: Vec::new(),
+                rate_limit: None,
+            })),
+            ordering_key: None,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn every_attempt_failing_for_the_window_disables_an_instance_destination_only() {
+        let t = Tracker::default();
+        let start = Utc::now();
+        let window = Some(Duration::from_secs(10));
+        let at = |s: i64| start + chrono::Duration::seconds(s);
+        let (own, global) = (delivery(1, Scope::Instance), delivery(2, Scope::Global));
+        assert!(t.record([(&own, Some("500"))], window, at(0)).is_empty());
+        assert!(
+            t.record([(&own, None)], window, at(5)).is_empty(),
+            "a success resets"
+        );
+        assert!(t.record([(&own, Some("500"))], window, at(6)).is_empty());
+        assert!(t.record([(&global, Some("500"))], window, at(6)).is_empty());
+        assert!(
+            t.record([(&own, Some("500"))], window, at(15)).is_empty(),
+            "9 s of failures"
+        );
+        let notices = t.record([(&own, Some("500")), (&global, Some("500"))], window, at(16));
+        assert_eq!(notices.len(), 1, "only the instance's destination is disabled");
+        let h = &notices[0].health;
+        assert_eq!(
+            (h.state, h.consecutive_failures, h.failing_since, h.last_success),
+            (HealthState::Disabled, 3, Some(at(6)), Some(at(5)))
+        );
+        assert!(t.hold(&delivery(7, Scope::Instance)));
+        assert!(!t.hold(&global));
+        assert!(
+            t.enable(&InstanceName::new("a").unwrap(), &["http://h/other".to_owned()])
+                .is_empty()
+        );
+        assert_eq!(
+            t.enable(&InstanceName::new("a").unwrap(), &["http://h/hook".to_owned()]),
+            [7]
+        );
+        assert!(!t.hold(&delivery(8, Scope::Instance)), "enabled again");
     }
 }
