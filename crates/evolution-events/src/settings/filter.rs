@@ -451,6 +451,28 @@ mod tests {
     }
 
     #[test]
+    fn the_view_is_the_payload_in_the_naming_profile_without_sequence_or_apikey() {
+        use crate::{EventKind, InstanceName, Sensitive};
+        let data = serde_json::value::RawValue::from_string(r#"{"key":{"fromMe":false}}"#.into()).unwrap();
+        let event = EventEnvelope::new(EventKind::MessagesUpsert, InstanceName::new("i").unwrap(), data)
+            .with_sender(Some("5511@s.whatsapp.net".into()))
+            .with_apikey(Some(Sensitive::new("token-secret")))
+            .with_sequence(9);
+        let seed = Filter::view(&event, NamingProfile::Seed);
+        let v2 = Filter::view(&event, NamingProfile::EvolutionV2);
+        assert_eq!(seed["event"], "MESSAGES_UPSERT");
+        assert_eq!(v2["event"], "messages.upsert");
+        assert!(filter(json!({"event": "messages.upsert", "data.key.fromMe": false})).matches(&v2));
+        assert!(!filter(json!({"event": "messages.upsert"})).matches(&seed));
+        assert_eq!(seed["sender"], "5511@s.whatsapp.net");
+        assert!(seed.get("sequence").is_none() && seed.get("apikey").is_none());
+        assert!(
+            Filter::parse(&json!({"apikey": "x"}), "f").is_err(),
+            "a secret is no path"
+        );
+    }
+
+    #[test]
     fn problems_name_the_path_and_the_operator() {
         let errors = Filter::parse(
             &json!({
