@@ -102,6 +102,21 @@ impl Channel {
         }
     }
 
+    /// The variable choosing what happens to an event larger than this channel's limit
+    /// (`SQS_OVERSIZE`, …: `reject` or `reference`); `None` for a channel without a limit
+    /// (webhook, websocket) and a custom channel.
+    #[must_use]
+    pub const fn oversize_var(self) -> Option<&'static str> {
+        match self {
+            Self::Rabbitmq => Some("RABBITMQ_OVERSIZE"),
+            Self::Sqs => Some("SQS_OVERSIZE"),
+            Self::Kafka => Some("KAFKA_OVERSIZE"),
+            Self::Nats => Some("NATS_OVERSIZE"),
+            Self::Pusher => Some("PUSHER_OVERSIZE"),
+            Self::Webhook | Self::Websocket | Self::Custom(_) => None,
+        }
+    }
+
     /// Parses a built-in channel key, case-insensitively.
     ///
     /// # Errors

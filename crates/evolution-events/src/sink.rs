@@ -36,13 +36,21 @@ pub struct Delivery {
     pub ordering_key: Option<Arc<str>>,
     /// Which attempt this is: 1 for the first.
     pub attempt: u32,
+    /// A body sent instead of the payload: the dispatcher sets it for an event larger than the
+    /// sink's [`EventSink::max_payload_bytes`] when its channel sends those by reference (a small
+    /// body with a signed URL that fetches the whole event). `None`: the payload.
+    pub body: Option<Bytes>,
 }
 
 impl Delivery {
-    /// The JSON payload (serialized once per event and profile, shared).
+    /// What to send: the JSON payload (serialized once per event and profile, shared), or the
+    /// [`body`](Self::body) that replaces it.
     #[must_use]
     pub fn payload(&self) -> Bytes {
-        self.envelope.payload(self.profile)
+        match &self.body {
+            Some(body) => body.clone(),
+            None => self.envelope.payload(self.profile),
+        }
     }
 
     /// The payload, if it is at most `limit` bytes (a sink's `max_payload_bytes`).
@@ -214,6 +222,14 @@ pub trait EventSink: Send + Sync + Debug + 'static {
     /// What this sink can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// The largest payload this sink sends, when it has a limit (Pusher 10 KB, SQS 1 MiB, Kafka
+    /// `message.max.bytes`, NATS `max_payload`, RabbitMQ's configured maximum): the dispatcher
+    /// sends a larger event by reference instead when the channel is set to (`<CHANNEL>_OVERSIZE=
+    /// reference`); otherwise the sink refuses it. `None`: no limit of its own.
+    fn max_payload_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Sends a batch (at most `capabilities().max_batch_size` items, all of this sink's channel).
     /// An empty batch is a no-op.
     ///
@@ -271,6 +287,7 @@ mod tests {
             data,
         );
         Delivery {
+            body: None,
             id: 1,
             channel: Channel::Nats,
             scope: Scope::Instance,

@@ -215,6 +215,7 @@ impl Outbox for MemoryOutbox {
                     state.next_id += 1;
                     let id = state.next_id;
                     let delivery = Delivery {
+                        body: None,
                         id,
                         channel: d.channel,
                         scope: d.scope,

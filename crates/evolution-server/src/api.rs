@@ -43,6 +43,7 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/{channel}/find/{instance}", get(find_channel))
         .route("/events/{instance}", post(post_events).get(events_after))
         .route("/events/{instance}/{id}", get(get_event))
+        .route("/events/{instance}/{id}/payload", get(get_referenced))
         .route("/deliveries/{target}", get(list_deliveries))
         .route("/deliveries/{target}/retry", post(retry_delivery))
         .route("/deliveries/{target}/redrive", post(redrive))
@@ -513,6 +514,45 @@ async fn get_event(
             "id: no event {id} of instance {}: never accepted, or pruned (an event is kept until 24 hours \
              after its last delivery)",
             record.name
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedQuery {
+    expires: u64,
+    signature: String,
+}
+
+/// `GET /events/{instance}/{id}/payload?expires=&signature=`: the whole event behind a reference
+/// (an event larger than its channel's limit, `<CHANNEL>_OVERSIZE=reference`), without an apikey:
+/// the URL's signature is the authorization. A changed or expired URL is a 403.
+async fn get_referenced(
+    State(app): State<Arc<App>>,
+    Path((instance, id)): Path<(String, String)>,
+    query: Result<Query<SignedQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{}: a reference URL carries expires and signature", e.body_text()),
+        )
+    })?;
+    app.signer
+        .check(&instance, &id, q.expires, &q.signature)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    let (Ok(name), Ok(uuid)) = (InstanceName::new(&instance), Uuid::parse_str(&id)) else {
+        return Err(ApiError::not_found("no such event"));
+    };
+    match app.outbox.event(&name, uuid).await? {
+        Some(event) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            event.payload(),
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no event {id} of instance {instance} is kept any more (pruned after OUTBOX_RETENTION)"
         ))),
     }
 }

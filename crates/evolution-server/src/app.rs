@@ -27,6 +27,8 @@ const DEAD_NOTICE_QUEUE: usize = 10_000;
 pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) api_key: Sensitive,
+    /// Signs the URLs of events sent by reference.
+    pub(crate) signer: crate::reference::Signer,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) outbox: Arc<dyn Outbox>,
@@ -124,6 +126,8 @@ impl App {
             Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
         };
         let router = Router::new(config.global.clone())?;
+        let signer = crate::reference::Signer::new(&api_key, config.base_url(), config.reference_ttl);
+        let body_signer = signer.clone();
         let (dead_tx, dead_rx) = mpsc::channel::<Notice>(DEAD_NOTICE_QUEUE);
         let disabled_tx = dead_tx.clone();
         let mut builder = Dispatcher::builder(Arc::clone(&outbox), router);
@@ -164,6 +168,7 @@ impl App {
                     tracing::warn!("too many dead deliveries at once: an ERRORS event was not emitted");
                 }
             })
+            .reference_with(move |delivery| body_signer.body(delivery))
             .on_disabled(move |notice| {
                 if disabled_tx.try_send(Notice::Disabled(notice)).is_err() {
                     tracing::warn!(
@@ -180,6 +185,7 @@ impl App {
         let app = Arc::new(Self {
             config,
             api_key,
+            signer,
             dispatcher,
             store,
             outbox,

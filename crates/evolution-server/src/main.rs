@@ -10,6 +10,7 @@ mod error;
 mod instances;
 mod metrics;
 mod openapi;
+mod reference;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -155,6 +155,14 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/events/{instance}/{id}/payload",
+            summary: "The whole event behind an oversize reference (<CHANNEL>_OVERSIZE=reference), without an apikey: the signed URL of the reference body (?expires=&signature=); 403 once expired (EVENTS_REFERENCE_TTL) or changed",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: false,
+        },
+        Op {
+            method: "get",
             path: "/events/{instance}/{id}",
             summary: "One accepted event as its deliveries carry it (resolves a Pusher `truncated` reference); 404 once pruned",
             body: None,

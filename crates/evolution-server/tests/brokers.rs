@@ -605,3 +605,109 @@ async fn a_subscriber_that_missed_events_fills_the_gap_through_the_catch_up_rout
         assert!(body.to_string().contains(field), "{query}: {body}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Oversize events by reference
+// ---------------------------------------------------------------------------------------------
+
+/// With `NATS_OVERSIZE=reference`, an event over `NATS_MAX_PAYLOAD_BYTES` reaches the subscriber
+/// as a reference whose signed URL returns it whole until `EVENTS_REFERENCE_TTL` passes (then 403);
+/// a small event arrives whole.
+#[tokio::test]
+async fn nats_oversize_events_arrive_as_signed_expiring_references() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("nats-ref-{}", unique());
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("evolution.{instance}.>")).await;
+    let server = Server::start(
+        "nats-reference",
+        &[
+            ("NATS_ENABLED", "true"),
+            ("NATS_URI", &url),
+            ("NATS_OVERSIZE", "reference"),
+            ("NATS_MAX_PAYLOAD_BYTES", "4096"),
+            ("EVENTS_REFERENCE_TTL", "3s"),
+        ],
+    )
+    .await;
+    common::create_instance(
+        &server,
+        &instance,
+        json!({"nats": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let pad = "x".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = wait_nats(&received, 2).await;
+    assert_eq!(got.len(), 2);
+    let small: Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(small["id"], ids[0].as_str());
+    assert_eq!(
+        small["data"]["key"]["fromMe"], false,
+        "a small event arrives whole"
+    );
+    assert!(got[1].payload.len() < 1024, "{} bytes", got[1].payload.len());
+    let reference: Value = serde_json::from_slice(&got[1].payload).unwrap();
+    let link = common::check_reference(&reference, &ids[1], &instance, &pad).await;
+    assert_eq!(
+        nats_header(&got[1], "id"),
+        ids[1],
+        "the headers still name the event"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let expired = reqwest::get(&link).await.unwrap();
+    assert_eq!(expired.status(), 403, "expired");
+    assert!(expired.text().await.unwrap().contains("expired"));
+}
+
+/// With `RABBITMQ_OVERSIZE=reference`, an event over `RABBITMQ_MAX_PAYLOAD_BYTES` reaches the
+/// consumer as a reference whose signed URL returns it whole.
+#[tokio::test]
+async fn rabbitmq_oversize_events_arrive_as_references() {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-ref-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-reference",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+            ("RABBITMQ_OVERSIZE", "reference"),
+            ("RABBITMQ_MAX_PAYLOAD_BYTES", "4096"),
+        ],
+    )
+    .await;
+    common::create_instance(
+        &server,
+        &instance,
+        json!({"rabbitmq": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let pad = "y".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = consumer.wait(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(payload_id(&got[0].data), ids[0]);
+    let reference: Value = serde_json::from_slice(&got[1].data).unwrap();
+    common::check_reference(&reference, &ids[1], &instance, &pad).await;
+    let queues = [format!("evolution.{instance}.messages-upsert")];
+    consumer.drain(&queues[0]).await;
+    consumer.cleanup(&queues, &[&exchange]).await;
+}

@@ -48,6 +48,7 @@ fn delivery(id: u64, instance: &str, target: &SqsTarget, data: &Value) -> Delive
     )
     .with_sequence(id);
     Delivery {
+        body: None,
         id,
         channel: Channel::Sqs,
         scope: Scope::Instance,

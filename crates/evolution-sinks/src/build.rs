@@ -78,6 +78,13 @@ pub fn variables() -> Vec<Var> {
                 .into_iter()
                 .filter_map(|channel| Some(Var::unset(channel.global_filter_var()?))),
         )
+        .chain(
+            // `PUSHER_OVERSIZE` is the Pusher crate's (declared there, with its own doc).
+            Channel::BUILT_IN
+                .into_iter()
+                .filter(|channel| *channel != Channel::Pusher)
+                .filter_map(|channel| Some(Var::new(channel.oversize_var()?, "reject"))),
+        )
         .chain(REGISTRY.iter().flat_map(|entry| entry.vars.iter().copied()))
         .collect()
 }
@@ -126,10 +133,26 @@ fn read_global_filters(vars: &mut Vars, global: &mut GlobalSettings) {
 /// switched on (`<CHANNEL>_ENABLED=true`) that this build does not have are errors naming the
 /// variable. Problems are recorded in `vars`.
 pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
-    let plans = REGISTRY
+    let mut plans: Vec<ChannelPlan> = REGISTRY
         .iter()
         .filter_map(|entry| (entry.plan)(vars, global))
         .collect();
+    for plan in &mut plans {
+        if let Some(name) = plan.channel().oversize_var() {
+            plan.dispatch.by_reference = match vars.raw(name).trim().to_ascii_lowercase().as_str() {
+                "" | "reject" => false,
+                "reference" => true,
+                // The Pusher crate reads `PUSHER_OVERSIZE` too, and reports a bad value itself.
+                _ if plan.channel() == Channel::Pusher => false,
+                other => {
+                    vars.error(format!(
+                        "{name}: `{other}` is not a policy: use `reject` or `reference`"
+                    ));
+                    false
+                }
+            };
+        }
+    }
     for channel in Channel::BUILT_IN {
         if !AVAILABLE.contains(&channel)
             && let Some(switch) = channel.switch_var()

@@ -9,9 +9,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, Decision, Delivery, DeliveryId, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind,
-    EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry, RetryPolicy,
-    SinkError,
+    Bytes, Channel, Decision, Delivery, DeliveryId, Destination, DispatchHints, ErrorKind, EventEnvelope,
+    EventKind, EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry,
+    RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
@@ -51,6 +51,10 @@ pub struct ChannelConfig {
     /// long (its deliveries are then held as dead letters until it is enabled again:
     /// [`Dispatcher::enable_destinations`]); `None`: never.
     pub disable_after: Option<Duration>,
+    /// Send an event larger than the sink's [`EventSink::max_payload_bytes`] by reference (a small
+    /// body with a signed URL, made by [`DispatcherBuilder::reference_with`]) instead of letting
+    /// the sink refuse it (`<CHANNEL>_OVERSIZE=reference`).
+    pub by_reference: bool,
 }
 
 impl ChannelConfig {
@@ -71,6 +75,7 @@ impl ChannelConfig {
             ordered: None,
             max_in_flight_per_key: None,
             disable_after: None,
+            by_reference: false,
         }
     }
 
@@ -87,6 +92,7 @@ impl ChannelConfig {
             ordered: hints.ordered.or(default.ordered),
             max_in_flight_per_key: default.max_in_flight_per_key,
             disable_after: hints.disable_after.or(default.disable_after),
+            by_reference: default.by_reference,
         }
     }
 }
@@ -152,6 +158,9 @@ pub struct DeadNotice {
 
 /// Called for every delivery given up, after the outbox recorded it.
 pub type DeadHook = Arc<dyn Fn(DeadNotice) + Send + Sync>;
+
+/// Makes the body that replaces an oversize event's payload (see [`ChannelConfig::by_reference`]).
+pub type ReferenceHook = Arc<dyn Fn(&Delivery) -> Bytes + Send + Sync>;
 
 /// Counters of one channel since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -239,6 +248,8 @@ struct ChannelCtx {
     pacer: Pacer,
     /// Each destination's last success, failures, and whether it is disabled.
     health: Tracker,
+    /// Payloads above this go by reference (`by_reference` and the sink's limit).
+    reference_above: Option<usize>,
 }
 
 /// Builds a [`Dispatcher`].
@@ -248,6 +259,7 @@ pub struct DispatcherBuilder {
     sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
     on_dead: Option<DeadHook>,
     on_disabled: Option<DisabledHook>,
+    reference: Option<ReferenceHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -258,6 +270,7 @@ impl std::fmt::Debug for DispatcherBuilder {
             .field("sinks", &self.sinks)
             .field("on_dead", &self.on_dead.is_some())
             .field("on_disabled", &self.on_disabled.is_some())
+            .field("reference", &self.reference.is_some())
             .finish()
     }
 }
@@ -293,6 +306,15 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Makes the body sent instead of an event larger than its sink's limit on the channels that
+    /// send those by reference ([`ChannelConfig::by_reference`]): typically the event's id, kind,
+    /// instance and sequence with a signed URL that fetches it whole. Without it they are refused.
+    #[must_use]
+    pub fn reference_with(mut self, hook: impl Fn(&Delivery) -> Bytes + Send + Sync + 'static) -> Self {
+        self.reference = Some(Arc::new(hook));
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -303,6 +325,7 @@ impl DispatcherBuilder {
         for (sink, config) in self.sinks {
             let caps = sink.capabilities();
             let channel = sink.channel();
+            let reference_above = config.by_reference.then(|| sink.max_payload_bytes()).flatten();
             let ctx = ChannelCtx {
                 channel,
                 batch_size: config
@@ -321,6 +344,7 @@ impl DispatcherBuilder {
                 idle: tokio::sync::Notify::new(),
                 pacer: Pacer::default(),
                 health: Tracker::default(),
+                reference_above,
             };
             if channels.insert(channel, Arc::new(ctx)).is_some() {
                 return Err(BuildError::DuplicateChannel(channel));
@@ -336,6 +360,7 @@ impl DispatcherBuilder {
                     closing: closing.subscribe(),
                     on_dead: self.on_dead.clone(),
                     on_disabled: self.on_disabled.clone(),
+                    reference: self.reference.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -396,6 +421,7 @@ impl Dispatcher {
             sinks: Vec::new(),
             on_dead: None,
             on_disabled: None,
+            reference: None,
         }
     }
 
@@ -742,6 +768,7 @@ struct Worker {
     closing: watch::Receiver<bool>,
     on_dead: Option<DeadHook>,
     on_disabled: Option<DisabledHook>,
+    reference: Option<ReferenceHook>,
 }
 
 impl Worker {
@@ -796,10 +823,17 @@ impl Worker {
     /// several in flight per key (ADR 0012), started in claim order — and settles the whole claim
     /// in order: after a failed delivery, the later ones of its key are put back (ADR 0002).
     async fn deliver(&self, batch: Vec<Delivery>) {
-        let (batch, held) = self.pace(batch);
+        let (mut batch, held) = self.pace(batch);
         if batch.is_empty() {
             self.settle(held).await;
             return;
+        }
+        if let (Some(limit), Some(reference)) = (self.ctx.reference_above, &self.reference) {
+            for delivery in &mut batch {
+                if delivery.payload().len() > limit {
+                    delivery.body = Some(reference(delivery));
+                }
+            }
         }
         let ctx = &self.ctx;
         let chunks: Vec<&[Delivery]> = batch.chunks(ctx.batch_size).collect();

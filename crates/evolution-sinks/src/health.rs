@@ -230,6 +230,7 @@ mod tests {
             Scope::Global => "http://h/global",
         };
         Delivery {
+            body: None,
             id,
             channel: Channel::Webhook,
             scope,

@@ -120,6 +120,7 @@ mod tests {
 
     fn delivery(id: DeliveryId, url: &str, rate: Option<u32>) -> Delivery {
         Delivery {
+            body: None,
             id,
             channel: Channel::Webhook,
             scope: Scope::Instance,

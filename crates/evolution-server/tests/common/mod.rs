@@ -563,3 +563,56 @@ pub async fn assert_bad_filter_refused(server: &Server, instance: &str, channel:
         .await;
     assert_eq!(before, after, "nothing stored");
 }
+
+/// A MESSAGES_UPSERT whose data carries `pad` (to make it larger than a channel's limit).
+pub fn padded(pad: &str) -> Value {
+    serde_json::json!({"event": "MESSAGES_UPSERT", "data": {"key": {"id": "BIG"}, "pad": pad}})
+}
+
+/// Checks a reference body (`<CHANNEL>_OVERSIZE=reference`) for event `id` of `instance` whose data
+/// holds `pad`: its fields, its URL fetching the whole event without an apikey, and a changed
+/// signature or expiry refused with 403. Returns the URL.
+pub async fn check_reference(reference: &Value, id: &str, instance: &str, pad: &str) -> String {
+    assert_eq!(reference["id"], id, "{reference}");
+    assert_eq!(reference["event"], "MESSAGES_UPSERT", "{reference}");
+    assert_eq!(reference["instance"], instance, "{reference}");
+    assert!(reference["sequence"].as_u64().unwrap() > 0, "{reference}");
+    assert_eq!(reference["truncated"], true, "{reference}");
+    assert!(reference["expires_at"].is_string(), "{reference}");
+    let url = reference["url"].as_str().unwrap().to_owned();
+    check_reference_url(&url, id, pad).await;
+    url
+}
+
+/// The reference URL `url` gives the whole event `id` (data holding `pad`) without an apikey; a
+/// changed signature or expiry gets 403.
+pub async fn check_reference_url(url: &str, id: &str, pad: &str) {
+    let client = reqwest::Client::new();
+    let whole = client.get(url).send().await.unwrap();
+    assert_eq!(whole.status(), 200, "{url}");
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["id"], id);
+    assert_eq!(whole["data"]["pad"], pad);
+    let last = url.chars().last().unwrap();
+    let tampered = format!("{}{}", &url[..url.len() - 1], if last == '0' { '1' } else { '0' });
+    let answer = client.get(&tampered).send().await.unwrap();
+    assert_eq!(answer.status(), 403, "a changed signature");
+    assert!(answer.text().await.unwrap().contains("signature"));
+    let (before, after) = url.split_once("expires=").unwrap();
+    let (expires, rest) = after.split_once('&').unwrap();
+    let later = format!(
+        "{before}expires={}&{rest}",
+        expires.parse::<u64>().unwrap() + 3600
+    );
+    assert_eq!(
+        client.get(&later).send().await.unwrap().status(),
+        403,
+        "a changed expiry"
+    );
+    let unsigned = url.split_once('?').unwrap().0;
+    assert_eq!(
+        client.get(unsigned).send().await.unwrap().status(),
+        403,
+        "no signature"
+    );
+}
