@@ -548,6 +548,57 @@ mod tests {
         }
     }
 
+    /// `<CHANNEL>_EVENTS_<EVENT>` for SQS and WebSocket too (and Evolution API's `SQS_GLOBAL_<EVENT>`),
+    /// the same in the environment and in the TOML file.
+    #[cfg(all(feature = "sqs", feature = "websocket"))]
+    #[test]
+    fn sqs_and_websocket_event_toggles_in_the_environment_and_the_file() {
+        let sqs = |c: &Config| c.global.sqs.broker.events.clone();
+        let c = Config::load(
+            None,
+            env(&[
+                ("SQS_EVENTS_MESSAGES_UPSERT", "true"),
+                ("SQS_GLOBAL_CALL", "true"),
+                ("SQS_EVENTS_CHATS_SET", "false"),
+                ("WEBSOCKET_EVENTS_CONNECTION_UPDATE", "true"),
+                ("WEBSOCKET_EVENTS_CALL", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            sqs(&c),
+            BTreeSet::from([EventKind::MessagesUpsert, EventKind::Call])
+        );
+        assert_eq!(
+            c.global.websocket.events,
+            Some(BTreeSet::from([EventKind::ConnectionUpdate]))
+        );
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.global.websocket.events, None, "no toggle: every event");
+
+        let dir = std::env::temp_dir().join(format!("evo-toggles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("evolution.toml");
+        std::fs::write(
+            &file,
+            "sqs_events_messages_upsert = true\nSQS_GLOBAL_CALL = true\n\
+             websocket_events_connection_update = true\nWEBSOCKET_EVENTS_CALL = false\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("SQS_EVENTS_CHATS_SET", "yes")])).unwrap();
+        assert_eq!(
+            sqs(&c),
+            BTreeSet::from([EventKind::MessagesUpsert, EventKind::Call, EventKind::ChatsSet])
+        );
+        assert_eq!(
+            c.global.websocket.events,
+            Some(BTreeSet::from([EventKind::ConnectionUpdate]))
+        );
+        let err = Config::load(None, env(&[("WEBSOCKET_EVENTS_CALL", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("WEBSOCKET_EVENTS_CALL=`maybe`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[cfg(feature = "webhook")]
     #[test]
     fn toml_file_then_environment() {

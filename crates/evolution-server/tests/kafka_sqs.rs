@@ -445,8 +445,9 @@ async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
         ("SQS_FIFO", "true".to_owned()),
         ("SQS_GLOBAL_ENABLED", "true".to_owned()),
         ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", "true".to_owned()),
+        // Evolution API's toggle and every other channel's form select alike.
         ("SQS_GLOBAL_MESSAGES_UPSERT", "true".to_owned()),
-        ("SQS_GLOBAL_CALL", "true".to_owned()),
+        ("SQS_EVENTS_CALL", "true".to_owned()),
     ]);
     let server = Server::start("sqs-global", &as_refs(&vars)).await;
     let (a, b) = (format!("sqs-a-{tag}"), format!("sqs-b-{tag}"));

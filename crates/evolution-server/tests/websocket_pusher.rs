@@ -183,6 +183,54 @@ fn assert_seed_payload(payload: &Value, id: &str, instance: &str) {
     assert!(payload["date_time"].as_str().unwrap().ends_with('Z'));
 }
 
+/// `WEBSOCKET_EVENTS_<EVENT>`: the global stream carries only the events set to true.
+#[tokio::test]
+async fn socketio_global_stream_follows_its_event_toggles() {
+    let Some(dir) = node_dir() else { return };
+    let server = Server::start(
+        "websocket-toggles",
+        &[
+            ("WEBSOCKET_ENABLED", "true"),
+            ("WEBSOCKET_GLOBAL_EVENTS", "true"),
+            ("WEBSOCKET_EVENTS_CALL", "true"),
+            ("WEBSOCKET_EVENTS_MESSAGES_UPSERT", "false"),
+            ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ],
+    )
+    .await;
+    create(&server, json!({"instanceName": "acme"})).await;
+    let client = sio_probe(&dir, &server, API_KEY, &["/"]);
+    let connected = client.wait(1, WAIT, |l| l["type"] == "connect").await;
+    assert_eq!(connected.len(), 1, "{:?}", client.lines());
+    let upsert = post_event(&server, API_KEY, "acme", seed_data()).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/events/acme",
+            Some(API_KEY),
+            Some(json!({"event": "CALL", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let call = body["ids"][0].as_str().unwrap().to_owned();
+    let got = client
+        .wait(1, WAIT, |l| {
+            l["type"] == "event" && l["raw"].as_str().is_some_and(|r| r.contains(&call))
+        })
+        .await;
+    assert_eq!(got.len(), 1, "{:?}", client.lines());
+    assert_eq!(got[0]["event"], "*");
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        client
+            .lines()
+            .iter()
+            .all(|l| !l["raw"].as_str().is_some_and(|r| r.contains(&upsert))),
+        "MESSAGES_UPSERT is switched off on the global stream: {:?}",
+        client.lines()
+    );
+}
+
 /// The seed's snippet, unchanged but for its URL, receives the seed payload on
 /// `socket.on('minha-instancia')` and, in global mode, on `socket.on('*')`; an instance token sees
 /// its instance but not the global stream; another instance's token sees nothing of it and cannot

@@ -283,7 +283,7 @@ impl SinkConfig for KafkaConfig {
         Var::new("KAFKA_IDEMPOTENCE", "true"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("KAFKA_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["KAFKA_EVENTS_"];
 
     /// `KAFKA_ENABLED`, `KAFKA_GLOBAL_ENABLED`, `KAFKA_EVENTS_<KEY>`, `KAFKA_TOPIC_PREFIX`.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {

@@ -333,7 +333,11 @@ impl Router {
                 Destination::Webhook(target),
             );
         }
-        if all || (g.websocket.enabled && g.websocket.global_events) {
+        if all
+            || (g.websocket.enabled
+                && g.websocket.global_events
+                && g.websocket.events.as_ref().is_none_or(|e| e.contains(&kind)))
+        {
             for t in profile.websocket(Scope::Global, instance, kind) {
                 push(
                     routes,

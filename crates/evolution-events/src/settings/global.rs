@@ -35,6 +35,9 @@ pub struct GlobalWebsocket {
     pub enabled: bool,
     /// `WEBSOCKET_GLOBAL_EVENTS`: every event of every instance on the global stream.
     pub global_events: bool,
+    /// `WEBSOCKET_EVENTS_<KEY>=true`: the events of the global stream; `None` (no toggle given):
+    /// every event.
+    pub events: Option<BTreeSet<EventKind>>,
 }
 
 /// Global settings of a broker channel (`<CH>_ENABLED`, `<CH>_GLOBAL_ENABLED`, `<CH>_EVENTS_*`,
