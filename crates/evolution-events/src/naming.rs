@@ -26,6 +26,42 @@ pub const GLOBAL_ROOM: &str = "*";
 /// Socket.IO event name of the global stream in the `seed` profile (`socket.on('*', …)`).
 pub const GLOBAL_EVENT: &str = "*";
 
+/// Evolution API 2.3.6's subscription list, in its order: what its settings answers list for
+/// `events: []` ("every event"). [`EventKind::Errors`] is not an Evolution API event.
+pub const EVOLUTION_SUBSCRIPTIONS: [EventKind; 31] = [
+    EventKind::ApplicationStartup,
+    EventKind::QrcodeUpdated,
+    EventKind::MessagesSet,
+    EventKind::MessagesUpsert,
+    EventKind::MessagesEdited,
+    EventKind::MessagesUpdate,
+    EventKind::MessagesDelete,
+    EventKind::SendMessage,
+    EventKind::SendMessageUpdate,
+    EventKind::ContactsSet,
+    EventKind::ContactsUpsert,
+    EventKind::ContactsUpdate,
+    EventKind::PresenceUpdate,
+    EventKind::ChatsSet,
+    EventKind::ChatsUpsert,
+    EventKind::ChatsUpdate,
+    EventKind::ChatsDelete,
+    EventKind::GroupsUpsert,
+    EventKind::GroupsUpdate,
+    EventKind::GroupParticipantsUpdate,
+    EventKind::ConnectionUpdate,
+    EventKind::LabelsEdit,
+    EventKind::LabelsAssociation,
+    EventKind::Call,
+    EventKind::TypebotStart,
+    EventKind::TypebotChangeStatus,
+    EventKind::RemoveInstance,
+    EventKind::LogoutInstance,
+    EventKind::InstanceCreate,
+    EventKind::InstanceDelete,
+    EventKind::StatusInstance,
+];
+
 /// Which set of names the deliveries use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NamingProfile {
@@ -102,6 +138,17 @@ impl NamingProfile {
         match self {
             Self::Seed => kind.key(),
             Self::EvolutionV2 => kind.wire(),
+        }
+    }
+
+    /// An event as a settings answer lists it (`/{channel}/set`, `/{channel}/find`): the filter key,
+    /// but `GROUP_UPDATE` for [`EventKind::GroupsUpdate`] in `evolution-v2` (the name Evolution
+    /// API's subscription lists use).
+    #[must_use]
+    pub fn settings_event(self, kind: EventKind) -> &'static str {
+        match (self, kind) {
+            (Self::EvolutionV2, EventKind::GroupsUpdate) => "GROUP_UPDATE",
+            _ => kind.key(),
         }
     }
 

@@ -120,6 +120,7 @@ pub(crate) struct Config {
     pub(crate) host: IpAddr,
     pub(crate) port: u16,
     pub(crate) server_url: Option<String>,
+    /// `SERVER_NAME` made a valid instance name (the instance of server-wide events).
     pub(crate) server_name: InstanceName,
     pub(crate) data_dir: PathBuf,
     pub(crate) database: Database,
@@ -281,8 +282,13 @@ impl Config {
                 IpAddr::from([0, 0, 0, 0])
             }
         };
-        let named = InstanceName::new(v.raw("SERVER_NAME").trim()).or_else(|e| {
-            v.error(format!("SERVER_NAME (the instance of server-wide events): {e}"));
+        // Evolution API deployments use any label (`Evolution API`); where it names an instance it
+        // is made a valid one (`Evolution-API`).
+        let server_label = v.raw("SERVER_NAME").trim().to_owned();
+        let named = InstanceName::from_label(&server_label).or_else(|e| {
+            v.error(format!(
+                "SERVER_NAME (the instance of server-wide events): {e}; give it at least one ASCII letter or digit"
+            ));
             InstanceName::new("evolution")
         });
         let Ok(server_name) = named else {
@@ -507,6 +513,17 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
+    }
+
+    /// Any `SERVER_NAME` an Evolution API deployment uses starts the server.
+    #[test]
+    fn server_names_with_spaces_and_dots() {
+        let c = Config::load(None, env(&[("SERVER_NAME", "Evolution API")])).unwrap();
+        assert_eq!(c.server_name.as_str(), "Evolution-API");
+        let c = Config::load(None, env(&[("SERVER_NAME", "evo.prod")])).unwrap();
+        assert_eq!(c.server_name.as_str(), "evo-prod");
+        let err = Config::load(None, env(&[("SERVER_NAME", "...")])).unwrap_err();
+        assert!(err.to_string().contains("SERVER_NAME"), "{err}");
     }
 
     /// A build without PostgreSQL refuses its URI, naming the feature.

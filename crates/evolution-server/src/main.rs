@@ -6,6 +6,7 @@ mod api;
 mod app;
 mod config;
 mod error;
+mod evolution;
 mod instances;
 mod metrics;
 mod openapi;
