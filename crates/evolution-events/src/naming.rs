@@ -21,6 +21,9 @@ pub use crate::rules::{
     check_sqs_queue, check_webhook_url,
 };
 
+/// The longest SQS `MessageGroupId`.
+const SQS_MAX_GROUP_ID: usize = 128;
+
 /// Socket.IO room (on namespace `/`) of the sockets allowed to see every instance.
 pub const GLOBAL_ROOM: &str = "*";
 /// Socket.IO event name of the global stream in the `seed` profile (`socket.on('*', …)`).
@@ -106,6 +109,9 @@ pub struct SqsNaming<'a> {
     pub single_queue: bool,
     /// `SQS_FIFO`: FIFO queues (`.fifo`). Always true in the `evolution-v2` profile.
     pub fifo: bool,
+    /// `SERVER_NAME`: the `evolution-v2` payload's `server`, and (made a valid name) the first
+    /// part of its global message groups.
+    pub server: &'a str,
 }
 
 impl NamingProfile {
@@ -257,10 +263,29 @@ impl NamingProfile {
             }
             (Self::EvolutionV2, Scope::Global) => (format!("{}_{}", opts.global_prefix, kind.snake()), true),
         };
+        let group_id = match (self, scope) {
+            (Self::Seed, _) => fifo.then(|| instance.as_str().to_owned()),
+            // Evolution API's: one constant group per instance queue, and
+            // `<SERVER_NAME>-<event>-<instance>` on global queues.
+            (Self::EvolutionV2, Scope::Instance) => Some("evolution".to_owned()),
+            (Self::EvolutionV2, Scope::Global) => {
+                let server = InstanceName::from_label(opts.server)
+                    .map_or_else(|_| "evolution".to_owned(), |n| n.as_str().to_owned());
+                let event = if opts.single_queue {
+                    "singlequeue".to_owned()
+                } else {
+                    kind.snake()
+                };
+                let mut group = format!("{server}-{event}-{instance}");
+                group.truncate(SQS_MAX_GROUP_ID);
+                Some(group)
+            }
+        };
         SqsTarget {
             queue: if fifo { format!("{queue}.fifo") } else { queue },
             fifo,
-            group_id: fifo.then(|| instance.as_str().to_owned()),
+            group_id,
+            server: (self == Self::EvolutionV2).then(|| opts.server.to_owned()),
         }
     }
 
@@ -394,6 +419,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         assert_eq!(
             p.sqs(Scope::Instance, &i, k, opts).queue,
@@ -473,6 +499,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         assert_eq!(
             p.sqs(Scope::Instance, &i, k, opts).queue,
@@ -515,6 +542,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         let t = NamingProfile::Seed.sqs(Scope::Instance, &long, EventKind::GroupParticipantsUpdate, opts);
         let err = check_sqs_queue(&t.queue, t.fifo).unwrap_err();

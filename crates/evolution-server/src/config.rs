@@ -368,6 +368,11 @@ impl Config {
         };
         let mut global = GlobalSettings {
             naming,
+            server_name: if server_label.is_empty() {
+                "evolution".to_owned()
+            } else {
+                server_label
+            },
             ..GlobalSettings::default()
         };
         evolution_sinks::build::read_global(v, &mut global);

@@ -276,6 +276,7 @@ struct SqsMessage {
     body: String,
     attributes: HashMap<String, String>,
     group_id: Option<String>,
+    dedup_id: Option<String>,
 }
 
 /// Drains a queue in the background (receive, delete), looking its URL up again after errors (a
@@ -308,6 +309,7 @@ impl QueueWatcher {
                     .wait_time_seconds(1)
                     .message_attribute_names("All")
                     .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                    .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
                     .send()
                     .await;
                 let Ok(answer) = answer else {
@@ -329,10 +331,15 @@ impl QueueWatcher {
                         .attributes()
                         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                         .cloned();
+                    let dedup_id = m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageDeduplicationId))
+                        .cloned();
                     sink.lock().unwrap().push(SqsMessage {
                         body: m.body().unwrap_or_default().to_owned(),
                         attributes,
                         group_id,
+                        dedup_id,
                     });
                     if let Some(h) = m.receipt_handle() {
                         let entry = DeleteMessageBatchRequestEntry::builder()
@@ -430,6 +437,97 @@ async fn sqs_instance_settings_reach_a_receiver() {
     let got = watch.wait(1).await;
     assert_eq!(got.len(), 1, "only MESSAGES_UPSERT is selected");
     check_sqs_message(&got[0], &ids[0], "MESSAGES_UPSERT", &instance);
+}
+
+/// `EVENT_NAMING=evolution-v2` on Kafka: Evolution API's topic, key, headers (`event`,
+/// `instance`, `origin`, `timestamp`) and value with its epoch-milliseconds `timestamp` (golden).
+#[tokio::test]
+async fn evolution_v2_kafka_record_is_evolution_api_s() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("v2-{}", unique());
+    let mut vars = kafka_env(&brokers);
+    vars.extend([
+        ("EVENT_NAMING", "evolution-v2".to_owned()),
+        ("SERVER_URL", common::GOLDEN_SERVER_URL.to_owned()),
+    ]);
+    let server = Server::start("v2-kafka", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let watch = TopicWatcher::start(&brokers, &format!("evolution.{instance}.messages.upsert"));
+    let ids = post_three(&server, &instance).await;
+    let got = watch.wait(1).await;
+    assert_eq!(got.len(), 1);
+    let record = &got[0];
+    common::assert_golden(
+        "kafka",
+        &record.payload,
+        &[("INSTANCE", &instance), ("ID", &ids[0])],
+    );
+    let body: Value = serde_json::from_slice(&record.payload).unwrap();
+    assert_eq!(record.key.as_deref(), Some(instance.as_bytes()));
+    assert_eq!(record.header("event"), "messages.upsert");
+    assert_eq!(record.header("instance"), instance);
+    assert_eq!(record.header("origin"), "ChannelStartupService");
+    assert_eq!(record.header("timestamp"), body["date_time"].as_str().unwrap());
+    assert_eq!(record.header("id"), ids[0]);
+}
+
+/// `EVENT_NAMING=evolution-v2` on SQS: Evolution API's queues, message groups and body (`dataType`,
+/// `server` = `SERVER_NAME`) (golden); the deduplication id is the event id (Evolution API's lost
+/// two events of one type in one millisecond).
+#[tokio::test]
+async fn evolution_v2_sqs_message_is_evolution_api_s() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let tag = unique();
+    let instance = format!("v2-{tag}");
+    let global_prefix = format!("g{tag}");
+    let mut vars = sqs_env(&endpoint);
+    vars.extend([
+        ("EVENT_NAMING", "evolution-v2".to_owned()),
+        ("SERVER_URL", common::GOLDEN_SERVER_URL.to_owned()),
+        ("SERVER_NAME", "Evolution API".to_owned()),
+        ("SQS_GLOBAL_ENABLED", "true".to_owned()),
+        ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", "true".to_owned()),
+        ("SQS_GLOBAL_PREFIX_NAME", global_prefix.clone()),
+        ("SQS_GLOBAL_MESSAGES_UPSERT", "true".to_owned()),
+    ]);
+    let server = Server::start("v2-sqs", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let client = sqs_client(&endpoint).await;
+    let own = QueueWatcher::start(client.clone(), &format!("{instance}_messages_upsert.fifo"));
+    let global = QueueWatcher::start(client, &format!("{global_prefix}_singlequeue.fifo"));
+    let ids = post_three(&server, &instance).await;
+    for (watch, group) in [
+        (&own, "evolution".to_owned()),
+        (&global, format!("Evolution-API-singlequeue-{instance}")),
+    ] {
+        let got = watch.wait(1).await;
+        assert_eq!(got.len(), 1, "{group}");
+        common::assert_golden(
+            "sqs",
+            got[0].body.as_bytes(),
+            &[
+                ("INSTANCE", &instance),
+                ("ID", &ids[0]),
+                ("SERVER", "Evolution API"),
+            ],
+        );
+        assert_eq!(got[0].group_id.as_deref(), Some(group.as_str()));
+        assert_eq!(got[0].dedup_id.as_deref(), Some(ids[0].as_str()));
+    }
 }
 
 #[tokio::test]

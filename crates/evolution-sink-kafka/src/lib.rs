@@ -50,7 +50,10 @@
 //! headers event    = the payload's `event` (MESSAGES_UPSERT in the seed profile)
 //!         instance = the instance name
 //!         id       = the event id (UUIDv7): the idempotency key, the same on every attempt
-//! value   <Delivery::payload() bytes: {"id","event","instance","data","date_time",...}>
+//!         origin   = ChannelStartupService (evolution-v2 only, as Evolution API)
+//!         timestamp= the payload's date_time (evolution-v2 only, as Evolution API)
+//! value   <Delivery::payload() bytes: {"id","event","instance","data","date_time",...};
+//!          evolution-v2: Evolution API's value, with `timestamp` in epoch milliseconds>
 //! ```
 //!
 //! # Topics

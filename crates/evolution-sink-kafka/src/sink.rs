@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
-    KafkaTarget, Retry, SinkError, async_trait,
+    KafkaTarget, NamingProfile, Retry, SinkError, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -446,6 +446,10 @@ fn create_producer(client: &ClientConfig) -> Result<FutureProducer, SinkError> {
     })
 }
 
+/// The `origin` header of `evolution-v2` records: the producer Evolution API names (its
+/// `ChannelStartupService`).
+const EVOLUTION_ORIGIN: &str = "ChannelStartupService";
+
 /// The record of one delivery (borrowing its topic, key and payload).
 fn record<'a>(
     target: &'a KafkaTarget,
@@ -552,11 +556,17 @@ impl EventSink for KafkaSink {
             }
             let payload = delivery.payload();
             let id = delivery.envelope.id().to_string();
-            let headers = [
+            let timestamp =
+                (delivery.profile == NamingProfile::EvolutionV2).then(|| delivery.envelope.date_time_text());
+            let mut headers = vec![
                 ("event", delivery.profile.payload_event(delivery.envelope.kind())),
                 ("instance", delivery.envelope.instance().as_str()),
                 ("id", id.as_str()),
             ];
+            if let Some(timestamp) = &timestamp {
+                // Evolution API's other two headers: the producer's name and the `date_time`.
+                headers.extend([("origin", EVOLUTION_ORIGIN), ("timestamp", timestamp.as_str())]);
+            }
             let queued = loop {
                 match producer.send_result(record(target, &payload, &headers)) {
                     Ok(future) => break Ok(future),

@@ -146,6 +146,9 @@ pub struct GlobalSettings {
     pub pusher: GlobalPusher,
     /// Prefix of Pusher channel names in the `seed` profile (`evolution`).
     pub pusher_prefix: String,
+    /// `SERVER_NAME` as given (`evolution`): the `evolution-v2` SQS payload's `server` and part of
+    /// its global message groups.
+    pub server_name: String,
 }
 
 impl GlobalSettings {
@@ -179,6 +182,7 @@ impl Default for GlobalSettings {
             nats: GlobalBroker::default(),
             pusher: GlobalPusher::default(),
             pusher_prefix: "evolution".to_owned(),
+            server_name: "evolution".to_owned(),
         }
     }
 }
