@@ -79,10 +79,25 @@ impl TopicWatcher {
             .set("reconnect.backoff.max.ms", "500")
             .create()
             .unwrap();
+        // Every partition of a topic that exists already (a broker-created one may have several),
+        // partition 0 of one that does not yet.
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+            })
+            .unwrap_or(1)
+            .max(1);
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(topic, i32::try_from(partition).unwrap(), Offset::Beginning)
+                .unwrap();
+        }
         consumer.assign(&assignment).unwrap();
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&records);
@@ -437,6 +452,41 @@ async fn sqs_instance_settings_reach_a_receiver() {
     let got = watch.wait(1).await;
     assert_eq!(got.len(), 1, "only MESSAGES_UPSERT is selected");
     check_sqs_message(&got[0], &ids[0], "MESSAGES_UPSERT", &instance);
+}
+
+/// The seed's `KAFKA_AUTO_CREATE_TOPICS=false` (Evolution API's default): topic creation is left to
+/// the broker, as Evolution API does, and the producer does not forbid it — tansu creates the
+/// instance's topic when its first record comes, and the consumer reads it.
+#[tokio::test]
+async fn kafka_without_auto_create_leaves_topics_to_the_broker() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("kb-{}", unique());
+    let topic = format!("evolution.{instance}.messages-upsert");
+    let mut vars = kafka_env(&brokers);
+    vars.retain(|(k, _)| *k != "KAFKA_AUTO_CREATE_TOPICS");
+    let server = Server::start("kafka-broker-creates", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    assert!(!topic_exists(&brokers, &topic), "the sink did not create it");
+    let ids = post_three(&server, &instance).await;
+    // The consumer reads the topic from its beginning once the broker has it.
+    let deadline = Instant::now() + WAIT;
+    while !topic_exists(&brokers, &topic) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watch = TopicWatcher::start(&brokers, &topic);
+    let got = watch.wait(1).await;
+    let (_, log) = server
+        .call("GET", &format!("/deliveries/{instance}"), Some(API_KEY), None)
+        .await;
+    assert_eq!(got.len(), 1, "deliveries: {log}");
+    check_record(&got[0], &ids[0], "MESSAGES_UPSERT", &instance);
 }
 
 /// `EVENT_NAMING=evolution-v2` on Kafka: Evolution API's topic, key, headers (`event`,
