@@ -212,10 +212,18 @@ async fn create_instance(
                 Some(Err(e)) => errors.push(format!("instanceName: {e}")),
                 None => errors.push("instanceName: expected a string".to_owned()),
             },
-            "token" => match value.as_str() {
-                Some(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
+            "token" => match value {
+                // Evolution API generates one for an empty or missing token, as here.
+                Value::Null => {}
+                Value::String(t) if t.trim().is_empty() => {}
+                Value::String(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
                 _ => errors.push("token: expected a string of at least 8 characters".to_owned()),
             },
+            other if let Some(checked) = crate::evolution::check_ignored_create_field(other, value) => {
+                if let Err(e) = checked {
+                    errors.push(e);
+                }
+            }
             other => match Channel::parse_built_in(other) {
                 Ok(channel) => {
                     // As in Evolution API, a channel given at creation is enabled unless it says otherwise.
@@ -227,7 +235,8 @@ async fn create_instance(
                 }
                 Err(_) => errors.push(format!(
                     "{other}: unknown field; expected instanceName, token, webhook, websocket, rabbitmq, sqs, kafka, \
-                     nats or pusher"
+                     nats, pusher or one of Evolution API's fields accepted and ignored here ({})",
+                    crate::evolution::ignored_create_fields().collect::<Vec<_>>().join(", ")
                 )),
             },
         }
@@ -378,15 +387,28 @@ pub(crate) async fn set_channel(
         )));
     }
     let updated = InstanceRecord {
-        settings: settings.clone(),
+        settings,
         ..record.record().clone()
     };
+    let answer = settings_answer(&app, &updated, channel);
     app.cache_checked(Instance::checked(updated, checked));
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ key: settings.redacted().get(channel) })),
-    )
-        .into_response())
+    // Evolution API answers the stored row itself; the seed profile wraps it in its channel's key.
+    let answer = match app.config.global.naming {
+        evolution_events::NamingProfile::Seed => json!({ key: answer }),
+        evolution_events::NamingProfile::EvolutionV2 => answer,
+    };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `channel`'s settings as `set` and `find` show them (secrets redacted): as given, or Evolution
+/// API's stored row with `EVENT_NAMING=evolution-v2` (`crate::evolution::settings_row`).
+fn settings_answer(app: &App, record: &InstanceRecord, channel: Channel) -> Value {
+    match app.config.global.naming {
+        evolution_events::NamingProfile::Seed => record.settings.redacted().get(channel),
+        evolution_events::NamingProfile::EvolutionV2 => {
+            crate::evolution::settings_row(record, &record.settings, channel)
+        }
+    }
 }
 
 async fn find_channel(
@@ -396,7 +418,7 @@ async fn find_channel(
 ) -> ApiResult {
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
-    Ok(Json(record.settings.redacted().get(channel)).into_response())
+    Ok(Json(settings_answer(&app, &record, channel)).into_response())
 }
 
 /// One event of `POST /events/{instance}`.
