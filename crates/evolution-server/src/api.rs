@@ -651,7 +651,34 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `GET /ready` answers the same checks: an unauthenticated caller polling it cannot make
+/// the server probe every broker more often than this.
+pub(crate) const READY_TTL: Duration = Duration::from_secs(1);
+
 async fn ready(State(app): State<Arc<App>>) -> Response {
+    let (ok, checks) = {
+        let mut cached = app.ready.lock().await;
+        match &*cached {
+            Some((at, ok, checks)) if at.elapsed() < READY_TTL => (*ok, checks.clone()),
+            _ => {
+                let (ok, checks) = readiness(&app).await;
+                *cached = Some((tokio::time::Instant::now(), ok, checks.clone()));
+                (ok, checks)
+            }
+        }
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let accepted = app.accepted.load(Ordering::Relaxed);
+    (code, Json(json!({"status": if ok { "ready" } else { "unavailable" }, "checks": checks, "accepted": accepted })))
+        .into_response()
+}
+
+/// The storage and every sink's health check, the sinks' at the same time (each at most 5 s).
+async fn readiness(app: &App) -> (bool, Value) {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
     let storage = app.outbox.stats(Channel::Webhook).await;
@@ -665,29 +692,27 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
             }
         },
     );
-    for channel in app.dispatcher.channels() {
-        let Some(sink) = app.dispatcher.sink(channel) else {
-            continue;
-        };
-        let status = match tokio::time::timeout(Duration::from_secs(5), sink.health_check()).await {
-            Ok(Ok(())) => json!("ok"),
-            Ok(Err(e)) => {
+    let sinks = app
+        .dispatcher
+        .channels()
+        .filter_map(|channel| Some((channel, app.dispatcher.sink(channel)?)))
+        .map(|(channel, sink)| async move {
+            let status = match tokio::time::timeout(Duration::from_secs(5), sink.health_check()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("health check timed out after 5 s".to_owned()),
+            };
+            (channel, status)
+        });
+    for (channel, status) in futures_util::future::join_all(sinks).await {
+        let status = match status {
+            Ok(()) => json!("ok"),
+            Err(e) => {
                 ok = false;
-                json!(e.to_string())
-            }
-            Err(_) => {
-                ok = false;
-                json!("health check timed out after 5 s")
+                json!(e)
             }
         };
         checks.insert(channel.to_string(), status);
     }
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let accepted = app.accepted.load(Ordering::Relaxed);
-    (code, Json(json!({"status": if ok { "ready" } else { "unavailable" }, "checks": checks, "accepted": accepted })))
-        .into_response()
+    (ok, Value::Object(checks))
 }

@@ -251,7 +251,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "get",
             path: "/ready",
-            summary: "Every sink's health check and the storage",
+            summary: "Every sink's health check (run at the same time, each at most 5 s) and the storage; the same answer for 1 s",
             body: None,
             ok: ("200", json!({"type": "object"})),
             auth: false,
