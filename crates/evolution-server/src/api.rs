@@ -99,7 +99,7 @@ pub(crate) fn instance_access(app: &App, headers: &HeaderMap, instance: &str) ->
     }
 }
 
-fn json_body(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
+pub(crate) fn json_body(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
     body.map(|Json(v)| v).map_err(|e| match e {
         JsonRejection::JsonDataError(e) => {
             ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
@@ -344,7 +344,7 @@ fn route_channel(channel: &str) -> ApiResult<Channel> {
     Channel::parse_built_in(channel).map_err(|e| ApiError::not_found(e.to_string()))
 }
 
-pub(crate) async fn set_channel(
+async fn set_channel(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((channel, instance)): Path<(String, String)>,
@@ -352,13 +352,26 @@ pub(crate) async fn set_channel(
 ) -> ApiResult {
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
-    let body = json_body(body)?;
-    let key = channel.as_str();
-    let Some(value) = body.as_object().and_then(|o| o.get(key)) else {
-        return Err(ApiError::bad_request(format!(
-            "{key}: is required: send {{\"{key}\": {{…}}}}"
-        )));
+    let updated = save_channel(&app, &record, channel, json_body(body)?).await?;
+    let answer = settings_answer(&app, &updated, channel);
+    // Evolution API answers the stored row itself; the seed profile wraps it in its channel's key.
+    let answer = match app.config.global.naming {
+        evolution_events::NamingProfile::Seed => json!({ channel.as_str(): answer }),
+        evolution_events::NamingProfile::EvolutionV2 => answer,
     };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// Validates, provisions, stores and caches `{"<channel>": {…}}` as `record`'s settings of
+/// `channel`, and returns the updated record. A value sent back exactly as `find` showed it
+/// redacted keeps the stored secret ([`keep_hidden`]), so what `find` answered can be sent back.
+pub(crate) async fn save_channel(
+    app: &App,
+    record: &Instance,
+    channel: Channel,
+    mut body: Value,
+) -> ApiResult<InstanceRecord> {
+    let key = channel.as_str();
     let mut errors: Vec<String> = body
         .as_object()
         .into_iter()
@@ -366,8 +379,18 @@ pub(crate) async fn set_channel(
         .filter(|k| k.as_str() != key)
         .map(|k| format!("{k}: unknown field; this route takes only `{key}`"))
         .collect();
+    let Some(value) = body.as_object_mut().and_then(|o| o.get_mut(key)) else {
+        return Err(ApiError::bad_request(format!(
+            "{key}: is required: send {{\"{key}\": {{…}}}}"
+        )));
+    };
+    keep_hidden(
+        value,
+        &record.settings.redacted().get(channel),
+        &record.settings.get(channel),
+    );
     let mut settings = record.settings.clone();
-    parse_channel(&app, channel, value, &mut settings, &mut errors);
+    parse_channel(app, channel, value, &mut settings, &mut errors);
     let mut checked = None;
     if errors.is_empty() {
         match app.dispatcher.router().check(&record.name, settings.clone()) {
@@ -376,28 +399,49 @@ pub(crate) async fn set_channel(
         }
     }
     if errors.is_empty() {
-        provision(&app, &record.name, &settings, &mut errors).await;
+        provision(app, &record.name, &settings, &mut errors).await;
     }
     let Some(checked) = checked.filter(|_| errors.is_empty()) else {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     };
     if !app.store.update_settings(&record.name, &settings).await? {
         return Err(ApiError::not_found(format!(
-            "The \"{instance}\" instance does not exist"
+            "The \"{}\" instance does not exist",
+            record.name
         )));
     }
     let updated = InstanceRecord {
         settings,
         ..record.record().clone()
     };
-    let answer = settings_answer(&app, &updated, channel);
-    app.cache_checked(Instance::checked(updated, checked));
-    // Evolution API answers the stored row itself; the seed profile wraps it in its channel's key.
-    let answer = match app.config.global.naming {
-        evolution_events::NamingProfile::Seed => json!({ key: answer }),
-        evolution_events::NamingProfile::EvolutionV2 => answer,
-    };
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    app.cache_checked(Instance::checked(updated.clone(), checked));
+    Ok(updated)
+}
+
+/// Replaces, in `sent`, every value equal to what `shown` (the redacted settings) holds at the
+/// same place, where that differs from `stored` (so it was hidden), with the stored value.
+fn keep_hidden(sent: &mut Value, shown: &Value, stored: &Value) {
+    match (sent, shown, stored) {
+        (Value::Object(sent), Value::Object(shown), Value::Object(stored)) => {
+            for (key, value) in sent.iter_mut() {
+                if let (Some(shown), Some(stored)) = (shown.get(key), stored.get(key)) {
+                    keep_hidden(value, shown, stored);
+                }
+            }
+        }
+        (Value::Array(sent), Value::Array(shown), Value::Array(stored)) => {
+            for (value, (shown, stored)) in sent.iter_mut().zip(shown.iter().zip(stored)) {
+                keep_hidden(value, shown, stored);
+            }
+        }
+        // A single secret shown redacted may come back as the array of one (or the reverse) only
+        // if the client changed its shape: then it is a new value, left as sent.
+        (sent, shown, stored) => {
+            if *sent == *shown && shown != stored {
+                *sent = stored.clone();
+            }
+        }
+    }
 }
 
 /// `channel`'s settings as `set` and `find` show them (secrets redacted): as given, or Evolution
@@ -715,4 +759,38 @@ async fn readiness(app: &App) -> (bool, Value) {
         checks.insert(channel.to_string(), status);
     }
     (ok, Value::Object(checks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_hidden;
+    use serde_json::json;
+
+    #[test]
+    fn redacted_values_sent_back_keep_the_stored_ones() {
+        let stored = json!({"url": "https://u:pw@h.example/x?token=abc", "headers": {"Authorization": "Bearer s3cret", "X-Plain": "v"},
+            "secret": ["whsec_a", "whsec_b"], "enabled": true});
+        let shown = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
+            "headers": {"Authorization": "**REDACTED**", "X-Plain": "**REDACTED**"},
+            "secret": ["**REDACTED**", "**REDACTED**"], "enabled": true});
+        let mut sent = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
+            "headers": {"Authorization": "**REDACTED**", "X-Plain": "new", "X-New": "**REDACTED**"},
+            "secret": ["**REDACTED**", "whsec_new"], "enabled": false});
+        keep_hidden(&mut sent, &shown, &stored);
+        assert_eq!(
+            sent,
+            json!({"url": "https://u:pw@h.example/x?token=abc",
+                "headers": {"Authorization": "Bearer s3cret", "X-Plain": "new", "X-New": "**REDACTED**"},
+                "secret": ["whsec_a", "whsec_new"], "enabled": false})
+        );
+    }
+
+    #[test]
+    fn values_that_were_never_hidden_are_left_as_sent() {
+        let stored = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
+        let shown = stored.clone();
+        let mut sent = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
+        keep_hidden(&mut sent, &shown, &stored);
+        assert_eq!(sent, shown);
+    }
 }

@@ -124,7 +124,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "post",
             path: "/{channel}/set/{instance}",
-            summary: "Set one channel's settings: body {\"<channel>\": {...}}",
+            summary: "Set one channel's settings: body {\"<channel>\": {...}}; a value sent back exactly as find showed it redacted keeps the stored secret",
             body: Some(
                 json!({"type": "object", "description": "{\"webhook\": WebhookSettings} | {\"pusher\": PusherSettings} | {\"websocket\"|\"rabbitmq\"|\"sqs\"|\"kafka\"|\"nats\": ChannelSettings}",
                 "properties": {"webhook": webhook_settings(), "pusher": pusher_settings(), "websocket": channel_settings(),
@@ -228,9 +228,20 @@ fn operations() -> Vec<Op> {
             auth: true,
         },
         Op {
+            method: "get",
+            path: "/console/api/settings/{channel}/{instance}",
+            summary: "For the web console: as GET /{channel}/find/{instance}, in the seed profile's shape whatever EVENT_NAMING says",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "description": "one channel's settings, secrets redacted"}),
+            ),
+            auth: true,
+        },
+        Op {
             method: "post",
             path: "/console/api/settings/{channel}/{instance}",
-            summary: "For the web console: as POST /{channel}/set/{instance}, but a value sent back exactly as find showed it redacted keeps the stored secret",
+            summary: "For the web console: as POST /{channel}/set/{instance}, answered in the seed profile's shape whatever EVENT_NAMING says",
             body: Some(
                 json!({"type": "object", "description": "{\"<channel>\": {...}}, as POST /{channel}/set/{instance}"}),
             ),
