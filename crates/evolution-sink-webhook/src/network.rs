@@ -202,16 +202,11 @@ impl Guard {
 /// # Errors
 /// [`Forbidden`] for the first refused address.
 pub async fn check_url(guard: &Guard, url: &str) -> Result<(), Forbidden> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Ok(()); // The URL's syntax is checked elsewhere.
-    };
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => guard.check(IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => guard.check(IpAddr::V6(v6)),
-        Some(url::Host::Domain(name)) => {
-            let lookup = tokio::net::lookup_host((name, port));
-            let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(3), lookup).await else {
+    match host_of(url) {
+        Some(Host::Ip(ip)) => guard.check(ip),
+        Some(Host::Name(name, port)) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            let Ok(Ok(addrs)) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await else {
                 return Ok(());
             };
             first_refusal(guard, addrs)
@@ -229,15 +224,9 @@ pub async fn check_url(guard: &Guard, url: &str) -> Result<(), Forbidden> {
 /// [`Forbidden`] for the first refused address.
 pub fn check_url_blocking(guard: &Guard, url: &str) -> Result<(), Forbidden> {
     use std::net::ToSocketAddrs as _;
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Ok(()); // The URL's syntax is checked elsewhere.
-    };
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => guard.check(IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => guard.check(IpAddr::V6(v6)),
-        Some(url::Host::Domain(name)) => {
-            let name = name.to_owned();
+    match host_of(url) {
+        Some(Host::Ip(ip)) => guard.check(ip),
+        Some(Host::Name(name, port)) => {
             let (tx, rx) = std::sync::mpsc::channel();
             // A lookup that outlives the deadline ends on its own; its answer is dropped.
             let _detached = std::thread::Builder::new()
@@ -249,13 +238,30 @@ pub fn check_url_blocking(guard: &Guard, url: &str) -> Result<(), Forbidden> {
                         .unwrap_or_default();
                     let _ignored = tx.send(addrs);
                 });
-            let addrs = rx
-                .recv_timeout(std::time::Duration::from_secs(3))
-                .unwrap_or_default();
-            first_refusal(guard, addrs)
+            first_refusal(guard, rx.recv_timeout(LOOKUP_TIMEOUT).unwrap_or_default())
         }
         None => Ok(()),
     }
+}
+
+/// How long a URL's name may take to resolve when it is checked.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A URL's host: an address checked as it is, or a name (with the port) to resolve first.
+enum Host {
+    Ip(IpAddr),
+    Name(String, u16),
+}
+
+/// `None` for a URL that does not parse (its syntax is checked elsewhere) or has no host.
+fn host_of(url: &str) -> Option<Host> {
+    let parsed = url::Url::parse(url).ok()?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Some(match parsed.host()? {
+        url::Host::Ipv4(v4) => Host::Ip(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Host::Ip(IpAddr::V6(v6)),
+        url::Host::Domain(name) => Host::Name(name.to_owned(), port),
+    })
 }
 
 /// `Ok` when any of `addrs` is allowed (or there are none), else the first refusal.

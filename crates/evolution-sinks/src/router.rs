@@ -260,14 +260,7 @@ impl Router {
         for kind in EventKind::all() {
             let mut routes = Vec::new();
             self.global_routes(instance, kind, &mut routes, false);
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if !errors.is_empty() {
@@ -300,14 +293,7 @@ impl Router {
                     message: e.to_string(),
                 });
             }
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if errors.is_empty() {
@@ -525,6 +511,18 @@ impl Router {
             single_queue: s.force_single_queue,
             fifo: s.fifo,
             server: &self.global.server_name,
+        }
+    }
+}
+
+/// Adds to `errors` every route whose names its channel would refuse, under the channel's field.
+fn invalid_names(routes: Vec<Route>, errors: &mut Vec<FieldError>) {
+    for route in routes {
+        if let Err(e) = route.destination.validate() {
+            errors.push(FieldError {
+                field: route.channel.to_string(),
+                message: e.to_string(),
+            });
         }
     }
 }
