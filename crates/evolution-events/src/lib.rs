@@ -30,7 +30,7 @@ pub use destination::{
     CustomTarget, Destination, KafkaTarget, NatsTarget, PusherApp, PusherTarget, RabbitmqTarget, SqsTarget,
     WebhookTarget, WebsocketTarget,
 };
-pub use envelope::EventEnvelope;
+pub use envelope::{EventEnvelope, EvolutionWire};
 pub use error::{ErrorKind, Result, Retry, SinkError, error_chain};
 pub use in_order::{HoldBack, group_by_key, send_in_order};
 pub use instance::{InstanceName, InvalidInstanceName};

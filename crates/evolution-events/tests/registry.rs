@@ -106,6 +106,8 @@ impl Names {
         let webhook = |by_events| WebhookTarget {
             rate_limit: None,
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: profile
                 .webhook_url(WEBHOOK_BASE, kind, by_events)
                 .unwrap_or_else(|e| panic!("{e}")),
@@ -125,6 +127,7 @@ impl Names {
                         global_prefix: SQS_GLOBAL_PREFIX,
                         single_queue,
                         fifo,
+                        server: "evolution",
                     };
                     (label, single_queue, profile.sqs(scope, instance, kind, opts))
                 })

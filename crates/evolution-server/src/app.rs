@@ -35,6 +35,9 @@ pub(crate) struct App {
     storage: Storage,
     instances: InstanceCache,
     pub(crate) accepted: AtomicU64,
+    /// The last readiness checks and when they ran (`GET /ready` answers them for
+    /// [`READY_TTL`](crate::api::READY_TTL); callers meanwhile wait for the one that runs them).
+    pub(crate) ready: tokio::sync::Mutex<Option<(tokio::time::Instant, bool, serde_json::Value)>>,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
     #[cfg(feature = "websocket")]
     pub(crate) websocket: Option<Arc<WebsocketSink>>,
@@ -192,6 +195,7 @@ impl App {
             storage,
             instances,
             accepted: AtomicU64::new(0),
+            ready: tokio::sync::Mutex::new(None),
             #[cfg(feature = "websocket")]
             websocket,
             #[cfg(feature = "websocket")]

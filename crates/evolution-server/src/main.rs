@@ -7,6 +7,7 @@ mod app;
 mod config;
 mod console;
 mod error;
+mod evolution;
 mod instances;
 mod metrics;
 mod openapi;

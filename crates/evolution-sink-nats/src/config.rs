@@ -235,7 +235,7 @@ impl SinkConfig for NatsConfig {
         Var::unset("NATS_MAX_PAYLOAD_BYTES"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("NATS_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["NATS_EVENTS_"];
 
     /// `NATS_ENABLED`, `NATS_GLOBAL_ENABLED`, `NATS_EVENTS_<KEY>`, `NATS_PREFIX_KEY`.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {

@@ -139,6 +139,8 @@ mod tests {
         WebhookTarget {
             rate_limit: None,
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: "https://hooks.example.com/in".into(),
             headers: headers
                 .iter()

@@ -162,6 +162,8 @@ fn label_of(url: &str) -> String {
     Destination::Webhook(WebhookTarget {
         rate_limit: None,
         signing_secrets: Vec::new(),
+        payload_destination: None,
+        base64: true,
         url: url.to_owned(),
         headers: Vec::new(),
     })
@@ -474,6 +476,8 @@ mod tests {
                 url: url.to_owned(),
                 headers: Vec::new(),
                 signing_secrets: Vec::new(),
+                payload_destination: None,
+                base64: true,
             })
         };
         let sink = WebhookSink::new(WebhookConfig::default()).unwrap();

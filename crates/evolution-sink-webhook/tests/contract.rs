@@ -57,6 +57,8 @@ impl ContractFixture for WebhookFixture {
         Destination::Webhook(WebhookTarget {
             rate_limit: None,
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: self.receiver.url(&format!("/hook/{}", Uuid::now_v7())),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })
@@ -91,6 +93,8 @@ impl ContractFixture for WebhookFixture {
         Destination::Webhook(WebhookTarget {
             rate_limit: None,
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: format!("http://127.0.0.1:{}/hook/{}", self.closed_port, Uuid::now_v7()),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })

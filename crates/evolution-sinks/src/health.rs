@@ -245,6 +245,8 @@ mod tests {
                 headers: Vec::new(),
                 signing_secrets: Vec::new(),
                 rate_limit: None,
+                payload_destination: None,
+                base64: true,
             })),
             ordering_key: None,
             attempt: 1,

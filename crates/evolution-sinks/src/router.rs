@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use evolution_events::naming::{RabbitmqNaming, SqsNaming};
 use evolution_events::{
     Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, Filter,
-    GlobalSettings, InstanceName, InstanceSettings, NameError, Scope, ValidationErrors, WebhookTarget,
+    GlobalSettings, InstanceName, InstanceSettings, NameError, NamingProfile, Scope, ValidationErrors,
+    WebhookTarget,
 };
 
 /// One delivery the Router wants: a channel, the scope that asked for it, the resolved destination.
@@ -217,6 +218,19 @@ impl Router {
             self.instance_routes(instance, kind, settings, &mut routes, false)?;
         }
         self.global_routes(instance, kind, &mut routes, false);
+        if self.global.naming == NamingProfile::EvolutionV2
+            && let Some(own) = settings.and_then(|s| s.webhook.as_ref())
+        {
+            // Evolution API names the instance's webhook URL as every webhook body's `destination`
+            // when the instance has one.
+            for route in &mut routes {
+                if let (Scope::Global, Destination::Webhook(target)) = (route.scope, &mut route.destination)
+                    && target.payload_destination.is_some()
+                {
+                    target.payload_destination = Some(own.url.clone());
+                }
+            }
+        }
         for custom in &self.custom {
             if custom.events.matches(kind) {
                 push(
@@ -251,14 +265,7 @@ impl Router {
         for kind in EventKind::all() {
             let mut routes = Vec::new();
             self.global_routes(instance, kind, &mut routes, false);
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if !errors.is_empty() {
@@ -291,14 +298,7 @@ impl Router {
                     message: e.to_string(),
                 });
             }
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if errors.is_empty() {
@@ -366,6 +366,8 @@ impl Router {
                     } else {
                         w.secrets.clone()
                     },
+                    payload_destination: (profile == NamingProfile::EvolutionV2).then(|| w.url.clone()),
+                    base64: w.base64,
                 }),
                 settings.filter(Channel::Webhook),
             );
@@ -452,11 +454,17 @@ impl Router {
             && (all || g.webhook.events.contains(&kind))
             && let Ok(url) = profile.webhook_url(&g.webhook.url, kind, g.webhook.by_events)
         {
+            // Evolution API's `destination` of a global delivery: the global URL with the event's
+            // segment (`Router::route` puts the instance's own URL there when it has a webhook).
+            let payload_destination = (profile == NamingProfile::EvolutionV2)
+                .then(|| format!("{}/{}", g.webhook.url, profile.webhook_segment(kind)));
             let target = WebhookTarget {
                 rate_limit: None,
                 url,
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
+                payload_destination,
+                base64: true,
             };
             push(
                 routes,
@@ -474,6 +482,8 @@ impl Router {
                 url: url.clone(),
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
+                payload_destination: None,
+                base64: true,
             };
             push(
                 routes,
@@ -483,7 +493,11 @@ impl Router {
                 None,
             );
         }
-        if all || (g.websocket.enabled && g.websocket.global_events) {
+        if all
+            || (g.websocket.enabled
+                && g.websocket.global_events
+                && g.websocket.events.as_ref().is_none_or(|e| e.contains(&kind)))
+        {
             for t in profile.websocket(Scope::Global, instance, kind) {
                 push(
                     routes,
@@ -570,6 +584,19 @@ impl Router {
             global_prefix: &s.global_prefix,
             single_queue: s.force_single_queue,
             fifo: s.fifo,
+            server: &self.global.server_name,
+        }
+    }
+}
+
+/// Adds to `errors` every route whose names its channel would refuse, under the channel's field.
+fn invalid_names(routes: Vec<Route>, errors: &mut Vec<FieldError>) {
+    for route in routes {
+        if let Err(e) = route.destination.validate() {
+            errors.push(FieldError {
+                field: route.channel.to_string(),
+                message: e.to_string(),
+            });
         }
     }
 }
@@ -582,9 +609,16 @@ fn push(
     destination: Destination,
     filter: Option<&Filter>,
 ) {
+    // The same target whatever the payload names as its `destination`.
+    let same = |a: &Destination, b: &Destination| match (a, b) {
+        (Destination::Webhook(a), Destination::Webhook(b)) => {
+            (&a.url, &a.headers, &a.signing_secrets) == (&b.url, &b.headers, &b.signing_secrets)
+        }
+        _ => a == b,
+    };
     if !routes
         .iter()
-        .any(|r| r.channel == channel && r.destination == destination)
+        .any(|r| r.channel == channel && same(&r.destination, &destination))
     {
         routes.push(Route {
             channel,

@@ -37,6 +37,9 @@ pub struct GlobalWebsocket {
     pub enabled: bool,
     /// `WEBSOCKET_GLOBAL_EVENTS`: every event of every instance on the global stream.
     pub global_events: bool,
+    /// `WEBSOCKET_EVENTS_<KEY>=true`: the events of the global stream; `None` (no toggle given):
+    /// every event.
+    pub events: Option<BTreeSet<EventKind>>,
 }
 
 /// Global settings of a broker channel (`<CH>_ENABLED`, `<CH>_GLOBAL_ENABLED`, `<CH>_EVENTS_*`,
@@ -147,6 +150,9 @@ pub struct GlobalSettings {
     pub pusher_prefix: String,
     /// `<CHANNEL>_GLOBAL_FILTER`: the payload filter of each channel's global deliveries.
     pub filters: BTreeMap<Channel, Filter>,
+    /// `SERVER_NAME` as given (`evolution`): the `evolution-v2` SQS payload's `server` and part of
+    /// its global message groups.
+    pub server_name: String,
 }
 
 impl GlobalSettings {
@@ -181,6 +187,7 @@ impl Default for GlobalSettings {
             pusher: GlobalPusher::default(),
             pusher_prefix: "evolution".to_owned(),
             filters: BTreeMap::new(),
+            server_name: "evolution".to_owned(),
         }
     }
 }
