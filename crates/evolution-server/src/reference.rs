@@ -5,9 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use evolution_events::{Channel, Delivery, NamingProfile, Sensitive, Uuid};
+use evolution_events::{Delivery, Destination, NamingProfile, Sensitive, Uuid};
 use hmac::{Hmac, Mac};
-use serde_json::json;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -107,30 +106,78 @@ impl Signer {
 
     /// The body sent instead of `delivery`'s payload: `{"id","event","instance","sequence",
     /// "truncated": true,"url","expires_at"}`; on SQS with `EVENT_NAMING=evolution-v2`, Evolution
-    /// API's shape for a payload moved to S3 (`"dataType": "s3"`, `"data": {"fileUrl"}`).
+    /// API's body for a payload moved to S3 (its SQS body with `"dataType": "s3"` and
+    /// `"data": {"fileUrl"}`).
     pub(crate) fn body(&self, delivery: &Delivery) -> Bytes {
         let e = &delivery.envelope;
         let expires = unix_now().saturating_add(self.ttl.as_secs());
         let url = self.url(e.instance().as_str(), e.id(), expires);
         let event = delivery.profile.payload_event(e.kind());
-        let body = if delivery.channel == Channel::Sqs && delivery.profile == NamingProfile::EvolutionV2 {
-            json!({
-                "id": e.id(), "event": event, "instance": e.instance(),
-                "dataType": "s3", "data": {"fileUrl": url},
-                "date_time": e.date_time().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "sender": e.sender(), "server_url": e.server_url(), "apikey": null,
-                "sequence": e.sequence(),
-            })
-        } else {
-            json!({
-                "id": e.id(), "event": event, "instance": e.instance(), "sequence": e.sequence(),
-                "truncated": true, "url": url,
-                "expires_at": chrono::DateTime::from_timestamp(i64::try_from(expires).unwrap_or(i64::MAX), 0)
+        let serialized = match (&*delivery.destination, delivery.profile) {
+            (Destination::Sqs(target), NamingProfile::EvolutionV2) => serde_json::to_vec(&S3Body {
+                event,
+                instance: e.instance().as_str(),
+                data_type: "s3",
+                data: FileUrl { file_url: &url },
+                server: target.server.as_deref().unwrap_or("evolution"),
+                server_url: e.server_url(),
+                date_time: e.date_time().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                sender: e.sender(),
+                apikey: None,
+                id: e.id(),
+                sequence: e.sequence(),
+            }),
+            _ => serde_json::to_vec(&ReferenceBody {
+                id: e.id(),
+                event,
+                instance: e.instance().as_str(),
+                sequence: e.sequence(),
+                truncated: true,
+                url: &url,
+                expires_at: chrono::DateTime::from_timestamp(i64::try_from(expires).unwrap_or(i64::MAX), 0)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            })
+            }),
         };
-        Bytes::from(body.to_string())
+        // Serializing strings, numbers and a UUID cannot fail.
+        Bytes::from(serialized.unwrap_or_default())
     }
+}
+
+/// The reference body, fields in this order.
+#[derive(serde::Serialize)]
+struct ReferenceBody<'a> {
+    id: Uuid,
+    event: &'a str,
+    instance: &'a str,
+    sequence: u64,
+    truncated: bool,
+    url: &'a str,
+    expires_at: Option<String>,
+}
+
+/// Evolution API's SQS body for a payload moved to S3, fields in its order, then ours.
+#[derive(serde::Serialize)]
+struct S3Body<'a> {
+    event: &'a str,
+    instance: &'a str,
+    #[serde(rename = "dataType")]
+    data_type: &'a str,
+    data: FileUrl<'a>,
+    server: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_url: Option<&'a str>,
+    date_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a str>,
+    apikey: Option<&'a str>,
+    id: Uuid,
+    sequence: u64,
+}
+
+#[derive(serde::Serialize)]
+struct FileUrl<'a> {
+    #[serde(rename = "fileUrl")]
+    file_url: &'a str,
 }
 
 #[cfg(test)]
