@@ -86,6 +86,37 @@ impl Channel {
         }
     }
 
+    /// The variable holding the payload filter of this channel's global deliveries
+    /// (`WEBHOOK_GLOBAL_FILTER`, …; JSON, see [`Filter`](crate::Filter)); `None` for a custom channel.
+    #[must_use]
+    pub const fn global_filter_var(self) -> Option<&'static str> {
+        match self {
+            Self::Webhook => Some("WEBHOOK_GLOBAL_FILTER"),
+            Self::Websocket => Some("WEBSOCKET_GLOBAL_FILTER"),
+            Self::Rabbitmq => Some("RABBITMQ_GLOBAL_FILTER"),
+            Self::Sqs => Some("SQS_GLOBAL_FILTER"),
+            Self::Kafka => Some("KAFKA_GLOBAL_FILTER"),
+            Self::Nats => Some("NATS_GLOBAL_FILTER"),
+            Self::Pusher => Some("PUSHER_GLOBAL_FILTER"),
+            Self::Custom(_) => None,
+        }
+    }
+
+    /// The variable choosing what happens to an event larger than this channel's limit
+    /// (`SQS_OVERSIZE`, …: `reject` or `reference`); `None` for a channel without a limit
+    /// (webhook, websocket) and a custom channel.
+    #[must_use]
+    pub const fn oversize_var(self) -> Option<&'static str> {
+        match self {
+            Self::Rabbitmq => Some("RABBITMQ_OVERSIZE"),
+            Self::Sqs => Some("SQS_OVERSIZE"),
+            Self::Kafka => Some("KAFKA_OVERSIZE"),
+            Self::Nats => Some("NATS_OVERSIZE"),
+            Self::Pusher => Some("PUSHER_OVERSIZE"),
+            Self::Webhook | Self::Websocket | Self::Custom(_) => None,
+        }
+    }
+
     /// Parses a built-in channel key, case-insensitively.
     ///
     /// # Errors

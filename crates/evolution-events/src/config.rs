@@ -207,6 +207,9 @@ pub struct DispatchHints {
     pub send_timeout: Option<Duration>,
     /// Keep per-(instance, destination) order.
     pub ordered: Option<bool>,
+    /// Disable a destination of an instance's settings once every attempt to it failed for this
+    /// long (Svix: five days); `None`: never.
+    pub disable_after: Option<Duration>,
 }
 
 /// The configuration of one channel's sink, read from variables: what a channel crate implements

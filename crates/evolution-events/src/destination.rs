@@ -44,6 +44,10 @@ pub struct WebhookTarget {
     /// rotation); none, no signature.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signing_secrets: Vec<Sensitive>,
+    /// The most events per second the destination receives (`rateLimit`); the Dispatcher spaces
+    /// them out. None: as fast as it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// The `evolution-v2` payload's `destination` (Evolution API's: the instance's webhook URL
     /// without the byEvents segment, or the global URL with it); `None`: `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +290,16 @@ impl Destination {
         }
     }
 
+    /// The most deliveries per second this destination takes, if it has a limit (a webhook's
+    /// `rateLimit`): the Dispatcher spaces its deliveries out.
+    #[must_use]
+    pub fn rate_limit(&self) -> Option<u32> {
+        match self {
+            Self::Webhook(t) => t.rate_limit,
+            _ => None,
+        }
+    }
+
     /// Checks every name in this destination against its channel's rules.
     ///
     /// # Errors
@@ -329,6 +343,7 @@ mod tests {
         };
         let all = [
             Destination::Webhook(WebhookTarget {
+                rate_limit: None,
                 url: "https://a.example/x".into(),
                 headers: vec![("h".into(), Sensitive::new("v"))],
                 signing_secrets: Vec::new(),

@@ -41,9 +41,9 @@ pub use rules::NameError;
 pub use secret::{REDACTED, Sensitive, scrub};
 pub use serde_json::value::RawValue;
 pub use settings::{
-    ChannelSettings, EventSelection, FieldError, GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs,
-    GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors, WebhookSettings,
-    check_signing_secret, redact_url,
+    ChannelSettings, EventSelection, FieldError, Filter, GlobalBroker, GlobalPusher, GlobalSettings,
+    GlobalSqs, GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors,
+    WebhookSettings, check_signing_secret, redact_url,
 };
 pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
 pub use uuid::Uuid;

@@ -36,15 +36,23 @@ pub struct Delivery {
     pub ordering_key: Option<Arc<str>>,
     /// Which attempt this is: 1 for the first.
     pub attempt: u32,
+    /// A body sent instead of the payload: the dispatcher sets it for an event larger than the
+    /// sink's [`EventSink::max_payload_bytes`] when its channel sends those by reference (a small
+    /// body with a signed URL that fetches the whole event). `None`: the payload.
+    pub body: Option<Bytes>,
 }
 
 impl Delivery {
-    /// The JSON payload (serialized once per event, profile and variant, shared): in
+    /// What to send: the [`body`](Self::body) that replaces the payload, if any; else the JSON
+    /// payload (serialized once per event, profile and variant, shared): in
     /// `evolution-v2`, the body Evolution API sends on this delivery's channel ([`EvolutionWire`]);
     /// to a webhook whose `base64` is false, without the media's base64
     /// ([`EventEnvelope::payload_media`]).
     #[must_use]
     pub fn payload(&self) -> Bytes {
+        if let Some(body) = &self.body {
+            return body.clone();
+        }
         match (self.profile, &*self.destination) {
             (NamingProfile::Seed, Destination::Webhook(t)) => {
                 self.envelope.payload_media(self.profile, t.base64)
@@ -244,6 +252,14 @@ pub trait EventSink: Send + Sync + Debug + 'static {
     /// What this sink can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// The largest payload this sink sends, when it has a limit (Pusher 10 KB, SQS 1 MiB, Kafka
+    /// `message.max.bytes`, NATS `max_payload`, RabbitMQ's configured maximum): the dispatcher
+    /// sends a larger event by reference instead when the channel is set to (`<CHANNEL>_OVERSIZE=
+    /// reference`); otherwise the sink refuses it. `None`: no limit of its own.
+    fn max_payload_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Sends a batch (at most `capabilities().max_batch_size` items, all of this sink's channel).
     /// An empty batch is a no-op.
     ///
@@ -301,6 +317,7 @@ mod tests {
             data,
         );
         Delivery {
+            body: None,
             id: 1,
             channel: Channel::Nats,
             scope: Scope::Instance,

@@ -104,6 +104,7 @@ struct Names {
 impl Names {
     fn new(profile: NamingProfile, scope: Scope, instance: &InstanceName, kind: EventKind) -> Self {
         let webhook = |by_events| WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             payload_destination: None,
             base64: true,

@@ -87,6 +87,12 @@ pub enum Outcome {
     /// Not attempted to completion through no fault of its own (an earlier delivery of its ordering
     /// key failed in the same batch): put it back, due now, without counting an attempt.
     Requeue,
+    /// Not attempted (its destination takes no more now: a rate limit, or a receiver that asked to
+    /// slow down): put it back, due after `delay`, without counting an attempt.
+    Postpone {
+        /// How long to wait.
+        delay: Duration,
+    },
     /// Give up: keep it as a dead letter.
     Dead {
         /// Why (no secrets).
@@ -110,7 +116,8 @@ pub struct Settlement {
     pub id: DeliveryId,
     /// What happened.
     pub outcome: Outcome,
-    /// The attempt's facts (`None` for [`Outcome::Requeue`], which is not an attempt).
+    /// The attempt's facts (`None` for [`Outcome::Requeue`] and [`Outcome::Postpone`], which are not
+    /// attempts).
     pub attempt: Option<Attempt>,
 }
 
@@ -363,6 +370,21 @@ pub trait Outbox: Send + Sync + Debug + 'static {
     /// # Errors
     /// Storage errors.
     async fn event(&self, instance: &InstanceName, id: Uuid) -> Result<Option<StoredEvent>, OutboxError>;
+
+    /// The kept events of `instance` whose sequence is greater than `after`, in sequence order, at
+    /// most `limit` (`GET /events/{instance}?after=`: how a consumer fills a gap in `sequence`).
+    /// An event is kept while any of its deliveries is (delivered ones for the retention period;
+    /// an event no destination wanted is not stored at all); the memory outbox keeps the last
+    /// events of its history only.
+    ///
+    /// # Errors
+    /// Storage errors.
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError>;
 
     /// The deliveries of `channel` made for the events accepted after the event `after`, oldest
     /// event first, at most `limit`, only of `instance` when given (then `after` must be one of

@@ -215,6 +215,7 @@ impl Outbox for MemoryOutbox {
                     state.next_id += 1;
                     let id = state.next_id;
                     let delivery = Delivery {
+                        body: None,
                         id,
                         channel: d.channel,
                         scope: d.scope,
@@ -348,9 +349,10 @@ impl Outbox for MemoryOutbox {
                             }
                         }
                     }
-                    Outcome::Retry { .. } | Outcome::Requeue => {
+                    Outcome::Retry { .. } | Outcome::Requeue | Outcome::Postpone { .. } => {
                         let (due, failed) = match outcome {
                             Outcome::Retry { delay, error } => (now + delay, Some(error)),
+                            Outcome::Postpone { delay } => (now + delay, None),
                             _ => (now, None),
                         };
                         if let Some(rec) = state.records.get_mut(&id) {
@@ -540,6 +542,25 @@ impl Outbox for MemoryOutbox {
             .get(&id)
             .filter(|e| e.envelope.instance() == instance)
             .cloned())
+    }
+
+    /// The events of its history ([`MemoryOutbox::with_event_history`]).
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        let state = self.lock();
+        let mut events: Vec<StoredEvent> = state
+            .events
+            .values()
+            .filter(|e| e.envelope.instance() == instance && e.envelope.sequence() > after)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| e.envelope.sequence());
+        events.truncate(limit);
+        Ok(events)
     }
 
     /// Always `None`: delivered deliveries are not kept.

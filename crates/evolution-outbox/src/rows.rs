@@ -176,6 +176,7 @@ impl Decoder {
         let profile = row.text("profile")?;
         let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
         Ok(Delivery {
+            body: None,
             id: DeliveryId::try_from(id).map_err(|e| format!("id: {e}"))?,
             channel: channel_named(&row.text("channel")?),
             scope: parse_scope(&row.text("scope")?)?,

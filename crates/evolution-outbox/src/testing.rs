@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 use crate::{
     Attempt, ChannelStats, DeliveryQuery, DeliveryRecord, DeliveryStatus, NewDelivery, NewEvent, Outbox,
-    OutboxError, Outcome, RedriveFilter, Settlement, StatusFilter,
+    OutboxError, Outcome, RedriveFilter, Settlement, StatusFilter, StoredEvent,
 };
 
 #[doc(inline)]
@@ -101,6 +101,7 @@ macro_rules! outbox_contract_suite {
             redriven_letter_takes_its_place_again,
             unordered_and_other_keys_go_out_concurrently,
             retry_waits_until_due,
+            postpone_waits_without_an_attempt,
             attempts_count_failed_tries_only,
             release_returns_in_flight_work,
             next_due_tells_when_to_claim,
@@ -111,6 +112,7 @@ macro_rules! outbox_contract_suite {
             purge_honours_every_filter_field,
             reopen_keeps_everything,
             event_lookup,
+            events_after_fill_a_gap_in_sequence,
             deliveries_after_replays_what_a_client_missed,
             delivery_log_reports_each_delivery,
         );
@@ -1111,6 +1113,47 @@ pub async fn retry_waits_until_due<F: OutboxFixture>(fx: &F) {
     );
 }
 
+/// **Postpone.** A delivery settled `Postpone { delay }` (its destination takes no more now) is not
+/// claimable before the delay, is due once it passed, and no attempt was counted.
+pub async fn postpone_waits_without_an_attempt<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "postpone_waits_without_an_attempt";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    enqueue(CASE, o, vec![new_event(CHANNEL, "a", 1, None)]).await;
+    let d = claim_all(CASE, o, CHANNEL).await;
+    rule_eq!(CASE, d.len(), 1, "one due delivery");
+    settle(
+        CASE,
+        o,
+        vec![Settlement {
+            id: d[0].id,
+            outcome: Outcome::Postpone { delay: RETRY },
+            attempt: None,
+        }],
+    )
+    .await;
+    rule!(
+        CASE,
+        claim_all(CASE, o, CHANNEL).await.is_empty(),
+        "a delivery was claimable before the end of its postponement"
+    );
+    let wait = next_due(CASE, o, CHANNEL).await;
+    let Some(wait) = wait.filter(|w| *w > Duration::ZERO && *w <= RETRY) else {
+        panic!(
+            "outbox contract case `{CASE}`: next_due must tell when the postponed delivery is due (within {RETRY:?}), got {wait:?}"
+        );
+    };
+    tokio::time::sleep(wait + MARGIN).await;
+    claim_one(
+        CASE,
+        o,
+        d[0].id,
+        1,
+        "a postponed delivery is due after its delay, still at attempt 1",
+    )
+    .await;
+}
+
 /// Claims the one due delivery of the case, which must be `id` at `attempt`.
 async fn claim_one(case: &str, o: &dyn Outbox, id: DeliveryId, attempt: u32, rule: &str) {
     let claimed = claim_all(case, o, CHANNEL).await;
@@ -1836,6 +1879,72 @@ pub async fn event_lookup<F: OutboxFixture>(fx: &F) {
             ok(CASE, "event", o.event(&a, stored[0].id()).await).is_none(),
             "an event was found after its deliveries were pruned"
         );
+    }
+}
+
+/// **Catch-up** (`events_after`): the kept events of one instance whose sequence is greater than a
+/// given one, in sequence order, at most `limit`, delivered ones included, with their payloads;
+/// never another instance's; none once pruned.
+pub async fn events_after_fill_a_gap_in_sequence<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "events_after_fill_a_gap_in_sequence";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    let mut second = new_event(OTHER, "a", 1, None);
+    second.profile = NamingProfile::EvolutionV2;
+    let stored = enqueue(
+        CASE,
+        o,
+        vec![
+            new_event(CHANNEL, "a", 1, None),
+            new_event(CHANNEL, "b", 1, None),
+            second,
+            new_event(CHANNEL, "a", 2, None),
+        ],
+    )
+    .await;
+    let claimed = claim_all(CASE, o, CHANNEL).await;
+    settle_all(CASE, o, &claimed, &Outcome::Delivered).await;
+    let (a, b) = (instance("a"), instance("b"));
+    let after = |who: &InstanceName, after: u64, limit: usize| {
+        let who = who.clone();
+        async move {
+            let found = ok(CASE, "events_after", o.events_after(&who, after, limit).await);
+            found
+                .iter()
+                .map(|e| (e.envelope.id(), e.envelope.sequence()))
+                .collect::<Vec<_>>()
+        }
+    };
+    rule_eq!(
+        CASE,
+        after(&a, 0, 10).await,
+        vec![(stored[0].id(), 1), (stored[2].id(), 2), (stored[3].id(), 3)],
+        "every kept event of the instance, delivered ones included, in sequence order"
+    );
+    rule_eq!(
+        CASE,
+        after(&a, 1, 1).await,
+        vec![(stored[2].id(), 2)],
+        "only after the sequence, at most `limit`"
+    );
+    rule_eq!(CASE, after(&a, 3, 10).await, vec![], "nothing after the last");
+    rule_eq!(
+        CASE,
+        after(&b, 0, 10).await,
+        vec![(stored[1].id(), 1)],
+        "only the instance's own"
+    );
+    let found = ok(CASE, "events_after", o.events_after(&a, 1, 1).await);
+    rule!(
+        CASE,
+        found.first().map(StoredEvent::payload) == Some(stored[2].payload(NamingProfile::EvolutionV2)),
+        "each event comes with the payload its deliveries carry (its naming profile)"
+    );
+    if fx.keeps_history() {
+        let claimed = claim_all(CASE, o, OTHER).await;
+        settle_all(CASE, o, &claimed, &Outcome::Delivered).await;
+        ok(CASE, "prune", fx.prune(&outbox).await);
+        rule_eq!(CASE, after(&a, 0, 10).await, vec![], "pruned events are gone");
     }
 }
 

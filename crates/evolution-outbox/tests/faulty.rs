@@ -237,6 +237,15 @@ impl Outbox for FaultyOutbox {
         self.inner.event(instance, id).await
     }
 
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        self.inner.events_after(instance, after, limit).await
+    }
+
     async fn deliveries_after(
         &self,
         channel: Channel,

@@ -434,6 +434,7 @@ async fn outbox_enqueue_rate(hook: &str) -> f64 {
     );
     let data = serde_json::value::to_raw_value(&common::seed_event("MESSAGES_UPSERT")["data"]).unwrap();
     let destination = Arc::new(Destination::Webhook(WebhookTarget {
+        rate_limit: None,
         url: hook.to_owned(),
         headers: Vec::new(),
         signing_secrets: Vec::new(),

@@ -339,6 +339,8 @@
       ['base64', 'bool', 'Media as base64'],
       ['headers', 'json', 'Extra headers (JSON object; values are kept secret)'],
       ['secret', 'secrets', 'Signing secrets (whsec_…, several separated by spaces; empty: the server\'s)'],
+      ['rateLimit', 'number', 'Rate limit (events per second; empty: none)'],
+      ['filter', 'json', 'Payload filter (JSON, e.g. {"data.key.fromMe": false}; empty: every event)'],
     ],
     pusher: [
       ['enabled', 'bool', 'Enabled'],
@@ -350,10 +352,12 @@
       ['host', 'text', 'Host (optional)'],
       ['port', 'number', 'Port (optional)'],
       ['events', 'events', 'Events'],
+      ['filter', 'json', 'Payload filter (JSON; empty: every event)'],
     ],
     default: [
       ['enabled', 'bool', 'Enabled'],
       ['events', 'events', 'Events'],
+      ['filter', 'json', 'Payload filter (JSON, e.g. {"data.key.fromMe": false}; empty: every event)'],
     ],
   };
   const typeOf = (v) =>

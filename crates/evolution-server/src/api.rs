@@ -41,12 +41,14 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/instance/delete/{instance}", delete(delete_instance))
         .route("/{channel}/set/{instance}", post(set_channel))
         .route("/{channel}/find/{instance}", get(find_channel))
-        .route("/events/{instance}", post(post_events))
+        .route("/events/{instance}", post(post_events).get(events_after))
         .route("/events/{instance}/{id}", get(get_event))
+        .route("/events/{instance}/{id}/payload", get(get_referenced))
         .route("/deliveries/{target}", get(list_deliveries))
         .route("/deliveries/{target}/retry", post(retry_delivery))
         .route("/deliveries/{target}/redrive", post(redrive))
         .route("/deliveries/{target}/dead", delete(purge_dead))
+        .route("/deliveries/{target}/destinations", get(destination_health))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
@@ -415,6 +417,30 @@ pub(crate) async fn save_channel(
         ..record.record().clone()
     };
     app.cache_checked(Instance::checked(updated.clone(), checked));
+    if updated.settings.get(channel)["enabled"] == true {
+        // Enabled again: the destinations disabled for failing that it still names are back, with
+        // what they held.
+        let destinations: Vec<evolution_events::Destination> = app
+            .dispatcher
+            .router()
+            .instance_destinations(&record.name, &updated.settings)
+            .into_iter()
+            .filter(|r| r.channel == channel)
+            .map(|r| r.destination)
+            .collect();
+        let held = app
+            .dispatcher
+            .enable_destinations(channel, &record.name, &destinations);
+        if !held.is_empty() {
+            let filter = RedriveFilter {
+                ids: held,
+                instance: Some(record.name.clone()),
+                ..RedriveFilter::default()
+            };
+            let n = app.outbox.redrive(&filter).await?;
+            tracing::info!(instance = %record.name, %channel, redriven = n, "a disabled destination is enabled again");
+        }
+    }
     Ok(updated)
 }
 
@@ -560,6 +586,111 @@ async fn get_event(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SignedQuery {
+    expires: u64,
+    signature: String,
+}
+
+/// `GET /events/{instance}/{id}/payload?expires=&signature=`: the whole event behind a reference
+/// (an event larger than its channel's limit, `<CHANNEL>_OVERSIZE=reference`), without an apikey:
+/// the URL's signature is the authorization. A changed or expired URL is a 403.
+async fn get_referenced(
+    State(app): State<Arc<App>>,
+    Path((instance, id)): Path<(String, String)>,
+    query: Result<Query<SignedQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{}: a reference URL carries expires and signature", e.body_text()),
+        )
+    })?;
+    app.signer
+        .check(&instance, &id, q.expires, &q.signature)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    let (Ok(name), Ok(uuid)) = (InstanceName::new(&instance), Uuid::parse_str(&id)) else {
+        return Err(ApiError::not_found("no such event"));
+    };
+    match app.outbox.event(&name, uuid).await? {
+        Some(event) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            event.payload(),
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no event {id} of instance {instance} is kept any more (pruned after OUTBOX_RETENTION)"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The answer of `GET /events/{instance}?after=`: each event's payload as its deliveries carry it.
+#[derive(serde::Serialize)]
+struct EventsAfter<'a> {
+    instance: &'a str,
+    after: u64,
+    /// The sequence of the last event returned (`after` when none): the next request's `after`.
+    next: u64,
+    /// `limit` events were returned: ask again from `next`.
+    more: bool,
+    events: Vec<&'a RawValue>,
+}
+
+/// `GET /events/{instance}?after=<sequence>&limit=<n>`: the kept events of the instance whose
+/// sequence is greater than `after`, in sequence order, with the bodies the channels send — how a
+/// consumer that saw a gap in `sequence` fills it. Same access as Socket.IO replay: the global key,
+/// or the instance's own token.
+async fn events_after(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    query: Result<Query<AfterQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; after is a sequence (0 or more), limit is 1 to 1000",
+            e.body_text()
+        ))
+    })?;
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be from 1 to 1000"));
+    }
+    let events = app.outbox.events_after(&record.name, after, limit).await?;
+    let payloads: Vec<Bytes> = events
+        .iter()
+        .map(evolution_outbox::StoredEvent::payload)
+        .collect();
+    let mut bodies = Vec::with_capacity(payloads.len());
+    for payload in &payloads {
+        let raw: &RawValue = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("a stored event of {} cannot be read back: {e}", record.name),
+            )
+        })?;
+        bodies.push(raw);
+    }
+    let body = EventsAfter {
+        instance: record.name.as_str(),
+        after,
+        next: events.last().map_or(after, |e| e.envelope.sequence()),
+        more: events.len() == limit,
+        events: bodies,
+    };
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogQuery {
     status: Option<StatusFilter>,
     channel: Option<String>,
@@ -689,6 +820,36 @@ async fn purge_dead(
     let filter = dead_filter(&app, &headers, &instance, query, &body)?;
     let n = app.outbox.purge(&filter).await?;
     Ok(Json(json!({ "purged": n })).into_response())
+}
+
+/// `GET /deliveries/{instance}/destinations`: per destination of the instance that this server
+/// attempted, its last success, consecutive failures and state (`healthy`, `failing`, `disabled`).
+async fn destination_health(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let list: Vec<Value> = app
+        .dispatcher
+        .destination_health(&record.name)
+        .into_iter()
+        .map(|h| {
+            json!({
+                "channel": h.channel,
+                "scope": h.scope,
+                "destination": h.destination,
+                "state": h.state.as_str(),
+                "lastSuccess": h.last_success,
+                "lastFailure": h.last_failure,
+                "failingSince": h.failing_since,
+                "consecutiveFailures": h.consecutive_failures,
+                "lastError": h.last_error,
+                "disabledAt": h.disabled_at,
+            })
+        })
+        .collect();
+    Ok(Json(list).into_response())
 }
 
 async fn health() -> Json<Value> {

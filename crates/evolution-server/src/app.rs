@@ -13,7 +13,7 @@ use evolution_outbox::{PostgresOptions, PostgresOutbox};
 use evolution_outbox::{SqliteOptions, SqliteOutbox};
 #[cfg(feature = "websocket")]
 use evolution_sinks::websocket::{Access, WebsocketLayer, WebsocketSink};
-use evolution_sinks::{DeadNotice, Dispatcher, EmitError, Router, Routing};
+use evolution_sinks::{DeadNotice, DisabledNotice, Dispatcher, EmitError, Router, Routing};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
@@ -27,6 +27,8 @@ const DEAD_NOTICE_QUEUE: usize = 10_000;
 pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) api_key: Sensitive,
+    /// Signs the URLs of events sent by reference.
+    pub(crate) signer: crate::reference::Signer,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) outbox: Arc<dyn Outbox>,
@@ -127,7 +129,10 @@ impl App {
             Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
         };
         let router = Router::new(config.global.clone())?;
-        let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
+        let signer = crate::reference::Signer::new(&api_key, config.base_url(), config.reference_ttl);
+        let body_signer = signer.clone();
+        let (dead_tx, dead_rx) = mpsc::channel::<Notice>(DEAD_NOTICE_QUEUE);
+        let disabled_tx = dead_tx.clone();
         let mut builder = Dispatcher::builder(Arc::clone(&outbox), router);
         // The websocket sink asks the app who may see what; the app exists only after the sinks.
         #[cfg(feature = "websocket")]
@@ -162,8 +167,16 @@ impl App {
         let (websocket, websocket_layer) = websocket.unzip();
         let dispatcher = builder
             .on_dead(move |notice| {
-                if dead_tx.try_send(notice).is_err() {
+                if dead_tx.try_send(Notice::Dead(notice)).is_err() {
                     tracing::warn!("too many dead deliveries at once: an ERRORS event was not emitted");
+                }
+            })
+            .reference_with(move |delivery| body_signer.body(delivery))
+            .on_disabled(move |notice| {
+                if disabled_tx.try_send(Notice::Disabled(notice)).is_err() {
+                    tracing::warn!(
+                        "too many notices at once: a disabled destination's ERRORS event was not emitted"
+                    );
                 }
             })
             .start()?;
@@ -175,6 +188,7 @@ impl App {
         let app = Arc::new(Self {
             config,
             api_key,
+            signer,
             dispatcher,
             store,
             outbox,
@@ -356,37 +370,84 @@ impl App {
     }
 }
 
+/// What the dispatcher tells the app about: a delivery given up, a destination disabled.
+enum Notice {
+    Dead(DeadNotice),
+    Disabled(DisabledNotice),
+}
+
 /// Emits an `ERRORS` event for every delivery that went dead (never for an `ERRORS` event's own
-/// deliveries, so a dead errors endpoint cannot loop).
-async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
+/// deliveries, so a dead errors endpoint cannot loop) and for every destination disabled.
+async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<Notice>) {
     while let Some(notice) = notices.recv().await {
-        let d = &notice.delivery;
-        if d.channel == Channel::Webhook && d.scope == Scope::Instance && notice.status == Some(410) {
-            disable_webhook(&app, d).await;
-        }
-        if d.envelope.kind() == EventKind::Errors {
-            continue;
-        }
-        let data = serde_json::json!({
-            "deliveryId": d.id,
-            "eventId": d.envelope.id(),
-            "event": d.envelope.kind(),
-            "channel": d.channel,
-            "destination": d.destination.label(),
-            "attempts": d.attempt,
-            "error": notice.error,
-        });
-        let envelope = app.envelope(EventKind::Errors, d.envelope.instance().clone(), &data, None);
+        let (instance, data) = match notice {
+            Notice::Dead(notice) => {
+                let d = &notice.delivery;
+                if d.channel == Channel::Webhook && d.scope == Scope::Instance && notice.status == Some(410) {
+                    disable_webhook(
+                        &app,
+                        d.envelope.instance(),
+                        &d.destination.label(),
+                        "the receiver answered 410 Gone",
+                    )
+                    .await;
+                }
+                if d.envelope.kind() == EventKind::Errors {
+                    continue;
+                }
+                let data = serde_json::json!({
+                    "deliveryId": d.id,
+                    "eventId": d.envelope.id(),
+                    "event": d.envelope.kind(),
+                    "channel": d.channel,
+                    "destination": d.destination.label(),
+                    "attempts": d.attempt,
+                    "error": notice.error,
+                });
+                (d.envelope.instance().clone(), data)
+            }
+            Notice::Disabled(notice) => {
+                let h = &notice.health;
+                let window = app
+                    .dispatcher
+                    .config(h.channel)
+                    .and_then(|c| c.disable_after)
+                    .unwrap_or_default();
+                let reason = format!(
+                    "every attempt failed for {} s (since {}): the destination is disabled; its deliveries \
+                     are held as dead letters until it is enabled again (POST /{}/set/{})",
+                    window.as_secs(),
+                    h.failing_since.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    h.channel,
+                    h.instance
+                );
+                if h.channel == Channel::Webhook {
+                    disable_webhook(&app, &h.instance, &h.destination, &reason).await;
+                }
+                let data = serde_json::json!({
+                    "channel": h.channel,
+                    "destination": h.destination,
+                    "disabled": true,
+                    "reason": reason,
+                    "failingSince": h.failing_since,
+                    "lastSuccess": h.last_success,
+                    "consecutiveFailures": h.consecutive_failures,
+                    "error": h.last_error,
+                });
+                (h.instance.clone(), data)
+            }
+        };
+        let envelope = app.envelope(EventKind::Errors, instance, &data, None);
         if let Err(e) = app.emit(vec![envelope]).await {
             tracing::warn!(error = %e, "could not emit an ERRORS event");
         }
     }
 }
 
-/// The receiver answered 410 Gone: it wants no more events, so the instance's webhook is switched
-/// off (its settings are kept; `POST /webhook/set` enables it again).
-async fn disable_webhook(app: &App, delivery: &evolution_events::Delivery) {
-    let Some(record) = app.instance(delivery.envelope.instance().as_str()) else {
+/// The instance's webhook is switched off (its settings are kept; `POST /webhook/set` enables it
+/// again): its receiver answered 410 Gone, or every attempt failed for the whole window.
+async fn disable_webhook(app: &App, instance: &InstanceName, destination: &str, why: &str) {
+    let Some(record) = app.instance(instance.as_str()) else {
         return;
     };
     let mut settings = record.settings.clone();
@@ -397,15 +458,15 @@ async fn disable_webhook(app: &App, delivery: &evolution_events::Delivery) {
     match app.store.update_settings(&record.name, &settings).await {
         Ok(_) => {
             tracing::warn!(
-                instance = %record.name, destination = %delivery.destination.label(),
-                "the receiver answered 410 Gone: the instance's webhook is disabled"
+                instance = %record.name, %destination, reason = %why,
+                "the instance's webhook is disabled"
             );
             app.cache(InstanceRecord {
                 settings,
                 ..record.record().clone()
             });
         }
-        Err(e) => tracing::error!(instance = %record.name, error = %e, "could not disable a gone webhook"),
+        Err(e) => tracing::error!(instance = %record.name, error = %e, "could not disable a webhook"),
     }
 }
 

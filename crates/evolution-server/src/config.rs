@@ -39,6 +39,7 @@ const SERVER_VARS: &[Var] = &[
     Var::new("EVENTS_MAX_PER_REQUEST", "1000"),
     Var::new("EVENTS_MAX_BODY_BYTES", "10485760"),
     Var::new("EVENTS_MAX_BACKLOG", "1000000"),
+    Var::new("EVENTS_REFERENCE_TTL", "24h"),
     Var::new("SHUTDOWN_TIMEOUT_SECONDS", "25"),
 ];
 
@@ -136,6 +137,8 @@ pub(crate) struct Config {
     pub(crate) max_events_per_request: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_backlog: usize,
+    /// How long the signed URL of an event sent by reference works (`EVENTS_REFERENCE_TTL`).
+    pub(crate) reference_ttl: Duration,
     pub(crate) shutdown_timeout: Duration,
     /// Every effective value, by variable name (for `config check`).
     values: BTreeMap<String, String>,
@@ -377,6 +380,18 @@ impl Config {
         };
         evolution_sinks::build::read_global(v, &mut global);
         let channels = evolution_sinks::build::plan(v, &global);
+        let reference_ttl = parse_duration(v.raw("EVENTS_REFERENCE_TTL"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be more than 0".to_owned())
+                } else {
+                    Ok(d)
+                }
+            })
+            .unwrap_or_else(|e| {
+                v.error(format!("EVENTS_REFERENCE_TTL: {e}"));
+                Duration::from_secs(24 * 60 * 60)
+            });
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Some(Self {
             host,
@@ -393,10 +408,30 @@ impl Config {
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
             max_body_bytes: as_usize(v.positive("EVENTS_MAX_BODY_BYTES")),
             max_backlog: as_usize(v.positive("EVENTS_MAX_BACKLOG")),
+            reference_ttl,
             shutdown_timeout: Duration::from_secs(v.positive("SHUTDOWN_TIMEOUT_SECONDS")),
             data_dir,
             values: v.values().clone(),
         })
+    }
+
+    /// Where this server is reached from outside: `SERVER_URL`, else `http://{SERVER_HOST}:{SERVER_PORT}`
+    /// (loopback for an unspecified host).
+    pub(crate) fn base_url(&self) -> String {
+        match &self.server_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = if self.host.is_unspecified() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    self.host
+                };
+                match host {
+                    IpAddr::V6(v6) => format!("http://[{v6}]:{}", self.port),
+                    IpAddr::V4(v4) => format!("http://{v4}:{}", self.port),
+                }
+            }
+        }
     }
 
     /// The effective configuration, one `NAME=value` per line, secrets redacted.
@@ -568,6 +603,30 @@ mod tests {
         for bad in ["", "h", "1.5h", "-1s", "10w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn oversize_policies_and_the_reference_ttl() {
+        let base = [("NATS_ENABLED", "true"), ("NATS_URI", "nats://127.0.0.1:4222")];
+        let c = Config::load(None, env(&base)).unwrap();
+        let nats = c.channels.iter().find(|p| p.channel() == Channel::Nats).unwrap();
+        assert!(!nats.dispatch.by_reference, "reject by default");
+        assert_eq!(c.reference_ttl, Duration::from_secs(24 * 60 * 60));
+        let mut vars = base.to_vec();
+        vars.extend([("NATS_OVERSIZE", "Reference"), ("EVENTS_REFERENCE_TTL", "90m")]);
+        let c = Config::load(None, env(&vars)).unwrap();
+        let nats = c.channels.iter().find(|p| p.channel() == Channel::Nats).unwrap();
+        assert!(nats.dispatch.by_reference);
+        assert_eq!(c.reference_ttl, Duration::from_secs(90 * 60));
+        let mut vars = base.to_vec();
+        vars.extend([("NATS_OVERSIZE", "drop"), ("EVENTS_REFERENCE_TTL", "0")]);
+        let text = Config::load(None, env(&vars)).unwrap_err().to_string();
+        assert!(text.contains("NATS_OVERSIZE: `drop` is not a policy"), "{text}");
+        assert!(
+            text.contains("EVENTS_REFERENCE_TTL: must be more than 0"),
+            "{text}"
+        );
     }
 
     /// `<CHANNEL>_EVENTS_<EVENT>` for SQS and WebSocket too (and Evolution API's `SQS_GLOBAL_<EVENT>`),

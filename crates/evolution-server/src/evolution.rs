@@ -193,6 +193,13 @@ pub(crate) fn settings_row(record: &InstanceRecord, settings: &InstanceSettings,
         row.insert("webhookByEvents".to_owned(), json!(w.by_events));
         row.insert("webhookBase64".to_owned(), json!(w.base64));
     }
+    // This server's own settings (not in Evolution API's rows), so that a row sent back keeps them.
+    let own = settings.get(channel);
+    for key in ["filter", "rateLimit"] {
+        if let Some(value) = own.get(key) {
+            row.insert(key.to_owned(), value.clone());
+        }
+    }
     row.insert("instanceId".to_owned(), json!(record.id));
     Value::Object(row)
 }
@@ -202,6 +209,31 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_row_keeps_this_servers_filter_and_rate_limit() {
+        let settings = InstanceSettings::from_json(&json!({
+            "webhook": {"enabled": true, "url": "https://h.example/w", "rateLimit": 5,
+                        "filter": {"data.key.fromMe": false}},
+            "nats": {"enabled": true}
+        }))
+        .unwrap();
+        let record = InstanceRecord {
+            id: Uuid::new_v4(),
+            name: evolution_events::InstanceName::new("acme").unwrap(),
+            token: evolution_events::Sensitive::new("token-acme"),
+            settings: settings.clone(),
+            created_at: chrono::Utc::now(),
+        };
+        let row = settings_row(&record, &settings, Channel::Webhook);
+        assert_eq!(row["rateLimit"], 5);
+        assert_eq!(row["filter"], json!({"data.key.fromMe": false}));
+        let row = settings_row(&record, &settings, Channel::Nats);
+        assert!(
+            row.get("filter").is_none() && row.get("rateLimit").is_none(),
+            "{row}"
+        );
+    }
 
     #[test]
     fn ignored_fields_are_type_checked() {

@@ -11,6 +11,7 @@ mod evolution;
 mod instances;
 mod metrics;
 mod openapi;
+mod reference;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -21,6 +21,13 @@ fn events_schema() -> Value {
     json!({"type": "array", "items": {"type": "string", "description": "Event name: MESSAGES_UPSERT, messages.upsert or messages-upsert"}, "description": "Selected events; empty means every event"})
 }
 
+fn filter_schema() -> Value {
+    json!({"type": "object", "description": "Payload filter: only events whose payload matches are delivered (never stored otherwise). \
+Keys are payload paths (`data.key.fromMe`, or nested objects); values are a literal (equality) or operators \
+$eq, $ne, $in, $nin, $startsWith, $endsWith, $exists, combined with $and, $or, $not. \
+Example: {\"data.key.fromMe\": false, \"data.key.remoteJid\": {\"$endsWith\": \"@g.us\"}}"})
+}
+
 /// The fields of Evolution API's stored settings rows, accepted (and ignored) in every settings
 /// object, so that what `find` answered can be sent back to `set`.
 fn row_fields() -> Value {
@@ -38,7 +45,7 @@ fn with_row_fields(mut schema: Value) -> Value {
 fn channel_settings() -> Value {
     with_row_fields(
         json!({"type": "object", "additionalProperties": false, "required": ["enabled"],
-        "properties": {"enabled": {"type": "boolean"}, "events": events_schema()}}),
+        "properties": {"enabled": {"type": "boolean"}, "events": events_schema(), "filter": filter_schema()}}),
     )
 }
 
@@ -48,6 +55,8 @@ fn webhook_settings() -> Value {
         "properties": {"enabled": {"type": "boolean"}, "url": {"type": "string", "format": "uri"},
             "events": events_schema(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"},
+            "rateLimit": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "at most this many events per second reach the URL"},
+            "filter": filter_schema(),
             "webhookBase64": {"type": "boolean", "description": "Evolution API's name of base64"},
             "webhookByEvents": {"type": "boolean", "description": "Evolution API's name of byEvents"},
             "webhook_base64": {"type": "boolean", "description": "Evolution API v1's name of base64"},
@@ -60,7 +69,8 @@ fn pusher_settings() -> Value {
         "required": ["enabled", "appId", "key", "secret", "cluster", "useTLS"],
         "properties": {"enabled": {"type": "boolean"}, "appId": {"type": "string"}, "key": {"type": "string"},
             "secret": {"type": "string"}, "cluster": {"type": "string"}, "useTLS": {"type": "boolean"},
-            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}}))
+            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"},
+            "filter": filter_schema()}}))
 }
 
 /// Evolution API's `POST /instance/create` fields that mean nothing here: accepted (type-checked)
@@ -159,6 +169,44 @@ fn operations() -> Vec<Op> {
                 json!({"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string", "format": "uuid"}}}}),
             ),
             auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/deliveries/{instance}/destinations",
+            summary: "Endpoint health: per destination of the instance, last success, consecutive failures and state (healthy, failing, disabled: every attempt failed for WEBHOOK_DISABLE_AFTER_SECONDS; setting the channel enabled again redrives what it held)",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "array", "items": {"type": "object", "properties": {
+                "channel": {"type": "string"}, "scope": {"type": "string"}, "destination": {"type": "string"},
+                "state": {"type": "string", "enum": ["healthy", "failing", "disabled"]},
+                "lastSuccess": {"type": ["string", "null"]}, "lastFailure": {"type": ["string", "null"]},
+                "failingSince": {"type": ["string", "null"]}, "consecutiveFailures": {"type": "integer"},
+                "lastError": {"type": ["string", "null"]}, "disabledAt": {"type": ["string", "null"]}}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/events/{instance}",
+            summary: "Catch-up: the kept events whose sequence is greater than ?after= (default 0), in sequence order, at most ?limit= (1 to 1000, default 100), each as the channels send it; ask again from `next` while `more`",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "required": ["instance", "after", "next", "more", "events"],
+                    "properties": {"instance": {"type": "string"}, "after": {"type": "integer"},
+                        "next": {"type": "integer", "description": "sequence of the last event returned (after, when none)"},
+                        "more": {"type": "boolean"}, "events": {"type": "array", "items": {"type": "object"}}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/events/{instance}/{id}/payload",
+            summary: "The whole event behind an oversize reference (<CHANNEL>_OVERSIZE=reference), without an apikey: the signed URL of the reference body (?expires=&signature=); 403 once expired (EVENTS_REFERENCE_TTL) or changed",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: false,
         },
         Op {
             method: "get",

@@ -436,3 +436,295 @@ async fn evolution_v2_profile_uses_evolution_api_names() {
     let _ignored = js.delete_stream(&stream).await;
     consumer.cleanup(&[queue], &[&instance]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payload filters
+// ---------------------------------------------------------------------------------------------
+
+fn payload_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn rabbitmq_filter_lets_only_matching_events_through() {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-filter-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-filter",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    common::create_instance(&server, &instance, json!({ "rabbitmq": settings })).await;
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = consumer
+        .wait(1)
+        .await
+        .iter()
+        .map(|d| payload_id(&d.data))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "rabbitmq", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "rabbitmq", json!({"enabled": true})).await;
+    let queues = [format!("evolution.{instance}.messages-upsert")];
+    assert_eq!(consumer.drain(&queues[0]).await, 1);
+    consumer.cleanup(&queues, &[&exchange]).await;
+}
+
+#[tokio::test]
+async fn nats_filter_lets_only_matching_events_through() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("nats-filter-{}", unique());
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("evolution.{instance}.>")).await;
+    let server = Server::start("nats-filter", &[("NATS_ENABLED", "true"), ("NATS_URI", &url)]).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    common::create_instance(&server, &instance, json!({ "nats": settings })).await;
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = wait_nats(&received, 1)
+        .await
+        .iter()
+        .map(|m| payload_id(&m.payload))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "nats", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "nats", json!({"enabled": true})).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catch-up by sequence
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /events/{instance}?after=` with `key`, every page until `more` is false.
+async fn catch_up(server: &Server, key: &str, instance: &str, after: u64) -> Vec<Value> {
+    let mut after = after;
+    let mut events = Vec::new();
+    loop {
+        let (status, page) = server
+            .call(
+                "GET",
+                &format!("/events/{instance}?after={after}&limit=2"),
+                Some(key),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["after"], after);
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        after = page["next"].as_u64().unwrap();
+        if !page["more"].as_bool().unwrap() {
+            return events;
+        }
+    }
+}
+
+/// A core NATS subscriber is offline for a while (core NATS keeps nothing for it): when it is back,
+/// the sequence of the next event shows a gap, and the catch-up route, with the instance's own
+/// token, gives it the missed events with the bodies NATS carries.
+#[tokio::test]
+async fn a_subscriber_that_missed_events_fills_the_gap_through_the_catch_up_route() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("catchup-{}", unique());
+    let token = format!("token-{instance}");
+    let server = Server::start("nats-catchup", &[("NATS_ENABLED", "true"), ("NATS_URI", &url)]).await;
+    for (name, token) in [
+        (instance.as_str(), token.as_str()),
+        ("catchup-other", "token-catchup-other"),
+    ] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/instance/create",
+                Some(common::API_KEY),
+                Some(json!({"instanceName": name, "token": token,
+                            "nats": {"enabled": true, "events": ["MESSAGES_UPSERT"]}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let subject = format!("evolution.{instance}.>");
+    let post = |n: usize| {
+        let events: Vec<Value> = (0..n).map(|_| common::message(false, "1@g.us")).collect();
+        common::post_events(&server, &instance, Value::Array(events))
+    };
+    let seq = |m: &async_nats::Message| {
+        serde_json::from_slice::<Value>(&m.payload).unwrap()["sequence"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, subject.clone()).await;
+    post(2).await;
+    let before = wait_nats(&received, 2).await;
+    assert_eq!(before.len(), 2);
+    let last_seen = seq(&before[1]);
+    drop(client);
+    let missed = post(3).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, subject).await;
+    let live = post(1).await;
+    let after = wait_nats(&received, 1).await;
+    assert_eq!(after.len(), 1);
+    assert!(seq(&after[0]) > last_seen + 1, "the subscriber sees a gap");
+
+    let filled = catch_up(&server, &token, &instance, last_seen).await;
+    let ids: Vec<&str> = filled.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = missed.iter().map(String::as_str).collect();
+    want.push(&live[0]);
+    assert_eq!(
+        ids, want,
+        "the missed events, then the live one, in sequence order"
+    );
+    let sequences: Vec<u64> = filled.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(
+        sequences,
+        (last_seen + 1..=seq(&after[0])).collect::<Vec<_>>(),
+        "no gap left"
+    );
+    let live_body: Value = serde_json::from_slice(&after[0].payload).unwrap();
+    assert_eq!(filled[3], live_body, "the body NATS carried");
+    let earlier = catch_up(&server, common::API_KEY, &instance, last_seen - 1).await;
+    let first_body: Value = serde_json::from_slice(&before[1].payload).unwrap();
+    assert_eq!(earlier[0], first_body, "the global key reads it too");
+
+    // Visibility: another instance's token cannot read it; bad parameters are named.
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/events/{instance}?after=0"),
+            Some("token-catchup-other"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    for (query, field) in [("after=-1", "after"), ("limit=0", "limit"), ("after=0&x=1", "x")] {
+        let (status, body) = server
+            .call("GET", &format!("/events/{instance}?{query}"), Some(&token), None)
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.to_string().contains(field), "{query}: {body}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversize events by reference
+// ---------------------------------------------------------------------------------------------
+
+/// With `NATS_OVERSIZE=reference`, an event over `NATS_MAX_PAYLOAD_BYTES` reaches the subscriber
+/// as a reference whose signed URL returns it whole until `EVENTS_REFERENCE_TTL` passes (then 403);
+/// a small event arrives whole.
+#[tokio::test]
+async fn nats_oversize_events_arrive_as_signed_expiring_references() {
+    let Some(url) = service_env("EVOLUTION_TEST_NATS_URL") else {
+        return;
+    };
+    let instance = format!("nats-ref-{}", unique());
+    let client = async_nats::connect(&url).await.unwrap();
+    let received = subscribe(&client, format!("evolution.{instance}.>")).await;
+    let server = Server::start(
+        "nats-reference",
+        &[
+            ("NATS_ENABLED", "true"),
+            ("NATS_URI", &url),
+            ("NATS_OVERSIZE", "reference"),
+            ("NATS_MAX_PAYLOAD_BYTES", "4096"),
+            ("EVENTS_REFERENCE_TTL", "3s"),
+        ],
+    )
+    .await;
+    common::create_instance(
+        &server,
+        &instance,
+        json!({"nats": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let pad = "x".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = wait_nats(&received, 2).await;
+    assert_eq!(got.len(), 2);
+    let small: Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(small["id"], ids[0].as_str());
+    assert_eq!(
+        small["data"]["key"]["fromMe"], false,
+        "a small event arrives whole"
+    );
+    assert!(got[1].payload.len() < 1024, "{} bytes", got[1].payload.len());
+    let reference: Value = serde_json::from_slice(&got[1].payload).unwrap();
+    let link = common::check_reference(&reference, &ids[1], &instance, &pad).await;
+    assert_eq!(
+        nats_header(&got[1], "id"),
+        ids[1],
+        "the headers still name the event"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let expired = reqwest::get(&link).await.unwrap();
+    assert_eq!(expired.status(), 403, "expired");
+    assert!(expired.text().await.unwrap().contains("expired"));
+}
+
+/// With `RABBITMQ_OVERSIZE=reference`, an event over `RABBITMQ_MAX_PAYLOAD_BYTES` reaches the
+/// consumer as a reference whose signed URL returns it whole.
+#[tokio::test]
+async fn rabbitmq_oversize_events_arrive_as_references() {
+    let Some(uri) = service_env("EVOLUTION_TEST_RABBITMQ_URI") else {
+        return;
+    };
+    let tag = unique();
+    let exchange = format!("evolution-e2e-{tag}");
+    let instance = format!("rmq-ref-{tag}");
+    let consumer = AmqpConsumer::bind(&uri, &exchange, &format!("evolution.{instance}.*")).await;
+    let server = Server::start(
+        "rabbitmq-reference",
+        &[
+            ("RABBITMQ_ENABLED", "true"),
+            ("RABBITMQ_URI", &uri),
+            ("RABBITMQ_EXCHANGE_NAME", &exchange),
+            ("RABBITMQ_OVERSIZE", "reference"),
+            ("RABBITMQ_MAX_PAYLOAD_BYTES", "4096"),
+        ],
+    )
+    .await;
+    common::create_instance(
+        &server,
+        &instance,
+        json!({"rabbitmq": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let pad = "y".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = consumer.wait(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(payload_id(&got[0].data), ids[0]);
+    let reference: Value = serde_json::from_slice(&got[1].data).unwrap();
+    common::check_reference(&reference, &ids[1], &instance, &pad).await;
+    let queues = [format!("evolution.{instance}.messages-upsert")];
+    consumer.drain(&queues[0]).await;
+    consumer.cleanup(&queues, &[&exchange]).await;
+}

@@ -999,3 +999,194 @@ async fn sqs_server_restarts_lose_no_event() {
         sqs.log_tail()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payload filters
+// ---------------------------------------------------------------------------------------------
+
+fn payload_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn kafka_filter_lets_only_matching_events_through() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("kafka-filter-{}", unique());
+    let server = Server::start("kafka-filter", &as_refs(&kafka_env(&brokers))).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    create_instance(&server, &instance, json!({ "kafka": settings })).await;
+    let watch = TopicWatcher::start(&brokers, &format!("evolution.{instance}.messages-upsert"));
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = watch
+        .wait(1)
+        .await
+        .iter()
+        .map(|r| payload_id(&r.payload))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "kafka", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "kafka", json!({"enabled": true})).await;
+}
+
+#[tokio::test]
+async fn sqs_filter_lets_only_matching_events_through() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let instance = format!("sqs-filter-{}", unique());
+    let server = Server::start("sqs-filter", &as_refs(&sqs_env(&endpoint))).await;
+    let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
+    create_instance(&server, &instance, json!({ "sqs": settings })).await;
+    let watch = QueueWatcher::start(
+        sqs_client(&endpoint).await,
+        &format!("evolution-{instance}-messages-upsert"),
+    );
+    let ids = common::post_filtered(&server, &instance).await;
+    let got: Vec<String> = watch
+        .wait(1)
+        .await
+        .iter()
+        .map(|m| payload_id(m.body.as_bytes()))
+        .collect();
+    assert_eq!(got, [ids[2].clone()]);
+    common::assert_only_logged(&server, &instance, "sqs", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "sqs", json!({"enabled": true})).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversize events by reference
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn kafka_oversize_events_arrive_as_references() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("kafka-ref-{}", unique());
+    let mut vars = kafka_env(&brokers);
+    vars.extend([
+        ("KAFKA_OVERSIZE", "reference".to_owned()),
+        ("KAFKA_MAX_PAYLOAD_BYTES", "4096".to_owned()),
+    ]);
+    let server = Server::start("kafka-reference", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let watch = TopicWatcher::start(&brokers, &format!("evolution.{instance}.messages-upsert"));
+    let pad = "k".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = watch.wait(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(payload_id(&got[0].payload), ids[0]);
+    let reference: Value = serde_json::from_slice(&got[1].payload).unwrap();
+    common::check_reference(&reference, &ids[1], &instance, &pad).await;
+    assert_eq!(got[1].header("id"), ids[1]);
+}
+
+#[tokio::test]
+async fn sqs_oversize_events_arrive_as_references() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let instance = format!("sqs-ref-{}", unique());
+    let mut vars = sqs_env(&endpoint);
+    vars.extend([
+        ("SQS_OVERSIZE", "reference".to_owned()),
+        ("SQS_MAX_PAYLOAD_SIZE", "4096".to_owned()),
+    ]);
+    let server = Server::start("sqs-reference", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let watch = QueueWatcher::start(
+        sqs_client(&endpoint).await,
+        &format!("evolution-{instance}-messages-upsert"),
+    );
+    let pad = "s".repeat(8_000);
+    let ids = common::post_events(
+        &server,
+        &instance,
+        json!([common::message(false, "1@g.us"), common::padded(&pad)]),
+    )
+    .await;
+    let got = watch.wait(2).await;
+    assert_eq!(got.len(), 2);
+    // A standard queue does not keep order: tell them apart by content.
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|m| serde_json::from_str(&m.body).unwrap())
+        .collect();
+    let (references, whole): (Vec<&Value>, Vec<&Value>) = bodies.iter().partition(|b| b["truncated"] == true);
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0]["id"], ids[0].as_str(), "the small event, whole");
+    assert_eq!(whole[0]["data"]["key"]["fromMe"], false);
+    common::check_reference(references[0], &ids[1], &instance, &pad).await;
+}
+
+/// With `EVENT_NAMING=evolution-v2`, SQS's reference takes Evolution API's shape for a payload
+/// moved to S3: `dataType: "s3"`, `data: {fileUrl}`.
+#[tokio::test]
+async fn sqs_oversize_reference_takes_evolutions_s3_shape_under_evolution_v2() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let instance = format!("sqsv2ref{}", unique());
+    let mut vars = sqs_env(&endpoint);
+    vars.extend([
+        ("SQS_OVERSIZE", "reference".to_owned()),
+        ("SQS_MAX_PAYLOAD_SIZE", "4096".to_owned()),
+        ("EVENT_NAMING", "evolution-v2".to_owned()),
+    ]);
+    let server = Server::start("sqs-reference-v2", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let pad = "v".repeat(8_000);
+    let ids = common::post_events(&server, &instance, common::padded(&pad)).await;
+    // The queue as the delivery log names it (Evolution API's queue names).
+    let deadline = Instant::now() + WAIT;
+    let queue = loop {
+        let (_, log) = server
+            .call(
+                "GET",
+                &format!("/deliveries/{instance}?channel=sqs&status=delivered"),
+                Some(API_KEY),
+                None,
+            )
+            .await;
+        if let Some(d) = log.as_array().and_then(|l| l.first()) {
+            break d["destination"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never delivered: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let watch = QueueWatcher::start(sqs_client(&endpoint).await, &queue);
+    let got = watch.wait(1).await;
+    assert_eq!(got.len(), 1, "{queue}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["dataType"], "s3", "{body}");
+    assert_eq!(body["event"], "messages.upsert", "{body}");
+    assert_eq!(body["instance"], instance.as_str());
+    assert_eq!(body["id"], ids[0].as_str());
+    let url = body["data"]["fileUrl"].as_str().unwrap();
+    common::check_reference_url(url, &ids[0], &pad).await;
+}

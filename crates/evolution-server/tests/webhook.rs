@@ -625,3 +625,300 @@ async fn what_find_answered_sent_back_to_set_keeps_the_secrets() {
         assert_eq!(hit.headers["authorization"], "Bearer kept-secret", "{naming}");
     }
 }
+
+#[tokio::test]
+async fn filters_keep_what_does_not_match_off_the_wire_and_out_of_the_log() {
+    let receiver = Receiver::start().await;
+    let global = Receiver::start().await;
+    let server = Server::start(
+        "webhook-filter",
+        &[
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", &global.url("/global")),
+            ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "true"),
+            ("WEBHOOK_GLOBAL_FILTER", r#"{"data.key.fromMe": {"$eq": true}}"#),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"],
+                          "filter": common::group_filter()});
+    instance(&server, "filtered", settings.clone()).await;
+    let (_, found) = server
+        .call("GET", "/webhook/find/filtered", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["filter"], common::group_filter(), "kept as given");
+    let ids = common::post_filtered(&server, "filtered").await;
+
+    receiver.wait_for(1, WAIT).await;
+    global.wait_for(1, WAIT).await;
+    // Long enough for anything the filters should have stopped to arrive too.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let instance_ids: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        instance_ids,
+        [ids[2].clone()],
+        "only the group message not sent by me"
+    );
+    let global_ids: Vec<String> = global
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        global_ids,
+        [ids[1].clone()],
+        "WEBHOOK_GLOBAL_FILTER: only my message"
+    );
+    common::assert_only_logged(&server, "filtered", "webhook", &[&ids[1], &ids[2]]).await;
+    common::assert_bad_filter_refused(
+        &server,
+        "filtered",
+        "webhook",
+        json!({"enabled": true, "url": receiver.url("/hook")}),
+    )
+    .await;
+
+    // A bad global filter stops the start, naming the variable, the path and the operator.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+        .args(["config", "check"])
+        .env_clear()
+        .env("AUTHENTICATION_API_KEY", API_KEY)
+        .env("NATS_GLOBAL_FILTER", r#"{"data.type": {"$in": "x"}}"#)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("NATS_GLOBAL_FILTER.data.type.$in: `$in` on path `data.type` takes an array"),
+        "{text}"
+    );
+}
+
+/// An instance webhook with `rateLimit: 10` receives 30 events at 10 per second (± 10 %), while
+/// the global webhook of the same instance, without a limit, gets all 30 at once; waiting for its
+/// slot is not an attempt.
+#[tokio::test]
+async fn a_rate_limited_destination_receives_at_its_limit_while_another_runs_at_full_speed() {
+    let limited = Receiver::start().await;
+    let free = Receiver::start().await;
+    let server = Server::start(
+        "webhook-rate",
+        &[
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", &free.url("/free")),
+            ("WEBHOOK_EVENTS_MESSAGES_UPSERT", "true"),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": limited.url("/limited"), "events": ["MESSAGES_UPSERT"],
+                          "rateLimit": 10});
+    instance(&server, "paced", settings).await;
+    let (_, found) = server
+        .call("GET", "/webhook/find/paced", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["rateLimit"], 10);
+    let events: Vec<Value> = (0..30).map(|_| common::message(false, "1@g.us")).collect();
+    post_events(&server, "paced", Value::Array(events)).await;
+
+    let fast = free.wait_for(30, WAIT).await;
+    assert_eq!(fast.len(), 30);
+    let fast_done = fast[29].at;
+    let slow = limited.wait_for(30, WAIT).await;
+    assert_eq!(slow.len(), 30);
+    let span = (slow[29].at - slow[0].at).as_secs_f64();
+    let rate = 29.0 / span;
+    eprintln!("rate-limited destination: 30 events in {span:.3} s = {rate:.2}/s");
+    assert!(
+        (9.0..=11.0).contains(&rate),
+        "{rate:.2} events/s for rateLimit 10"
+    );
+    let limited_by_then = slow.iter().filter(|h| h.at <= fast_done).count();
+    assert!(
+        (fast_done - fast[0].at) < Duration::from_secs(1) && limited_by_then <= 12,
+        "the free destination took {:?} and the limited one had {limited_by_then} by then",
+        fast_done - fast[0].at
+    );
+    // Waiting for a slot is not an attempt.
+    let log = deliveries(&server, "paced", "delivered").await;
+    let paced: Vec<&Value> = log
+        .iter()
+        .filter(|d| d["destination"].as_str().unwrap().ends_with("/limited"))
+        .collect();
+    assert_eq!(paced.len(), 30);
+    assert!(paced.iter().all(|d| d["attempts"] == 1), "{paced:?}");
+
+    // A bad rate is refused, naming the field.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/webhook/set/paced",
+            Some(API_KEY),
+            Some(json!({"webhook": {"enabled": true, "url": limited.url("/limited"), "rateLimit": 0}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("webhook.rateLimit"), "{body}");
+}
+
+/// A receiver that answers 429 with `Retry-After: 2` gets nothing more for 2 seconds — neither the
+/// retry nor another instance's event to the same URL — and then everything.
+#[tokio::test]
+async fn a_429_with_retry_after_slows_the_destination_down_for_that_long() {
+    let receiver = Receiver::start().await;
+    let server = Server::start("webhook-429", &[]).await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"]});
+    instance(&server, "first", settings.clone()).await;
+    instance(&server, "second", settings).await;
+    receiver.answer_once(429, Some("2"));
+    let first = post_events(&server, "first", common::message(false, "1@g.us")).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.refused().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused_at = receiver.refused()[0];
+    let second = post_events(&server, "second", common::message(false, "1@g.us")).await;
+    let hits = receiver.wait_for(2, WAIT).await;
+    assert_eq!(hits.len(), 2, "both arrive in the end");
+    let mut ids: Vec<&str> = hits.iter().map(|h| h.body["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut want = [first[0].as_str(), second[0].as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    for hit in &hits {
+        let waited = hit.at - refused_at;
+        assert!(
+            waited >= Duration::from_millis(1900),
+            "{} reached the receiver {waited:?} after its 429 with Retry-After: 2",
+            hit.body["id"]
+        );
+    }
+}
+
+async fn health_of(server: &Server, instance: &str) -> Vec<Value> {
+    let (status, list) = server
+        .call(
+            "GET",
+            &format!("/deliveries/{instance}/destinations"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array().unwrap().clone()
+}
+
+/// A receiver that fails every attempt for the window (2 s here; five days by default) is disabled:
+/// an ERRORS event says so, the health route shows it, its waiting delivery is held, new events
+/// are not routed to it; setting it enabled again redrives what waited.
+#[tokio::test]
+async fn a_receiver_that_always_fails_is_disabled_after_the_window_and_enabling_it_redrives() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let errors = Receiver::start().await;
+    let server = Server::start(
+        "webhook-disable",
+        &[
+            ("WEBHOOK_DISABLE_AFTER_SECONDS", "2"),
+            ("WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", "1"),
+            ("WEBHOOK_RETRY_USE_EXPONENTIAL_BACKOFF", "false"),
+            ("WEBHOOK_RETRY_JITTER_FACTOR", "0"),
+            ("WEBHOOK_RETRY_MAX_ATTEMPTS", "100"),
+            ("WEBHOOK_EVENTS_ERRORS", "true"),
+            ("WEBHOOK_EVENTS_ERRORS_WEBHOOK", &errors.url("/errors")),
+        ],
+    )
+    .await;
+    let settings = json!({"enabled": true, "url": receiver.url("/hook"), "events": ["MESSAGES_UPSERT"]});
+    instance(&server, "flaky", settings.clone()).await;
+    let waited = post_events(&server, "flaky", common::message(false, "1@g.us")).await;
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let disabled = loop {
+        let list = health_of(&server, "flaky").await;
+        if let Some(h) = list.iter().find(|h| h["state"] == "disabled") {
+            break h.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never disabled: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(disabled["channel"], "webhook");
+    assert!(
+        disabled["destination"].as_str().unwrap().ends_with("/hook"),
+        "{disabled}"
+    );
+    assert!(
+        disabled["consecutiveFailures"].as_u64().unwrap() >= 3,
+        "{disabled}"
+    );
+    assert_eq!(disabled["lastSuccess"], Value::Null);
+    assert!(
+        disabled["lastError"].as_str().unwrap().contains("500"),
+        "{disabled}"
+    );
+
+    // An ERRORS event says so, at the errors webhook (a real receiver).
+    let said = errors
+        .wait_for(1, WAIT)
+        .await
+        .into_iter()
+        .find(|h| h.body["data"]["disabled"] == true)
+        .expect("an ERRORS event about the disabled destination");
+    assert_eq!(said.body["event"], "ERRORS");
+    assert_eq!(said.body["instance"], "flaky");
+    assert!(
+        said.body["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every attempt failed for 2 s"),
+        "{}",
+        said.body
+    );
+    let (_, found) = server
+        .call("GET", "/webhook/find/flaky", Some(API_KEY), None)
+        .await;
+    assert_eq!(found["enabled"], false, "the instance's webhook is switched off");
+
+    // What waited is held as a dead letter, without reaching the receiver again.
+    let held = wait_dead(&server, "flaky", 1).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["event_id"], waited[0].as_str());
+    assert!(
+        held[0]["last_error"].as_str().unwrap().contains("disabled"),
+        "{held:?}"
+    );
+    // While disabled, new events are not routed to it.
+    let skipped = post_events(&server, "flaky", common::message(false, "1@g.us")).await;
+
+    // The receiver is fixed; enabling the webhook again redrives what waited.
+    receiver.set_status(200);
+    let (status, body) = server
+        .call(
+            "POST",
+            "/webhook/set/flaky",
+            Some(API_KEY),
+            Some(json!({ "webhook": settings })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let hits = receiver.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [waited[0].clone()], "{hits:?}");
+    assert!(!ids.contains(&skipped[0]));
+    let after: Vec<Value> = health_of(&server, "flaky").await;
+    let h = after
+        .iter()
+        .find(|h| h["destination"].as_str().unwrap().ends_with("/hook"))
+        .unwrap();
+    assert_eq!(h["state"], "healthy", "{h}");
+    assert!(h["lastSuccess"].is_string(), "{h}");
+    assert_eq!(h["consecutiveFailures"], 0);
+}

@@ -580,8 +580,8 @@ async fn pusher_seed_snippet_and_oversize() {
 }
 
 /// With `PUSHER_OVERSIZE=reference` an event over Pusher's 10 KB reaches the pusher-js client as
-/// `{id, event, instance, truncated: true}`, and `GET /events/{instance}/{id}` gives it whole, to
-/// its own instance's token only.
+/// `{id, event, instance, sequence, truncated: true, url, expires_at}`: the signed URL gives it whole
+/// without an apikey, and `GET /events/{instance}/{id}` with its own instance's token only.
 #[tokio::test]
 async fn pusher_oversize_reference_resolves_through_rest() {
     let Some(dir) = node_dir() else { return };
@@ -617,10 +617,9 @@ async fn pusher_oversize_reference_resolves_through_rest() {
     assert_eq!(events.len(), 1, "{:?}", probe.lines());
     assert_eq!(events[0]["event"], "MESSAGES_UPSERT");
     let reference: Value = serde_json::from_str(events[0]["raw"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        reference,
-        json!({"id": big_id, "event": "MESSAGES_UPSERT", "instance": "ref-instancia", "truncated": true})
-    );
+    // The small body: the event's id, kind, instance, sequence and a signed, expiring URL that
+    // returns it whole without an apikey (a changed URL gets 403).
+    common::check_reference(&reference, &big_id, "ref-instancia", &pad).await;
 
     // The client resolves it with the instance's token.
     let path = format!("/events/ref-instancia/{big_id}");
@@ -1187,4 +1186,75 @@ async fn socketio_replay_and_live_events_on_any_replica_with_postgres_and_redis(
     );
     tokio::time::sleep(QUIET).await;
     assert_eq!(client.lines().iter().filter(|l| is_live(l)).count(), 1, "once");
+}
+
+/// The ids of the events a probe received (the `raw` JSON of each `event` line).
+fn event_ids(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "event")
+        .map(|l| {
+            serde_json::from_str::<Value>(l["raw"].as_str().unwrap()).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn socketio_filter_lets_only_matching_events_through() {
+    let Some(dir) = node_dir() else { return };
+    let server = Server::start(
+        "websocket-filter",
+        &[("WEBSOCKET_ENABLED", "true"), ("WEBSOCKET_ALLOWED_HOSTS", "")],
+    )
+    .await;
+    let instance = format!("ws-filter-{}", common::unique());
+    common::create_instance(
+        &server,
+        &instance,
+        json!({"websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()}}),
+    )
+    .await;
+    let probe = sio_probe(&dir, &server, API_KEY, &["/"]);
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "connect").await.len(), 1);
+    let ids = common::post_filtered(&server, &instance).await;
+    probe.wait(1, WAIT, |l| l["type"] == "event").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(event_ids(&probe.lines()), [ids[2].clone()], "{:?}", probe.lines());
+    common::assert_only_logged(&server, &instance, "websocket", &[&ids[2]]).await;
+    common::assert_bad_filter_refused(&server, &instance, "websocket", json!({"enabled": true})).await;
+}
+
+#[tokio::test]
+async fn pusher_filter_lets_only_matching_events_through() {
+    let Some(dir) = node_dir() else { return };
+    let Some([host, port, app_id, key, secret]) = pusher_server() else {
+        return;
+    };
+    let mut env = pusher_env(&host, &port, &app_id, &key, &secret);
+    env.retain(|(k, _)| *k != "PUSHER_GLOBAL_ENABLED");
+    let server = Server::start("pusher-filter", &env).await;
+    let instance = format!("pusher-filter-{}", common::unique());
+    let settings = json!({"enabled": true, "appId": app_id, "key": key, "secret": secret, "cluster": "us2",
+        "useTLS": false, "host": host, "port": port.parse::<u16>().unwrap(), "events": ["MESSAGES_UPSERT"],
+        "filter": common::group_filter()});
+    common::create_instance(&server, &instance, json!({ "pusher": settings.clone() })).await;
+    let mut probe = Node::run(
+        node_script(&dir, "pusher-probe.js", &[]),
+        &[&host, &port, &key],
+        true,
+    );
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "connected").await.len(), 1);
+    probe.send_line(&format!("evolution.{instance}"));
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "subscribed").await.len(), 1);
+    let ids = common::post_filtered(&server, &instance).await;
+    probe.wait(1, WAIT, |l| l["type"] == "event").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(event_ids(&probe.lines()), [ids[2].clone()], "{:?}", probe.lines());
+    common::assert_only_logged(&server, &instance, "pusher", &[&ids[2]]).await;
+    let mut bad = settings;
+    bad.as_object_mut().unwrap().remove("filter");
+    common::assert_bad_filter_refused(&server, &instance, "pusher", bad).await;
 }

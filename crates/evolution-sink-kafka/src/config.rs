@@ -267,6 +267,7 @@ impl SinkConfig for KafkaConfig {
 
     const VARS: &'static [Var] = &[
         Var::new("KAFKA_CLIENT_ID", "evolution-api"),
+        Var::unset("KAFKA_MAX_PAYLOAD_BYTES"),
         Var::new("KAFKA_BROKERS", "localhost:9092"),
         Var::new("KAFKA_CONNECTION_TIMEOUT", "3000"),
         Var::new("KAFKA_REQUEST_TIMEOUT", "30000"),
@@ -360,6 +361,10 @@ impl SinkConfig for KafkaConfig {
             idempotence,
             sasl,
             ssl,
+            max_payload_bytes: match vars.string("KAFKA_MAX_PAYLOAD_BYTES") {
+                None => Self::DEFAULT_MAX_PAYLOAD_BYTES,
+                Some(_) => usize::try_from(vars.positive("KAFKA_MAX_PAYLOAD_BYTES")).unwrap_or(usize::MAX),
+            },
             ..Self::new(brokers)
         };
         let dispatch = DispatchHints {

@@ -513,6 +513,10 @@ impl EventSink for KafkaSink {
             })
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.config.max_payload_bytes)
+    }
+
     /// Produces every item and waits for the brokers' acknowledgements (`acks=all`). Items of a
     /// topic that cannot be used fail alone; after an item fails retryably to be queued, the later
     /// items of its topic and key are not sent (reported "not sent", retryable), so nothing

@@ -32,6 +32,7 @@ fn delivery(id: u64, instance: &str, topic: &str) -> Delivery {
     )
     .with_sequence(id);
     Delivery {
+        body: None,
         id,
         channel: Channel::Kafka,
         scope: Scope::Instance,

@@ -232,6 +232,7 @@ impl SinkConfig for NatsConfig {
         Var::new("NATS_PREFIX_KEY", "evolution"),
         Var::new("NATS_JETSTREAM", "false"),
         Var::new("NATS_JETSTREAM_STREAM", "EVOLUTION"),
+        Var::unset("NATS_MAX_PAYLOAD_BYTES"),
     ];
 
     const EVENT_TOGGLES: &'static [&'static str] = &["NATS_EVENTS_"];
@@ -289,6 +290,10 @@ impl SinkConfig for NatsConfig {
         Some((
             Self {
                 mode,
+                max_payload_bytes: match vars.string("NATS_MAX_PAYLOAD_BYTES") {
+                    None => Self::DEFAULT_MAX_PAYLOAD_BYTES,
+                    Some(_) => usize::try_from(vars.positive("NATS_MAX_PAYLOAD_BYTES")).unwrap_or(usize::MAX),
+                },
                 ..Self::new(url)
             },
             DispatchHints::default(),

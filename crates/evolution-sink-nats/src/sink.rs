@@ -469,6 +469,10 @@ impl EventSink for NatsSink {
         Capabilities::new(MAX_BATCH).ordered()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.config.max_payload_bytes)
+    }
+
     /// Core: publishes every item, then flushes (the batch counts as sent once the server
     /// answered the flush). JetStream: makes sure the stream captures every subject, publishes
     /// every item, then awaits every acknowledgement. `Err` when not connected (retryable

@@ -343,6 +343,10 @@ impl EventSink for PusherSink {
         Capabilities::new(MAX_BATCH).ordered()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.config.max_payload_bytes)
+    }
+
     /// Triggers every item: one app's items in order (10 per request with `batch_events`),
     /// different apps concurrently.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {

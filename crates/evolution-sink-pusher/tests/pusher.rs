@@ -38,6 +38,7 @@ fn delivery(app: PusherApp, channel: &str, n: u64) -> Delivery {
     )
     .with_sequence(n);
     Delivery {
+        body: None,
         id: n,
         channel: Channel::Pusher,
         scope: Scope::Instance,

@@ -244,6 +244,7 @@ impl SinkConfig for RabbitmqConfig {
         Var::new("RABBITMQ_GLOBAL_ENABLED", "false"),
         Var::new("RABBITMQ_PREFIX_KEY", "evolution"),
         Var::new("RABBITMQ_FRAME_MAX", "8192"),
+        Var::unset("RABBITMQ_MAX_PAYLOAD_BYTES"),
         Var::new("RABBITMQ_QUEUE_TYPE", "quorum"),
     ];
 
@@ -301,6 +302,10 @@ impl SinkConfig for RabbitmqConfig {
         let config = Self {
             frame_max,
             queue_type,
+            max_payload_bytes: match vars.string("RABBITMQ_MAX_PAYLOAD_BYTES") {
+                None => Self::DEFAULT_MAX_PAYLOAD_BYTES,
+                Some(_) => usize::try_from(vars.positive("RABBITMQ_MAX_PAYLOAD_BYTES")).unwrap_or(usize::MAX),
+            },
             ..Self::new(uri?)
         };
         Some((config, DispatchHints::default()))

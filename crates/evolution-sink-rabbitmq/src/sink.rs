@@ -391,6 +391,10 @@ impl EventSink for RabbitmqSink {
         Capabilities::new(MAX_BATCH).ordered()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.config.max_payload_bytes)
+    }
+
     /// Publishes every item (declaring its destination first if this connection has not), then
     /// awaits every confirm. `Err` when there is no connection (retryable `Unavailable` or
     /// `Timeout`, or `Closed`); per-item failures otherwise.

@@ -512,6 +512,10 @@ impl EventSink for SqsSink {
         Capabilities::new(MAX_BATCH).ordered()
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.body_limit())
+    }
+
     /// Sends every item with `SendMessageBatch`: the items of one queue in order (calls of at
     /// most 10 entries, stopping after a retryable failure), different queues concurrently.
     async fn send(&self, batch: &[Delivery]) -> Result<DeliveryReport, SinkError> {

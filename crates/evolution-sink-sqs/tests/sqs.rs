@@ -49,6 +49,7 @@ fn delivery(id: u64, instance: &str, target: &SqsTarget, data: &Value) -> Delive
     )
     .with_sequence(id);
     Delivery {
+        body: None,
         id,
         channel: Channel::Sqs,
         scope: Scope::Instance,

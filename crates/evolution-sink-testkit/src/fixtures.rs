@@ -37,6 +37,7 @@ pub fn delivery(
     envelope: Arc<EventEnvelope>,
 ) -> Delivery {
     Delivery {
+        body: None,
         id,
         channel,
         scope: Scope::Instance,

@@ -99,6 +99,7 @@ impl SinkConfig for WebhookConfig {
         Var::new("WEBHOOK_ALLOWED_NETWORKS", ""),
         Var::new("WEBHOOK_MAX_CONCURRENCY_PER_HOST", "32"),
         Var::new("WEBHOOK_SIGNING_SECRET", ""),
+        Var::new("WEBHOOK_DISABLE_AFTER_SECONDS", "432000"),
     ];
 
     const EVENT_TOGGLES: &'static [&'static str] = &["WEBHOOK_EVENTS_"];
@@ -184,6 +185,13 @@ impl SinkConfig for WebhookConfig {
             // Each request is bounded by the request timeout; this deadline is a safety net above it.
             send_timeout: Some(request_timeout.saturating_mul(batch) + Duration::from_secs(5)),
             ordered: Some(vars.bool("WEBHOOK_ORDERED")),
+            disable_after: match vars.number::<u64>(
+                "WEBHOOK_DISABLE_AFTER_SECONDS",
+                "a whole number of seconds (0: never)",
+            ) {
+                0 => None,
+                seconds => Some(Duration::from_secs(seconds)),
+            },
         };
         let max_per_host = vars.positive("WEBHOOK_MAX_CONCURRENCY_PER_HOST");
         let allowed_networks = parse_networks(vars.raw("WEBHOOK_ALLOWED_NETWORKS")).unwrap_or_else(|e| {

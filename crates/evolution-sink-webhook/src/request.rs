@@ -137,6 +137,7 @@ mod tests {
 
     fn target(headers: &[(&str, &str)]) -> WebhookTarget {
         WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             payload_destination: None,
             base64: true,

@@ -160,6 +160,7 @@ impl WebhookSink {
 /// The label of a URL: scheme, host, port and path (no user info, no query string).
 fn label_of(url: &str) -> String {
     Destination::Webhook(WebhookTarget {
+        rate_limit: None,
         signing_secrets: Vec::new(),
         payload_destination: None,
         base64: true,
@@ -471,6 +472,7 @@ mod tests {
     async fn prepare_refuses_special_networks_once_per_host() {
         let webhook = |url: &str| {
             Destination::Webhook(WebhookTarget {
+                rate_limit: None,
                 url: url.to_owned(),
                 headers: Vec::new(),
                 signing_secrets: Vec::new(),

@@ -55,6 +55,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             payload_destination: None,
             base64: true,
@@ -90,6 +91,7 @@ impl ContractFixture for WebhookFixture {
 
     async fn unreachable_destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
+            rate_limit: None,
             signing_secrets: Vec::new(),
             payload_destination: None,
             base64: true,

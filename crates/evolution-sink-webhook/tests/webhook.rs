@@ -32,6 +32,7 @@ fn sink() -> WebhookSink {
 
 fn target(url: String, headers: &[(&str, &str)]) -> Destination {
     Destination::Webhook(WebhookTarget {
+        rate_limit: None,
         signing_secrets: Vec::new(),
         payload_destination: None,
         base64: true,

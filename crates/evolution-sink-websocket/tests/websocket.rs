@@ -167,6 +167,7 @@ async fn the_endpoint_must_be_served_and_deleted_instances_are_cut_off() {
     };
     let (envelope, _) = deliveries(INSTANCE, false);
     let delivery = Delivery {
+        body: None,
         id: 1,
         channel: Channel::Websocket,
         scope: Scope::Instance,

@@ -73,6 +73,18 @@ pub fn variables() -> Vec<Var> {
     Channel::BUILT_IN
         .into_iter()
         .filter_map(|channel| Some(Var::new(channel.switch_var()?, "false")))
+        .chain(
+            Channel::BUILT_IN
+                .into_iter()
+                .filter_map(|channel| Some(Var::unset(channel.global_filter_var()?))),
+        )
+        .chain(
+            // `PUSHER_OVERSIZE` is the Pusher crate's (declared there, with its own doc).
+            Channel::BUILT_IN
+                .into_iter()
+                .filter(|channel| *channel != Channel::Pusher)
+                .filter_map(|channel| Some(Var::new(channel.oversize_var()?, "reject"))),
+        )
         .chain(REGISTRY.iter().flat_map(|entry| entry.vars.iter().copied()))
         .collect()
 }
@@ -92,6 +104,30 @@ pub fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
     for entry in REGISTRY {
         (entry.read_global)(vars, global);
     }
+    read_global_filters(vars, global);
+}
+
+/// `<CHANNEL>_GLOBAL_FILTER` of every built-in channel: a JSON payload filter
+/// ([`evolution_events::Filter`]) of the channel's global deliveries.
+fn read_global_filters(vars: &mut Vars, global: &mut GlobalSettings) {
+    for channel in Channel::BUILT_IN {
+        let Some(name) = channel.global_filter_var() else {
+            continue;
+        };
+        let Some(text) = vars.string(name) else {
+            continue;
+        };
+        match evolution_events::Filter::from_text(&text, name) {
+            Ok(filter) => {
+                global.filters.insert(channel, filter);
+            }
+            Err(problems) => {
+                for problem in problems {
+                    vars.error(problem.to_string());
+                }
+            }
+        }
+    }
 }
 
 /// Reads each channel's sink settings: the webhook channel is always planned (instances may set
@@ -99,10 +135,26 @@ pub fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
 /// switched on (`<CHANNEL>_ENABLED=true`) that this build does not have are errors naming the
 /// variable. Problems are recorded in `vars`.
 pub fn plan(vars: &mut Vars, global: &GlobalSettings) -> Vec<ChannelPlan> {
-    let plans = REGISTRY
+    let mut plans: Vec<ChannelPlan> = REGISTRY
         .iter()
         .filter_map(|entry| (entry.plan)(vars, global))
         .collect();
+    for plan in &mut plans {
+        if let Some(name) = plan.channel().oversize_var() {
+            plan.dispatch.by_reference = match vars.raw(name).trim().to_ascii_lowercase().as_str() {
+                "" | "reject" => false,
+                "reference" => true,
+                // The Pusher crate reads `PUSHER_OVERSIZE` too, and reports a bad value itself.
+                _ if plan.channel() == Channel::Pusher => false,
+                other => {
+                    vars.error(format!(
+                        "{name}: `{other}` is not a policy: use `reject` or `reference`"
+                    ));
+                    false
+                }
+            };
+        }
+    }
     for channel in Channel::BUILT_IN {
         if !AVAILABLE.contains(&channel)
             && let Some(switch) = channel.switch_var()

@@ -9,14 +9,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, Decision, Delivery, Destination, DispatchHints, ErrorKind, EventEnvelope, EventKind, EventSink,
-    InstanceName, InstanceSettings, NameError, RetryPolicy, SinkError,
+    Bytes, Channel, Decision, Delivery, DeliveryId, Destination, DispatchHints, ErrorKind, EventEnvelope,
+    EventKind, EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry,
+    RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::health::{DestinationHealth, DisabledHook, DisabledNotice, Tracker};
+use crate::pace::{Pace, Pacer};
 use crate::router::{CheckedSettings, Route, Router};
 
 /// How long an idle worker sleeps before looking again when nothing is scheduled (it is woken
@@ -44,6 +47,14 @@ pub struct ChannelConfig {
     /// Batches of one ordering key in flight at once (ADR 0012); `None` uses the sink's
     /// `max_in_flight_per_key` (always clamped to it).
     pub max_in_flight_per_key: Option<usize>,
+    /// Disable a destination of an instance's settings once every attempt to it failed for this
+    /// long (its deliveries are then held as dead letters until it is enabled again:
+    /// [`Dispatcher::enable_destinations`]); `None`: never.
+    pub disable_after: Option<Duration>,
+    /// Send an event larger than the sink's [`EventSink::max_payload_bytes`] by reference (a small
+    /// body with a signed URL, made by [`DispatcherBuilder::reference_with`]) instead of letting
+    /// the sink refuse it (`<CHANNEL>_OVERSIZE=reference`).
+    pub by_reference: bool,
 }
 
 impl ChannelConfig {
@@ -63,6 +74,8 @@ impl ChannelConfig {
             send_timeout: Duration::from_secs(30),
             ordered: None,
             max_in_flight_per_key: None,
+            disable_after: None,
+            by_reference: false,
         }
     }
 
@@ -78,6 +91,8 @@ impl ChannelConfig {
             send_timeout: hints.send_timeout.unwrap_or(default.send_timeout),
             ordered: hints.ordered.or(default.ordered),
             max_in_flight_per_key: default.max_in_flight_per_key,
+            disable_after: hints.disable_after.or(default.disable_after),
+            by_reference: default.by_reference,
         }
     }
 }
@@ -143,6 +158,9 @@ pub struct DeadNotice {
 
 /// Called for every delivery given up, after the outbox recorded it.
 pub type DeadHook = Arc<dyn Fn(DeadNotice) + Send + Sync>;
+
+/// Makes the body that replaces an oversize event's payload (see [`ChannelConfig::by_reference`]).
+pub type ReferenceHook = Arc<dyn Fn(&Delivery) -> Bytes + Send + Sync>;
 
 /// Counters of one channel since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -226,6 +244,12 @@ struct ChannelCtx {
     /// Wakes one idle worker that is not watching: a worker that claimed work wakes the next, which
     /// looks for more (and watches the outbox if it finds none).
     idle: tokio::sync::Notify,
+    /// Rate limits and pauses of the channel's destinations.
+    pacer: Pacer,
+    /// Each destination's last success, failures, and whether it is disabled.
+    health: Tracker,
+    /// Payloads above this go by reference (`by_reference` and the sink's limit).
+    reference_above: Option<usize>,
 }
 
 /// Builds a [`Dispatcher`].
@@ -234,6 +258,8 @@ pub struct DispatcherBuilder {
     router: Router,
     sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
     on_dead: Option<DeadHook>,
+    on_disabled: Option<DisabledHook>,
+    reference: Option<ReferenceHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -243,6 +269,8 @@ impl std::fmt::Debug for DispatcherBuilder {
             .field("router", &self.router)
             .field("sinks", &self.sinks)
             .field("on_dead", &self.on_dead.is_some())
+            .field("on_disabled", &self.on_disabled.is_some())
+            .field("reference", &self.reference.is_some())
             .finish()
     }
 }
@@ -270,6 +298,23 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Calls `hook` once for each destination disabled because every attempt to it failed for
+    /// its channel's [`ChannelConfig::disable_after`]. It runs on a worker: keep it short.
+    #[must_use]
+    pub fn on_disabled(mut self, hook: impl Fn(DisabledNotice) + Send + Sync + 'static) -> Self {
+        self.on_disabled = Some(Arc::new(hook));
+        self
+    }
+
+    /// Makes the body sent instead of an event larger than its sink's limit on the channels that
+    /// send those by reference ([`ChannelConfig::by_reference`]): typically the event's id, kind,
+    /// instance and sequence with a signed URL that fetches it whole. Without it they are refused.
+    #[must_use]
+    pub fn reference_with(mut self, hook: impl Fn(&Delivery) -> Bytes + Send + Sync + 'static) -> Self {
+        self.reference = Some(Arc::new(hook));
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -280,6 +325,7 @@ impl DispatcherBuilder {
         for (sink, config) in self.sinks {
             let caps = sink.capabilities();
             let channel = sink.channel();
+            let reference_above = config.by_reference.then(|| sink.max_payload_bytes()).flatten();
             let ctx = ChannelCtx {
                 channel,
                 batch_size: config
@@ -296,6 +342,9 @@ impl DispatcherBuilder {
                 counters: Counters::default(),
                 watching: AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
+                pacer: Pacer::default(),
+                health: Tracker::default(),
+                reference_above,
             };
             if channels.insert(channel, Arc::new(ctx)).is_some() {
                 return Err(BuildError::DuplicateChannel(channel));
@@ -310,6 +359,8 @@ impl DispatcherBuilder {
                     outbox: Arc::clone(&self.outbox),
                     closing: closing.subscribe(),
                     on_dead: self.on_dead.clone(),
+                    on_disabled: self.on_disabled.clone(),
+                    reference: self.reference.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -369,6 +420,8 @@ impl Dispatcher {
             router,
             sinks: Vec::new(),
             on_dead: None,
+            on_disabled: None,
+            reference: None,
         }
     }
 
@@ -401,19 +454,24 @@ impl Dispatcher {
         let profile = self.shared.router.global().naming;
         let mut batch = Vec::with_capacity(events.len());
         for (envelope, settings) in events {
-            let deliveries = match settings.into() {
+            let planned: Arc<[PlannedDelivery]> = match settings.into() {
                 Routing::Checked(checked) if checked.checked_by(&self.shared.router, envelope.instance()) => {
                     self.planned(envelope.kind(), checked)?
                 }
-                Routing::Checked(checked) => self.plan(
-                    envelope.instance(),
-                    self.shared.router.route(&envelope, Some(checked.settings()))?,
-                )?,
-                Routing::Unchecked(settings) => self.plan(
-                    envelope.instance(),
-                    self.shared.router.route(&envelope, settings)?,
-                )?,
+                Routing::Checked(checked) => self
+                    .plan(
+                        envelope.instance(),
+                        self.shared.router.route(&envelope, Some(checked.settings()))?,
+                    )?
+                    .into(),
+                Routing::Unchecked(settings) => self
+                    .plan(
+                        envelope.instance(),
+                        self.shared.router.route(&envelope, settings)?,
+                    )?
+                    .into(),
             };
+            let deliveries = select(&envelope, profile, &planned);
             batch.push(NewEvent {
                 envelope,
                 profile,
@@ -425,30 +483,37 @@ impl Dispatcher {
 
     /// The deliveries of an event of `kind` with settings this dispatcher's router checked: planned
     /// on the first event of that kind, then shared.
-    fn planned(&self, kind: EventKind, checked: &CheckedSettings) -> Result<Vec<NewDelivery>, EmitError> {
+    fn planned(
+        &self,
+        kind: EventKind,
+        checked: &CheckedSettings,
+    ) -> Result<Arc<[PlannedDelivery]>, EmitError> {
         let slot = checked.planned.get(kind.index());
         if let Some(planned) = slot.and_then(OnceLock::get)
             && planned.dispatcher == self.shared.id
         {
-            return Ok(planned.deliveries.to_vec());
+            return Ok(Arc::clone(&planned.deliveries));
         }
-        let deliveries = self.plan(
-            checked.instance(),
-            self.shared.router.route_checked(kind, checked),
-        )?;
+        let deliveries: Arc<[PlannedDelivery]> = self
+            .plan(
+                checked.instance(),
+                self.shared.router.route_checked(kind, checked),
+            )?
+            .into();
         if let Some(slot) = slot {
             // Another thread may have planned it first: theirs is the same. (Settings shared by two
             // dispatchers keep the first one's plan; the other plans on each event.)
             let _kept_if_first = slot.set(Arc::new(Planned {
                 dispatcher: self.shared.id,
-                deliveries: deliveries.clone().into(),
+                deliveries: Arc::clone(&deliveries),
             }));
         }
         Ok(deliveries)
     }
 
-    /// The deliveries of `routes`, each with its ordering key where its channel keeps order.
-    fn plan(&self, instance: &InstanceName, routes: Vec<Route>) -> Result<Vec<NewDelivery>, EmitError> {
+    /// The deliveries of `routes`, each with its ordering key where its channel keeps order, and
+    /// the payload filter it must pass.
+    fn plan(&self, instance: &InstanceName, routes: Vec<Route>) -> Result<Vec<PlannedDelivery>, EmitError> {
         routes
             .into_iter()
             .map(|route| {
@@ -458,11 +523,14 @@ impl Dispatcher {
                     .get(&route.channel)
                     .ok_or(EmitError::NoSink(route.channel))?;
                 let ordering_key = ctx.ordered.then(|| ordering_key(instance, &route.destination));
-                Ok(NewDelivery {
-                    channel: route.channel,
-                    scope: route.scope,
-                    destination: Arc::new(route.destination),
-                    ordering_key,
+                Ok(PlannedDelivery {
+                    delivery: NewDelivery {
+                        channel: route.channel,
+                        scope: route.scope,
+                        destination: Arc::new(route.destination),
+                        ordering_key,
+                    },
+                    filter: route.filter,
                 })
             })
             .collect()
@@ -489,6 +557,45 @@ impl Dispatcher {
     #[must_use]
     pub fn sink(&self, channel: Channel) -> Option<&Arc<dyn EventSink>> {
         self.shared.channels.get(&channel).map(|c| &c.sink)
+    }
+
+    /// The health of `instance`'s destinations on every channel, each destination this process
+    /// attempted: last success, failures since, and whether it is disabled.
+    #[must_use]
+    pub fn destination_health(&self, instance: &InstanceName) -> Vec<DestinationHealth> {
+        let mut all: Vec<DestinationHealth> = self
+            .shared
+            .channels
+            .values()
+            .flat_map(|ctx| ctx.health.list(Some(instance)))
+            .collect();
+        all.sort_by(|a, b| (a.channel, &a.destination).cmp(&(b.channel, &b.destination)));
+        all
+    }
+
+    /// Enables again those of `instance`'s disabled destinations on `channel` that are among
+    /// `destinations` (what its settings deliver to now: a destination they no longer name stays
+    /// disabled, with what it held); the ids of the deliveries they held back meanwhile (dead
+    /// letters: redrive them to send them).
+    #[must_use]
+    pub fn enable_destinations(
+        &self,
+        channel: Channel,
+        instance: &InstanceName,
+        destinations: &[Destination],
+    ) -> Vec<DeliveryId> {
+        let labels: Vec<String> = destinations.iter().map(Destination::label).collect();
+        self.shared
+            .channels
+            .get(&channel)
+            .map(|ctx| ctx.health.enable(instance, &labels))
+            .unwrap_or_default()
+    }
+
+    /// How `channel` is dispatched.
+    #[must_use]
+    pub fn config(&self, channel: Channel) -> Option<&ChannelConfig> {
+        self.shared.channels.get(&channel).map(|c| &c.config)
     }
 
     /// Counters of `channel` since start.
@@ -624,7 +731,31 @@ impl<'a> From<&'a CheckedSettings> for Routing<'a> {
 #[derive(Debug)]
 pub(crate) struct Planned {
     dispatcher: u64,
-    deliveries: Box<[NewDelivery]>,
+    deliveries: Arc<[PlannedDelivery]>,
+}
+
+/// A delivery an event kind gets, made only for the events that pass its filter.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedDelivery {
+    delivery: NewDelivery,
+    filter: Option<Arc<Filter>>,
+}
+
+/// The planned deliveries whose filter `envelope` passes, evaluated on this event (the payload
+/// view is built once, only when some delivery has a filter).
+fn select(envelope: &EventEnvelope, profile: NamingProfile, planned: &[PlannedDelivery]) -> Vec<NewDelivery> {
+    let mut view = None;
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        if let Some(filter) = &p.filter {
+            let payload = view.get_or_insert_with(|| Filter::view(envelope, profile));
+            if !filter.matches(payload) {
+                continue;
+            }
+        }
+        out.push(p.delivery.clone());
+    }
+    out
 }
 
 fn ordering_key(instance: &InstanceName, destination: &Destination) -> Arc<str> {
@@ -636,6 +767,8 @@ struct Worker {
     outbox: Arc<dyn Outbox>,
     closing: watch::Receiver<bool>,
     on_dead: Option<DeadHook>,
+    on_disabled: Option<DisabledHook>,
+    reference: Option<ReferenceHook>,
 }
 
 impl Worker {
@@ -690,6 +823,18 @@ impl Worker {
     /// several in flight per key (ADR 0012), started in claim order — and settles the whole claim
     /// in order: after a failed delivery, the later ones of its key are put back (ADR 0002).
     async fn deliver(&self, batch: Vec<Delivery>) {
+        let (mut batch, held) = self.pace(batch);
+        if batch.is_empty() {
+            self.settle(held).await;
+            return;
+        }
+        if let (Some(limit), Some(reference)) = (self.ctx.reference_above, &self.reference) {
+            for delivery in &mut batch {
+                if delivery.payload().len() > limit {
+                    delivery.body = Some(reference(delivery));
+                }
+            }
+        }
         let ctx = &self.ctx;
         let chunks: Vec<&[Delivery]> = batch.chunks(ctx.batch_size).collect();
         ctx.counters
@@ -734,6 +879,7 @@ impl Worker {
             }
         }
         let mut blocked: HashSet<&str> = HashSet::new();
+        let mut attempted: Vec<(&Delivery, Option<String>)> = Vec::with_capacity(batch.len());
         let mut settlements = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
@@ -755,6 +901,7 @@ impl Worker {
                 latency,
                 status: failure.as_ref().and_then(SinkError::status),
             };
+            attempted.push((delivery, failure.as_ref().map(ToString::to_string)));
             let outcome = match failure {
                 None => {
                     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -767,6 +914,12 @@ impl Worker {
                 }
                 Some(error) => {
                     ctx.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if error.kind() == ErrorKind::RateLimited
+                        && let Retry::After(delay) = error.retry()
+                    {
+                        // The receiver asked to slow down: its destination waits that long.
+                        ctx.pacer.slow_down(delivery, delay, Instant::now());
+                    }
                     match ctx.config.retry.decide(delivery.attempt, &error) {
                         Decision::RetryAfter(delay) => {
                             ctx.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -809,23 +962,101 @@ impl Worker {
                 attempt: Some(attempt),
             });
         }
-        // Outcomes that cannot be recorded (storage full or failing) are retried until they are:
-        // otherwise the deliveries would stay claimed until the next start.
-        let mut pause = OUTBOX_ERROR_PAUSE;
-        while let Err(e) = self.outbox.settle(settlements.clone()).await {
-            tracing::error!(channel = %ctx.channel, error = %e, ?pause, "cannot record delivery outcomes; retrying");
-            if *self.closing.borrow() {
-                // Shutting down: a durable outbox puts in-flight deliveries back at the next start.
-                return;
+        settlements.extend(held);
+        let disabled = ctx.health.record(
+            attempted.iter().map(|(d, e)| (*d, e.as_deref())),
+            ctx.config.disable_after,
+            now,
+        );
+        if !self.settle(settlements).await {
+            return;
+        }
+        if let Some(hook) = &self.on_disabled {
+            for notice in disabled {
+                tracing::warn!(
+                    channel = %ctx.channel, instance = %notice.health.instance,
+                    destination = %notice.health.destination, failures = notice.health.consecutive_failures,
+                    "every attempt failed for the whole window: the destination is disabled"
+                );
+                hook(notice);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_OUTBOX_ERROR_PAUSE);
         }
         if let Some(hook) = &self.on_dead {
             for notice in dead {
                 hook(notice);
             }
         }
+    }
+}
+
+impl Worker {
+    /// Splits a claim into what goes now and what its destinations cannot take yet (a rate limit,
+    /// a receiver that asked to slow down): those are postponed to their slot, without an attempt,
+    /// and the later deliveries of their ordering keys put back behind them.
+    fn pace(&self, batch: Vec<Delivery>) -> (Vec<Delivery>, Vec<Settlement>) {
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut blocked: HashSet<Arc<str>> = HashSet::new();
+        let mut go = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if let Some(key) = &delivery.ordering_key
+                && blocked.contains(key)
+            {
+                held.push(Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Requeue,
+                    attempt: None,
+                });
+                continue;
+            }
+            if self.ctx.health.hold(&delivery) {
+                held.push(Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Dead {
+                        error:
+                            "held: the destination is disabled (every attempt failed for the whole window); \
+                                enable it again to redrive"
+                                .to_owned(),
+                    },
+                    attempt: None,
+                });
+                continue;
+            }
+            match self.ctx.pacer.admit(&delivery, now) {
+                Pace::Go => go.push(delivery),
+                Pace::Wait(delay) => {
+                    if let Some(key) = &delivery.ordering_key {
+                        blocked.insert(Arc::clone(key));
+                    }
+                    held.push(Settlement {
+                        id: delivery.id,
+                        outcome: Outcome::Postpone { delay },
+                        attempt: None,
+                    });
+                }
+            }
+        }
+        (go, held)
+    }
+
+    /// Records outcomes, retrying until the outbox takes them (storage full or failing), since
+    /// otherwise the deliveries would stay claimed until the next start. `false` when it gave up
+    /// because the dispatcher is shutting down.
+    async fn settle(&self, settlements: Vec<Settlement>) -> bool {
+        if settlements.is_empty() {
+            return true;
+        }
+        let mut pause = OUTBOX_ERROR_PAUSE;
+        while let Err(e) = self.outbox.settle(settlements.clone()).await {
+            tracing::error!(channel = %self.ctx.channel, error = %e, ?pause, "cannot record delivery outcomes; retrying");
+            if *self.closing.borrow() {
+                // Shutting down: a durable outbox puts in-flight deliveries back at the next start.
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_OUTBOX_ERROR_PAUSE);
+        }
+        true
     }
 }
 

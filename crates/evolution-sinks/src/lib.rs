@@ -24,6 +24,8 @@
 
 pub mod build;
 mod dispatcher;
+mod health;
+mod pace;
 mod router;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -58,6 +60,7 @@ pub use evolution_sink_sqs as sqs;
 
 pub use dispatcher::{
     BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
-    EmitError, LATENCY_BUCKETS, LatencyHistogram, Routing, ShutdownReport,
+    EmitError, LATENCY_BUCKETS, LatencyHistogram, ReferenceHook, Routing, ShutdownReport,
 };
+pub use health::{DestinationHealth, DisabledHook, DisabledNotice, HealthState};
 pub use router::{CheckedSettings, Route, Router};

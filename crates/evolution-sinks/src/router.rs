@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 
 use evolution_events::naming::{RabbitmqNaming, SqsNaming};
 use evolution_events::{
-    Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, GlobalSettings,
-    InstanceName, InstanceSettings, NameError, NamingProfile, Scope, ValidationErrors, WebhookTarget,
+    Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, Filter,
+    GlobalSettings, InstanceName, InstanceSettings, NameError, NamingProfile, Scope, ValidationErrors,
+    WebhookTarget,
 };
 
 /// One delivery the Router wants: a channel, the scope that asked for it, the resolved destination.
@@ -18,6 +19,9 @@ pub struct Route {
     pub scope: Scope,
     /// Where it goes.
     pub destination: Destination,
+    /// The payload filter of the settings that asked for it: the delivery is made only for events
+    /// that pass it (evaluated per event by the Dispatcher, never cached).
+    pub filter: Option<Arc<Filter>>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +240,7 @@ impl Router {
                     Destination::Custom(CustomTarget {
                         target: custom.target.clone(),
                     }),
+                    None,
                 );
             }
         }
@@ -317,7 +322,13 @@ impl Router {
                 .is_ok()
             {
                 for route in more {
-                    push(&mut routes, route.channel, route.scope, route.destination);
+                    push(
+                        &mut routes,
+                        route.channel,
+                        route.scope,
+                        route.destination,
+                        route.filter.as_deref(),
+                    );
                 }
             }
         }
@@ -347,6 +358,7 @@ impl Router {
                 Channel::Webhook,
                 Scope::Instance,
                 Destination::Webhook(WebhookTarget {
+                    rate_limit: w.rate_limit,
                     url,
                     headers,
                     signing_secrets: if w.secrets.is_empty() {
@@ -357,6 +369,7 @@ impl Router {
                     payload_destination: (profile == NamingProfile::EvolutionV2).then(|| w.url.clone()),
                     base64: w.base64,
                 }),
+                settings.filter(Channel::Webhook),
             );
         }
         if (g.websocket.enabled || all_selected) && settings.websocket.is_some() && wants(Channel::Websocket)
@@ -367,6 +380,7 @@ impl Router {
                     Channel::Websocket,
                     Scope::Instance,
                     Destination::Websocket(t),
+                    settings.filter(Channel::Websocket),
                 );
             }
         }
@@ -377,19 +391,38 @@ impl Router {
                 Channel::Rabbitmq,
                 Scope::Instance,
                 Destination::Rabbitmq(t),
+                settings.filter(Channel::Rabbitmq),
             );
         }
         if (g.sqs.broker.enabled || all_selected) && settings.sqs.is_some() && wants(Channel::Sqs) {
             let t = profile.sqs(Scope::Instance, instance, kind, self.sqs_naming());
-            push(routes, Channel::Sqs, Scope::Instance, Destination::Sqs(t));
+            push(
+                routes,
+                Channel::Sqs,
+                Scope::Instance,
+                Destination::Sqs(t),
+                settings.filter(Channel::Sqs),
+            );
         }
         if (g.kafka.enabled || all_selected) && settings.kafka.is_some() && wants(Channel::Kafka) {
             let t = profile.kafka(Scope::Instance, instance, kind, &g.kafka.prefix);
-            push(routes, Channel::Kafka, Scope::Instance, Destination::Kafka(t));
+            push(
+                routes,
+                Channel::Kafka,
+                Scope::Instance,
+                Destination::Kafka(t),
+                settings.filter(Channel::Kafka),
+            );
         }
         if (g.nats.enabled || all_selected) && settings.nats.is_some() && wants(Channel::Nats) {
             let t = profile.nats(Scope::Instance, instance, kind, &g.nats.prefix);
-            push(routes, Channel::Nats, Scope::Instance, Destination::Nats(t));
+            push(
+                routes,
+                Channel::Nats,
+                Scope::Instance,
+                Destination::Nats(t),
+                settings.filter(Channel::Nats),
+            );
         }
         if let Some(p) = &settings.pusher
             && (g.pusher.enabled || all_selected)
@@ -401,7 +434,13 @@ impl Router {
                 app.port = app.port.or(g.pusher.port);
             }
             let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
-            push(routes, Channel::Pusher, Scope::Instance, Destination::Pusher(t));
+            push(
+                routes,
+                Channel::Pusher,
+                Scope::Instance,
+                Destination::Pusher(t),
+                settings.filter(Channel::Pusher),
+            );
         }
         Ok(())
     }
@@ -420,6 +459,7 @@ impl Router {
             let payload_destination = (profile == NamingProfile::EvolutionV2)
                 .then(|| format!("{}/{}", g.webhook.url, profile.webhook_segment(kind)));
             let target = WebhookTarget {
+                rate_limit: None,
                 url,
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
@@ -431,12 +471,14 @@ impl Router {
                 Channel::Webhook,
                 Scope::Global,
                 Destination::Webhook(target),
+                g.filters.get(&Channel::Webhook),
             );
         }
         if let Some(url) = &g.webhook.errors_url
             && kind == EventKind::Errors
         {
             let target = WebhookTarget {
+                rate_limit: None,
                 url: url.clone(),
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
@@ -448,6 +490,7 @@ impl Router {
                 Channel::Webhook,
                 Scope::Global,
                 Destination::Webhook(target),
+                None,
             );
         }
         if all
@@ -461,6 +504,7 @@ impl Router {
                     Channel::Websocket,
                     Scope::Global,
                     Destination::Websocket(t),
+                    g.filters.get(&Channel::Websocket),
                 );
             }
         }
@@ -469,19 +513,43 @@ impl Router {
         };
         if on(&g.rabbitmq) {
             let t = profile.rabbitmq(Scope::Global, instance, kind, self.rabbitmq_naming());
-            push(routes, Channel::Rabbitmq, Scope::Global, Destination::Rabbitmq(t));
+            push(
+                routes,
+                Channel::Rabbitmq,
+                Scope::Global,
+                Destination::Rabbitmq(t),
+                g.filters.get(&Channel::Rabbitmq),
+            );
         }
         if on(&g.sqs.broker) {
             let t = profile.sqs(Scope::Global, instance, kind, self.sqs_naming());
-            push(routes, Channel::Sqs, Scope::Global, Destination::Sqs(t));
+            push(
+                routes,
+                Channel::Sqs,
+                Scope::Global,
+                Destination::Sqs(t),
+                g.filters.get(&Channel::Sqs),
+            );
         }
         if on(&g.kafka) {
             let t = profile.kafka(Scope::Global, instance, kind, &g.kafka.prefix);
-            push(routes, Channel::Kafka, Scope::Global, Destination::Kafka(t));
+            push(
+                routes,
+                Channel::Kafka,
+                Scope::Global,
+                Destination::Kafka(t),
+                g.filters.get(&Channel::Kafka),
+            );
         }
         if on(&g.nats) {
             let t = profile.nats(Scope::Global, instance, kind, &g.nats.prefix);
-            push(routes, Channel::Nats, Scope::Global, Destination::Nats(t));
+            push(
+                routes,
+                Channel::Nats,
+                Scope::Global,
+                Destination::Nats(t),
+                g.filters.get(&Channel::Nats),
+            );
         }
         if let Some(app) = &g.pusher.app
             && (all || (g.pusher.enabled && g.pusher.global_enabled && g.pusher.events.contains(&kind)))
@@ -492,7 +560,13 @@ impl Router {
                 app.port = app.port.or(g.pusher.port);
             }
             let t = profile.pusher(instance, kind, &g.pusher_prefix, app);
-            push(routes, Channel::Pusher, Scope::Global, Destination::Pusher(t));
+            push(
+                routes,
+                Channel::Pusher,
+                Scope::Global,
+                Destination::Pusher(t),
+                g.filters.get(&Channel::Pusher),
+            );
         }
     }
 
@@ -528,7 +602,13 @@ fn invalid_names(routes: Vec<Route>, errors: &mut Vec<FieldError>) {
 }
 
 /// Adds a route unless the same channel already has the same destination.
-fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: Destination) {
+fn push(
+    routes: &mut Vec<Route>,
+    channel: Channel,
+    scope: Scope,
+    destination: Destination,
+    filter: Option<&Filter>,
+) {
     // The same target whatever the payload names as its `destination`.
     let same = |a: &Destination, b: &Destination| match (a, b) {
         (Destination::Webhook(a), Destination::Webhook(b)) => {
@@ -544,6 +624,7 @@ fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: De
             channel,
             scope,
             destination,
+            filter: filter.map(|f| Arc::new(f.clone())),
         });
     }
 }

@@ -488,3 +488,62 @@ async fn checked_settings_route_like_unchecked_ones_and_only_on_the_router_that_
     assert!(matches!(err, EmitError::Routing(_)), "{err}");
     assert!(err.to_string().contains("at most 80"), "{err}");
 }
+
+#[tokio::test]
+async fn a_filter_is_evaluated_on_every_event_of_a_planned_kind() {
+    let mut g = GlobalSettings::default();
+    g.nats.enabled = true;
+    g.kafka.enabled = true;
+    g.kafka.global_enabled = true;
+    g.kafka.events.insert(EventKind::MessagesUpsert);
+    g.filters.insert(
+        Channel::Kafka,
+        evolution_events::Filter::parse(&json!({"data.n": {"$nin": [0, 1]}}), "KAFKA_GLOBAL_FILTER").unwrap(),
+    );
+    let router = Router::new(g).unwrap();
+    let s = settings(json!({
+        "webhook": {"enabled": true, "url": "http://receiver.test/hook"},
+        "nats": {"enabled": true, "filter": {"$or": [{"data.n": 1}, {"data.n": {"$eq": 3}}]}}
+    }));
+    let checked = router.check(&InstanceName::new("acme").unwrap(), s).unwrap();
+    let (webhook, nats, kafka) = (
+        MemorySink::new(Channel::Webhook),
+        MemorySink::new(Channel::Nats),
+        MemorySink::new(Channel::Kafka),
+    );
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router)
+        .sink(Arc::new(webhook.clone()))
+        .sink(Arc::new(nats.clone()))
+        .sink(Arc::new(kafka.clone()))
+        .start()
+        .unwrap();
+    // The plan of MESSAGES_UPSERT is made on the first event and reused; the filters are not.
+    for n in 0..5 {
+        d.emit(event("acme", n), &checked).await.unwrap();
+    }
+    let n_of = |r: &evolution_sink_testkit::Received| {
+        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["data"]["n"].clone()
+    };
+    assert_eq!(webhook.wait_for(5, Duration::from_secs(10)).await.len(), 5);
+    let got: Vec<_> = nats
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(n_of)
+        .collect();
+    assert_eq!(got, [json!(1), json!(3)]);
+    let got: Vec<_> = kafka
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(n_of)
+        .collect();
+    assert_eq!(got, [json!(2), json!(3), json!(4)]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        nats.received().len(),
+        2,
+        "filtered-out deliveries were never made"
+    );
+    assert_eq!(kafka.received().len(), 3);
+}

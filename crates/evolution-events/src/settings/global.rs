@@ -1,6 +1,8 @@
 //! Global settings: what the environment configures about routing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Filter;
 
 use crate::channel::Channel;
 use crate::config::Vars;
@@ -146,6 +148,8 @@ pub struct GlobalSettings {
     pub pusher: GlobalPusher,
     /// Prefix of Pusher channel names in the `seed` profile (`evolution`).
     pub pusher_prefix: String,
+    /// `<CHANNEL>_GLOBAL_FILTER`: the payload filter of each channel's global deliveries.
+    pub filters: BTreeMap<Channel, Filter>,
     /// `SERVER_NAME` as given (`evolution`): the `evolution-v2` SQS payload's `server` and part of
     /// its global message groups.
     pub server_name: String,
@@ -182,6 +186,7 @@ impl Default for GlobalSettings {
             nats: GlobalBroker::default(),
             pusher: GlobalPusher::default(),
             pusher_prefix: "evolution".to_owned(),
+            filters: BTreeMap::new(),
             server_name: "evolution".to_owned(),
         }
     }

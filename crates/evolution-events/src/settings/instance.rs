@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::EventSelection;
+use super::filter::Filter;
 use super::reader::{FieldError, Need, Reader, ValidationErrors, as_object, finish, join, read};
 use crate::channel::Channel;
 use crate::destination::PusherApp;
@@ -25,6 +26,9 @@ pub struct ChannelSettings {
     pub enabled: bool,
     /// Which events (empty = all). Kept when `enabled` is false.
     pub events: EventSelection,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 /// The per-instance webhook: `{"enabled","url","events","headers","base64","byEvents"}`.
@@ -51,6 +55,13 @@ pub struct WebhookSettings {
         serialize_with = "one_or_many"
     )]
     pub secrets: Vec<Sensitive>,
+    /// `rateLimit`: at most this many events per second reach the URL (the Dispatcher spaces them
+    /// out, other destinations unaffected); none: as fast as it goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 fn one_or_many<S: serde::Serializer>(secrets: &[Sensitive], serializer: S) -> Result<S::Ok, S::Error> {
@@ -112,6 +123,9 @@ pub struct PusherSettings {
     /// API port override.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Only events whose payload passes this filter (`filter`); none: every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 impl PusherSettings {
@@ -177,6 +191,21 @@ impl InstanceSettings {
             Channel::Custom(_) => return false,
         };
         enabled && events.matches(kind)
+    }
+
+    /// The payload filter of `channel`'s settings, if any.
+    #[must_use]
+    pub fn filter(&self, channel: Channel) -> Option<&Filter> {
+        match channel {
+            Channel::Webhook => self.webhook.as_ref()?.filter.as_ref(),
+            Channel::Pusher => self.pusher.as_ref()?.filter.as_ref(),
+            Channel::Websocket => self.websocket.as_ref()?.filter.as_ref(),
+            Channel::Rabbitmq => self.rabbitmq.as_ref()?.filter.as_ref(),
+            Channel::Sqs => self.sqs.as_ref()?.filter.as_ref(),
+            Channel::Kafka => self.kafka.as_ref()?.filter.as_ref(),
+            Channel::Nats => self.nats.as_ref()?.filter.as_ref(),
+            Channel::Custom(_) => None,
+        }
     }
 
     fn basic(settings: Option<&ChannelSettings>, kind: EventKind) -> bool {
@@ -284,9 +313,14 @@ impl ChannelSettings {
         let mut r = Reader::new(value, path, errors)?;
         let enabled = r.bool("enabled", Need::Required);
         let events = r.events("events");
+        let filter = r.filter("filter");
         r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
-        Some(Self { enabled, events })
+        Some(Self {
+            enabled,
+            events,
+            filter,
+        })
     }
 }
 
@@ -316,6 +350,8 @@ impl WebhookSettings {
         let base64 = r.bool_aliased(&["base64", "webhookBase64", "webhook_base64"]);
         let by_events = r.bool_aliased(&["byEvents", "webhookByEvents", "webhook_by_events"]);
         let secrets = r.secrets("secret");
+        let rate_limit = r.rate("rateLimit");
+        let filter = r.filter("filter");
         r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
         Some(Self {
@@ -326,6 +362,8 @@ impl WebhookSettings {
             base64,
             by_events,
             secrets,
+            rate_limit,
+            filter,
         })
     }
 
@@ -364,6 +402,7 @@ impl PusherSettings {
         let events = r.events("events");
         let host = r.optional_string("host");
         let port = r.port("port");
+        let filter = r.filter("filter");
         r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
         Some(Self {
@@ -376,6 +415,7 @@ impl PusherSettings {
             events,
             host,
             port,
+            filter,
         })
     }
 

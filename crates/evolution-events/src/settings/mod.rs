@@ -8,11 +8,13 @@
 //! (`instance`), the JSON validation reader that parses them (`reader`) and the global settings
 //! (`global`).
 
+mod filter;
 mod global;
 mod instance;
 mod reader;
 mod selection;
 
+pub use filter::Filter;
 pub use global::{GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs, GlobalWebhook, GlobalWebsocket};
 pub use instance::{ChannelSettings, InstanceSettings, PusherSettings, WebhookSettings, redact_url};
 pub use reader::{FieldError, ValidationErrors, check_signing_secret};

@@ -8,8 +8,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::EventSelection;
+use super::filter::Filter;
 use crate::kind::EventKind;
 use crate::secret::Sensitive;
+
+/// The highest `rateLimit` (events per second) a destination may set.
+pub(crate) const MAX_RATE: u32 = 10_000;
 
 /// One problem in a settings document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -318,6 +322,33 @@ impl<'a> Reader<'a> {
             }
         }
         out
+    }
+
+    /// A rate in events per second: a whole number from 1 to [`MAX_RATE`].
+    pub(super) fn rate(&mut self, field: &'static str) -> Option<u32> {
+        let value = self.get(field, Need::Optional)?;
+        match value.as_u64().filter(|n| (1..=u64::from(MAX_RATE)).contains(n)) {
+            Some(n) => u32::try_from(n).ok(),
+            None => {
+                self.error(
+                    field,
+                    format!("expected events per second, a whole number from 1 to {MAX_RATE}, got {value}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A payload filter ([`Filter`]); its problems are named under `<path>.<field>`.
+    pub(super) fn filter(&mut self, field: &'static str) -> Option<Filter> {
+        let value = self.get(field, Need::Optional)?;
+        match Filter::parse(value, &join(&self.path, field)) {
+            Ok(filter) => Some(filter),
+            Err(problems) => {
+                self.errors.extend(problems);
+                None
+            }
+        }
     }
 
     pub(super) fn finish(self) {

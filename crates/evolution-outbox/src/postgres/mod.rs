@@ -576,6 +576,17 @@ impl Outbox for PostgresOutbox {
             .map_err(|e| self.inner.error("look up an event", &e))
     }
 
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        read::events_after(&self.inner, instance, after, limit)
+            .await
+            .map_err(|e| self.inner.error("read the events after a sequence", &e))
+    }
+
     async fn deliveries_after(
         &self,
         channel: Channel,

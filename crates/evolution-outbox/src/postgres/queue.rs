@@ -203,6 +203,7 @@ pub(super) async fn settle(inner: &Inner, settlements: &[Settlement]) -> Result<
             Outcome::Delivered => (0i64, 0, None, "delivered"),
             Outcome::Retry { delay, error } => (1, duration_ms(*delay), Some(error.as_str()), "retry"),
             Outcome::Requeue => (2, 0, None, ""),
+            Outcome::Postpone { delay } => (2, duration_ms(*delay), None, ""),
             Outcome::Dead { error } => (3, 0, Some(error.as_str()), "dead"),
         };
         ids.push(id);

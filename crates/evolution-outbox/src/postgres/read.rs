@@ -92,6 +92,26 @@ pub(super) async fn event(
         .transpose()
 }
 
+pub(super) async fn events_after(
+    inner: &Inner,
+    instance: &InstanceName,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, DbError> {
+    let rows = sqlx::query(
+        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
+         FROM events WHERE instance = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+    )
+    .bind(instance.as_str())
+    .bind(to_i64(after))
+    .bind(to_i64(limit as u64))
+    .fetch_all(&inner.pool)
+    .await?;
+    rows.iter()
+        .map(|row| stored_event(row).map_err(DbError::Invalid))
+        .collect()
+}
+
 pub(super) async fn deliveries_after(
     inner: &Inner,
     channel: Channel,

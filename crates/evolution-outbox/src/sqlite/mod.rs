@@ -379,6 +379,28 @@ impl Outbox for SqliteOutbox {
         })
     }
 
+    async fn events_after(
+        &self,
+        instance: &InstanceName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        let name = instance.clone();
+        let found = self
+            .read("the events after a sequence", move |conn| {
+                read::events_after(conn, &name, after, limit)
+            })
+            .await?;
+        found
+            .into_iter()
+            .map(|event| {
+                event.map_err(|e| {
+                    OutboxError::Storage(format!("an event of instance {instance} is unreadable: {e}"))
+                })
+            })
+            .collect()
+    }
+
     async fn deliveries_after(
         &self,
         channel: Channel,

@@ -198,6 +198,7 @@ pub(super) fn settle(
                 (1, now.saturating_add(duration_ms(delay)), Some(error), "retry")
             }
             Outcome::Requeue => (2, now, None, ""),
+            Outcome::Postpone { delay } => (2, now.saturating_add(duration_ms(delay)), None, ""),
             Outcome::Dead { error } => (3, 0, Some(error), "dead"),
         };
         let mut rows = update

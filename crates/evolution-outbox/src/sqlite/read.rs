@@ -159,6 +159,23 @@ pub(super) fn event(
     .optional()
 }
 
+pub(super) fn events_after(
+    conn: &Connection,
+    instance: &InstanceName,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Result<StoredEvent, String>>, rusqlite::Error> {
+    let mut statement = conn.prepare_cached(
+        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
+         FROM events WHERE instance = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+    )?;
+    let rows = statement.query_map(
+        params![instance.as_str(), to_i64(after), to_i64(limit as u64)],
+        |row| Ok(stored_event(row)),
+    )?;
+    rows.collect()
+}
+
 pub(super) fn deliveries_after(
     conn: &Connection,
     channel: Channel,

@@ -198,6 +198,8 @@ pub use evolution_outbox::testing::PostgresSchema as Schema;
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Hit {
+    /// When it arrived.
+    pub at: Instant,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -208,6 +210,10 @@ pub struct Hit {
 struct ReceiverState {
     hits: Mutex<Vec<Hit>>,
     status: Mutex<u16>,
+    /// The answer to the next request only (status, `Retry-After`), then `status` again.
+    once: Mutex<Option<(u16, Option<String>)>>,
+    /// When each request answered with `once` arrived.
+    refused: Mutex<Vec<Instant>>,
 }
 
 /// A real HTTP receiver on 127.0.0.1 that records every request and answers `status` (200).
@@ -224,8 +230,8 @@ impl Receiver {
 
     pub async fn start_on(port: u16) -> Self {
         let state = Arc::new(ReceiverState {
-            hits: Mutex::new(Vec::new()),
             status: Mutex::new(200),
+            ..ReceiverState::default()
         });
         let app = axum::Router::new()
             .fallback(record)
@@ -242,6 +248,17 @@ impl Receiver {
 
     pub fn set_status(&self, status: u16) {
         *self.state.status.lock().unwrap() = status;
+    }
+
+    /// Answers the next request with `status` and a `Retry-After: retry_after` header (recording
+    /// when it came in [`Receiver::refused`]), then the usual status again.
+    pub fn answer_once(&self, status: u16, retry_after: Option<&str>) {
+        *self.state.once.lock().unwrap() = Some((status, retry_after.map(str::to_owned)));
+    }
+
+    /// When the requests answered by [`Receiver::answer_once`] arrived.
+    pub fn refused(&self) -> Vec<Instant> {
+        self.state.refused.lock().unwrap().clone()
     }
 
     pub fn hits(&self) -> Vec<Hit> {
@@ -266,19 +283,30 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let at = Instant::now();
+    if let Some((status, retry_after)) = state.once.lock().unwrap().take() {
+        state.refused.lock().unwrap().push(at);
+        let status = StatusCode::from_u16(status).unwrap();
+        return match retry_after {
+            Some(value) => (status, [("retry-after", value)]).into_response(),
+            None => status.into_response(),
+        };
+    }
     let status = *state.status.lock().unwrap();
     if status < 300 {
         let raw = String::from_utf8_lossy(&body).into_owned();
         let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
         state.hits.lock().unwrap().push(Hit {
+            at,
             path: uri.to_string(),
             headers,
             body,
             raw,
         });
     }
-    StatusCode::from_u16(status).unwrap()
+    StatusCode::from_u16(status).unwrap().into_response()
 }
 
 /// The specification's RabbitMQ consumer: declares the durable topic exchange, an exclusive
@@ -450,6 +478,143 @@ pub fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
     assert_eq!(body["data"], seed_event(kind)["data"], "{text}");
     assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
     assert_eq!(body["apikey"], Value::Null, "no secret by default");
+}
+
+/// The filter the filter tests set on each channel: messages not sent by me, in groups.
+pub fn group_filter() -> Value {
+    serde_json::json!({"data.key.fromMe": false, "data": {"key": {"remoteJid": {"$endsWith": "@g.us"}}}})
+}
+
+/// A MESSAGES_UPSERT whose key has `from_me` and `remote_jid`.
+pub fn message(from_me: bool, remote_jid: &str) -> Value {
+    serde_json::json!({"event": "MESSAGES_UPSERT", "data": {
+        "key": {"remoteJid": remote_jid, "fromMe": from_me, "id": unique()},
+        "message": {"conversation": "olá"}}})
+}
+
+/// Posts a direct message, a group message sent by me, a group message sent by someone else (in
+/// that order) and returns their ids; [`group_filter`] lets only the third through.
+pub async fn post_filtered(server: &Server, instance: &str) -> Vec<String> {
+    post_events(
+        server,
+        instance,
+        serde_json::json!([
+            message(false, "5511999999999@s.whatsapp.net"),
+            message(true, "120363000000000000@g.us"),
+            message(false, "120363000000000000@g.us"),
+        ]),
+    )
+    .await
+}
+
+/// The delivery log of `instance` on `channel` holds deliveries of the events `ids` only (Socket.IO
+/// makes two per event): the events the filters refused were never enqueued.
+pub async fn assert_only_logged(server: &Server, instance: &str, channel: &str, ids: &[&str]) {
+    let (status, log) = server
+        .call(
+            "GET",
+            &format!("/deliveries/{instance}?channel={channel}&limit=1000"),
+            Some(API_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let mut logged: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    logged.sort_unstable();
+    logged.dedup();
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    assert_eq!(logged, want, "{channel} log: {log}");
+}
+
+/// `POST /{channel}/set/{instance}` with a filter that has an unknown operator and a bad operand:
+/// a 400 naming the path and the operator, and nothing stored.
+pub async fn assert_bad_filter_refused(server: &Server, instance: &str, channel: &str, mut settings: Value) {
+    let (_, before) = server
+        .call("GET", &format!("/{channel}/find/{instance}"), Some(API_KEY), None)
+        .await;
+    settings["filter"] =
+        serde_json::json!({"data.key.fromMe": {"$eqq": false}, "data.key.remoteJid": {"$endsWith": 1}});
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/{channel}/set/{instance}"),
+            Some(API_KEY),
+            Some(serde_json::json!({ channel: settings })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = body.to_string();
+    for needle in [
+        format!("{channel}.filter.data.key.fromMe.$eqq: unknown operator `$eqq` on path `data.key.fromMe`"),
+        format!(
+            "{channel}.filter.data.key.remoteJid.$endsWith: `$endsWith` on path `data.key.remoteJid` takes a string"
+        ),
+    ] {
+        assert!(text.contains(&needle), "missing {needle} in {text}");
+    }
+    let (_, after) = server
+        .call("GET", &format!("/{channel}/find/{instance}"), Some(API_KEY), None)
+        .await;
+    assert_eq!(before, after, "nothing stored");
+}
+
+/// A MESSAGES_UPSERT whose data carries `pad` (to make it larger than a channel's limit).
+pub fn padded(pad: &str) -> Value {
+    serde_json::json!({"event": "MESSAGES_UPSERT", "data": {"key": {"id": "BIG"}, "pad": pad}})
+}
+
+/// Checks a reference body (`<CHANNEL>_OVERSIZE=reference`) for event `id` of `instance` whose data
+/// holds `pad`: its fields, its URL fetching the whole event without an apikey, and a changed
+/// signature or expiry refused with 403. Returns the URL.
+pub async fn check_reference(reference: &Value, id: &str, instance: &str, pad: &str) -> String {
+    assert_eq!(reference["id"], id, "{reference}");
+    assert_eq!(reference["event"], "MESSAGES_UPSERT", "{reference}");
+    assert_eq!(reference["instance"], instance, "{reference}");
+    assert!(reference["sequence"].as_u64().unwrap() > 0, "{reference}");
+    assert_eq!(reference["truncated"], true, "{reference}");
+    assert!(reference["expires_at"].is_string(), "{reference}");
+    let url = reference["url"].as_str().unwrap().to_owned();
+    check_reference_url(&url, id, pad).await;
+    url
+}
+
+/// The reference URL `url` gives the whole event `id` (data holding `pad`) without an apikey; a
+/// changed signature or expiry gets 403.
+pub async fn check_reference_url(url: &str, id: &str, pad: &str) {
+    let client = reqwest::Client::new();
+    let whole = client.get(url).send().await.unwrap();
+    assert_eq!(whole.status(), 200, "{url}");
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["id"], id);
+    assert_eq!(whole["data"]["pad"], pad);
+    let last = url.chars().last().unwrap();
+    let tampered = format!("{}{}", &url[..url.len() - 1], if last == '0' { '1' } else { '0' });
+    let answer = client.get(&tampered).send().await.unwrap();
+    assert_eq!(answer.status(), 403, "a changed signature");
+    assert!(answer.text().await.unwrap().contains("signature"));
+    let (before, after) = url.split_once("expires=").unwrap();
+    let (expires, rest) = after.split_once('&').unwrap();
+    let later = format!(
+        "{before}expires={}&{rest}",
+        expires.parse::<u64>().unwrap() + 3600
+    );
+    assert_eq!(
+        client.get(&later).send().await.unwrap().status(),
+        403,
+        "a changed expiry"
+    );
+    let unsigned = url.split_once('?').unwrap().0;
+    assert_eq!(
+        client.get(unsigned).send().await.unwrap().status(),
+        403,
+        "no signature"
+    );
 }
 
 /// `SERVER_URL` of the servers whose messages are compared with the golden bodies.

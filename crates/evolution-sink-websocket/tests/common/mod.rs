@@ -230,6 +230,7 @@ pub fn deliveries(instance: &str, global: bool) -> (Arc<EventEnvelope>, Vec<Deli
     for scope in scopes {
         for target in NamingProfile::Seed.websocket(scope, &name, EventKind::MessagesUpsert) {
             out.push(Delivery {
+                body: None,
                 id: out.len() as u64 + 1,
                 channel: Channel::Websocket,
                 scope,
