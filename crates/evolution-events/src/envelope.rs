@@ -12,6 +12,7 @@ use crate::instance::InstanceName;
 use crate::kind::EventKind;
 use crate::naming::NamingProfile;
 use crate::secret::Sensitive;
+use crate::trace::TraceContext;
 
 /// One event, as accepted from a producer.
 ///
@@ -29,6 +30,7 @@ pub struct EventEnvelope {
     server_url: Option<String>,
     apikey: Option<Sensitive>,
     sequence: u64,
+    trace: Option<TraceContext>,
     payloads: [OnceLock<Bytes>; 2],
 }
 
@@ -60,6 +62,7 @@ impl EventEnvelope {
             server_url: None,
             apikey: None,
             sequence: 0,
+            trace: None,
             payloads: [OnceLock::new(), OnceLock::new()],
         }
     }
@@ -112,6 +115,14 @@ impl EventEnvelope {
         self
     }
 
+    /// Sets the W3C trace context the event belongs to (its ingest span's; see
+    /// [`crate::trace`]). It is not part of the payload: each channel carries it in its headers.
+    #[must_use]
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+
     fn reset(&mut self) {
         self.payloads = [OnceLock::new(), OnceLock::new()];
     }
@@ -160,6 +171,12 @@ impl EventEnvelope {
     #[must_use]
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+
+    /// The W3C trace context, if the event has one.
+    #[must_use]
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// The JSON payload for `profile`, serialized on first use and shared afterwards.

@@ -21,6 +21,7 @@ pub mod rules;
 pub mod secret;
 pub mod settings;
 pub mod sink;
+pub mod trace;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
@@ -46,4 +47,5 @@ pub use settings::{
     check_signing_secret, redact_url,
 };
 pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
+pub use trace::{TraceContext, TraceContextError};
 pub use uuid::Uuid;

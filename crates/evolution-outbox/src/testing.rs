@@ -25,7 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use evolution_events::{
     Channel, CustomTarget, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName,
-    NamingProfile, RawValue, Scope, Uuid,
+    NamingProfile, RawValue, Scope, TraceContext, Uuid,
 };
 use tokio::sync::Notify;
 
@@ -113,6 +113,7 @@ macro_rules! outbox_contract_suite {
             event_lookup,
             deliveries_after_replays_what_a_client_missed,
             delivery_log_reports_each_delivery,
+            trace_context_travels_with_the_event,
         );
     };
 }
@@ -2184,5 +2185,87 @@ pub async fn delivery_log_reports_each_delivery<F: OutboxFixture>(fx: &F) {
         log2.iter().map(|r| (r.status, r.attempts)).collect::<Vec<_>>(),
         vec![(DeliveryStatus::Delivered, 2)],
         "a delivery delivered at its second attempt"
+    );
+}
+
+/// **Trace context.** An event's W3C trace context (`traceparent` and `tracestate`) comes back
+/// with every claimed delivery of the event, from the event lookup and the dead letters, and after
+/// reopening a durable outbox; an event without one comes back without one.
+pub async fn trace_context_travels_with_the_event<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "trace_context_travels_with_the_event";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    let trace = match TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    ) {
+        Ok(trace) => trace,
+        Err(e) => panic!("outbox contract case `{CASE}`: {e}"),
+    };
+    let mut traced = new_event(CHANNEL, "a", 2, None);
+    traced.envelope = traced.envelope.with_trace(Some(trace.clone()));
+    let stored = enqueue(CASE, o, vec![traced, new_event(CHANNEL, "a", 1, None)]).await;
+    rule_eq!(
+        CASE,
+        stored[0].trace(),
+        Some(&trace),
+        "enqueue returns the event with its trace context"
+    );
+    let claimed = claim_all(CASE, o, CHANNEL).await;
+    let mut got: Vec<(Uuid, Option<TraceContext>)> = claimed
+        .iter()
+        .map(|d| (d.envelope.id(), d.envelope.trace().cloned()))
+        .collect();
+    got.sort_by_key(|(id, _)| *id);
+    let mut want = vec![
+        (stored[0].id(), Some(trace.clone())),
+        (stored[0].id(), Some(trace.clone())),
+        (stored[1].id(), None),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    rule_eq!(
+        CASE,
+        got,
+        want,
+        "each claimed delivery carries its event's trace context (none for an event without one)"
+    );
+    let found = ok(CASE, "event", o.event(&instance("a"), stored[0].id()).await);
+    rule_eq!(
+        CASE,
+        found.as_ref().and_then(|f| f.envelope.trace().cloned()),
+        Some(trace.clone()),
+        "the event lookup returns the trace context"
+    );
+    let first = claimed.iter().find(|d| d.envelope.id() == stored[0].id());
+    if let Some(first) = first {
+        settle(CASE, o, vec![settlement(first.id, dead("gone"))]).await;
+    }
+    let letters = ok(CASE, "dead_letters", o.dead_letters(Some(CHANNEL), 10).await);
+    rule_eq!(
+        CASE,
+        letters
+            .iter()
+            .map(|d| d.delivery.envelope.trace().cloned())
+            .collect::<Vec<_>>(),
+        vec![Some(trace.clone())],
+        "a dead letter keeps its event's trace context"
+    );
+    let Some(outbox) = fx.reopen(outbox).await else {
+        report_skip(CASE, "the backend is not durable");
+        return;
+    };
+    let again = claim_all(CASE, &*outbox, CHANNEL).await;
+    rule!(
+        CASE,
+        again.iter().all(
+            |d| d.envelope.trace().cloned() == (d.envelope.id() == stored[0].id()).then(|| trace.clone())
+        ),
+        "after reopening, claimed deliveries still carry their trace contexts"
+    );
+    rule_eq!(
+        CASE,
+        again.len(),
+        2,
+        "the in-flight deliveries are due again after reopening"
     );
 }

@@ -6,7 +6,10 @@ use sqlx::{Connection, Executor, PgConnection};
 use super::{DbError, lock_id};
 
 /// The migrations, in order; `schema_version.version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_outbox.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_outbox.sql"),
+    include_str!("../../migrations/postgres/0002_trace_context.sql"),
+];
 
 /// The default schema of the outbox's tables.
 pub const DEFAULT_SCHEMA: &str = "evolution_events";

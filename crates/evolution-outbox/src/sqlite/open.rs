@@ -116,9 +116,10 @@ impl Opener {
 
 /// The schema, one step per file of `migrations/`, applied in order; `PRAGMA user_version` holds
 /// the last step applied.
-const MIGRATIONS: [(i64, &str); 2] = [
+const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../../migrations/0001_outbox.sql")),
     (2, include_str!("../../migrations/0002_event_uuid.sql")),
+    (3, include_str!("../../migrations/0003_trace_context.sql")),
 ];
 
 /// Brings the schema up to date. Databases written by earlier versions, which recorded their
