@@ -7,6 +7,11 @@
 
 use std::fmt;
 
+/// The name of the `traceparent` header (and message property).
+pub const TRACEPARENT: &str = "traceparent";
+/// The name of the `tracestate` header (and message property).
+pub const TRACESTATE: &str = "tracestate";
+
 /// The longest `tracestate` kept (the W3C limit a vendor must propagate is 512 characters).
 pub const MAX_TRACESTATE_LEN: usize = 512;
 
@@ -115,6 +120,13 @@ impl TraceContext {
     #[must_use]
     pub fn tracestate(&self) -> Option<&str> {
         self.state.as_deref()
+    }
+
+    /// The header (or message property) names and values a delivery carries: `traceparent`, and
+    /// `tracestate` when there is one. Every channel with headers uses these names.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        std::iter::once((TRACEPARENT, self.traceparent()))
+            .chain(self.state.as_deref().map(|s| (TRACESTATE, s.to_owned())))
     }
 
     /// The trace id.

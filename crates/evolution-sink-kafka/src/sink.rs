@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
-    KafkaTarget, Retry, SinkError, async_trait,
+    KafkaTarget, Retry, SinkError, TraceContext, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -552,11 +552,18 @@ impl EventSink for KafkaSink {
             }
             let payload = delivery.payload();
             let id = delivery.envelope.id().to_string();
-            let headers = [
+            let trace: Vec<(&str, String)> = delivery
+                .envelope
+                .trace()
+                .into_iter()
+                .flat_map(TraceContext::headers)
+                .collect();
+            let mut headers = vec![
                 ("event", delivery.profile.payload_event(delivery.envelope.kind())),
                 ("instance", delivery.envelope.instance().as_str()),
                 ("id", id.as_str()),
             ];
+            headers.extend(trace.iter().map(|(name, value)| (*name, value.as_str())));
             let queued = loop {
                 match producer.send_result(record(target, &payload, &headers)) {
                     Ok(future) => break Ok(future),

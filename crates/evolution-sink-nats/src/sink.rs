@@ -10,7 +10,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 use evolution_events::reconnect::{self, Health, Reconnect, backoff};
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry,
-    SinkError, async_trait,
+    SinkError, TraceContext, async_trait,
 };
 use tokio::sync::Mutex;
 
@@ -411,7 +411,7 @@ impl NatsSink {
 }
 
 /// The headers of a delivery: `Nats-Msg-Id` (JetStream de-duplication), `event`, `instance`,
-/// `id`, `Content-Type`.
+/// `id`, `Content-Type`, and the event's `traceparent` / `tracestate`.
 fn headers(delivery: &Delivery) -> HeaderMap {
     let envelope = &delivery.envelope;
     let id = envelope.id().to_string();
@@ -421,6 +421,9 @@ fn headers(delivery: &Delivery) -> HeaderMap {
     headers.insert("instance", envelope.instance().as_str());
     headers.insert("id", id.as_str());
     headers.insert("Content-Type", "application/json");
+    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+        headers.insert(name, value.as_str());
+    }
     headers
 }
 

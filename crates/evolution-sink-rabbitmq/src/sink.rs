@@ -7,7 +7,7 @@ use std::time::Duration;
 use evolution_events::reconnect::{self, Health, Reconnect};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, RabbitmqTarget,
-    Retry, SinkError, async_trait,
+    Retry, SinkError, TraceContext, async_trait,
 };
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -315,7 +315,8 @@ impl RabbitmqSink {
     }
 }
 
-/// The AMQP properties of a delivery.
+/// The AMQP properties of a delivery; the headers table carries `event`, `instance`, `id` and the
+/// event's `traceparent` / `tracestate`.
 fn properties(delivery: &Delivery) -> BasicProperties {
     let envelope = &delivery.envelope;
     let id = envelope.id().to_string();
@@ -327,6 +328,9 @@ fn properties(delivery: &Delivery) -> BasicProperties {
         AMQPValue::LongString(LongString::from(envelope.instance().as_str())),
     );
     headers.insert("id".into(), AMQPValue::LongString(LongString::from(id.as_str())));
+    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)

@@ -348,7 +348,7 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let headers = request::headers(
+    let mut headers = request::headers(
         &label,
         &shared.user_agent,
         delivery.envelope.id(),
@@ -356,6 +356,7 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
         &body,
         now,
     )?;
+    request::trace_headers(&mut headers, delivery.envelope.trace());
     let limit = shared.host_limit(&url);
     let _permit = limit
         .acquire()

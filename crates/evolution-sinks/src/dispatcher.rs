@@ -144,6 +144,24 @@ pub struct DeadNotice {
 /// Called for every delivery given up, after the outbox recorded it.
 pub type DeadHook = Arc<dyn Fn(DeadNotice) + Send + Sync>;
 
+/// One attempt to send one delivery, for [`DispatcherBuilder::on_attempt`] (a tracing span per
+/// attempt, say).
+#[derive(Debug)]
+pub struct AttemptNotice<'a> {
+    /// The delivery, as attempted (`attempt` counts from 1).
+    pub delivery: &'a Delivery,
+    /// When the batch holding it was handed to the sink (wall clock).
+    pub started: std::time::SystemTime,
+    /// How long the sink took with that batch.
+    pub elapsed: Duration,
+    /// Why the attempt failed (`None`: delivered). A delivery sent after a failed one of its
+    /// ordering key in the same batch is sent again later: its notice reports its own outcome.
+    pub error: Option<&'a SinkError>,
+}
+
+/// Called for every attempt, see [`DispatcherBuilder::on_attempt`].
+pub type AttemptHook = Arc<dyn Fn(AttemptNotice<'_>) + Send + Sync>;
+
 /// Counters of one channel since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ChannelCounters {
@@ -234,6 +252,7 @@ pub struct DispatcherBuilder {
     router: Router,
     sinks: Vec<(Arc<dyn EventSink>, ChannelConfig)>,
     on_dead: Option<DeadHook>,
+    on_attempt: Option<AttemptHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -243,6 +262,7 @@ impl std::fmt::Debug for DispatcherBuilder {
             .field("router", &self.router)
             .field("sinks", &self.sinks)
             .field("on_dead", &self.on_dead.is_some())
+            .field("on_attempt", &self.on_attempt.is_some())
             .finish()
     }
 }
@@ -267,6 +287,15 @@ impl DispatcherBuilder {
     #[must_use]
     pub fn on_dead(mut self, hook: impl Fn(DeadNotice) + Send + Sync + 'static) -> Self {
         self.on_dead = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` once per delivery for every attempt to send it, when the sink has answered
+    /// (before the outbox records the outcome). It runs on a worker: keep it short and
+    /// non-blocking.
+    #[must_use]
+    pub fn on_attempt(mut self, hook: impl Fn(AttemptNotice<'_>) + Send + Sync + 'static) -> Self {
+        self.on_attempt = Some(Arc::new(hook));
         self
     }
 
@@ -310,6 +339,7 @@ impl DispatcherBuilder {
                     outbox: Arc::clone(&self.outbox),
                     closing: closing.subscribe(),
                     on_dead: self.on_dead.clone(),
+                    on_attempt: self.on_attempt.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -369,6 +399,7 @@ impl Dispatcher {
             router,
             sinks: Vec::new(),
             on_dead: None,
+            on_attempt: None,
         }
     }
 
@@ -636,6 +667,7 @@ struct Worker {
     outbox: Arc<dyn Outbox>,
     closing: watch::Receiver<bool>,
     on_dead: Option<DeadHook>,
+    on_attempt: Option<AttemptHook>,
 }
 
 impl Worker {
@@ -696,17 +728,19 @@ impl Worker {
             .batches
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         let sends = chunks.iter().map(|chunk| async move {
-            let started = Instant::now();
+            let (started, wall) = (Instant::now(), std::time::SystemTime::now());
             let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(chunk)).await;
-            (sent, started.elapsed())
+            (sent, started.elapsed(), wall)
         });
         let outcomes = join_in_order(sends.collect()).await;
         let mut failures: Vec<Option<SinkError>> = Vec::with_capacity(batch.len());
         let mut latencies: Vec<Duration> = Vec::with_capacity(batch.len());
-        for (chunk, (sent, latency)) in chunks.iter().zip(outcomes) {
+        let mut starts: Vec<std::time::SystemTime> = Vec::with_capacity(batch.len());
+        for (chunk, (sent, latency, wall)) in chunks.iter().zip(outcomes) {
             let first = failures.len();
             failures.extend(chunk.iter().map(|_| None));
             latencies.extend(chunk.iter().map(|_| latency));
+            starts.extend(chunk.iter().map(|_| wall));
             let slots = failures.get_mut(first..).unwrap_or_default();
             match sent {
                 Err(_) => {
@@ -731,6 +765,18 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+        if let Some(hook) = &self.on_attempt {
+            for (((delivery, failure), latency), started) in
+                batch.iter().zip(&failures).zip(&latencies).zip(&starts)
+            {
+                hook(AttemptNotice {
+                    delivery,
+                    started: *started,
+                    elapsed: *latency,
+                    error: failure.as_ref(),
+                });
             }
         }
         let mut blocked: HashSet<&str> = HashSet::new();

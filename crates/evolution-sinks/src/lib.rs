@@ -57,7 +57,7 @@ pub use evolution_sink_kafka as kafka;
 pub use evolution_sink_sqs as sqs;
 
 pub use dispatcher::{
-    BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
-    EmitError, LATENCY_BUCKETS, LatencyHistogram, Routing, ShutdownReport,
+    AttemptHook, AttemptNotice, BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher,
+    DispatcherBuilder, EmitError, LATENCY_BUCKETS, LatencyHistogram, Routing, ShutdownReport,
 };
 pub use router::{CheckedSettings, Route, Router};
