@@ -73,6 +73,23 @@ impl TraceContext {
         })
     }
 
+    /// A context from its parts (a tracer's span, say); `None` when an id is all zeros. A
+    /// `tracestate` that is not printable ASCII or too long is dropped.
+    #[must_use]
+    pub fn from_parts(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        flags: u8,
+        tracestate: Option<&str>,
+    ) -> Option<Self> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then(|| Self {
+            trace_id,
+            span_id,
+            flags,
+            state: tracestate.and_then(clean_state),
+        })
+    }
+
     /// A new trace: random trace id and span id, sampled, no `tracestate`.
     #[must_use]
     pub fn new_root() -> Self {

@@ -463,7 +463,8 @@ async fn post_events(
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     }
-    let stored = app.emit_for(&record, events).await?;
+    let parent = crate::telemetry::parent_from_headers(&headers);
+    let stored = app.emit_for(&record, events, parent.as_ref()).await?;
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response())
 }

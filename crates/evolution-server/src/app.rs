@@ -6,7 +6,9 @@ use std::sync::{Arc, Weak};
 #[cfg(feature = "websocket")]
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, RawValue, Scope, Sensitive};
+use evolution_events::{
+    Channel, EventEnvelope, EventKind, InstanceName, RawValue, Scope, Sensitive, TraceContext,
+};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 #[cfg(feature = "postgres")]
 use evolution_outbox::{PostgresOptions, PostgresOutbox};
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
 use crate::instances::{Instance, InstanceCache};
+use crate::telemetry::{Ingest, Telemetry, TelemetryError};
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -33,6 +36,8 @@ pub(crate) struct App {
     storage: Storage,
     instances: InstanceCache,
     pub(crate) accepted: AtomicU64,
+    /// Trace contexts of the accepted events, and the OTLP export of spans.
+    pub(crate) telemetry: Arc<Telemetry>,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
     #[cfg(feature = "websocket")]
     pub(crate) websocket: Option<Arc<WebsocketSink>>,
@@ -68,6 +73,8 @@ pub(crate) enum StartError {
     Sink(evolution_events::Channel, evolution_events::SinkError),
     #[error("cannot start the dispatcher: {0}")]
     Dispatcher(#[from] evolution_sinks::BuildError),
+    #[error("{0}")]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl App {
@@ -123,6 +130,7 @@ impl App {
             #[cfg(feature = "postgres")]
             Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
         };
+        let telemetry = Arc::new(Telemetry::from_env()?);
         let router = Router::new(config.global.clone())?;
         let (dead_tx, dead_rx) = mpsc::channel::<DeadNotice>(DEAD_NOTICE_QUEUE);
         let mut builder = Dispatcher::builder(Arc::clone(&outbox), router);
@@ -157,6 +165,10 @@ impl App {
         }
         #[cfg(feature = "websocket")]
         let (websocket, websocket_layer) = websocket.unzip();
+        if telemetry.exports() {
+            let telemetry = Arc::clone(&telemetry);
+            builder = builder.on_attempt(move |notice| telemetry.attempt(&notice));
+        }
         let dispatcher = builder
             .on_dead(move |notice| {
                 if dead_tx.try_send(notice).is_err() {
@@ -178,6 +190,7 @@ impl App {
             storage,
             instances,
             accepted: AtomicU64::new(0),
+            telemetry,
             #[cfg(feature = "websocket")]
             websocket,
             #[cfg(feature = "websocket")]
@@ -314,26 +327,67 @@ impl App {
 
     /// Routes and stores events of `instance` with its checked settings (the envelopes moved, the
     /// instance found once by the caller).
+    ///
+    /// The events take the trace context of one ingest span, a child of `parent` (the producer's
+    /// `traceparent`) or the root of a new trace.
     pub(crate) async fn emit_for(
         &self,
         instance: &Instance,
         envelopes: Vec<EventEnvelope>,
+        parent: Option<&TraceContext>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let ingest = self.telemetry.ingest(parent, &instance.name);
         let batch = envelopes
             .into_iter()
-            .map(|envelope| (envelope, instance.routing()))
+            .map(|envelope| {
+                (
+                    envelope.with_trace(Some(ingest.context().clone())),
+                    instance.routing(),
+                )
+            })
             .collect();
-        let stored = self.dispatcher.emit_many(batch).await?;
-        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
-        Ok(stored)
+        let stored = self.dispatcher.emit_many(batch).await;
+        self.ingested(ingest, stored)
+    }
+
+    /// Ends the ingest span of a request and counts the accepted events.
+    fn ingested(
+        &self,
+        ingest: Ingest,
+        stored: Result<Vec<Arc<EventEnvelope>>, EmitError>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        match stored {
+            Ok(stored) => {
+                ingest.end(stored.len(), None);
+                self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                Ok(stored)
+            }
+            Err(e) => {
+                ingest.end(0, Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// Routes and stores events, each with its instance's cached settings (global settings only
-    /// for a name that is not an instance, such as the server's own).
+    /// for a name that is not an instance, such as the server's own), in a new trace.
     pub(crate) async fn emit(
         &self,
         envelopes: Vec<EventEnvelope>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        self.emit_traced(envelopes, None).await
+    }
+
+    /// [`App::emit`] with the events' ingest span a child of `parent`.
+    pub(crate) async fn emit_traced(
+        &self,
+        envelopes: Vec<EventEnvelope>,
+        parent: Option<&TraceContext>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let Some(first) = envelopes.first() else {
+            return Ok(Vec::new());
+        };
+        let ingest = self.telemetry.ingest(parent, first.instance());
         let cached: Vec<Option<Arc<Instance>>> = envelopes
             .iter()
             .map(|e| self.instance(e.instance().as_str()))
@@ -343,12 +397,11 @@ impl App {
             .zip(&cached)
             .map(|(envelope, cached)| {
                 let routing = cached.as_ref().map_or(Routing::Unchecked(None), |i| i.routing());
-                (envelope, routing)
+                (envelope.with_trace(Some(ingest.context().clone())), routing)
             })
             .collect();
-        let stored = self.dispatcher.emit_many(batch).await?;
-        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
-        Ok(stored)
+        let stored = self.dispatcher.emit_many(batch).await;
+        self.ingested(ingest, stored)
     }
 }
 
@@ -373,7 +426,8 @@ async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<DeadNotice>) {
             "error": notice.error,
         });
         let envelope = app.envelope(EventKind::Errors, d.envelope.instance().clone(), &data, None);
-        if let Err(e) = app.emit(vec![envelope]).await {
+        // The ERRORS event continues the trace of the event whose delivery died.
+        if let Err(e) = app.emit_traced(vec![envelope], d.envelope.trace()).await {
             tracing::warn!(error = %e, "could not emit an ERRORS event");
         }
     }

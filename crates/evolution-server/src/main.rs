@@ -10,6 +10,7 @@ mod error;
 mod instances;
 mod metrics;
 mod openapi;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,6 +146,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (channel, error) in &report.sink_errors {
         tracing::warn!(%channel, %error, "sink did not shut down cleanly");
     }
+    app.telemetry.shutdown().await;
     app.close_storage().await;
     Ok(())
 }
