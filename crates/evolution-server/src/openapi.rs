@@ -103,7 +103,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "post",
             path: "/events/{instance}",
-            summary: "Accept one event or an array of them; answers after the durable commit",
+            summary: "Accept one event or an array of them; answers after the durable commit. Optional W3C `traceparent` / `tracestate` request headers: the events continue that trace (a new one without them), and every delivery carries it",
             body: Some(
                 json!({"oneOf": [{"$ref": "#/components/schemas/EventInput"}, {"type": "array", "items": {"$ref": "#/components/schemas/EventInput"}}]}),
             ),

@@ -290,7 +290,7 @@ impl SqsSink {
                 .group_id
                 .clone()
                 .unwrap_or_else(|| delivery.envelope.instance().as_str().to_owned());
-            entry = entry.message_group_id(group).message_deduplication_id(id.clone());
+            entry = entry.message_group_id(group).message_deduplication_id(id);
         }
         // The batch id is set per call.
         Ok((

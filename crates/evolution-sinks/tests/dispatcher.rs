@@ -494,7 +494,8 @@ async fn the_attempt_hook_sees_every_attempt_with_its_outcome_and_trace() {
     use evolution_events::TraceContext;
     use std::sync::Mutex;
     let webhook = MemorySink::new(Channel::Webhook);
-    let seen: Arc<Mutex<Vec<(u32, Option<ErrorKind>, Option<String>)>>> = Arc::default();
+    type Seen = Vec<(u32, Option<ErrorKind>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let hook_seen = Arc::clone(&seen);
     let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
         .sink_with(
