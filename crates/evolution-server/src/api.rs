@@ -50,6 +50,8 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
+        .route("/asyncapi", get(asyncapi_global))
+        .route("/asyncapi/{instance}", get(asyncapi_instance))
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
@@ -397,6 +399,32 @@ async fn find_channel(
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
     Ok(Json(record.settings.redacted().get(channel)).into_response())
+}
+
+/// `GET /asyncapi/{instance}`: the AsyncAPI 3.0 document of the instance's own channels.
+async fn asyncapi_instance(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    Ok(Json(crate::asyncapi::instance_document(
+        &app,
+        &record.name,
+        &record.settings,
+    ))
+    .into_response())
+}
+
+/// `GET /asyncapi`: the AsyncAPI 3.0 document of the global channels (global key only).
+async fn asyncapi_global(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
+    match authorize(&app, &headers)? {
+        Access::Global => Ok(Json(crate::asyncapi::global_document(&app)).into_response()),
+        Access::Instance(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the global channels' document needs the global API key; an instance token reads GET /asyncapi/{instance}",
+        )),
+    }
 }
 
 /// One event of `POST /events/{instance}`.

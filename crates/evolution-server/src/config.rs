@@ -389,6 +389,11 @@ impl Config {
     }
 
     /// The effective configuration, one `NAME=value` per line, secrets redacted.
+    /// The effective value of a variable (secrets included: never show it).
+    pub(crate) fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     pub(crate) fn report(&self) -> String {
         let mut out = String::new();
         for (name, value) in &self.values {

@@ -4,6 +4,7 @@
 
 mod api;
 mod app;
+mod asyncapi;
 mod config;
 mod console;
 mod error;

@@ -219,6 +219,22 @@ fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/asyncapi/{instance}",
+            summary: "AsyncAPI 3.0 document of the channels the instance's settings enable: servers, each channel's real address and bindings, the envelope of each event, the security schemes",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/asyncapi",
+            summary: "AsyncAPI 3.0 document of the global channels (`{instance}` a parameter of the addresses that hold it); global apikey only",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
+        },
+        Op {
+            method: "get",
             path: "/openapi.json",
             summary: "This document",
             body: None,
