@@ -105,6 +105,14 @@ impl NamingProfile {
         }
     }
 
+    /// The CloudEvents `type` of `kind` in CloudEvents mode ([`crate::format`]), the same in
+    /// both profiles: `evolution.` and the wire name (`evolution.messages.upsert`,
+    /// `evolution.group-participants.update`).
+    #[must_use]
+    pub fn cloudevents_type(kind: EventKind) -> String {
+        format!("evolution.{}", kind.wire())
+    }
+
     /// The path segment webhook `byEvents` appends: `MESSAGES_UPSERT` (seed) or `messages-upsert`.
     #[must_use]
     pub fn webhook_segment(self, kind: EventKind) -> String {

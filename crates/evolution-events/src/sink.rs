@@ -10,6 +10,7 @@ use crate::channel::Channel;
 use crate::destination::Destination;
 use crate::envelope::EventEnvelope;
 use crate::error::{ErrorKind, Result, SinkError};
+use crate::format::EventFormat;
 use crate::naming::{NamingProfile, Scope};
 
 /// A delivery's identifier, unique within its outbox.
@@ -39,10 +40,56 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The JSON payload (serialized once per event and profile, shared).
+    /// The body, serialized once per event and profile and shared: the JSON payload, or in
+    /// CloudEvents mode the structured CloudEvent ([`EventEnvelope::body`]). A channel whose
+    /// binding has a binary content mode asks [`EventEnvelope::binary_cloudevent`] first.
     #[must_use]
     pub fn payload(&self) -> Bytes {
-        self.envelope.payload(self.profile)
+        self.envelope.body(self.profile)
+    }
+
+    /// The content type of [`Delivery::payload`]: `application/json`, or
+    /// `application/cloudevents+json` for a structured CloudEvent.
+    #[must_use]
+    pub fn content_type(&self) -> &'static str {
+        if self.envelope.format().is_cloudevents() {
+            crate::format::CLOUDEVENTS_JSON
+        } else {
+            "application/json"
+        }
+    }
+
+    /// For a channel whose protocol binding has a binary content mode (HTTP, Kafka, AMQP, NATS):
+    /// the CloudEvent's attributes to write as headers, each under the binding's prefix, when the
+    /// event is a CloudEvent in binary mode; `None` otherwise.
+    #[must_use]
+    pub fn binary_attributes(&self) -> Option<Vec<(&'static str, String)>> {
+        (self.envelope.format() == EventFormat::CloudEvents).then(|| self.envelope.cloudevent_attributes())
+    }
+
+    /// For a channel whose binding has a binary content mode: the body — the CloudEvent's data in
+    /// binary mode, else [`Delivery::payload`] — once [`Delivery::payload_within`] `limit`.
+    ///
+    /// # Errors
+    /// As [`Delivery::payload_within`].
+    pub fn binding_body_within(&self, limit: usize) -> Result<Bytes> {
+        let payload = self.payload_within(limit)?;
+        Ok(if self.envelope.format() == EventFormat::CloudEvents {
+            Bytes::copy_from_slice(self.envelope.data().get().as_bytes())
+        } else {
+            payload
+        })
+    }
+
+    /// The content type of [`Delivery::binding_body_within`]'s body: `application/json`, or
+    /// `application/cloudevents+json` for a structured CloudEvent.
+    #[must_use]
+    pub fn binding_content_type(&self) -> &'static str {
+        if self.envelope.format() == EventFormat::CloudEventsStructured {
+            crate::format::CLOUDEVENTS_JSON
+        } else {
+            "application/json"
+        }
     }
 
     /// The payload, if it is at most `limit` bytes (a sink's `max_payload_bytes`).

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use crate::{AttemptRecord, DeliveryRecord, DeliveryStatus, InstanceRecord, StoredEvent};
 use chrono::{DateTime, Utc};
 use evolution_events::{
-    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
-    NamingProfile, RawValue, Scope, Sensitive, TraceContext, Uuid,
+    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventFormat, EventKind, InstanceName,
+    InstanceSettings, NamingProfile, RawValue, Scope, Sensitive, TraceContext, Uuid,
 };
 
 // Delivery states (the `deliveries.state` column).
@@ -78,7 +78,7 @@ pub(crate) const DELIVERY_SELECT: &str = "SELECT d.id AS id, d.channel AS channe
     d.last_error AS last_error, d.state AS state, e.id AS eid, e.uuid AS uuid, e.instance AS instance, \
     e.kind AS kind, e.data AS data, e.date_time AS date_time, e.sender AS sender, \
     e.server_url AS server_url, e.apikey AS apikey, e.sequence AS sequence, e.profile AS profile, \
-    e.traceparent AS traceparent, e.tracestate AS tracestate \
+    e.traceparent AS traceparent, e.tracestate AS tracestate, e.format AS format \
     FROM deliveries d JOIN events e ON e.id = d.event_id";
 
 pub(crate) fn scope_str(scope: Scope) -> &'static str {
@@ -194,7 +194,7 @@ impl Decoder {
 }
 
 /// The event of a row with the columns `uuid, instance, kind, data, date_time, sender, server_url,
-/// apikey, sequence, traceparent, tracestate`.
+/// apikey, sequence, traceparent, tracestate, format`.
 pub(crate) fn envelope(row: &impl Columns) -> Result<EventEnvelope, String> {
     let uuid = row.text("uuid")?;
     let instance = row.text("instance")?;
@@ -214,7 +214,11 @@ pub(crate) fn envelope(row: &impl Columns) -> Result<EventEnvelope, String> {
     .with_server_url(row.opt_text("server_url")?)
     .with_apikey(row.opt_text("apikey")?.map(Sensitive::new))
     .with_sequence(u64::try_from(sequence).unwrap_or(0))
-    .with_trace(trace(row)?))
+    .with_trace(trace(row)?)
+    .with_format(match row.opt_text("format")? {
+        Some(format) => EventFormat::parse(&format).map_err(|e| e.to_string())?,
+        None => EventFormat::Evolution,
+    }))
 }
 
 /// The trace context of a row with the columns `traceparent, tracestate` (validated when stored).

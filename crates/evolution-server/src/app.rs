@@ -319,7 +319,11 @@ impl App {
         } else {
             None
         };
+        let format = record
+            .and_then(|r| r.settings.event_format)
+            .unwrap_or(self.config.event_format);
         EventEnvelope::new(kind, instance, data)
+            .with_format(format)
             .with_server_url(self.config.server_url.clone())
             .with_sender(sender)
             .with_apikey(apikey)

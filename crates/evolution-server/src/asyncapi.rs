@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use evolution_events::{
-    Channel, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings, NamingProfile, RawValue,
-    Scope,
+    CLOUDEVENTS_JSON, Channel, Destination, EventEnvelope, EventFormat, EventKind, InstanceName,
+    InstanceSettings, NamingProfile, RawValue, Scope,
 };
 use serde_json::{Map, Value, json};
 
@@ -19,14 +19,16 @@ const PLACEHOLDER: &str = "instance0placeholder0";
 
 /// The document of `instance`'s own channels.
 pub(crate) fn instance_document(app: &App, instance: &InstanceName, settings: &InstanceSettings) -> Value {
-    let mut doc = Doc::new(app, Some(instance.as_str()));
+    let format = settings.event_format.unwrap_or(app.config.event_format);
+    let mut doc = Doc::new(app, Some(instance.as_str()), format);
     doc.add_routes(instance, Some(settings), Scope::Instance);
     let profile = doc.profile;
     doc.finish(
         format!("evolution events: instance {instance}"),
         format!(
             "The channels the settings of instance `{instance}` enable: where each of its events is \
-             delivered, in the `{}` naming profile, and the envelope every message carries.",
+             delivered, in the `{}` naming profile and the `{format}` format, and what every message \
+             carries.",
             profile.as_str()
         ),
     )
@@ -34,7 +36,8 @@ pub(crate) fn instance_document(app: &App, instance: &InstanceName, settings: &I
 
 /// The document of the global channels (`*_GLOBAL_*` settings), for any instance.
 pub(crate) fn global_document(app: &App) -> Value {
-    let mut doc = Doc::new(app, None);
+    let format = app.config.event_format;
+    let mut doc = Doc::new(app, None, format);
     if let Ok(placeholder) = InstanceName::new(PLACEHOLDER) {
         doc.add_routes(&placeholder, None, Scope::Global);
     }
@@ -43,8 +46,9 @@ pub(crate) fn global_document(app: &App) -> Value {
         "evolution events: global channels".to_owned(),
         format!(
             "The global channels of this server (the `*_GLOBAL_*` settings): where the events of every \
-             instance are delivered, in the `{}` naming profile; `{{instance}}` in an address is the \
-             instance's name.",
+             instance are delivered, in the `{}` naming profile and the `{format}` format (an instance \
+             with an `eventFormat` of its own has its events written in it); `{{instance}}` in an \
+             address is the instance's name.",
             profile.as_str()
         ),
     )
@@ -59,12 +63,13 @@ struct Doc<'a> {
     channels: Map<String, Value>,
     operations: Map<String, Value>,
     schemes: Map<String, Value>,
-    kinds: Vec<EventKind>,
-    header_schemas: Map<String, Value>,
+    format: EventFormat,
+    /// The schemas the messages refer to.
+    schemas: BTreeMap<String, Value>,
 }
 
 impl<'a> Doc<'a> {
-    fn new(app: &'a App, instance: Option<&'a str>) -> Self {
+    fn new(app: &'a App, instance: Option<&'a str>, format: EventFormat) -> Self {
         Self {
             app,
             profile: app.dispatcher.router().global().naming,
@@ -73,8 +78,8 @@ impl<'a> Doc<'a> {
             channels: Map::new(),
             operations: Map::new(),
             schemes: Map::new(),
-            kinds: Vec::new(),
-            header_schemas: Map::new(),
+            format,
+            schemas: BTreeMap::new(),
         }
     }
 
@@ -110,30 +115,68 @@ impl<'a> Doc<'a> {
         };
         let id = unique_key(&self.channels, &format!("{channel}-{}", sanitize(&label)));
         let mut messages = Map::new();
+        // CloudEvents' binary mode on the channels whose binding has one: the attributes in
+        // headers under the binding's prefix, the data as the body.
+        let binary = match (self.format, channel) {
+            (EventFormat::CloudEvents, Channel::Webhook | Channel::Nats) => Some("ce-"),
+            (EventFormat::CloudEvents, Channel::Kafka) => Some("ce_"),
+            (EventFormat::CloudEvents, Channel::Rabbitmq) => Some("cloudEvents:"),
+            _ => None,
+        };
         for kind in kinds {
-            if !self.kinds.contains(kind) {
-                self.kinds.push(*kind);
-            }
             let name = shape
                 .message_name
                 .clone()
                 .unwrap_or_else(|| self.profile.payload_event(*kind).to_owned());
+            let (schema, content_type, id_location) = match (self.format, binary) {
+                (EventFormat::Evolution, _) => {
+                    self.schemas
+                        .entry(kind.key().to_owned())
+                        .or_insert_with(|| envelope_schema(self.profile, *kind, self.instance));
+                    (
+                        kind.key().to_owned(),
+                        "application/json",
+                        "$message.payload#/id".to_owned(),
+                    )
+                }
+                (_, Some(prefix)) => {
+                    self.schemas.entry("data".to_owned()).or_insert_with(
+                        || json!({"description": "The event's data, as the producer gave it (any JSON)."}),
+                    );
+                    (
+                        "data".to_owned(),
+                        "application/json",
+                        format!("$message.header#/{prefix}id"),
+                    )
+                }
+                (_, None) => {
+                    let key = format!("cloudevent-{}", kind.key());
+                    self.schemas
+                        .entry(key.clone())
+                        .or_insert_with(|| cloudevent_schema(*kind, self.instance));
+                    (key, CLOUDEVENTS_JSON, "$message.payload#/id".to_owned())
+                }
+            };
             let mut message = json!({
                 "name": placeholder(&name),
                 "title": kind.key(),
                 "summary": format!("{} ({})", kind.key(), kind.wire()),
-                "contentType": "application/json",
-                "payload": {"$ref": format!("#/components/schemas/{}", kind.key())},
+                "contentType": content_type,
+                "payload": {"$ref": format!("#/components/schemas/{schema}")},
                 "correlationId": {
                     "description": "The event id (UUIDv7): the idempotency key, the same on every redelivery.",
-                    "location": "$message.payload#/id"
+                    "location": id_location
                 },
             });
             if let Some(headers) = shape.headers {
-                message["headers"] = json!({"$ref": format!("#/components/schemas/{headers}")});
-                self.header_schemas
-                    .entry(headers.to_owned())
-                    .or_insert_with(|| header_schema(channel));
+                let key = match binary {
+                    Some(_) => format!("{headers}-cloudevents"),
+                    None => headers.to_owned(),
+                };
+                message["headers"] = json!({"$ref": format!("#/components/schemas/{key}")});
+                self.schemas
+                    .entry(key)
+                    .or_insert_with(|| header_schema(channel, binary));
             }
             if let Some(bindings) = &shape.message_bindings {
                 message["bindings"] = bindings.clone();
@@ -466,15 +509,7 @@ impl<'a> Doc<'a> {
     }
 
     fn finish(self, title: String, description: String) -> Value {
-        let mut schemas: BTreeMap<String, Value> = BTreeMap::new();
-        for kind in &self.kinds {
-            schemas.insert(
-                kind.key().to_owned(),
-                envelope_schema(self.profile, *kind, self.instance),
-            );
-        }
-        let mut schemas: Map<String, Value> = schemas.into_iter().collect();
-        schemas.extend(self.header_schemas);
+        let schemas: Map<String, Value> = self.schemas.into_iter().collect();
         let mut components = json!({"schemas": schemas});
         if !self.schemes.is_empty() {
             components["securitySchemes"] = Value::Object(self.schemes);
@@ -533,8 +568,41 @@ fn envelope_schema(profile: NamingProfile, kind: EventKind, instance: Option<&st
     })
 }
 
-/// The headers (or message attributes) a channel puts on every message.
-fn header_schema(channel: Channel) -> Value {
+/// A CloudEvent of `kind` in CloudEvents' JSON format (structured mode).
+fn cloudevent_schema(kind: EventKind, instance: Option<&str>) -> Value {
+    let mut subject = json!({"type": "string", "description": "The instance the event belongs to."});
+    if let Some(instance) = instance {
+        subject["const"] = json!(instance);
+    }
+    json!({
+        "type": "object",
+        "title": format!("{} CloudEvent", kind.key()),
+        "required": ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "sequence", "data"],
+        "properties": cloudevent_properties(kind, subject),
+    })
+}
+
+fn cloudevent_properties(kind: EventKind, subject: Value) -> Value {
+    json!({
+        "specversion": {"type": "string", "const": "1.0"},
+        "id": {"type": "string", "format": "uuid", "description": "The event id (UUIDv7)."},
+        "source": {"type": "string", "format": "uri-reference", "description": "SERVER_URL, else /evolution-events."},
+        "type": {"type": "string", "const": NamingProfile::cloudevents_type(kind)},
+        "time": {"type": "string", "format": "date-time"},
+        "subject": subject,
+        "datacontenttype": {"type": "string", "const": "application/json"},
+        "sequence": {"type": "string", "pattern": "^[0-9]{20}$", "description": "The per-instance sequence, zero-padded (CloudEvents' sequence extension)."},
+        "sender": {"type": "string", "description": "The instance's own JID, when the producer gave it."},
+        "apikey": {"type": "string", "description": "The instance token, only when AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES=true."},
+        "traceparent": {"type": "string", "description": "W3C Trace Context (distributed-tracing extension)."},
+        "tracestate": {"type": "string"},
+        "data": {"description": "The event's data, as the producer gave it (any JSON)."},
+    })
+}
+
+/// The headers (or message attributes) a channel puts on every message; with `binary`, also the
+/// CloudEvent's attributes under that prefix.
+fn header_schema(channel: Channel, binary: Option<&str>) -> Value {
     let trace = json!({
         "traceparent": {"type": "string", "description": "W3C Trace Context of the event's ingest span."},
         "tracestate": {"type": "string", "description": "W3C tracestate, when the producer sent one."},
@@ -561,6 +629,42 @@ fn header_schema(channel: Channel) -> Value {
     };
     if let (Some(p), Some(t)) = (properties.as_object_mut(), trace.as_object()) {
         p.extend(t.clone());
+    }
+    if let (Some(prefix), Some(p)) = (binary, properties.as_object_mut()) {
+        let attributes = [
+            ("specversion", json!({"type": "string", "const": "1.0"})),
+            ("id", json!({"type": "string", "format": "uuid"})),
+            ("source", json!({"type": "string"})),
+            (
+                "type",
+                json!({"type": "string", "description": "evolution.<event wire name>"}),
+            ),
+            ("time", json!({"type": "string", "format": "date-time"})),
+            (
+                "subject",
+                json!({"type": "string", "description": "The instance."}),
+            ),
+            ("sequence", json!({"type": "string", "pattern": "^[0-9]{20}$"})),
+            ("sender", json!({"type": "string"})),
+            ("apikey", json!({"type": "string"})),
+            ("traceparent", json!({"type": "string"})),
+            ("tracestate", json!({"type": "string"})),
+        ];
+        for (name, schema) in attributes {
+            p.insert(format!("{prefix}{name}"), schema);
+        }
+        // `datacontenttype` is the content type: a header, or AMQP's `content_type` property.
+        let content_type = match channel {
+            Channel::Rabbitmq => None,
+            Channel::Nats => Some("Content-Type"),
+            _ => Some("content-type"),
+        };
+        if let Some(name) = content_type {
+            p.insert(
+                name.to_owned(),
+                json!({"type": "string", "const": "application/json", "description": "datacontenttype"}),
+            );
+        }
     }
     let what = match channel {
         Channel::Webhook => "HTTP headers",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
+    Channel, EventFormat, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
 };
 #[cfg(feature = "postgres")]
 use evolution_outbox::PostgresOptions;
@@ -36,6 +36,7 @@ const SERVER_VARS: &[Var] = &[
     Var::unset("AUTHENTICATION_API_KEY"),
     Var::new("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", "false"),
     Var::new("EVENT_NAMING", "seed"),
+    Var::new("EVENT_FORMAT", "evolution"),
     Var::new("EVENTS_MAX_PER_REQUEST", "1000"),
     Var::new("EVENTS_MAX_BODY_BYTES", "10485760"),
     Var::new("EVENTS_MAX_BACKLOG", "1000000"),
@@ -129,6 +130,8 @@ pub(crate) struct Config {
     pub(crate) retention: Duration,
     pub(crate) api_key: Option<Sensitive>,
     pub(crate) expose_in_fetch: bool,
+    /// The format of events whose instance does not choose one (`EVENT_FORMAT`).
+    pub(crate) event_format: EventFormat,
     pub(crate) global: GlobalSettings,
     /// One per channel this build delivers to.
     pub(crate) channels: Vec<ChannelPlan>,
@@ -360,6 +363,10 @@ impl Config {
                 NamingProfile::Seed
             }
         };
+        let event_format = EventFormat::parse(v.raw("EVENT_FORMAT")).unwrap_or_else(|e| {
+            v.error(format!("EVENT_FORMAT: {e}"));
+            EventFormat::Evolution
+        });
         let mut global = GlobalSettings {
             naming,
             ..GlobalSettings::default()
@@ -377,6 +384,7 @@ impl Config {
             retention,
             api_key: v.string("AUTHENTICATION_API_KEY").map(Sensitive::new),
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
+            event_format,
             global,
             channels,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),

@@ -41,6 +41,11 @@ fn pusher_settings() -> Value {
             "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}})
 }
 
+fn event_format_schema() -> Value {
+    json!({"type": ["string", "null"], "enum": ["evolution", "cloudevents", "cloudevents-structured", null],
+        "description": "The format of the instance's events on every channel; null or absent: the server's EVENT_FORMAT"})
+}
+
 fn operations() -> Vec<Op> {
     vec![
         Op {
@@ -51,6 +56,7 @@ fn operations() -> Vec<Op> {
                 json!({"type": "object", "additionalProperties": false, "required": ["instanceName"],
                 "properties": {"instanceName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
                     "token": {"type": "string", "minLength": 8},
+                    "eventFormat": event_format_schema(),
                     "webhook": webhook_settings(), "websocket": channel_settings(), "rabbitmq": channel_settings(),
                     "sqs": channel_settings(), "kafka": channel_settings(), "nats": channel_settings(),
                     "pusher": pusher_settings()}}),
@@ -216,6 +222,31 @@ fn operations() -> Vec<Op> {
             body: None,
             ok: ("200", json!({"type": "string"})),
             auth: false,
+        },
+        Op {
+            method: "post",
+            path: "/format/set/{instance}",
+            summary: "Choose the format of the instance's events on every channel: evolution, cloudevents (CloudEvents 1.0, binary mode where the binding has one) or cloudevents-structured; null follows EVENT_FORMAT",
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["eventFormat"],
+                    "properties": {"eventFormat": event_format_schema()}}),
+            ),
+            ok: (
+                "201",
+                json!({"type": "object", "properties": {"eventFormat": event_format_schema(), "effective": {"type": "string"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/format/find/{instance}",
+            summary: "The instance's eventFormat (null: the server's) and the format its events are written in",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "properties": {"eventFormat": event_format_schema(), "effective": {"type": "string"}}}),
+            ),
+            auth: true,
         },
         Op {
             method: "get",

@@ -362,6 +362,73 @@ async fn documents_validate_and_lead_to_working_consumers(profile: &str) {
     })
     .await;
     check(hit.raw.as_bytes(), "webhook");
+
+    // In CloudEvents mode the document describes CloudEvents: binary mode puts the attributes in
+    // each binding's headers and the data in the body; structured mode (and the channels without
+    // a binary binding) carries the JSON event.
+    let mut documents = Vec::new();
+    for format in ["cloudevents", "cloudevents-structured"] {
+        let (status, body) = server
+            .call(
+                "POST",
+                &format!("/format/set/{instance}"),
+                Some(token),
+                Some(json!({"eventFormat": format})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, doc) = server
+            .call("GET", &format!("/asyncapi/{instance}"), Some(token), None)
+            .await;
+        assert_eq!(status, 200, "{doc}");
+        documents.push(doc);
+    }
+    validate(
+        &s.node,
+        &[("binary", &documents[0]), ("structured", &documents[1])],
+    );
+    let (binary, structured) = (&documents[0], &documents[1]);
+    let schemas = &binary["components"]["schemas"];
+    let kafka = &channel(binary, "kafka", kind)["messages"][kind];
+    assert_eq!(kafka["payload"]["$ref"], "#/components/schemas/data");
+    let headers = kafka["headers"]["$ref"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    for name in [
+        "ce_id",
+        "ce_type",
+        "ce_specversion",
+        "ce_sequence",
+        "content-type",
+    ] {
+        assert!(
+            schemas[headers]["properties"].get(name).is_some(),
+            "{name} in {headers}"
+        );
+    }
+    let amqp = &channel(binary, "rabbitmq", kind)["messages"][kind];
+    let headers = amqp["headers"]["$ref"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert!(schemas[headers]["properties"].get("cloudEvents:id").is_some());
+    let sqs = &channel(binary, "sqs", kind)["messages"][kind];
+    assert_eq!(sqs["contentType"], "application/cloudevents+json");
+    assert_eq!(
+        schemas["cloudevent-MESSAGES_UPSERT"]["properties"]["type"]["const"],
+        "evolution.messages.upsert"
+    );
+    let webhook = &channel(structured, "webhook-", kind)["messages"][kind];
+    assert_eq!(webhook["contentType"], "application/cloudevents+json");
+    assert_eq!(
+        webhook["payload"]["$ref"],
+        "#/components/schemas/cloudevent-MESSAGES_UPSERT"
+    );
 }
 
 #[tokio::test]

@@ -550,7 +550,10 @@ impl EventSink for KafkaSink {
                 report.fail(index, not_sent);
                 continue;
             }
-            let payload = delivery.payload();
+            let payload = match delivery.binary_attributes() {
+                Some(_) => delivery.envelope.data().get().as_bytes().to_vec().into(),
+                None => delivery.payload(),
+            };
             let id = delivery.envelope.id().to_string();
             let trace: Vec<(&str, String)> = delivery
                 .envelope
@@ -564,6 +567,22 @@ impl EventSink for KafkaSink {
                 ("id", id.as_str()),
             ];
             headers.extend(trace.iter().map(|(name, value)| (*name, value.as_str())));
+            // CloudEvents' Kafka binding: `content-type`, and in binary mode each attribute as a
+            // `ce_` header.
+            let cloudevent: Vec<(String, String)> = delivery
+                .binary_attributes()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| (format!("ce_{name}"), value))
+                .collect();
+            if delivery.envelope.format().is_cloudevents() {
+                headers.push(("content-type", delivery.binding_content_type()));
+                headers.extend(
+                    cloudevent
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str())),
+                );
+            }
             let queued = loop {
                 match producer.send_result(record(target, &payload, &headers)) {
                     Ok(future) => break Ok(future),

@@ -1,6 +1,6 @@
 //! What goes on the wire: the target URL and the request headers.
 
-use evolution_events::{ErrorKind, TraceContext, Uuid, WebhookTarget};
+use evolution_events::{Delivery, ErrorKind, TraceContext, Uuid, WebhookTarget};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
@@ -138,6 +138,39 @@ pub(crate) fn trace_headers(headers: &mut HeaderMap, trace: Option<&TraceContext
             headers.insert(HeaderName::from_static(name), value);
         }
     }
+}
+
+/// CloudEvents' HTTP binding: the content type of the body (`application/cloudevents+json` in
+/// structured mode), and in binary mode each attribute as a `ce-` header, its value
+/// percent-encoded outside printable ASCII (and `"`, `%`, space), as the binding asks.
+pub(crate) fn cloudevent_headers(headers: &mut HeaderMap, delivery: &Delivery) {
+    if !delivery.envelope.format().is_cloudevents() {
+        return;
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(delivery.binding_content_type()),
+    );
+    for (name, value) in delivery.binary_attributes().unwrap_or_default() {
+        let name = HeaderName::from_bytes(format!("ce-{name}").as_bytes());
+        let value = HeaderValue::from_str(&percent_encode(&value));
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn percent_encode(value: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _infallible = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

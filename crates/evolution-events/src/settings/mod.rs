@@ -14,6 +14,9 @@ mod reader;
 mod selection;
 
 pub use global::{GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs, GlobalWebhook, GlobalWebsocket};
-pub use instance::{ChannelSettings, InstanceSettings, PusherSettings, WebhookSettings, redact_url};
+pub use instance::{
+    ChannelSettings, EVENT_FORMAT_FIELD, InstanceSettings, PusherSettings, WebhookSettings,
+    parse_event_format, redact_url,
+};
 pub use reader::{FieldError, ValidationErrors, check_signing_secret};
 pub use selection::EventSelection;

@@ -135,6 +135,7 @@ struct Rows<'a> {
     apikey: Vec<Option<&'a str>>,
     traceparent: Vec<Option<String>>,
     tracestate: Vec<Option<&'a str>>,
+    format: Vec<Option<&'static str>>,
     profile: Vec<&'static str>,
     /// Of the deliveries: the index of their event in `stored`, and their columns.
     event_of: Vec<usize>,
@@ -161,6 +162,7 @@ impl<'a> Rows<'a> {
             apikey: Vec::new(),
             traceparent: Vec::new(),
             tracestate: Vec::new(),
+            format: Vec::new(),
             profile: Vec::new(),
             event_of: Vec::new(),
             channel: Vec::new(),
@@ -191,6 +193,8 @@ impl<'a> Rows<'a> {
             rows.apikey.push(e.apikey().map(|k| k.expose()));
             rows.traceparent.push(e.trace().map(TraceContext::traceparent));
             rows.tracestate.push(e.trace().and_then(TraceContext::tracestate));
+            let format = e.format();
+            rows.format.push(format.is_cloudevents().then(|| format.as_str()));
             rows.profile.push(event.profile.as_str());
             for d in &event.deliveries {
                 rows.event_of.push(at);
@@ -308,9 +312,9 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     sqlx::query(&format!(
         "WITH n AS (SELECT {NOW_MS} AS now), \
          e AS (INSERT INTO events (uuid, instance, kind, data, date_time, sender, server_url, apikey, \
-                 sequence, profile, traceparent, tracestate) \
+                 sequence, profile, traceparent, tracestate, format) \
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $17::text[], $18::text[]) \
+                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $17::text[], $18::text[], $19::text[]) \
                RETURNING id, instance, sequence) \
          INSERT INTO deliveries (event_id, channel, scope, destination, okey, state, due_at, updated_at) \
          SELECT e.id, d.c, d.s, d.d, d.k, d.st, n.now, n.now \
@@ -339,6 +343,7 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .bind(&state)
     .bind(&rows.traceparent)
     .bind(&rows.tracestate)
+    .bind(&rows.format)
     .execute(&mut *tx)
     .await?;
     announce(inner, &mut tx, &ready).await?;

@@ -8,7 +8,7 @@ use super::{DbError, lock_id};
 /// The migrations, in order; `schema_version.version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_outbox.sql"),
-    include_str!("../../migrations/postgres/0002_trace_context.sql"),
+    include_str!("../../migrations/postgres/0002_trace_context_and_format.sql"),
 ];
 
 /// The default schema of the outbox's tables.

@@ -119,7 +119,10 @@ impl Opener {
 const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../../migrations/0001_outbox.sql")),
     (2, include_str!("../../migrations/0002_event_uuid.sql")),
-    (3, include_str!("../../migrations/0003_trace_context.sql")),
+    (
+        3,
+        include_str!("../../migrations/0003_trace_context_and_format.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Databases written by earlier versions, which recorded their
