@@ -409,3 +409,26 @@ async fn a_producers_trace_reaches_every_channel_and_the_otlp_receiver_as_one_tr
     }
     assert_ne!(roots[0], roots[1], "each request a trace of its own");
 }
+
+/// An OTLP protocol the server cannot speak stops the start with a message naming the variable.
+#[test]
+fn an_otlp_protocol_the_server_cannot_speak_is_refused_at_start() {
+    let dir = common::temp_dir("trace-grpc");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evolution-server"))
+        .env_clear()
+        .env("AUTHENTICATION_API_KEY", API_KEY)
+        .env("SERVER_HOST", "127.0.0.1")
+        .env("SERVER_PORT", common::free_port().to_string())
+        .env("SERVER_DATA_DIR", &dir)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("http/protobuf"),
+        "{stderr}"
+    );
+}

@@ -304,4 +304,13 @@ mod tests {
         let e = parse_url("ftp://u:hunter2@h.example/", "ftp://h.example/", "probe URL").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
+
+    #[test]
+    fn cloudevent_header_values_are_percent_encoded_outside_printable_ascii() {
+        assert_eq!(
+            super::percent_encode("evolution.messages.upsert"),
+            "evolution.messages.upsert"
+        );
+        assert_eq!(super::percent_encode("a b\"c%é"), "a%20b%22c%25%C3%A9");
+    }
 }
