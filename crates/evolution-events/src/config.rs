@@ -154,6 +154,15 @@ impl Vars {
         v
     }
 
+    /// Whether any per-event toggle `<prefix><KEY>` is given (true or not).
+    #[must_use]
+    pub fn has_events(&self, prefix: &str) -> bool {
+        self.values.keys().any(|k| {
+            k.strip_prefix(prefix)
+                .is_some_and(|key| EventKind::parse(key).is_ok())
+        })
+    }
+
     /// The per-event toggles `<prefix><KEY>=true` (any spelling of the event, `GROUP_UPDATE` too).
     pub fn events(&mut self, prefix: &str) -> BTreeSet<EventKind> {
         let names: Vec<(String, EventKind)> = self
@@ -213,9 +222,9 @@ pub trait SinkConfig: Clone + fmt::Debug + Send + Sync + Sized + 'static {
     /// Every variable the channel reads, with its default (its switch excepted).
     const VARS: &'static [Var];
 
-    /// The prefix of the channel's per-event toggles (`KAFKA_EVENTS_` for `KAFKA_EVENTS_<KEY>`), if
-    /// it has them.
-    const EVENT_TOGGLES: Option<&'static str> = None;
+    /// The prefixes of the channel's per-event toggles (`KAFKA_EVENTS_` for `KAFKA_EVENTS_<KEY>`;
+    /// SQS has Evolution API's `SQS_GLOBAL_` besides `SQS_EVENTS_`), if it has them.
+    const EVENT_TOGGLES: &'static [&'static str] = &[];
 
     /// Reads the channel's part of the global (routing) settings: its switch, its global
     /// deliveries and the names it delivers to. Problems are recorded in `vars`.

@@ -44,6 +44,18 @@ pub struct WebhookTarget {
     /// rotation); none, no signature.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signing_secrets: Vec<Sensitive>,
+    /// The `evolution-v2` payload's `destination` (Evolution API's: the instance's webhook URL
+    /// without the byEvents segment, or the global URL with it); `None`: `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_destination: Option<String>,
+    /// Deliver the media's base64 inlined in `data` (the instance webhook's `base64`; true for the
+    /// global webhooks, and for deliveries stored before the field existed).
+    #[serde(default = "yes")]
+    pub base64: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A Socket.IO emission target.
@@ -77,8 +89,11 @@ pub struct SqsTarget {
     pub queue: String,
     /// FIFO queue: `MessageGroupId` = `group_id`, `MessageDeduplicationId` = event id.
     pub fifo: bool,
-    /// Message group of a FIFO queue (the instance name).
+    /// Message group of a FIFO queue (the instance name; Evolution API's in `evolution-v2`).
     pub group_id: Option<String>,
+    /// The `evolution-v2` payload's `server` (`SERVER_NAME`); `None`: `evolution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// A Kafka target.
@@ -317,6 +332,8 @@ mod tests {
                 url: "https://a.example/x".into(),
                 headers: vec![("h".into(), Sensitive::new("v"))],
                 signing_secrets: Vec::new(),
+                payload_destination: Some("https://a.example".into()),
+                base64: false,
             }),
             Destination::Websocket(WebsocketTarget {
                 namespace: "/".into(),
@@ -332,6 +349,7 @@ mod tests {
                 queue: "q".into(),
                 fifo: false,
                 group_id: None,
+                server: Some("Evolution API".into()),
             }),
             Destination::Kafka(KafkaTarget {
                 topic: "t".into(),

@@ -48,6 +48,34 @@ impl InstanceName {
         Ok(Self(Arc::from(name)))
     }
 
+    /// The instance name closest to a free-form label (Evolution API's `SERVER_NAME`, such as
+    /// `Evolution API` or `evo.prod`): every run of characters a name cannot hold becomes one `-`,
+    /// leading and trailing `-`/`_` are dropped and the result is cut to 64 characters
+    /// (`Evolution API` → `Evolution-API`). A valid name is kept as is.
+    ///
+    /// # Errors
+    /// [`InvalidInstanceName`] when nothing usable is left (no ASCII letter or digit) or the result
+    /// is reserved.
+    pub fn from_label(label: &str) -> Result<Self, InvalidInstanceName> {
+        if let Ok(name) = Self::new(label) {
+            return Ok(name);
+        }
+        let mut out = String::with_capacity(label.len());
+        for c in label.chars() {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                out.push(c);
+            } else if !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        let trimmed = out.trim_matches(|c| c == '-' || c == '_');
+        let cut: String = trimmed.chars().take(MAX_INSTANCE_NAME_LEN).collect();
+        Self::new(cut.trim_end_matches(['-', '_'])).map_err(|e| InvalidInstanceName {
+            name: label.to_owned(),
+            reason: e.reason,
+        })
+    }
+
     /// The name.
     #[must_use]
     pub fn as_str(&self) -> &str {
@@ -128,6 +156,30 @@ mod tests {
         ] {
             let err = InstanceName::new(bad).unwrap_err();
             assert!(err.to_string().contains("invalid instance name"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels_become_names() {
+        for (label, name) in [
+            ("evolution", "evolution"),
+            ("Evolution API", "Evolution-API"),
+            ("evo.prod.eu-1", "evo-prod-eu-1"),
+            ("  Minha  Empresa ", "Minha-Empresa"),
+            ("_x.", "x"),
+            ("ção 1", "o-1"),
+        ] {
+            assert_eq!(InstanceName::from_label(label).unwrap().as_str(), name, "{label}");
+        }
+        assert_eq!(
+            InstanceName::from_label(&"a b".repeat(40))
+                .unwrap()
+                .as_str()
+                .len(),
+            64
+        );
+        for bad in ["", "...", "çã", "connect"] {
+            assert!(InstanceName::from_label(bad).is_err(), "{bad}");
         }
     }
 }

@@ -32,7 +32,7 @@ pub use destination::{
     CustomTarget, Destination, KafkaTarget, NatsTarget, PusherApp, PusherTarget, RabbitmqTarget, SqsTarget,
     WebhookTarget, WebsocketTarget,
 };
-pub use envelope::EventEnvelope;
+pub use envelope::{EventEnvelope, EvolutionWire};
 pub use error::{ErrorKind, Result, Retry, SinkError, error_chain};
 pub use format::{CLOUDEVENTS_JSON, EventFormat, UnknownFormat};
 pub use in_order::{HoldBack, group_by_key, send_in_order};

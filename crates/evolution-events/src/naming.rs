@@ -21,10 +21,49 @@ pub use crate::rules::{
     check_sqs_queue, check_webhook_url,
 };
 
+/// The longest SQS `MessageGroupId`.
+const SQS_MAX_GROUP_ID: usize = 128;
+
 /// Socket.IO room (on namespace `/`) of the sockets allowed to see every instance.
 pub const GLOBAL_ROOM: &str = "*";
 /// Socket.IO event name of the global stream in the `seed` profile (`socket.on('*', …)`).
 pub const GLOBAL_EVENT: &str = "*";
+
+/// Evolution API 2.3.6's subscription list, in its order: what its settings answers list for
+/// `events: []` ("every event"). [`EventKind::Errors`] is not an Evolution API event.
+pub const EVOLUTION_SUBSCRIPTIONS: [EventKind; 31] = [
+    EventKind::ApplicationStartup,
+    EventKind::QrcodeUpdated,
+    EventKind::MessagesSet,
+    EventKind::MessagesUpsert,
+    EventKind::MessagesEdited,
+    EventKind::MessagesUpdate,
+    EventKind::MessagesDelete,
+    EventKind::SendMessage,
+    EventKind::SendMessageUpdate,
+    EventKind::ContactsSet,
+    EventKind::ContactsUpsert,
+    EventKind::ContactsUpdate,
+    EventKind::PresenceUpdate,
+    EventKind::ChatsSet,
+    EventKind::ChatsUpsert,
+    EventKind::ChatsUpdate,
+    EventKind::ChatsDelete,
+    EventKind::GroupsUpsert,
+    EventKind::GroupsUpdate,
+    EventKind::GroupParticipantsUpdate,
+    EventKind::ConnectionUpdate,
+    EventKind::LabelsEdit,
+    EventKind::LabelsAssociation,
+    EventKind::Call,
+    EventKind::TypebotStart,
+    EventKind::TypebotChangeStatus,
+    EventKind::RemoveInstance,
+    EventKind::LogoutInstance,
+    EventKind::InstanceCreate,
+    EventKind::InstanceDelete,
+    EventKind::StatusInstance,
+];
 
 /// Which set of names the deliveries use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,6 +109,9 @@ pub struct SqsNaming<'a> {
     pub single_queue: bool,
     /// `SQS_FIFO`: FIFO queues (`.fifo`). Always true in the `evolution-v2` profile.
     pub fifo: bool,
+    /// `SERVER_NAME`: the `evolution-v2` payload's `server`, and (made a valid name) the first
+    /// part of its global message groups.
+    pub server: &'a str,
 }
 
 impl NamingProfile {
@@ -111,6 +153,17 @@ impl NamingProfile {
     #[must_use]
     pub fn cloudevents_type(kind: EventKind) -> String {
         format!("evolution.{}", kind.wire())
+    }
+
+    /// An event as a settings answer lists it (`/{channel}/set`, `/{channel}/find`): the filter key,
+    /// but `GROUP_UPDATE` for [`EventKind::GroupsUpdate`] in `evolution-v2` (the name Evolution
+    /// API's subscription lists use).
+    #[must_use]
+    pub fn settings_event(self, kind: EventKind) -> &'static str {
+        match (self, kind) {
+            (Self::EvolutionV2, EventKind::GroupsUpdate) => "GROUP_UPDATE",
+            _ => kind.key(),
+        }
     }
 
     /// The path segment webhook `byEvents` appends: `MESSAGES_UPSERT` (seed) or `messages-upsert`.
@@ -218,10 +271,29 @@ impl NamingProfile {
             }
             (Self::EvolutionV2, Scope::Global) => (format!("{}_{}", opts.global_prefix, kind.snake()), true),
         };
+        let group_id = match (self, scope) {
+            (Self::Seed, _) => fifo.then(|| instance.as_str().to_owned()),
+            // Evolution API's: one constant group per instance queue, and
+            // `<SERVER_NAME>-<event>-<instance>` on global queues.
+            (Self::EvolutionV2, Scope::Instance) => Some("evolution".to_owned()),
+            (Self::EvolutionV2, Scope::Global) => {
+                let server = InstanceName::from_label(opts.server)
+                    .map_or_else(|_| "evolution".to_owned(), |n| n.as_str().to_owned());
+                let event = if opts.single_queue {
+                    "singlequeue".to_owned()
+                } else {
+                    kind.snake()
+                };
+                let mut group = format!("{server}-{event}-{instance}");
+                group.truncate(SQS_MAX_GROUP_ID);
+                Some(group)
+            }
+        };
         SqsTarget {
             queue: if fifo { format!("{queue}.fifo") } else { queue },
             fifo,
-            group_id: fifo.then(|| instance.as_str().to_owned()),
+            group_id,
+            server: (self == Self::EvolutionV2).then(|| opts.server.to_owned()),
         }
     }
 
@@ -355,6 +427,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         assert_eq!(
             p.sqs(Scope::Instance, &i, k, opts).queue,
@@ -434,6 +507,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         assert_eq!(
             p.sqs(Scope::Instance, &i, k, opts).queue,
@@ -476,6 +550,7 @@ mod tests {
             global_prefix: "global",
             single_queue: false,
             fifo: false,
+            server: "evolution",
         };
         let t = NamingProfile::Seed.sqs(Scope::Instance, &long, EventKind::GroupParticipantsUpdate, opts);
         let err = check_sqs_queue(&t.queue, t.fifo).unwrap_err();

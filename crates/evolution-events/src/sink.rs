@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::channel::Channel;
 use crate::destination::Destination;
-use crate::envelope::EventEnvelope;
+use crate::envelope::{EventEnvelope, EvolutionWire};
 use crate::error::{ErrorKind, Result, SinkError};
 use crate::format::EventFormat;
 use crate::naming::{NamingProfile, Scope};
@@ -40,12 +40,45 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The body, serialized once per event and profile and shared: the JSON payload, or in
-    /// CloudEvents mode the structured CloudEvent ([`EventEnvelope::body`]). A channel whose
-    /// binding has a binary content mode asks [`EventEnvelope::binary_cloudevent`] first.
+    /// The body (serialized once per event, profile and variant, shared): in CloudEvents mode the
+    /// structured CloudEvent ([`EventEnvelope::structured_cloudevent`]; a channel whose binding
+    /// has a binary content mode asks [`Delivery::binary_attributes`] first); else the JSON
+    /// payload: in `evolution-v2`, the body Evolution API sends on this delivery's channel
+    /// ([`EvolutionWire`]); to a webhook whose `base64` is false, without the media's base64
+    /// ([`EventEnvelope::payload_media`]).
     #[must_use]
     pub fn payload(&self) -> Bytes {
-        self.envelope.body(self.profile)
+        if self.envelope.format().is_cloudevents() {
+            return self.envelope.structured_cloudevent();
+        }
+        match (self.profile, &*self.destination) {
+            (NamingProfile::Seed, Destination::Webhook(t)) => {
+                self.envelope.payload_media(self.profile, t.base64)
+            }
+            (NamingProfile::Seed, _) => self.envelope.payload(self.profile),
+            (NamingProfile::EvolutionV2, _) => self.envelope.evolution_payload(self.evolution_wire()),
+        }
+    }
+
+    /// Which `evolution-v2` body this delivery's destination gets.
+    fn evolution_wire(&self) -> EvolutionWire<'_> {
+        match &*self.destination {
+            Destination::Webhook(t) => EvolutionWire::Webhook {
+                destination: t.payload_destination.as_deref().unwrap_or(&t.url),
+                media: t.base64,
+            },
+            Destination::Pusher(t) => EvolutionWire::Pusher {
+                destination: &t.app.app_id,
+            },
+            Destination::Sqs(t) => EvolutionWire::Sqs {
+                server: t.server.as_deref().unwrap_or("evolution"),
+            },
+            Destination::Kafka(_) => EvolutionWire::Kafka,
+            Destination::Websocket(_)
+            | Destination::Rabbitmq(_)
+            | Destination::Nats(_)
+            | Destination::Custom(_) => EvolutionWire::Plain,
+        }
     }
 
     /// The content type of [`Delivery::payload`]: `application/json`, or

@@ -105,6 +105,8 @@ impl Names {
     fn new(profile: NamingProfile, scope: Scope, instance: &InstanceName, kind: EventKind) -> Self {
         let webhook = |by_events| WebhookTarget {
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: profile
                 .webhook_url(WEBHOOK_BASE, kind, by_events)
                 .unwrap_or_else(|e| panic!("{e}")),
@@ -124,6 +126,7 @@ impl Names {
                         global_prefix: SQS_GLOBAL_PREFIX,
                         single_queue,
                         fifo,
+                        server: "evolution",
                     };
                     (label, single_queue, profile.sqs(scope, instance, kind, opts))
                 })

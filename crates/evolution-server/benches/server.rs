@@ -437,6 +437,8 @@ async fn outbox_enqueue_rate(hook: &str) -> f64 {
         url: hook.to_owned(),
         headers: Vec::new(),
         signing_secrets: Vec::new(),
+        payload_destination: None,
+        base64: true,
     }));
     let batches: Vec<Vec<NewEvent>> = (0..BATCHES)
         .map(|b| {

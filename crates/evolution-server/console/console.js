@@ -461,7 +461,7 @@
     main.append(h('h1', {}, name), tabs(name, 'instance'));
     const holder = h('div', {}, h('p', { class: 'hint' }, 'Loading…'));
     main.append(holder);
-    const found = await Promise.all(S.session.channels.map((c) => api('GET', `/${enc(c)}/find/${enc(name)}`)));
+    const found = await Promise.all(S.session.channels.map((c) => api('GET', `/console/api/settings/${enc(c)}/${enc(name)}`)));
     const refused = found.find((r) => !r.ok);
     if (refused) return holder.replaceChildren(h('div', { class: 'notice bad', role: 'alert' }, refused.messages.join('; ')));
     holder.replaceChildren(
@@ -510,7 +510,7 @@
       return main.append(h('div', { class: 'notice' },
         'Live events come over Socket.IO, which is off on this server: start it with WEBSOCKET_ENABLED=true.'));
     }
-    const ws = await api('GET', `/websocket/find/${enc(name)}`);
+    const ws = await api('GET', `/console/api/settings/websocket/${enc(name)}`);
     if (!ws.ok) return main.append(h('div', { class: 'notice bad', role: 'alert' }, ws.messages.join('; ')));
     if (!ws.data || !ws.data.enabled) {
       const enable = h('button', {

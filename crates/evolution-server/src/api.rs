@@ -106,7 +106,7 @@ pub(crate) fn instance_access(app: &App, headers: &HeaderMap, instance: &str) ->
     }
 }
 
-fn json_body(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
+pub(crate) fn json_body(body: Result<Json<Value>, JsonRejection>) -> ApiResult<Value> {
     body.map(|Json(v)| v).map_err(|e| match e {
         JsonRejection::JsonDataError(e) => {
             ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
@@ -219,14 +219,22 @@ async fn create_instance(
                 Some(Err(e)) => errors.push(format!("instanceName: {e}")),
                 None => errors.push("instanceName: expected a string".to_owned()),
             },
-            "token" => match value.as_str() {
-                Some(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
+            "token" => match value {
+                // Evolution API generates one for an empty or missing token, as here.
+                Value::Null => {}
+                Value::String(t) if t.trim().is_empty() => {}
+                Value::String(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
                 _ => errors.push("token: expected a string of at least 8 characters".to_owned()),
             },
             EVENT_FORMAT_FIELD => {
                 let mut problems = Vec::new();
                 settings.event_format = parse_event_format(value, &mut problems);
                 errors.extend(problems.iter().map(ToString::to_string));
+            }
+            other if let Some(checked) = crate::evolution::check_ignored_create_field(other, value) => {
+                if let Err(e) = checked {
+                    errors.push(e);
+                }
             }
             other => match Channel::parse_built_in(other) {
                 Ok(channel) => {
@@ -239,7 +247,8 @@ async fn create_instance(
                 }
                 Err(_) => errors.push(format!(
                     "{other}: unknown field; expected instanceName, token, eventFormat, webhook, websocket, rabbitmq, \
-                     sqs, kafka, nats or pusher"
+                     sqs, kafka, nats, pusher or one of Evolution API's fields accepted and ignored here ({})",
+                    crate::evolution::ignored_create_fields().collect::<Vec<_>>().join(", ")
                 )),
             },
         }
@@ -347,7 +356,7 @@ fn route_channel(channel: &str) -> ApiResult<Channel> {
     Channel::parse_built_in(channel).map_err(|e| ApiError::not_found(e.to_string()))
 }
 
-pub(crate) async fn set_channel(
+async fn set_channel(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((channel, instance)): Path<(String, String)>,
@@ -355,13 +364,26 @@ pub(crate) async fn set_channel(
 ) -> ApiResult {
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
-    let body = json_body(body)?;
-    let key = channel.as_str();
-    let Some(value) = body.as_object().and_then(|o| o.get(key)) else {
-        return Err(ApiError::bad_request(format!(
-            "{key}: is required: send {{\"{key}\": {{…}}}}"
-        )));
+    let updated = save_channel(&app, &record, channel, json_body(body)?).await?;
+    let answer = settings_answer(&app, &updated, channel);
+    // Evolution API answers the stored row itself; the seed profile wraps it in its channel's key.
+    let answer = match app.config.global.naming {
+        evolution_events::NamingProfile::Seed => json!({ channel.as_str(): answer }),
+        evolution_events::NamingProfile::EvolutionV2 => answer,
     };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// Validates, provisions, stores and caches `{"<channel>": {…}}` as `record`'s settings of
+/// `channel`, and returns the updated record. A value sent back exactly as `find` showed it
+/// redacted keeps the stored secret ([`keep_hidden`]), so what `find` answered can be sent back.
+pub(crate) async fn save_channel(
+    app: &App,
+    record: &Instance,
+    channel: Channel,
+    mut body: Value,
+) -> ApiResult<InstanceRecord> {
+    let key = channel.as_str();
     let mut errors: Vec<String> = body
         .as_object()
         .into_iter()
@@ -369,8 +391,18 @@ pub(crate) async fn set_channel(
         .filter(|k| k.as_str() != key)
         .map(|k| format!("{k}: unknown field; this route takes only `{key}`"))
         .collect();
+    let Some(value) = body.as_object_mut().and_then(|o| o.get_mut(key)) else {
+        return Err(ApiError::bad_request(format!(
+            "{key}: is required: send {{\"{key}\": {{…}}}}"
+        )));
+    };
+    keep_hidden(
+        value,
+        &record.settings.redacted().get(channel),
+        &record.settings.get(channel),
+    );
     let mut settings = record.settings.clone();
-    parse_channel(&app, channel, value, &mut settings, &mut errors);
+    parse_channel(app, channel, value, &mut settings, &mut errors);
     let mut checked = None;
     if errors.is_empty() {
         match app.dispatcher.router().check(&record.name, settings.clone()) {
@@ -379,26 +411,60 @@ pub(crate) async fn set_channel(
         }
     }
     if errors.is_empty() {
-        provision(&app, &record.name, &settings, &mut errors).await;
+        provision(app, &record.name, &settings, &mut errors).await;
     }
     let Some(checked) = checked.filter(|_| errors.is_empty()) else {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     };
     if !app.store.update_settings(&record.name, &settings).await? {
         return Err(ApiError::not_found(format!(
-            "The \"{instance}\" instance does not exist"
+            "The \"{}\" instance does not exist",
+            record.name
         )));
     }
     let updated = InstanceRecord {
-        settings: settings.clone(),
+        settings,
         ..record.record().clone()
     };
-    app.cache_checked(Instance::checked(updated, checked));
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ key: settings.redacted().get(channel) })),
-    )
-        .into_response())
+    app.cache_checked(Instance::checked(updated.clone(), checked));
+    Ok(updated)
+}
+
+/// Replaces, in `sent`, every value equal to what `shown` (the redacted settings) holds at the
+/// same place, where that differs from `stored` (so it was hidden), with the stored value.
+fn keep_hidden(sent: &mut Value, shown: &Value, stored: &Value) {
+    match (sent, shown, stored) {
+        (Value::Object(sent), Value::Object(shown), Value::Object(stored)) => {
+            for (key, value) in sent.iter_mut() {
+                if let (Some(shown), Some(stored)) = (shown.get(key), stored.get(key)) {
+                    keep_hidden(value, shown, stored);
+                }
+            }
+        }
+        (Value::Array(sent), Value::Array(shown), Value::Array(stored)) => {
+            for (value, (shown, stored)) in sent.iter_mut().zip(shown.iter().zip(stored)) {
+                keep_hidden(value, shown, stored);
+            }
+        }
+        // A single secret shown redacted may come back as the array of one (or the reverse) only
+        // if the client changed its shape: then it is a new value, left as sent.
+        (sent, shown, stored) => {
+            if *sent == *shown && shown != stored {
+                *sent = stored.clone();
+            }
+        }
+    }
+}
+
+/// `channel`'s settings as `set` and `find` show them (secrets redacted): as given, or Evolution
+/// API's stored row with `EVENT_NAMING=evolution-v2` (`crate::evolution::settings_row`).
+fn settings_answer(app: &App, record: &InstanceRecord, channel: Channel) -> Value {
+    match app.config.global.naming {
+        evolution_events::NamingProfile::Seed => record.settings.redacted().get(channel),
+        evolution_events::NamingProfile::EvolutionV2 => {
+            crate::evolution::settings_row(record, &record.settings, channel)
+        }
+    }
 }
 
 async fn find_channel(
@@ -408,7 +474,7 @@ async fn find_channel(
 ) -> ApiResult {
     let channel = route_channel(&channel)?;
     let record = instance_access(&app, &headers, &instance)?;
-    Ok(Json(record.settings.redacted().get(channel)).into_response())
+    Ok(Json(settings_answer(&app, &record, channel)).into_response())
 }
 
 /// `POST /format/set/{instance}` `{"eventFormat": "cloudevents" | "cloudevents-structured" |
@@ -740,7 +806,34 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `GET /ready` answers the same checks: an unauthenticated caller polling it cannot make
+/// the server probe every broker more often than this.
+pub(crate) const READY_TTL: Duration = Duration::from_secs(1);
+
 async fn ready(State(app): State<Arc<App>>) -> Response {
+    let (ok, checks) = {
+        let mut cached = app.ready.lock().await;
+        match &*cached {
+            Some((at, ok, checks)) if at.elapsed() < READY_TTL => (*ok, checks.clone()),
+            _ => {
+                let (ok, checks) = readiness(&app).await;
+                *cached = Some((tokio::time::Instant::now(), ok, checks.clone()));
+                (ok, checks)
+            }
+        }
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let accepted = app.accepted.load(Ordering::Relaxed);
+    (code, Json(json!({"status": if ok { "ready" } else { "unavailable" }, "checks": checks, "accepted": accepted })))
+        .into_response()
+}
+
+/// The storage and every sink's health check, the sinks' at the same time (each at most 5 s).
+async fn readiness(app: &App) -> (bool, Value) {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
     let storage = app.outbox.stats(Channel::Webhook).await;
@@ -754,29 +847,61 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
             }
         },
     );
-    for channel in app.dispatcher.channels() {
-        let Some(sink) = app.dispatcher.sink(channel) else {
-            continue;
-        };
-        let status = match tokio::time::timeout(Duration::from_secs(5), sink.health_check()).await {
-            Ok(Ok(())) => json!("ok"),
-            Ok(Err(e)) => {
+    let sinks = app
+        .dispatcher
+        .channels()
+        .filter_map(|channel| Some((channel, app.dispatcher.sink(channel)?)))
+        .map(|(channel, sink)| async move {
+            let status = match tokio::time::timeout(Duration::from_secs(5), sink.health_check()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("health check timed out after 5 s".to_owned()),
+            };
+            (channel, status)
+        });
+    for (channel, status) in futures_util::future::join_all(sinks).await {
+        let status = match status {
+            Ok(()) => json!("ok"),
+            Err(e) => {
                 ok = false;
-                json!(e.to_string())
-            }
-            Err(_) => {
-                ok = false;
-                json!("health check timed out after 5 s")
+                json!(e)
             }
         };
         checks.insert(channel.to_string(), status);
     }
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let accepted = app.accepted.load(Ordering::Relaxed);
-    (code, Json(json!({"status": if ok { "ready" } else { "unavailable" }, "checks": checks, "accepted": accepted })))
-        .into_response()
+    (ok, Value::Object(checks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_hidden;
+    use serde_json::json;
+
+    #[test]
+    fn redacted_values_sent_back_keep_the_stored_ones() {
+        let stored = json!({"url": "https://u:pw@h.example/x?token=abc", "headers": {"Authorization": "Bearer s3cret", "X-Plain": "v"},
+            "secret": ["whsec_a", "whsec_b"], "enabled": true});
+        let shown = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
+            "headers": {"Authorization": "**REDACTED**", "X-Plain": "**REDACTED**"},
+            "secret": ["**REDACTED**", "**REDACTED**"], "enabled": true});
+        let mut sent = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
+            "headers": {"Authorization": "**REDACTED**", "X-Plain": "new", "X-New": "**REDACTED**"},
+            "secret": ["**REDACTED**", "whsec_new"], "enabled": false});
+        keep_hidden(&mut sent, &shown, &stored);
+        assert_eq!(
+            sent,
+            json!({"url": "https://u:pw@h.example/x?token=abc",
+                "headers": {"Authorization": "Bearer s3cret", "X-Plain": "new", "X-New": "**REDACTED**"},
+                "secret": ["whsec_a", "whsec_new"], "enabled": false})
+        );
+    }
+
+    #[test]
+    fn values_that_were_never_hidden_are_left_as_sent() {
+        let stored = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
+        let shown = stored.clone();
+        let mut sent = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
+        keep_hidden(&mut sent, &shown, &stored);
+        assert_eq!(sent, shown);
+    }
 }

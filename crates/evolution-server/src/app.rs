@@ -38,6 +38,9 @@ pub(crate) struct App {
     pub(crate) accepted: AtomicU64,
     /// Trace contexts of the accepted events, and the OTLP export of spans.
     pub(crate) telemetry: Arc<Telemetry>,
+    /// The last readiness checks and when they ran (`GET /ready` answers them for
+    /// [`READY_TTL`](crate::api::READY_TTL); callers meanwhile wait for the one that runs them).
+    pub(crate) ready: tokio::sync::Mutex<Option<(tokio::time::Instant, bool, serde_json::Value)>>,
     /// The websocket channel's sink (`WEBSOCKET_ENABLED=true`).
     #[cfg(feature = "websocket")]
     pub(crate) websocket: Option<Arc<WebsocketSink>>,
@@ -191,6 +194,7 @@ impl App {
             instances,
             accepted: AtomicU64::new(0),
             telemetry,
+            ready: tokio::sync::Mutex::new(None),
             #[cfg(feature = "websocket")]
             websocket,
             #[cfg(feature = "websocket")]

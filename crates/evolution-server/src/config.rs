@@ -121,6 +121,7 @@ pub(crate) struct Config {
     pub(crate) host: IpAddr,
     pub(crate) port: u16,
     pub(crate) server_url: Option<String>,
+    /// `SERVER_NAME` made a valid instance name (the instance of server-wide events).
     pub(crate) server_name: InstanceName,
     pub(crate) data_dir: PathBuf,
     pub(crate) database: Database,
@@ -284,8 +285,13 @@ impl Config {
                 IpAddr::from([0, 0, 0, 0])
             }
         };
-        let named = InstanceName::new(v.raw("SERVER_NAME").trim()).or_else(|e| {
-            v.error(format!("SERVER_NAME (the instance of server-wide events): {e}"));
+        // Evolution API deployments use any label (`Evolution API`); where it names an instance it
+        // is made a valid one (`Evolution-API`).
+        let server_label = v.raw("SERVER_NAME").trim().to_owned();
+        let named = InstanceName::from_label(&server_label).or_else(|e| {
+            v.error(format!(
+                "SERVER_NAME (the instance of server-wide events): {e}; give it at least one ASCII letter or digit"
+            ));
             InstanceName::new("evolution")
         });
         let Ok(server_name) = named else {
@@ -369,6 +375,11 @@ impl Config {
         });
         let mut global = GlobalSettings {
             naming,
+            server_name: if server_label.is_empty() {
+                "evolution".to_owned()
+            } else {
+                server_label
+            },
             ..GlobalSettings::default()
         };
         evolution_sinks::build::read_global(v, &mut global);
@@ -522,6 +533,17 @@ mod tests {
         }
     }
 
+    /// Any `SERVER_NAME` an Evolution API deployment uses starts the server.
+    #[test]
+    fn server_names_with_spaces_and_dots() {
+        let c = Config::load(None, env(&[("SERVER_NAME", "Evolution API")])).unwrap();
+        assert_eq!(c.server_name.as_str(), "Evolution-API");
+        let c = Config::load(None, env(&[("SERVER_NAME", "evo.prod")])).unwrap();
+        assert_eq!(c.server_name.as_str(), "evo-prod");
+        let err = Config::load(None, env(&[("SERVER_NAME", "...")])).unwrap_err();
+        assert!(err.to_string().contains("SERVER_NAME"), "{err}");
+    }
+
     /// A build without PostgreSQL refuses its URI, naming the feature.
     #[cfg(not(feature = "postgres"))]
     #[test]
@@ -559,6 +581,57 @@ mod tests {
         for bad in ["", "h", "1.5h", "-1s", "10w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `<CHANNEL>_EVENTS_<EVENT>` for SQS and WebSocket too (and Evolution API's `SQS_GLOBAL_<EVENT>`),
+    /// the same in the environment and in the TOML file.
+    #[cfg(all(feature = "sqs", feature = "websocket"))]
+    #[test]
+    fn sqs_and_websocket_event_toggles_in_the_environment_and_the_file() {
+        let sqs = |c: &Config| c.global.sqs.broker.events.clone();
+        let c = Config::load(
+            None,
+            env(&[
+                ("SQS_EVENTS_MESSAGES_UPSERT", "true"),
+                ("SQS_GLOBAL_CALL", "true"),
+                ("SQS_EVENTS_CHATS_SET", "false"),
+                ("WEBSOCKET_EVENTS_CONNECTION_UPDATE", "true"),
+                ("WEBSOCKET_EVENTS_CALL", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            sqs(&c),
+            BTreeSet::from([EventKind::MessagesUpsert, EventKind::Call])
+        );
+        assert_eq!(
+            c.global.websocket.events,
+            Some(BTreeSet::from([EventKind::ConnectionUpdate]))
+        );
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.global.websocket.events, None, "no toggle: every event");
+
+        let dir = std::env::temp_dir().join(format!("evo-toggles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("evolution.toml");
+        std::fs::write(
+            &file,
+            "sqs_events_messages_upsert = true\nSQS_GLOBAL_CALL = true\n\
+             websocket_events_connection_update = true\nWEBSOCKET_EVENTS_CALL = false\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("SQS_EVENTS_CHATS_SET", "yes")])).unwrap();
+        assert_eq!(
+            sqs(&c),
+            BTreeSet::from([EventKind::MessagesUpsert, EventKind::Call, EventKind::ChatsSet])
+        );
+        assert_eq!(
+            c.global.websocket.events,
+            Some(BTreeSet::from([EventKind::ConnectionUpdate]))
+        );
+        let err = Config::load(None, env(&[("WEBSOCKET_EVENTS_CALL", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("WEBSOCKET_EVENTS_CALL=`maybe`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(feature = "webhook")]

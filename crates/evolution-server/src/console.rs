@@ -4,9 +4,9 @@
 //!
 //! - `GET /console/api/session`: who the `apikey` is (global or which instance) and what this
 //!   server offers (the channels it can deliver to, every event name, whether Socket.IO is on);
-//! - `POST /console/api/settings/{channel}/{instance}`: `POST /{channel}/set/{instance}` where a
-//!   field sent back exactly as `find` showed it redacted keeps its stored value, so a form filled
-//!   from the redacted settings can be saved without knowing (or wiping) the secrets.
+//! - `GET` and `POST /console/api/settings/{channel}/{instance}`: `find` and `set` of a channel's
+//!   settings in one shape whatever `EVENT_NAMING` says (the seed profile's; Evolution API's rows
+//!   have other field names), secrets redacted; a value sent back redacted keeps the stored secret.
 
 use std::sync::Arc;
 
@@ -14,12 +14,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router as Http};
 use evolution_events::{Channel, EventKind};
 use serde_json::{Value, json};
 
-use crate::api::{Access, ApiResult, authorize, instance_access, set_channel};
+use crate::api::{Access, ApiResult, authorize, instance_access, json_body, save_channel};
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -60,10 +60,7 @@ pub(crate) fn routes() -> Http<Arc<App>> {
             get(|| async { asset("text/plain; charset=utf-8", SOCKET_IO_LICENSE) }),
         )
         .route("/console/api/session", get(session))
-        .route(
-            "/console/api/settings/{channel}/{instance}",
-            post(set_keeping_secrets),
-        )
+        .route("/console/api/settings/{channel}/{instance}", get(find).post(save))
 }
 
 /// One embedded file, never cached stale (it changes with the binary) and with the console's
@@ -108,90 +105,32 @@ async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
     Ok(Json(body).into_response())
 }
 
-/// `POST /console/api/settings/{channel}/{instance}`: the body of `POST /{channel}/set/{instance}`
-/// with every redacted value that came back unchanged replaced by the stored one.
-async fn set_keeping_secrets(
+/// `GET /console/api/settings/{channel}/{instance}`: `channel`'s settings in the console's shape
+/// (the seed profile's, whatever `EVENT_NAMING` says), secrets redacted.
+async fn find(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((channel, instance)): Path<(String, String)>,
+) -> ApiResult {
+    let channel = Channel::parse_built_in(&channel).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let record = instance_access(&app, &headers, &instance)?;
+    Ok(Json(record.settings.redacted().get(channel)).into_response())
+}
+
+/// `POST /console/api/settings/{channel}/{instance}`: `POST /{channel}/set/{instance}` (a value
+/// sent back redacted keeps the stored secret), answered in the console's shape
+/// (`{"<channel>": {…}}`, secrets redacted) whatever `EVENT_NAMING` says.
+async fn save(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((channel, instance)): Path<(String, String)>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let parsed = Channel::parse_built_in(&channel).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let channel = Channel::parse_built_in(&channel).map_err(|e| ApiError::not_found(e.to_string()))?;
     let record = instance_access(&app, &headers, &instance)?;
-    let body = match body {
-        Ok(Json(mut value)) => {
-            let stored = record.settings.get(parsed);
-            let shown = record.settings.redacted().get(parsed);
-            if let Some(sent) = value.get_mut(parsed.as_str()) {
-                keep_hidden(sent, &shown, &stored);
-            }
-            Ok(Json(value))
-        }
-        Err(e) => Err(e),
-    };
-    let response = set_channel(State(app), headers, Path((channel, instance)), body).await?;
-    if response.status() == StatusCode::CREATED {
-        tracing::info!(instance = %record.name, channel = %parsed, "settings saved from the console");
-    }
-    Ok(response)
-}
-
-/// Replaces, in `sent`, every value equal to what `shown` (the redacted settings) holds at the
-/// same place, where that differs from `stored` (so it was hidden), with the stored value.
-fn keep_hidden(sent: &mut Value, shown: &Value, stored: &Value) {
-    match (sent, shown, stored) {
-        (Value::Object(sent), Value::Object(shown), Value::Object(stored)) => {
-            for (key, value) in sent.iter_mut() {
-                if let (Some(shown), Some(stored)) = (shown.get(key), stored.get(key)) {
-                    keep_hidden(value, shown, stored);
-                }
-            }
-        }
-        (Value::Array(sent), Value::Array(shown), Value::Array(stored)) => {
-            for (value, (shown, stored)) in sent.iter_mut().zip(shown.iter().zip(stored)) {
-                keep_hidden(value, shown, stored);
-            }
-        }
-        // A single secret shown redacted may come back as the array of one (or the reverse) only
-        // if the form changed its shape: then it is a new value, left as sent.
-        (sent, shown, stored) => {
-            if *sent == *shown && shown != stored {
-                *sent = stored.clone();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::keep_hidden;
-    use serde_json::json;
-
-    #[test]
-    fn redacted_values_sent_back_keep_the_stored_ones() {
-        let stored = json!({"url": "https://u:pw@h.example/x?token=abc", "headers": {"Authorization": "Bearer s3cret", "X-Plain": "v"},
-            "secret": ["whsec_a", "whsec_b"], "enabled": true});
-        let shown = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
-            "headers": {"Authorization": "**REDACTED**", "X-Plain": "**REDACTED**"},
-            "secret": ["**REDACTED**", "**REDACTED**"], "enabled": true});
-        let mut sent = json!({"url": "https://u:**REDACTED**@h.example/x?token=**REDACTED**",
-            "headers": {"Authorization": "**REDACTED**", "X-Plain": "new", "X-New": "**REDACTED**"},
-            "secret": ["**REDACTED**", "whsec_new"], "enabled": false});
-        keep_hidden(&mut sent, &shown, &stored);
-        assert_eq!(
-            sent,
-            json!({"url": "https://u:pw@h.example/x?token=abc",
-                "headers": {"Authorization": "Bearer s3cret", "X-Plain": "new", "X-New": "**REDACTED**"},
-                "secret": ["whsec_a", "whsec_new"], "enabled": false})
-        );
-    }
-
-    #[test]
-    fn values_that_were_never_hidden_are_left_as_sent() {
-        let stored = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
-        let shown = stored.clone();
-        let mut sent = json!({"url": "https://h.example/x", "events": ["MESSAGES_UPSERT"]});
-        keep_hidden(&mut sent, &shown, &stored);
-        assert_eq!(sent, shown);
-    }
+    let body = json_body(body)?;
+    let updated = save_channel(&app, &record, channel, body).await?;
+    tracing::info!(instance = %record.name, channel = %channel, "settings saved from the console");
+    let answer = json!({ channel.as_str(): updated.settings.redacted().get(channel) });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }

@@ -8,6 +8,7 @@ mod asyncapi;
 mod config;
 mod console;
 mod error;
+mod evolution;
 mod instances;
 mod metrics;
 mod openapi;

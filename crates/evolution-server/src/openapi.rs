@@ -21,24 +21,60 @@ fn events_schema() -> Value {
     json!({"type": "array", "items": {"type": "string", "description": "Event name: MESSAGES_UPSERT, messages.upsert or messages-upsert"}, "description": "Selected events; empty means every event"})
 }
 
+/// The fields of Evolution API's stored settings rows, accepted (and ignored) in every settings
+/// object, so that what `find` answered can be sent back to `set`.
+fn row_fields() -> Value {
+    json!({"id": {"description": "ignored"}, "createdAt": {"description": "ignored"},
+        "updatedAt": {"description": "ignored"}, "instanceId": {"description": "ignored"}})
+}
+
+fn with_row_fields(mut schema: Value) -> Value {
+    if let (Some(properties), Value::Object(row)) = (schema["properties"].as_object_mut(), row_fields()) {
+        properties.extend(row);
+    }
+    schema
+}
+
 fn channel_settings() -> Value {
-    json!({"type": "object", "additionalProperties": false, "required": ["enabled"],
-        "properties": {"enabled": {"type": "boolean"}, "events": events_schema()}})
+    with_row_fields(
+        json!({"type": "object", "additionalProperties": false, "required": ["enabled"],
+        "properties": {"enabled": {"type": "boolean"}, "events": events_schema()}}),
+    )
 }
 
 fn webhook_settings() -> Value {
-    json!({"type": "object", "additionalProperties": false, "required": ["enabled", "url"],
+    with_row_fields(
+        json!({"type": "object", "additionalProperties": false, "required": ["enabled", "url"],
         "properties": {"enabled": {"type": "boolean"}, "url": {"type": "string", "format": "uri"},
             "events": events_schema(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"}}})
+            "base64": {"type": "boolean"}, "byEvents": {"type": "boolean"},
+            "webhookBase64": {"type": "boolean", "description": "Evolution API's name of base64"},
+            "webhookByEvents": {"type": "boolean", "description": "Evolution API's name of byEvents"},
+            "webhook_base64": {"type": "boolean", "description": "Evolution API v1's name of base64"},
+            "webhook_by_events": {"type": "boolean", "description": "Evolution API v1's name of byEvents"}}}),
+    )
 }
 
 fn pusher_settings() -> Value {
-    json!({"type": "object", "additionalProperties": false,
+    with_row_fields(json!({"type": "object", "additionalProperties": false,
         "required": ["enabled", "appId", "key", "secret", "cluster", "useTLS"],
         "properties": {"enabled": {"type": "boolean"}, "appId": {"type": "string"}, "key": {"type": "string"},
             "secret": {"type": "string"}, "cluster": {"type": "string"}, "useTLS": {"type": "boolean"},
-            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}})
+            "events": events_schema(), "host": {"type": "string"}, "port": {"type": "integer"}}}))
+}
+
+/// Evolution API's `POST /instance/create` fields that mean nothing here: accepted (type-checked)
+/// and ignored.
+fn ignored_create_fields() -> Value {
+    crate::evolution::ignored_create_fields()
+        .map(|name| {
+            (
+                name.to_owned(),
+                json!({"description": "Evolution API field, accepted and ignored"}),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
 }
 
 fn event_format_schema() -> Value {
@@ -51,16 +87,24 @@ fn operations() -> Vec<Op> {
         Op {
             method: "post",
             path: "/instance/create",
-            summary: "Create an instance (global apikey only); channel settings may be given; emits INSTANCE_CREATE",
-            body: Some(
-                json!({"type": "object", "additionalProperties": false, "required": ["instanceName"],
+            summary: "Create an instance (global apikey only); channel settings may be given; emits INSTANCE_CREATE. \
+                      Evolution API's other fields (integration, qrcode, number, its settings, proxy, Chatwoot and \
+                      Typebot fields) are accepted and ignored",
+            body: Some({
+                let mut body = json!({"type": "object", "additionalProperties": false, "required": ["instanceName"],
                 "properties": {"instanceName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
-                    "token": {"type": "string", "minLength": 8},
+                    "token": {"type": "string", "description": "at least 8 characters; empty or absent: generated"},
                     "eventFormat": event_format_schema(),
                     "webhook": webhook_settings(), "websocket": channel_settings(), "rabbitmq": channel_settings(),
                     "sqs": channel_settings(), "kafka": channel_settings(), "nats": channel_settings(),
-                    "pusher": pusher_settings()}}),
-            ),
+                    "pusher": pusher_settings()}});
+                if let (Some(properties), Value::Object(ignored)) =
+                    (body["properties"].as_object_mut(), ignored_create_fields())
+                {
+                    properties.extend(ignored);
+                }
+                body
+            }),
             ok: (
                 "201",
                 json!({"type": "object", "properties": {"instance": {"type": "object"}, "hash": {"type": "string", "description": "the instance token"}}}),
@@ -86,7 +130,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "post",
             path: "/{channel}/set/{instance}",
-            summary: "Set one channel's settings: body {\"<channel>\": {...}}",
+            summary: "Set one channel's settings: body {\"<channel>\": {...}}; a value sent back exactly as find showed it redacted keeps the stored secret",
             body: Some(
                 json!({"type": "object", "description": "{\"webhook\": WebhookSettings} | {\"pusher\": PusherSettings} | {\"websocket\"|\"rabbitmq\"|\"sqs\"|\"kafka\"|\"nats\": ChannelSettings}",
                 "properties": {"webhook": webhook_settings(), "pusher": pusher_settings(), "websocket": channel_settings(),
@@ -94,14 +138,17 @@ fn operations() -> Vec<Op> {
             ),
             ok: (
                 "201",
-                json!({"type": "object", "description": "the stored settings, secrets redacted"}),
+                json!({"type": "object", "description": "the stored settings, secrets redacted: {\"<channel>\": {...}}; \
+                    with EVENT_NAMING=evolution-v2, Evolution API's stored row itself (id, the settings with \
+                    webhookByEvents/webhookBase64, every event listed, instanceId)"}),
             ),
             auth: true,
         },
         Op {
             method: "get",
             path: "/{channel}/find/{instance}",
-            summary: "One channel's settings (secrets redacted), or null",
+            summary: "One channel's settings (secrets redacted), or null; with EVENT_NAMING=evolution-v2 as Evolution \
+                      API's stored row",
             body: None,
             ok: ("200", json!({"type": ["object", "null"]})),
             auth: true,
@@ -187,9 +234,20 @@ fn operations() -> Vec<Op> {
             auth: true,
         },
         Op {
+            method: "get",
+            path: "/console/api/settings/{channel}/{instance}",
+            summary: "For the web console: as GET /{channel}/find/{instance}, in the seed profile's shape whatever EVENT_NAMING says",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "description": "one channel's settings, secrets redacted"}),
+            ),
+            auth: true,
+        },
+        Op {
             method: "post",
             path: "/console/api/settings/{channel}/{instance}",
-            summary: "For the web console: as POST /{channel}/set/{instance}, but a value sent back exactly as find showed it redacted keeps the stored secret",
+            summary: "For the web console: as POST /{channel}/set/{instance}, answered in the seed profile's shape whatever EVENT_NAMING says",
             body: Some(
                 json!({"type": "object", "description": "{\"<channel>\": {...}}, as POST /{channel}/set/{instance}"}),
             ),
@@ -210,7 +268,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "get",
             path: "/ready",
-            summary: "Every sink's health check and the storage",
+            summary: "Every sink's health check (run at the same time, each at most 5 s) and the storage; the same answer for 1 s",
             body: None,
             ok: ("200", json!({"type": "object"})),
             auth: false,

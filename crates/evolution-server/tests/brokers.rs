@@ -358,6 +358,7 @@ async fn nats_global_settings_in_jetstream_mode_are_stored_and_delivered() {
 // The evolution-v2 naming profile
 // ---------------------------------------------------------------------------------------------
 
+/// Evolution API's names, and its bodies on RabbitMQ and NATS (golden).
 #[tokio::test]
 async fn evolution_v2_profile_uses_evolution_api_names() {
     let (Some(uri), Some(url)) = (
@@ -377,6 +378,7 @@ async fn evolution_v2_profile_uses_evolution_api_names() {
         "v2",
         &[
             ("EVENT_NAMING", "evolution-v2"),
+            ("SERVER_URL", common::GOLDEN_SERVER_URL),
             ("RABBITMQ_ENABLED", "true"),
             ("RABBITMQ_URI", &uri),
             ("RABBITMQ_EXCHANGE_NAME", &format!("evolution-e2e-{tag}")),
@@ -405,12 +407,27 @@ async fn evolution_v2_profile_uses_evolution_api_names() {
         (body["id"].as_str(), body["event"].as_str()),
         (Some(ids[0].as_str()), Some("messages.upsert"))
     );
+    // Evolution API's body (golden); this system's message properties on top of it.
+    common::assert_golden(
+        "rabbitmq",
+        &got[0].data,
+        &[("INSTANCE", &instance), ("ID", &ids[0])],
+    );
+    assert_eq!(
+        got[0].properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(ids[0].as_str())
+    );
     let queue = format!("{instance}.messages.upsert");
     assert_eq!(consumer.drain(&queue).await, 1, "Evolution's queue name");
 
     let got = wait_nats(&received, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].subject.as_str(), format!("{instance}.messages.upsert"));
+    common::assert_golden(
+        "nats",
+        &got[0].payload,
+        &[("INSTANCE", &instance), ("ID", &ids[0])],
+    );
     // The stream had no subject for this instance: `{instance}.>` was added when first seen.
     let stored = read_stream(&client, &stream, &format!("{instance}.>"), 1).await;
     assert_eq!(stored.len(), 1);

@@ -79,10 +79,25 @@ impl TopicWatcher {
             .set("reconnect.backoff.max.ms", "500")
             .create()
             .unwrap();
+        // Every partition of a topic that exists already (a broker-created one may have several),
+        // partition 0 of one that does not yet.
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+            })
+            .unwrap_or(1)
+            .max(1);
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(topic, i32::try_from(partition).unwrap(), Offset::Beginning)
+                .unwrap();
+        }
         consumer.assign(&assignment).unwrap();
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&records);
@@ -276,6 +291,7 @@ struct SqsMessage {
     body: String,
     attributes: HashMap<String, String>,
     group_id: Option<String>,
+    dedup_id: Option<String>,
 }
 
 /// Drains a queue in the background (receive, delete), looking its URL up again after errors (a
@@ -308,6 +324,7 @@ impl QueueWatcher {
                     .wait_time_seconds(1)
                     .message_attribute_names("All")
                     .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                    .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
                     .send()
                     .await;
                 let Ok(answer) = answer else {
@@ -329,10 +346,15 @@ impl QueueWatcher {
                         .attributes()
                         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                         .cloned();
+                    let dedup_id = m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageDeduplicationId))
+                        .cloned();
                     sink.lock().unwrap().push(SqsMessage {
                         body: m.body().unwrap_or_default().to_owned(),
                         attributes,
                         group_id,
+                        dedup_id,
                     });
                     if let Some(h) = m.receipt_handle() {
                         let entry = DeleteMessageBatchRequestEntry::builder()
@@ -432,6 +454,132 @@ async fn sqs_instance_settings_reach_a_receiver() {
     check_sqs_message(&got[0], &ids[0], "MESSAGES_UPSERT", &instance);
 }
 
+/// The seed's `KAFKA_AUTO_CREATE_TOPICS=false` (Evolution API's default): topic creation is left to
+/// the broker, as Evolution API does, and the producer does not forbid it — tansu creates the
+/// instance's topic when its first record comes, and the consumer reads it.
+#[tokio::test]
+async fn kafka_without_auto_create_leaves_topics_to_the_broker() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("kb-{}", unique());
+    let topic = format!("evolution.{instance}.messages-upsert");
+    let mut vars = kafka_env(&brokers);
+    vars.retain(|(k, _)| *k != "KAFKA_AUTO_CREATE_TOPICS");
+    let server = Server::start("kafka-broker-creates", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    assert!(!topic_exists(&brokers, &topic), "the sink did not create it");
+    let ids = post_three(&server, &instance).await;
+    // The consumer reads the topic from its beginning once the broker has it.
+    let deadline = Instant::now() + WAIT;
+    while !topic_exists(&brokers, &topic) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watch = TopicWatcher::start(&brokers, &topic);
+    let got = watch.wait(1).await;
+    let (_, log) = server
+        .call("GET", &format!("/deliveries/{instance}"), Some(API_KEY), None)
+        .await;
+    assert_eq!(got.len(), 1, "deliveries: {log}");
+    check_record(&got[0], &ids[0], "MESSAGES_UPSERT", &instance);
+}
+
+/// `EVENT_NAMING=evolution-v2` on Kafka: Evolution API's topic, key, headers (`event`,
+/// `instance`, `origin`, `timestamp`) and value with its epoch-milliseconds `timestamp` (golden).
+#[tokio::test]
+async fn evolution_v2_kafka_record_is_evolution_api_s() {
+    let Some(brokers) = service_env("EVOLUTION_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let instance = format!("v2-{}", unique());
+    let mut vars = kafka_env(&brokers);
+    vars.extend([
+        ("EVENT_NAMING", "evolution-v2".to_owned()),
+        ("SERVER_URL", common::GOLDEN_SERVER_URL.to_owned()),
+    ]);
+    let server = Server::start("v2-kafka", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"kafka": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let watch = TopicWatcher::start(&brokers, &format!("evolution.{instance}.messages.upsert"));
+    let ids = post_three(&server, &instance).await;
+    let got = watch.wait(1).await;
+    assert_eq!(got.len(), 1);
+    let record = &got[0];
+    common::assert_golden(
+        "kafka",
+        &record.payload,
+        &[("INSTANCE", &instance), ("ID", &ids[0])],
+    );
+    let body: Value = serde_json::from_slice(&record.payload).unwrap();
+    assert_eq!(record.key.as_deref(), Some(instance.as_bytes()));
+    assert_eq!(record.header("event"), "messages.upsert");
+    assert_eq!(record.header("instance"), instance);
+    assert_eq!(record.header("origin"), "ChannelStartupService");
+    assert_eq!(record.header("timestamp"), body["date_time"].as_str().unwrap());
+    assert_eq!(record.header("id"), ids[0]);
+}
+
+/// `EVENT_NAMING=evolution-v2` on SQS: Evolution API's queues, message groups and body (`dataType`,
+/// `server` = `SERVER_NAME`) (golden); the deduplication id is the event id (Evolution API's lost
+/// two events of one type in one millisecond).
+#[tokio::test]
+async fn evolution_v2_sqs_message_is_evolution_api_s() {
+    let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
+        return;
+    };
+    let tag = unique();
+    let instance = format!("v2-{tag}");
+    let global_prefix = format!("g{tag}");
+    let mut vars = sqs_env(&endpoint);
+    vars.extend([
+        ("EVENT_NAMING", "evolution-v2".to_owned()),
+        ("SERVER_URL", common::GOLDEN_SERVER_URL.to_owned()),
+        ("SERVER_NAME", "Evolution API".to_owned()),
+        ("SQS_GLOBAL_ENABLED", "true".to_owned()),
+        ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", "true".to_owned()),
+        ("SQS_GLOBAL_PREFIX_NAME", global_prefix.clone()),
+        ("SQS_GLOBAL_MESSAGES_UPSERT", "true".to_owned()),
+    ]);
+    let server = Server::start("v2-sqs", &as_refs(&vars)).await;
+    create_instance(
+        &server,
+        &instance,
+        json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let client = sqs_client(&endpoint).await;
+    let own = QueueWatcher::start(client.clone(), &format!("{instance}_messages_upsert.fifo"));
+    let global = QueueWatcher::start(client, &format!("{global_prefix}_singlequeue.fifo"));
+    let ids = post_three(&server, &instance).await;
+    for (watch, group) in [
+        (&own, "evolution".to_owned()),
+        (&global, format!("Evolution-API-singlequeue-{instance}")),
+    ] {
+        let got = watch.wait(1).await;
+        assert_eq!(got.len(), 1, "{group}");
+        common::assert_golden(
+            "sqs",
+            got[0].body.as_bytes(),
+            &[
+                ("INSTANCE", &instance),
+                ("ID", &ids[0]),
+                ("SERVER", "Evolution API"),
+            ],
+        );
+        assert_eq!(got[0].group_id.as_deref(), Some(group.as_str()));
+        assert_eq!(got[0].dedup_id.as_deref(), Some(ids[0].as_str()));
+    }
+}
+
 #[tokio::test]
 async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
     let Some(endpoint) = service_env("EVOLUTION_TEST_SQS_ENDPOINT") else {
@@ -445,8 +593,9 @@ async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
         ("SQS_FIFO", "true".to_owned()),
         ("SQS_GLOBAL_ENABLED", "true".to_owned()),
         ("SQS_GLOBAL_FORCE_SINGLE_QUEUE", "true".to_owned()),
+        // Evolution API's toggle and every other channel's form select alike.
         ("SQS_GLOBAL_MESSAGES_UPSERT", "true".to_owned()),
-        ("SQS_GLOBAL_CALL", "true".to_owned()),
+        ("SQS_EVENTS_CALL", "true".to_owned()),
     ]);
     let server = Server::start("sqs-global", &as_refs(&vars)).await;
     let (a, b) = (format!("sqs-a-{tag}"), format!("sqs-b-{tag}"));

@@ -183,6 +183,131 @@ fn assert_seed_payload(payload: &Value, id: &str, instance: &str) {
     assert!(payload["date_time"].as_str().unwrap().ends_with('Z'));
 }
 
+/// `EVENT_NAMING=evolution-v2` on Socket.IO: Evolution API's namespace, event and message
+/// (golden).
+#[tokio::test]
+async fn evolution_v2_socketio_message_is_evolution_api_s() {
+    let Some(dir) = node_dir() else { return };
+    let server = Server::start(
+        "v2-websocket",
+        &[
+            ("EVENT_NAMING", "evolution-v2"),
+            ("SERVER_URL", common::GOLDEN_SERVER_URL),
+            ("WEBSOCKET_ENABLED", "true"),
+            ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ],
+    )
+    .await;
+    create(
+        &server,
+        json!({"instanceName": "acme", "websocket": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
+    )
+    .await;
+    let client = sio_probe(&dir, &server, API_KEY, &["/acme"]);
+    assert_eq!(
+        client.wait(1, WAIT, |l| l["type"] == "connect").await.len(),
+        1,
+        "{:?}",
+        client.lines()
+    );
+    let id = common::post_events(&server, "acme", common::seed_event("MESSAGES_UPSERT")).await[0].clone();
+    let got = client.wait(1, WAIT, |l| l["type"] == "event").await;
+    assert_eq!(got.len(), 1, "{:?}", client.lines());
+    assert_eq!(
+        (got[0]["ns"].as_str(), got[0]["event"].as_str()),
+        (Some("/acme"), Some("messages.upsert"))
+    );
+    common::assert_golden(
+        "websocket",
+        got[0]["raw"].as_str().unwrap().as_bytes(),
+        &[("INSTANCE", "acme"), ("ID", &id)],
+    );
+}
+
+/// `EVENT_NAMING=evolution-v2` on Pusher: Evolution API's channel, event and data, `destination`
+/// the app id (golden).
+#[tokio::test]
+async fn evolution_v2_pusher_event_is_evolution_api_s() {
+    let Some(dir) = node_dir() else { return };
+    let Some([host, port, app_id, key, secret]) = pusher_server() else {
+        return;
+    };
+    let instance = format!("v2-{}", common::unique());
+    let mut env = pusher_env(&host, &port, &app_id, &key, &secret);
+    env.extend([
+        ("EVENT_NAMING", "evolution-v2"),
+        ("SERVER_URL", common::GOLDEN_SERVER_URL),
+    ]);
+    let server = Server::start("v2-pusher", &env).await;
+    create(&server, json!({"instanceName": instance})).await;
+    let mut probe = Node::run(
+        node_script(&dir, "pusher-probe.js", &[]),
+        &[&host, &port, &key],
+        true,
+    );
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "connected").await.len(), 1);
+    probe.send_line(&instance);
+    assert_eq!(probe.wait(1, WAIT, |l| l["type"] == "subscribed").await.len(), 1);
+    let id = common::post_events(&server, &instance, common::seed_event("MESSAGES_UPSERT")).await[0].clone();
+    let got = probe.wait(1, WAIT, |l| l["type"] == "event").await;
+    assert_eq!(got.len(), 1, "{:?}", probe.lines());
+    assert_eq!(got[0]["event"], "messages.upsert");
+    assert_eq!(got[0]["channel"], instance.as_str());
+    common::assert_golden(
+        "pusher",
+        got[0]["raw"].as_str().unwrap().as_bytes(),
+        &[("INSTANCE", &instance), ("ID", &id), ("DESTINATION", &app_id)],
+    );
+}
+
+/// `WEBSOCKET_EVENTS_<EVENT>`: the global stream carries only the events set to true.
+#[tokio::test]
+async fn socketio_global_stream_follows_its_event_toggles() {
+    let Some(dir) = node_dir() else { return };
+    let server = Server::start(
+        "websocket-toggles",
+        &[
+            ("WEBSOCKET_ENABLED", "true"),
+            ("WEBSOCKET_GLOBAL_EVENTS", "true"),
+            ("WEBSOCKET_EVENTS_CALL", "true"),
+            ("WEBSOCKET_EVENTS_MESSAGES_UPSERT", "false"),
+            ("WEBSOCKET_ALLOWED_HOSTS", ""),
+        ],
+    )
+    .await;
+    create(&server, json!({"instanceName": "acme"})).await;
+    let client = sio_probe(&dir, &server, API_KEY, &["/"]);
+    let connected = client.wait(1, WAIT, |l| l["type"] == "connect").await;
+    assert_eq!(connected.len(), 1, "{:?}", client.lines());
+    let upsert = post_event(&server, API_KEY, "acme", seed_data()).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/events/acme",
+            Some(API_KEY),
+            Some(json!({"event": "CALL", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let call = body["ids"][0].as_str().unwrap().to_owned();
+    let got = client
+        .wait(1, WAIT, |l| {
+            l["type"] == "event" && l["raw"].as_str().is_some_and(|r| r.contains(&call))
+        })
+        .await;
+    assert_eq!(got.len(), 1, "{:?}", client.lines());
+    assert_eq!(got[0]["event"], "*");
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        client
+            .lines()
+            .iter()
+            .all(|l| !l["raw"].as_str().is_some_and(|r| r.contains(&upsert))),
+        "MESSAGES_UPSERT is switched off on the global stream: {:?}",
+        client.lines()
+    );
+}
+
 /// The seed's snippet, unchanged but for its URL, receives the seed payload on
 /// `socket.on('minha-instancia')` and, in global mode, on `socket.on('*')`; an instance token sees
 /// its instance but not the global stream; another instance's token sees nothing of it and cannot

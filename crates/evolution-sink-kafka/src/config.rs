@@ -42,9 +42,16 @@ pub struct KafkaConfig {
     pub request_timeout: Duration,
     /// Create a missing topic before producing to it, with [`num_partitions`](Self::num_partitions)
     /// and [`replication_factor`](Self::replication_factor) (`KAFKA_AUTO_CREATE_TOPICS`). Without
-    /// it, a record for a missing topic fails (retryably: it goes once the topic exists), and the
-    /// sink never asks the broker to create topics for it.
+    /// it, creation is left to the broker (`allow.auto.create.topics`, its
+    /// `auto.create.topics.enable`), and a record for a topic the broker does not create fails
+    /// without retry (a dead letter, to redrive once the topic exists).
     pub auto_create_topics: bool,
+    /// Without [`auto_create_topics`](Self::auto_create_topics), let the lookup of a missing topic
+    /// ask the broker to create it (librdkafka's `allow.auto.create.topics`; the broker decides,
+    /// with its `auto.create.topics.enable`), as Evolution API relies on. Default true; false: no
+    /// topic is ever created behind the operator's back (a record for a missing topic fails, not
+    /// retried).
+    pub broker_auto_create: bool,
     /// Partitions of a topic the sink creates (`KAFKA_NUM_PARTITIONS`, default 1).
     pub num_partitions: i32,
     /// Replication factor of a topic the sink creates (`KAFKA_REPLICATION_FACTOR`, default 1; `-1`
@@ -97,6 +104,7 @@ impl KafkaConfig {
             connection_timeout: Self::DEFAULT_CONNECTION_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             auto_create_topics: false,
+            broker_auto_create: true,
             num_partitions: 1,
             replication_factor: 1,
             linger: Self::DEFAULT_LINGER,
@@ -283,7 +291,7 @@ impl SinkConfig for KafkaConfig {
         Var::new("KAFKA_IDEMPOTENCE", "true"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("KAFKA_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["KAFKA_EVENTS_"];
 
     /// `KAFKA_ENABLED`, `KAFKA_GLOBAL_ENABLED`, `KAFKA_EVENTS_<KEY>`, `KAFKA_TOPIC_PREFIX`.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {

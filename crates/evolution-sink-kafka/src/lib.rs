@@ -34,9 +34,10 @@
 //! | `sasl` | `KAFKA_SASL_ENABLED`, `_MECHANISM` (`plain`, `scram-sha-256`, `scram-sha-512`), `_USERNAME`, `_PASSWORD` | off | `security.protocol`, `sasl.*` |
 //! | `ssl` | `KAFKA_SSL_ENABLED`, `_REJECT_UNAUTHORIZED`, `_CA`, `_CERT`, `_KEY` (PEM text or a file path) | off | `ssl.*.pem` / `ssl.*.location` |
 //!
-//! Always: `acks=all` (a record counts once every in-sync replica has it) and
-//! `allow.auto.create.topics=false` (a metadata lookup never creates a topic behind the operator's
-//! back). By default the producer is idempotent (no duplicates from librdkafka's own retries,
+//! Always: `acks=all` (a record counts once every in-sync replica has it).
+//! `allow.auto.create.topics` is the opposite of `auto_create_topics`: the sink creates topics
+//! itself, or leaves it to the broker (its `auto.create.topics.enable`, as Evolution API does;
+//! `broker_auto_create: false` forbids that too). By default the producer is idempotent (no duplicates from librdkafka's own retries,
 //! per-partition order with requests pipelined). `KAFKA_CONSUMER_GROUP_ID` is read by
 //! the server and unused: the sink only produces (Evolution API's own consumer only logged).
 //! The SASL password and inline private keys are [`Sensitive`](evolution_events::Sensitive):
@@ -50,16 +51,22 @@
 //! headers event    = the payload's `event` (MESSAGES_UPSERT in the seed profile)
 //!         instance = the instance name
 //!         id       = the event id (UUIDv7): the idempotency key, the same on every attempt
-//! value   <Delivery::payload() bytes: {"id","event","instance","data","date_time",...}>
+//!         origin   = ChannelStartupService (evolution-v2 only, as Evolution API)
+//!         timestamp= the payload's date_time (evolution-v2 only, as Evolution API)
+//! value   <Delivery::payload() bytes: {"id","event","instance","data","date_time",...};
+//!          evolution-v2: Evolution API's value, with `timestamp` in epoch milliseconds>
 //! ```
 //!
 //! # Topics
 //!
 //! The first record for a topic looks it up in the cluster metadata (once per topic, cached). A
 //! missing topic is created with `num_partitions` and `replication_factor` when
-//! `auto_create_topics` is on (a topic created meanwhile by someone else counts as created);
-//! otherwise its records fail with a retryable `ConfigInvalid` that names the topic and the
-//! variable, and wait until the topic exists. A record that fails with "unknown topic" (the topic
+//! `auto_create_topics` is on (a topic created meanwhile by someone else counts as created).
+//! Otherwise the lookup lets the broker create it; a topic the broker does not create either fails
+//! its records with a `ConfigInvalid` that is not retried (they go dead: the delivery log, the
+//! metrics and an `ERRORS` event show it, never an endless silent retry), naming the topic and
+//! the variable, and [`health_check`](evolution_events::EventSink::health_check) names it until it
+//! exists. A record that fails with "unknown topic" (the topic
 //! was deleted) drops the topic from the cache, so the next attempt creates it again.
 //! [`prepare`](evolution_events::EventSink::prepare) does the same ahead of time when an instance's
 //! settings are saved.

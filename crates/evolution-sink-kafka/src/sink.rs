@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
-    KafkaTarget, Retry, SinkError, TraceContext, async_trait,
+    KafkaTarget, NamingProfile, Retry, SinkError, TraceContext, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -49,6 +49,9 @@ pub struct KafkaSink {
     state: Mutex<Option<State>>,
     /// Topics known to exist (checked, or created, once).
     known: Mutex<HashSet<String>>,
+    /// Topics found missing with `auto_create_topics` off, and not created by the broker either:
+    /// their deliveries went dead, and the health check names them until they exist.
+    refused: Mutex<HashSet<String>>,
     /// Taken by each `send` before anything else and held while it queues its records — and
     /// provisions unknown topics — but never while awaiting acknowledgements: tokio's mutex is
     /// fair, so overlapping sends queue their records in the order they were started, the promise
@@ -91,6 +94,7 @@ impl KafkaSink {
                 admin: None,
             })),
             known: Mutex::new(HashSet::new()),
+            refused: Mutex::new(HashSet::new()),
             queueing: tokio::sync::Mutex::new(()),
         })
     }
@@ -107,6 +111,10 @@ impl KafkaSink {
 
     fn known(&self) -> MutexGuard<'_, HashSet<String>> {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refused(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn closed() -> SinkError {
@@ -189,6 +197,7 @@ impl KafkaSink {
         for topic in unknown {
             match lookup(&producer, &topic, timeout).await {
                 Ok(true) => {
+                    self.refused().remove(&topic);
                     self.known().insert(topic);
                 }
                 Ok(false) => missing.push(topic),
@@ -201,16 +210,13 @@ impl KafkaSink {
             return Ok(failed);
         }
         if !self.config.auto_create_topics {
+            // The lookup let the broker create it (its `auto.create.topics.enable`, as Evolution
+            // API relies on; unless `broker_auto_create` is off); it did not. Waiting would be an endless silent retry: its deliveries
+            // go dead (visible in the delivery log, the metrics and an ERRORS event) and the health
+            // check names the topic until it exists.
             for topic in missing {
-                let e = error(
-                    ErrorKind::ConfigInvalid,
-                    format!(
-                        "topic {topic:?} does not exist and KAFKA_AUTO_CREATE_TOPICS=false: create it, or set \
-                         KAFKA_AUTO_CREATE_TOPICS=true; its events wait until it exists"
-                    ),
-                )
-                .with_retry(Retry::Backoff);
-                failed.insert(topic, e);
+                failed.insert(topic.clone(), missing_topic(&topic));
+                self.refused().insert(topic);
             }
             return Ok(failed);
         }
@@ -282,6 +288,20 @@ impl KafkaSink {
             })
             .collect())
     }
+}
+
+/// The error of a record for `topic`, which does not exist while `KAFKA_AUTO_CREATE_TOPICS=false`
+/// and which the broker did not create: not retried.
+fn missing_topic(topic: &str) -> SinkError {
+    error(
+        ErrorKind::ConfigInvalid,
+        format!(
+            "topic {topic:?} does not exist, KAFKA_AUTO_CREATE_TOPICS=false and the broker did not create it \
+             (its auto.create.topics.enable is off): create the topic, or set KAFKA_AUTO_CREATE_TOPICS=true, \
+             then redrive the dead deliveries"
+        ),
+    )
+    .with_retry(Retry::Never)
 }
 
 /// Whether `topic` exists (`Ok(false)`: the cluster says it is unknown).
@@ -382,9 +402,17 @@ fn client_config(config: &KafkaConfig) -> Result<ClientConfig, SinkError> {
             "message.max.bytes",
             (config.max_payload_bytes + FRAMING_BYTES).to_string(),
         )
-        // Topics are created by the sink (KAFKA_AUTO_CREATE_TOPICS), never as a side effect of a
-        // metadata request.
-        .set("allow.auto.create.topics", "false");
+        // KAFKA_AUTO_CREATE_TOPICS=true: the sink creates topics (with the configured partitions and
+        // replication), never a metadata request as a side effect. false: topic creation is left
+        // to the broker (its `auto.create.topics.enable`), as Evolution API does.
+        .set(
+            "allow.auto.create.topics",
+            if !config.auto_create_topics && config.broker_auto_create {
+                "true"
+            } else {
+                "false"
+            },
+        );
     let protocol = match (&config.sasl, &config.ssl) {
         (None, None) => "plaintext",
         (None, Some(_)) => "ssl",
@@ -445,6 +473,10 @@ fn create_producer(client: &ClientConfig) -> Result<FutureProducer, SinkError> {
         e
     })
 }
+
+/// The `origin` header of `evolution-v2` records: the producer Evolution API names (its
+/// `ChannelStartupService`).
+const EVOLUTION_ORIGIN: &str = "ChannelStartupService";
 
 /// The record of one delivery (borrowing its topic, key and payload).
 fn record<'a>(
@@ -561,6 +593,8 @@ impl EventSink for KafkaSink {
                 .into_iter()
                 .flat_map(TraceContext::headers)
                 .collect();
+            let timestamp =
+                (delivery.profile == NamingProfile::EvolutionV2).then(|| delivery.envelope.date_time_text());
             let mut headers = vec![
                 ("event", delivery.profile.payload_event(delivery.envelope.kind())),
                 ("instance", delivery.envelope.instance().as_str()),
@@ -582,6 +616,10 @@ impl EventSink for KafkaSink {
                         .iter()
                         .map(|(name, value)| (name.as_str(), value.as_str())),
                 );
+            }
+            if let Some(timestamp) = &timestamp {
+                // Evolution API's other two headers: the producer's name and the `date_time`.
+                headers.extend([("origin", EVOLUTION_ORIGIN), ("timestamp", timestamp.as_str())]);
             }
             let queued = loop {
                 match producer.send_result(record(target, &payload, &headers)) {
@@ -659,7 +697,32 @@ impl EventSink for KafkaSink {
                 "the cluster metadata lists no broker",
             ));
         }
-        Ok(())
+        // Topics whose deliveries went dead because they do not exist: still missing?
+        let refused: Vec<String> = self.refused().iter().cloned().collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let producer = self.producer()?;
+        let mut missing = Vec::new();
+        for topic in refused {
+            if lookup(&producer, &topic, timeout).await? {
+                self.refused().remove(&topic);
+            } else {
+                missing.push(topic);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        Err(error(
+            ErrorKind::ConfigInvalid,
+            format!(
+                "topics {missing:?} do not exist, so their deliveries are dead: KAFKA_AUTO_CREATE_TOPICS=false \
+                 and the broker does not create topics; create them, or set KAFKA_AUTO_CREATE_TOPICS=true, then \
+                 redrive the dead deliveries"
+            ),
+        ))
     }
 
     /// Waits until every queued record is acknowledged (at most the request timeout).

@@ -111,8 +111,13 @@ async fn a_topic_that_cannot_be_used_fails_only_its_own_deliveries() {
     let Some(brokers) = common::shared_brokers() else {
         return;
     };
-    // No auto-creation: a missing topic is the operator's to create.
-    let sink = KafkaSink::new(KafkaConfig::new([brokers.as_str()])).unwrap();
+    // No auto-creation, by the sink or (as with a broker whose auto.create.topics.enable is off)
+    // by the broker: a missing topic is the operator's to create.
+    let sink = KafkaSink::new(KafkaConfig {
+        broker_auto_create: false,
+        ..KafkaConfig::new([brokers.as_str()])
+    })
+    .unwrap();
     let good = unique("good");
     let good_topic = format!("evolution.{good}.messages-upsert");
     create_topic(&brokers, &good_topic, 1).await;
@@ -131,15 +136,19 @@ async fn a_topic_that_cannot_be_used_fails_only_its_own_deliveries() {
     let failed: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
     assert_eq!(failed, [1, 3], "{failures:?}");
     let missing = &failures[0].1;
+    // The broker (tansu) does not create topics either: not an endless silent retry, a
+    // failure that is not retried (the delivery goes dead), and a health check naming the topic.
     assert_eq!(
         (missing.kind(), missing.retry()),
-        (ErrorKind::ConfigInvalid, Retry::Backoff),
+        (ErrorKind::ConfigInvalid, Retry::Never),
         "{missing}"
     );
     assert!(
         missing.message().contains(&missing_topic) && missing.message().contains("KAFKA_AUTO_CREATE_TOPICS"),
         "{missing}"
     );
+    let unhealthy = sink.health_check().await.unwrap_err();
+    assert!(unhealthy.message().contains(&missing_topic), "{unhealthy}");
     assert!(!failures[1].1.is_retryable(), "{}", failures[1].1);
 
     // The producer is not torn down: the good instance keeps flowing.
@@ -153,8 +162,10 @@ async fn a_topic_that_cannot_be_used_fails_only_its_own_deliveries() {
         .collect();
     assert_eq!(ids, expected);
 
-    // Once the operator creates the missing topic, its delivery goes through on the next attempt.
+    // Once the operator creates the missing topic, the health check is fine again and its
+    // delivery, redriven, goes through.
     create_topic(&brokers, &missing_topic, 1).await;
+    sink.health_check().await.unwrap();
     let mut retry = batch[1].clone();
     retry.attempt = 2;
     let report = sink.send(std::slice::from_ref(&retry)).await.unwrap();
@@ -162,6 +173,29 @@ async fn a_topic_that_cannot_be_used_fails_only_its_own_deliveries() {
     let records = common::read_topic(&brokers, &missing_topic, 1, 1, WAIT).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].id(), retry.envelope.id());
+}
+
+/// `KAFKA_AUTO_CREATE_TOPICS=false` (the default, as Evolution API's): topic creation is left to
+/// the broker, which the producer does not forbid — tansu creates a topic on demand.
+#[tokio::test]
+async fn without_auto_create_the_broker_may_create_topics() {
+    let Some(brokers) = common::shared_brokers() else {
+        return;
+    };
+    let sink = KafkaSink::new(KafkaConfig::new([brokers.as_str()])).unwrap();
+    assert!(!sink.config().auto_create_topics);
+    let instance = unique("broker-created");
+    let topic = format!("evolution.{instance}.messages-upsert");
+    let batch = vec![delivery(1, &instance, &topic)];
+    let report = sink.send(&batch).await.unwrap();
+    assert!(report.is_success(), "{:?}", report.failures());
+    // The broker chose the partitions; the record is in one of them.
+    let partitions = common::partitions(&brokers, &topic);
+    assert!(partitions > 0, "the broker created {topic}");
+    let records = common::read_topic(&brokers, &topic, partitions, 1, WAIT).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id(), batch[0].envelope.id());
+    sink.health_check().await.unwrap();
 }
 
 #[tokio::test]

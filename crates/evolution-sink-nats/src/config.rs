@@ -234,7 +234,7 @@ impl SinkConfig for NatsConfig {
         Var::new("NATS_JETSTREAM_STREAM", "EVOLUTION"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("NATS_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["NATS_EVENTS_"];
 
     /// `NATS_ENABLED`, `NATS_GLOBAL_ENABLED`, `NATS_EVENTS_<KEY>`, `NATS_PREFIX_KEY`.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {

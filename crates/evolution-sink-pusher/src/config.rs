@@ -98,7 +98,7 @@ impl SinkConfig for PusherConfig {
         Var::new("PUSHER_REQUEST_TIMEOUT_MS", "10000"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("PUSHER_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["PUSHER_EVENTS_"];
 
     /// `PUSHER_ENABLED`, `PUSHER_GLOBAL_ENABLED`, `PUSHER_EVENTS_<KEY>`, `PUSHER_HOST`, `PUSHER_PORT`
     /// and the global app (`PUSHER_GLOBAL_APP_ID`, `_KEY`, `_SECRET`, `_CLUSTER`, `_USE_TLS`: all four

@@ -247,7 +247,7 @@ impl SinkConfig for RabbitmqConfig {
         Var::new("RABBITMQ_QUEUE_TYPE", "quorum"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("RABBITMQ_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["RABBITMQ_EVENTS_"];
 
     /// `RABBITMQ_ENABLED`, `RABBITMQ_GLOBAL_ENABLED`, `RABBITMQ_EVENTS_<KEY>`, `RABBITMQ_PREFIX_KEY`,
     /// `RABBITMQ_EXCHANGE_NAME`.

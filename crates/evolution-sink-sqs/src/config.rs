@@ -106,13 +106,15 @@ impl SinkConfig for SqsConfig {
         Var::new("SQS_MAX_PAYLOAD_SIZE", "1048576"),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("SQS_GLOBAL_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["SQS_GLOBAL_", "SQS_EVENTS_"];
 
-    /// `SQS_ENABLED`, `SQS_GLOBAL_ENABLED`, `SQS_GLOBAL_<KEY>`, `SQS_PREFIX_KEY`,
-    /// `SQS_GLOBAL_FORCE_SINGLE_QUEUE`, `SQS_GLOBAL_PREFIX_NAME`, `SQS_FIFO`.
+    /// `SQS_ENABLED`, `SQS_GLOBAL_ENABLED`, `SQS_GLOBAL_<KEY>` (Evolution API's name) and
+    /// `SQS_EVENTS_<KEY>` (every other channel's form; an event either selects is selected),
+    /// `SQS_PREFIX_KEY`, `SQS_GLOBAL_FORCE_SINGLE_QUEUE`, `SQS_GLOBAL_PREFIX_NAME`, `SQS_FIFO`.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
         let sqs = &mut global.sqs;
         sqs.broker = GlobalBroker::from_vars(vars, Self::CHANNEL, "SQS_GLOBAL_", "SQS_PREFIX_KEY");
+        sqs.broker.events.extend(vars.events("SQS_EVENTS_"));
         sqs.force_single_queue = vars.bool("SQS_GLOBAL_FORCE_SINGLE_QUEUE");
         sqs.global_prefix = vars.raw("SQS_GLOBAL_PREFIX_NAME").trim().to_owned();
         sqs.fifo = vars.bool("SQS_FIFO");

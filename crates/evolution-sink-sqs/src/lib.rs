@@ -39,13 +39,16 @@
 //! ```text
 //! queue    <Destination::Sqs.queue>   seed: evolution-{instance}-{event-kebab} (.fifo with SQS_FIFO),
 //!                                     evolution-global with SQS_GLOBAL_FORCE_SINGLE_QUEUE
-//! body     <Delivery::payload() text: {"id","event","instance","data","date_time",...}>
+//! body     <Delivery::payload() text: {"id","event","instance","data","date_time",...};
+//!           evolution-v2: Evolution API's, with "dataType":"json" and "server">
 //! message attributes (String)
 //!          event    = the payload's `event` (MESSAGES_UPSERT in the seed profile)
 //!          instance = the instance name
 //!          id       = the event id (UUIDv7): the idempotency key
 //! FIFO queues only
-//!          MessageGroupId         = the instance: its events are consumed in order
+//!          MessageGroupId         = <Destination::Sqs.group_id>: the instance (its events are
+//!                                   consumed in order); evolution-v2: Evolution API's groups
+//!                                   (`evolution`, `<SERVER_NAME>-<event>-<instance>` globally)
 //!          MessageDeduplicationId = the event id: a retry within SQS's 5-minute window is dropped
 //!                                   by SQS itself (Evolution API used the time in milliseconds:
 //!                                   two events in one millisecond lost the second)

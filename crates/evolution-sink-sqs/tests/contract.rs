@@ -74,6 +74,7 @@ impl ContractFixture for SqsFixture {
             queue: if self.fifo { format!("{base}.fifo") } else { base },
             fifo: self.fifo,
             group_id: self.fifo.then(|| "contract-instance".to_owned()),
+            server: None,
         })
     }
 

@@ -37,6 +37,7 @@ fn target(instance: &str, fifo: bool) -> SqsTarget {
         queue: if fifo { format!("{base}.fifo") } else { base },
         fifo,
         group_id: fifo.then(|| instance.to_owned()),
+        server: None,
     }
 }
 

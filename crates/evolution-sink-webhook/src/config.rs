@@ -10,7 +10,7 @@ use evolution_events::{
 };
 
 use crate::WebhookSink;
-use crate::network::{Network, parse_networks};
+use crate::network::{Guard, Network, check_url_blocking, parse_networks};
 
 /// The `User-Agent` sent by default: `evolution-events/<crate version>`.
 pub const DEFAULT_USER_AGENT: &str = concat!("evolution-events/", env!("CARGO_PKG_VERSION"));
@@ -101,7 +101,7 @@ impl SinkConfig for WebhookConfig {
         Var::new("WEBHOOK_SIGNING_SECRET", ""),
     ];
 
-    const EVENT_TOGGLES: Option<&'static str> = Some("WEBHOOK_EVENTS_");
+    const EVENT_TOGGLES: &'static [&'static str] = &["WEBHOOK_EVENTS_"];
 
     /// The global webhook: `WEBHOOK_GLOBAL_ENABLED`, `WEBHOOK_GLOBAL_URL`,
     /// `WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS`, `WEBHOOK_EVENTS_<KEY>`, `WEBHOOK_EVENTS_ERRORS_WEBHOOK` and
@@ -190,6 +190,26 @@ impl SinkConfig for WebhookConfig {
             vars.error(format!("WEBHOOK_ALLOWED_NETWORKS: {e}"));
             Vec::new()
         });
+        // The configured URLs pass the rule every instance's URL passes, at start: a refused one
+        // would send every delivery to it to the dead letters.
+        let guard = Guard::new(allowed_networks.clone());
+        let configured = [
+            (
+                "WEBHOOK_GLOBAL_URL",
+                global.webhook.enabled.then_some(&global.webhook.url),
+            ),
+            (
+                "WEBHOOK_EVENTS_ERRORS_WEBHOOK",
+                global.webhook.errors_url.as_ref(),
+            ),
+        ];
+        for (name, url) in configured {
+            if let Some(url) = url.filter(|u| !u.is_empty())
+                && let Err(refused) = check_url_blocking(&guard, url)
+            {
+                vars.error(format!("{name}: {refused}"));
+            }
+        }
         let config = Self {
             request_timeout,
             probe_url: global.webhook.enabled.then(|| global.webhook.url.clone()),
@@ -248,5 +268,44 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
+    }
+
+    /// `WEBHOOK_GLOBAL_URL` and `WEBHOOK_EVENTS_ERRORS_WEBHOOK` pass the SSRF rule at start: a
+    /// private address is an error naming the variable and how to allow it.
+    #[test]
+    fn configured_urls_pass_the_ssrf_rule() {
+        let read = |pairs: &[(&str, &str)]| {
+            let mut vars = Vars::with_defaults(WebhookConfig::VARS, pairs.iter().copied());
+            let mut global = GlobalSettings::default();
+            WebhookConfig::read_global(&mut vars, &mut global);
+            let _ = WebhookConfig::from_vars(&mut vars, &global);
+            vars.errors().join("\n")
+        };
+        let text = read(&[
+            ("WEBHOOK_GLOBAL_ENABLED", "true"),
+            ("WEBHOOK_GLOBAL_URL", "http://10.1.2.3:9000/hook"),
+            ("WEBHOOK_EVENTS_ERRORS", "true"),
+            ("WEBHOOK_EVENTS_ERRORS_WEBHOOK", "http://localhost:9/errors"),
+        ]);
+        for needle in [
+            "WEBHOOK_GLOBAL_URL: 10.1.2.3 is a private (10.0.0.0/8) address",
+            "WEBHOOK_ALLOWED_NETWORKS=10.1.2.3/32",
+            "WEBHOOK_EVENTS_ERRORS_WEBHOOK: ",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert_eq!(
+            read(&[
+                ("WEBHOOK_GLOBAL_ENABLED", "true"),
+                ("WEBHOOK_GLOBAL_URL", "http://10.1.2.3:9000/hook"),
+                ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/8"),
+            ]),
+            ""
+        );
+        assert_eq!(
+            read(&[("WEBHOOK_GLOBAL_URL", "http://10.1.2.3:9000/hook")]),
+            "",
+            "a global webhook that is off is not checked"
+        );
     }
 }

@@ -43,7 +43,8 @@
 //! webhook-id: <event id, a UUIDv7>   (the idempotency key: the same on every attempt)
 //! <destination headers>              (values are secrets: never logged, never in errors)
 //!
-//! <Delivery::payload() bytes: {"id","event","instance","data","date_time",...}>
+//! <Delivery::payload() bytes: {"id","event","instance","data","date_time",...};
+//!  evolution-v2: Evolution API's body, with its "destination">
 //! ```
 //!
 //! A destination cannot set `webhook-id`, `content-length`, `transfer-encoding`, `host` or

@@ -202,31 +202,80 @@ impl Guard {
 /// # Errors
 /// [`Forbidden`] for the first refused address.
 pub async fn check_url(guard: &Guard, url: &str) -> Result<(), Forbidden> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Ok(()); // The URL's syntax is checked elsewhere.
-    };
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => guard.check(IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => guard.check(IpAddr::V6(v6)),
-        Some(url::Host::Domain(name)) => {
-            let lookup = tokio::net::lookup_host((name, port));
-            let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(3), lookup).await else {
+    match host_of(url) {
+        Some(Host::Ip(ip)) => guard.check(ip),
+        Some(Host::Name(name, port)) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            let Ok(Ok(addrs)) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await else {
                 return Ok(());
             };
-            let mut refusal = None;
-            for addr in addrs {
-                match guard.check(addr.ip()) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        refusal.get_or_insert(e);
-                    }
-                }
-            }
-            refusal.map_or(Ok(()), Err)
+            first_refusal(guard, addrs)
         }
         None => Ok(()),
     }
+}
+
+/// Checks a webhook URL given in the configuration (`WEBHOOK_GLOBAL_URL`), for a reader that cannot
+/// wait asynchronously: the same rule as [`check_url`] (an IP-literal host checked directly, a
+/// name resolved for at most 3 s and refused when every address it has is refused, a name that
+/// does not resolve yet accepted), the lookup made on a thread of its own.
+///
+/// # Errors
+/// [`Forbidden`] for the first refused address.
+pub fn check_url_blocking(guard: &Guard, url: &str) -> Result<(), Forbidden> {
+    use std::net::ToSocketAddrs as _;
+    match host_of(url) {
+        Some(Host::Ip(ip)) => guard.check(ip),
+        Some(Host::Name(name, port)) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // A lookup that outlives the deadline ends on its own; its answer is dropped.
+            let _detached = std::thread::Builder::new()
+                .name("webhook-url-check".to_owned())
+                .spawn(move || {
+                    let addrs: Vec<SocketAddr> = (name.as_str(), port)
+                        .to_socket_addrs()
+                        .map(Iterator::collect)
+                        .unwrap_or_default();
+                    let _ignored = tx.send(addrs);
+                });
+            first_refusal(guard, rx.recv_timeout(LOOKUP_TIMEOUT).unwrap_or_default())
+        }
+        None => Ok(()),
+    }
+}
+
+/// How long a URL's name may take to resolve when it is checked.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A URL's host: an address checked as it is, or a name (with the port) to resolve first.
+enum Host {
+    Ip(IpAddr),
+    Name(String, u16),
+}
+
+/// `None` for a URL that does not parse (its syntax is checked elsewhere) or has no host.
+fn host_of(url: &str) -> Option<Host> {
+    let parsed = url::Url::parse(url).ok()?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Some(match parsed.host()? {
+        url::Host::Ipv4(v4) => Host::Ip(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Host::Ip(IpAddr::V6(v6)),
+        url::Host::Domain(name) => Host::Name(name.to_owned(), port),
+    })
+}
+
+/// `Ok` when any of `addrs` is allowed (or there are none), else the first refusal.
+fn first_refusal(guard: &Guard, addrs: impl IntoIterator<Item = SocketAddr>) -> Result<(), Forbidden> {
+    let mut refusal = None;
+    for addr in addrs {
+        match guard.check(addr.ip()) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                refusal.get_or_insert(e);
+            }
+        }
+    }
+    refusal.map_or(Ok(()), Err)
 }
 
 /// The HTTP client's resolver: the system resolver, then [`Guard::check`] on every address. A name
@@ -353,6 +402,18 @@ mod tests {
         );
         let open = Guard::new(parse_networks("127.0.0.0/8,::1/128").unwrap());
         assert!(check_url(&open, "http://localhost/x").await.is_ok());
+    }
+
+    #[test]
+    fn configured_urls_are_checked_without_a_runtime() {
+        let guard = Guard::default();
+        let e = check_url_blocking(&guard, "http://127.0.0.1:9/x").unwrap_err();
+        assert_eq!(e.ip, ip("127.0.0.1"));
+        assert!(check_url_blocking(&guard, "http://localhost/x").is_err());
+        assert!(check_url_blocking(&guard, "https://93.184.215.14/x").is_ok());
+        assert!(check_url_blocking(&guard, "http://name.invalid/x").is_ok());
+        let open = Guard::new(parse_networks("127.0.0.0/8,::1/128").unwrap());
+        assert!(check_url_blocking(&open, "http://localhost/x").is_ok());
     }
 
     #[tokio::test]

@@ -182,6 +182,8 @@ mod tests {
     fn target(headers: &[(&str, &str)]) -> WebhookTarget {
         WebhookTarget {
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: "https://hooks.example.com/in".into(),
             headers: headers
                 .iter()

@@ -161,6 +161,8 @@ impl WebhookSink {
 fn label_of(url: &str) -> String {
     Destination::Webhook(WebhookTarget {
         signing_secrets: Vec::new(),
+        payload_destination: None,
+        base64: true,
         url: url.to_owned(),
         headers: Vec::new(),
     })
@@ -478,6 +480,8 @@ mod tests {
                 url: url.to_owned(),
                 headers: Vec::new(),
                 signing_secrets: Vec::new(),
+                payload_destination: None,
+                base64: true,
             })
         };
         let sink = WebhookSink::new(WebhookConfig::default()).unwrap();

@@ -56,6 +56,8 @@ impl ContractFixture for WebhookFixture {
     async fn destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: self.receiver.url(&format!("/hook/{}", Uuid::now_v7())),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })
@@ -89,6 +91,8 @@ impl ContractFixture for WebhookFixture {
     async fn unreachable_destination(&self) -> Destination {
         Destination::Webhook(WebhookTarget {
             signing_secrets: Vec::new(),
+            payload_destination: None,
+            base64: true,
             url: format!("http://127.0.0.1:{}/hook/{}", self.closed_port, Uuid::now_v7()),
             headers: vec![("x-test".to_owned(), Sensitive::new("1"))],
         })

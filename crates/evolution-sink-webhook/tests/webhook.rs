@@ -33,6 +33,8 @@ fn sink() -> WebhookSink {
 fn target(url: String, headers: &[(&str, &str)]) -> Destination {
     Destination::Webhook(WebhookTarget {
         signing_secrets: Vec::new(),
+        payload_destination: None,
+        base64: true,
         url,
         headers: headers
             .iter()

@@ -246,10 +246,17 @@ impl SinkConfig for WebsocketConfig {
         Var::new("CACHE_REDIS_PREFIX_KEY", DEFAULT_REDIS_PREFIX),
     ];
 
-    /// `WEBSOCKET_ENABLED`, `WEBSOCKET_GLOBAL_EVENTS`.
+    const EVENT_TOGGLES: &'static [&'static str] = &["WEBSOCKET_EVENTS_"];
+
+    /// `WEBSOCKET_ENABLED`, `WEBSOCKET_GLOBAL_EVENTS` and `WEBSOCKET_EVENTS_<KEY>`: without any
+    /// toggle the global stream carries every event (Evolution API's behaviour); with some, only
+    /// the events set to true.
     fn read_global(vars: &mut Vars, global: &mut GlobalSettings) {
         global.websocket.enabled = vars.switch(Self::CHANNEL);
         global.websocket.global_events = vars.bool("WEBSOCKET_GLOBAL_EVENTS");
+        global.websocket.events = vars
+            .has_events("WEBSOCKET_EVENTS_")
+            .then(|| vars.events("WEBSOCKET_EVENTS_"));
     }
 
     /// `WEBSOCKET_ALLOWED_HOSTS`, `WEBSOCKET_REPLAY_MAX` and the Redis of `CACHE_REDIS_*` (read even

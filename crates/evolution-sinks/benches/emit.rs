@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use evolution_events::{Channel, EventEnvelope, GlobalSettings, InstanceSettings};
+use evolution_events::{Capabilities, Channel, EventEnvelope, EventKind, GlobalSettings, InstanceSettings};
 use evolution_outbox::MemoryOutbox;
 use evolution_sink_testkit::MemorySink;
 use evolution_sinks::{Dispatcher, Router, Routing};
@@ -65,6 +65,23 @@ async fn rate(envelopes: Vec<EventEnvelope>, settings: &InstanceSettings, checke
     count as f64 / elapsed.as_secs_f64()
 }
 
+/// The pipeline without I/O: 16 instances' events through the global NATS routes to a sink that
+/// answers at once (the NATS sink's capabilities: ordered, batches of 256), from hand-over to the
+/// last settle — the most a channel can get from the Dispatcher and the in-memory outbox on this
+/// machine.
+async fn ceiling(count: usize) -> f64 {
+    let mut g = GlobalSettings::default();
+    g.nats.enabled = true;
+    g.nats.global_enabled = true;
+    g.nats.events.insert(EventKind::MessagesUpsert);
+    let sink = MemorySink::new(Channel::Nats).with_capabilities(Capabilities::new(256).ordered());
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::new(10 * count)), Router::new(g).unwrap())
+        .sink(Arc::new(sink))
+        .start()
+        .unwrap();
+    common::throughput(d, Channel::Nats, common::envelopes(count, 16, "ceiling")).await
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -109,4 +126,16 @@ fn main() {
             common::ROUNDS,
         );
     }
+    let mut rates: Vec<f64> = (0..common::ROUNDS)
+        .map(|_| runtime.block_on(ceiling(EVENTS)))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "pipeline without I/O (emit, claim, a sink that answers at once, settle; 16 instances): {:.0}/s \
+         (median of {}; {:.0}–{:.0})",
+        common::median(rates.clone()),
+        common::ROUNDS,
+        rates[0],
+        rates[rates.len() - 1]
+    );
 }

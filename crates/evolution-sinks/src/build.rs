@@ -16,7 +16,7 @@ use crate::dispatcher::ChannelConfig;
 struct Entry {
     channel: Channel,
     vars: &'static [Var],
-    event_toggles: Option<&'static str>,
+    event_toggles: &'static [&'static str],
     read_global: fn(&mut Vars, &mut GlobalSettings),
     plan: fn(&mut Vars, &GlobalSettings) -> Option<ChannelPlan>,
 }
@@ -80,7 +80,9 @@ pub fn variables() -> Vec<Var> {
 /// The prefixes of the per-event toggles of the channels this build has (`KAFKA_EVENTS_` for
 /// `KAFKA_EVENTS_<KEY>`).
 pub fn event_toggles() -> impl Iterator<Item = &'static str> {
-    REGISTRY.iter().filter_map(|entry| entry.event_toggles)
+    REGISTRY
+        .iter()
+        .flat_map(|entry| entry.event_toggles.iter().copied())
 }
 
 /// Reads each channel's part of the global (routing) settings into `global`: its switch, its

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use evolution_events::naming::{RabbitmqNaming, SqsNaming};
 use evolution_events::{
     Channel, CustomTarget, Destination, EventEnvelope, EventKind, EventSelection, FieldError, GlobalSettings,
-    InstanceName, InstanceSettings, NameError, Scope, ValidationErrors, WebhookTarget,
+    InstanceName, InstanceSettings, NameError, NamingProfile, Scope, ValidationErrors, WebhookTarget,
 };
 
 /// One delivery the Router wants: a channel, the scope that asked for it, the resolved destination.
@@ -214,6 +214,19 @@ impl Router {
             self.instance_routes(instance, kind, settings, &mut routes, false)?;
         }
         self.global_routes(instance, kind, &mut routes, false);
+        if self.global.naming == NamingProfile::EvolutionV2
+            && let Some(own) = settings.and_then(|s| s.webhook.as_ref())
+        {
+            // Evolution API names the instance's webhook URL as every webhook body's `destination`
+            // when the instance has one.
+            for route in &mut routes {
+                if let (Scope::Global, Destination::Webhook(target)) = (route.scope, &mut route.destination)
+                    && target.payload_destination.is_some()
+                {
+                    target.payload_destination = Some(own.url.clone());
+                }
+            }
+        }
         for custom in &self.custom {
             if custom.events.matches(kind) {
                 push(
@@ -247,14 +260,7 @@ impl Router {
         for kind in EventKind::all() {
             let mut routes = Vec::new();
             self.global_routes(instance, kind, &mut routes, false);
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if !errors.is_empty() {
@@ -287,14 +293,7 @@ impl Router {
                     message: e.to_string(),
                 });
             }
-            for route in routes {
-                if let Err(e) = route.destination.validate() {
-                    errors.push(FieldError {
-                        field: route.channel.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
+            invalid_names(routes, &mut errors);
         }
         errors.dedup();
         if errors.is_empty() {
@@ -355,6 +354,8 @@ impl Router {
                     } else {
                         w.secrets.clone()
                     },
+                    payload_destination: (profile == NamingProfile::EvolutionV2).then(|| w.url.clone()),
+                    base64: w.base64,
                 }),
             );
         }
@@ -414,10 +415,16 @@ impl Router {
             && (all || g.webhook.events.contains(&kind))
             && let Ok(url) = profile.webhook_url(&g.webhook.url, kind, g.webhook.by_events)
         {
+            // Evolution API's `destination` of a global delivery: the global URL with the event's
+            // segment (`Router::route` puts the instance's own URL there when it has a webhook).
+            let payload_destination = (profile == NamingProfile::EvolutionV2)
+                .then(|| format!("{}/{}", g.webhook.url, profile.webhook_segment(kind)));
             let target = WebhookTarget {
                 url,
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
+                payload_destination,
+                base64: true,
             };
             push(
                 routes,
@@ -433,6 +440,8 @@ impl Router {
                 url: url.clone(),
                 headers: Vec::new(),
                 signing_secrets: g.webhook.signing_secrets.clone(),
+                payload_destination: None,
+                base64: true,
             };
             push(
                 routes,
@@ -441,7 +450,11 @@ impl Router {
                 Destination::Webhook(target),
             );
         }
-        if all || (g.websocket.enabled && g.websocket.global_events) {
+        if all
+            || (g.websocket.enabled
+                && g.websocket.global_events
+                && g.websocket.events.as_ref().is_none_or(|e| e.contains(&kind)))
+        {
             for t in profile.websocket(Scope::Global, instance, kind) {
                 push(
                     routes,
@@ -497,15 +510,35 @@ impl Router {
             global_prefix: &s.global_prefix,
             single_queue: s.force_single_queue,
             fifo: s.fifo,
+            server: &self.global.server_name,
+        }
+    }
+}
+
+/// Adds to `errors` every route whose names its channel would refuse, under the channel's field.
+fn invalid_names(routes: Vec<Route>, errors: &mut Vec<FieldError>) {
+    for route in routes {
+        if let Err(e) = route.destination.validate() {
+            errors.push(FieldError {
+                field: route.channel.to_string(),
+                message: e.to_string(),
+            });
         }
     }
 }
 
 /// Adds a route unless the same channel already has the same destination.
 fn push(routes: &mut Vec<Route>, channel: Channel, scope: Scope, destination: Destination) {
+    // The same target whatever the payload names as its `destination`.
+    let same = |a: &Destination, b: &Destination| match (a, b) {
+        (Destination::Webhook(a), Destination::Webhook(b)) => {
+            (&a.url, &a.headers, &a.signing_secrets) == (&b.url, &b.headers, &b.signing_secrets)
+        }
+        _ => a == b,
+    };
     if !routes
         .iter()
-        .any(|r| r.channel == channel && r.destination == destination)
+        .any(|r| r.channel == channel && same(&r.destination, &destination))
     {
         routes.push(Route {
             channel,

@@ -167,6 +167,21 @@ fn global_webhook_and_websocket() {
     );
 }
 
+/// `WEBSOCKET_EVENTS_<KEY>`: with toggles given, the global stream carries only their events.
+#[test]
+fn the_global_websocket_stream_follows_its_event_toggles() {
+    let mut g = all_on();
+    g.websocket.global_events = true;
+    g.websocket.events = Some(BTreeSet::from([EventKind::ConnectionUpdate]));
+    let router = Router::new(g).unwrap();
+    let routes = router
+        .route(&event(EventKind::ConnectionUpdate, "acme"), None)
+        .unwrap();
+    assert_eq!(labels(&routes), ["websocket Global / * (room *)"]);
+    let routes = router.route(&event(EventKind::Call, "acme"), None).unwrap();
+    assert!(routes.is_empty(), "{:?}", labels(&routes));
+}
+
 #[test]
 fn bad_global_settings_are_refused_naming_the_variable() {
     let mut g = GlobalSettings::default();

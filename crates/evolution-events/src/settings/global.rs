@@ -35,6 +35,9 @@ pub struct GlobalWebsocket {
     pub enabled: bool,
     /// `WEBSOCKET_GLOBAL_EVENTS`: every event of every instance on the global stream.
     pub global_events: bool,
+    /// `WEBSOCKET_EVENTS_<KEY>=true`: the events of the global stream; `None` (no toggle given):
+    /// every event.
+    pub events: Option<BTreeSet<EventKind>>,
 }
 
 /// Global settings of a broker channel (`<CH>_ENABLED`, `<CH>_GLOBAL_ENABLED`, `<CH>_EVENTS_*`,
@@ -143,6 +146,9 @@ pub struct GlobalSettings {
     pub pusher: GlobalPusher,
     /// Prefix of Pusher channel names in the `seed` profile (`evolution`).
     pub pusher_prefix: String,
+    /// `SERVER_NAME` as given (`evolution`): the `evolution-v2` SQS payload's `server` and part of
+    /// its global message groups.
+    pub server_name: String,
 }
 
 impl GlobalSettings {
@@ -176,6 +182,7 @@ impl Default for GlobalSettings {
             nats: GlobalBroker::default(),
             pusher: GlobalPusher::default(),
             pusher_prefix: "evolution".to_owned(),
+            server_name: "evolution".to_owned(),
         }
     }
 }

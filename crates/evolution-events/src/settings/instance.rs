@@ -15,6 +15,10 @@ use crate::kind::EventKind;
 use crate::naming;
 use crate::secret::Sensitive;
 
+/// The fields of Evolution API's stored settings rows that its clients send back to `set` (after
+/// reading `find`): accepted and ignored.
+pub(super) const EVOLUTION_ROW_FIELDS: &[&str] = &["id", "createdAt", "updatedAt", "instanceId"];
+
 /// `{"enabled", "events"}`: the per-instance settings of WebSocket, RabbitMQ, SQS, Kafka and NATS.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ChannelSettings {
@@ -317,6 +321,7 @@ impl ChannelSettings {
         let mut r = Reader::new(value, path, errors)?;
         let enabled = r.bool("enabled", Need::Required);
         let events = r.events("events");
+        r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
         Some(Self { enabled, events })
     }
@@ -343,9 +348,12 @@ impl WebhookSettings {
         }
         let events = r.events("events");
         let headers = r.headers("headers");
-        let base64 = r.bool("base64", Need::Optional);
-        let by_events = r.bool("byEvents", Need::Optional);
+        // Evolution API answers `webhookBase64`/`webhookByEvents` (v1: snake case); clients send
+        // them back.
+        let base64 = r.bool_aliased(&["base64", "webhookBase64", "webhook_base64"]);
+        let by_events = r.bool_aliased(&["byEvents", "webhookByEvents", "webhook_by_events"]);
         let secrets = r.secrets("secret");
+        r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
         Some(Self {
             enabled,
@@ -393,6 +401,7 @@ impl PusherSettings {
         let events = r.events("events");
         let host = r.optional_string("host");
         let port = r.port("port");
+        r.ignore(EVOLUTION_ROW_FIELDS);
         r.finish();
         Some(Self {
             enabled,
@@ -559,6 +568,48 @@ mod tests {
                 .unwrap_err()
                 .0;
         assert_eq!(errors[0].field, "webhook.\"\"");
+    }
+
+    /// What Evolution API's `find` answers, sent back to `set`, is accepted: its row fields are
+    /// ignored, `webhookByEvents`/`webhookBase64` are `byEvents`/`base64`.
+    #[test]
+    fn evolution_rows_are_accepted() {
+        let w = WebhookSettings::from_json(
+            &json!({"id": "clx1", "url": "https://h.example/w", "headers": {}, "enabled": true,
+                    "events": ["MESSAGES_UPSERT"], "webhookByEvents": true, "webhookBase64": true,
+                    "createdAt": "2025-10-21T11:40:39.123Z", "updatedAt": "2025-10-21T11:40:39.123Z",
+                    "instanceId": "2f0c"}),
+            "webhook",
+        )
+        .unwrap();
+        assert!(w.by_events && w.base64);
+        let w = WebhookSettings::from_json(
+            &json!({"enabled": true, "url": "https://h.example/w", "webhook_by_events": true}),
+            "webhook",
+        )
+        .unwrap();
+        assert!(w.by_events && !w.base64);
+        let errors = WebhookSettings::from_json(
+            &json!({"enabled": true, "url": "https://h.example/w", "byEvents": true, "webhookByEvents": false}),
+            "webhook",
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errors[0].field, "webhook.webhookByEvents");
+        assert!(errors[0].message.contains("contradicts `byEvents`"));
+        let s = ChannelSettings::from_json(
+            &json!({"id": "clx2", "enabled": true, "events": [], "instanceId": "2f0c", "createdAt": "x"}),
+            "rabbitmq",
+        )
+        .unwrap();
+        assert!(s.enabled);
+        let errors = ChannelSettings::from_json(&json!({"enabled": true, "bogus": 1}), "nats")
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors[0].field, "nats.bogus",
+            "a field nobody sends stays an error"
+        );
     }
 
     #[test]

@@ -166,6 +166,32 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An optional boolean under any of `names` (the first is the field's own name, the others
+    /// aliases): two of them with different values are an error naming the later one.
+    pub(super) fn bool_aliased(&mut self, names: &[&'static str]) -> bool {
+        let mut found: Option<(&'static str, bool)> = None;
+        for name in names {
+            if self.obj.get(*name).is_none_or(Value::is_null) {
+                self.known.push(name);
+                continue;
+            }
+            let value = self.bool(name, Need::Optional);
+            match found {
+                Some((first, earlier)) if earlier != value => {
+                    self.error(name, format!("contradicts `{first}`; give one of them"));
+                }
+                Some(_) => {}
+                None => found = Some((name, value)),
+            }
+        }
+        found.is_some_and(|(_, value)| value)
+    }
+
+    /// Fields accepted and ignored (Evolution API's stored-row fields that clients send back).
+    pub(super) fn ignore(&mut self, fields: &[&'static str]) {
+        self.known.extend_from_slice(fields);
+    }
+
     pub(super) fn string(&mut self, field: &'static str, need: Need) -> String {
         match self.get(field, need) {
             None => String::new(),

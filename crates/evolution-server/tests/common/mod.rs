@@ -451,3 +451,50 @@ pub fn assert_seed_payload(raw: &[u8], id: &str, kind: &str, instance: &str) {
     assert_eq!(body["sender"], "5511999999999@s.whatsapp.net");
     assert_eq!(body["apikey"], Value::Null, "no secret by default");
 }
+
+/// `SERVER_URL` of the servers whose messages are compared with the golden bodies.
+pub const GOLDEN_SERVER_URL: &str = "https://evo.example";
+
+/// Compares a message received in the `evolution-v2` profile, byte for byte, with the body frozen
+/// in `tests/golden/evolution-v2/<channel>.json` (see its README): `vars` fill the placeholders
+/// the test knows; `date_time`, `sequence` and `timestamp` are read from the message and checked.
+pub fn assert_golden(channel: &str, raw: &[u8], vars: &[(&str, &str)]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/evolution-v2")
+        .join(format!("{channel}.json"));
+    let golden = std::fs::read_to_string(&path).unwrap();
+    let actual = std::str::from_utf8(raw).unwrap();
+    let body: Value = serde_json::from_str(actual).unwrap_or_else(|e| panic!("{channel}: {e}: {actual}"));
+    let date_time = body["date_time"].as_str().unwrap_or_default();
+    let parsed = chrono::DateTime::parse_from_rfc3339(date_time)
+        .unwrap_or_else(|e| panic!("{channel}: date_time {date_time:?}: {e}"));
+    assert!(
+        date_time.ends_with('Z') && date_time.len() == "2025-10-21T11:40:39.123Z".len(),
+        "{channel}: date_time is UTC with milliseconds: {date_time}"
+    );
+    let age = chrono::Utc::now().signed_duration_since(parsed);
+    assert!(
+        age.num_seconds().abs() < 60,
+        "{channel}: date_time is now in UTC: {date_time}"
+    );
+    let sequence = body["sequence"].as_u64().unwrap().to_string();
+    let timestamp = parsed.timestamp_millis().to_string();
+    let mut expected = golden.trim_end().to_owned();
+    for (name, value) in vars.iter().copied().chain([
+        ("DATE_TIME", date_time),
+        ("SEQUENCE", sequence.as_str()),
+        ("TIMESTAMP", timestamp.as_str()),
+    ]) {
+        expected = expected.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    assert!(
+        !expected.contains("{{"),
+        "{channel}: a placeholder is left: {expected}"
+    );
+    assert_eq!(
+        actual,
+        expected,
+        "{channel}: the body differs from {}",
+        path.display()
+    );
+}

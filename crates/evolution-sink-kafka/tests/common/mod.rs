@@ -225,3 +225,20 @@ pub async fn wait_port(port: u16, within: Duration) -> bool {
     }
     false
 }
+
+/// How many partitions `topic` has (0 when it does not exist).
+pub fn partitions(brokers: &str, topic: &str) -> i32 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap())
+}
