@@ -8,10 +8,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::format::{DEFAULT_SOURCE, EventFormat};
 use crate::instance::InstanceName;
 use crate::kind::EventKind;
 use crate::naming::NamingProfile;
 use crate::secret::Sensitive;
+use crate::trace::TraceContext;
 
 /// One event, as accepted from a producer.
 ///
@@ -29,7 +31,10 @@ pub struct EventEnvelope {
     server_url: Option<String>,
     apikey: Option<Sensitive>,
     sequence: u64,
+    trace: Option<TraceContext>,
+    format: EventFormat,
     payloads: [OnceLock<Bytes>; 2],
+    cloudevent: OnceLock<Bytes>,
     evolution: EvolutionCache,
     /// `data` without the media's base64 ([`without_media`]); `None` inside: `data` has none.
     stripped: OnceLock<Option<Box<RawValue>>>,
@@ -108,7 +113,10 @@ impl EventEnvelope {
             server_url: None,
             apikey: None,
             sequence: 0,
+            trace: None,
+            format: EventFormat::Evolution,
             payloads: [OnceLock::new(), OnceLock::new()],
+            cloudevent: OnceLock::new(),
             evolution: EvolutionCache::default(),
             stripped: OnceLock::new(),
             stripped_payloads: [OnceLock::new(), OnceLock::new()],
@@ -163,8 +171,25 @@ impl EventEnvelope {
         self
     }
 
+    /// Sets the W3C trace context the event belongs to (its ingest span's; see
+    /// [`crate::trace`]). It is not part of the payload: each channel carries it in its headers.
+    #[must_use]
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self.cloudevent = OnceLock::new();
+        self
+    }
+
+    /// Sets the format its deliveries are written in ([`EventFormat`]).
+    #[must_use]
+    pub fn with_format(mut self, format: EventFormat) -> Self {
+        self.format = format;
+        self
+    }
+
     fn reset(&mut self) {
         self.payloads = [OnceLock::new(), OnceLock::new()];
+        self.cloudevent = OnceLock::new();
         self.evolution = EvolutionCache::default();
         self.stripped = OnceLock::new();
         self.stripped_payloads = [OnceLock::new(), OnceLock::new()];
@@ -219,6 +244,90 @@ impl EventEnvelope {
     #[must_use]
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+
+    /// The W3C trace context, if the event has one.
+    #[must_use]
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    /// The format its deliveries are written in.
+    #[must_use]
+    pub fn format(&self) -> EventFormat {
+        self.format
+    }
+
+    /// What a delivery carries as its body when its channel writes no headers of the format:
+    /// the Evolution payload for `profile`, or in CloudEvents mode (either) the structured
+    /// CloudEvent.
+    #[must_use]
+    pub fn body(&self, profile: NamingProfile) -> Bytes {
+        if self.format.is_cloudevents() {
+            self.structured_cloudevent()
+        } else {
+            self.payload(profile)
+        }
+    }
+
+    /// The CloudEvent's attributes but `data` and `datacontenttype`, in spec order (see
+    /// [`crate::format`]); the same in both naming profiles.
+    #[must_use]
+    pub fn cloudevent_attributes(&self) -> Vec<(&'static str, String)> {
+        let mut attributes = vec![
+            ("specversion", "1.0".to_owned()),
+            ("id", self.id.to_string()),
+            (
+                "source",
+                self.server_url
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SOURCE.to_owned()),
+            ),
+            ("type", NamingProfile::cloudevents_type(self.kind)),
+            (
+                "time",
+                self.date_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            ),
+            ("subject", self.instance.as_str().to_owned()),
+            ("sequence", format!("{:020}", self.sequence)),
+        ];
+        if let Some(sender) = &self.sender {
+            attributes.push(("sender", sender.clone()));
+        }
+        if let Some(apikey) = &self.apikey {
+            attributes.push(("apikey", apikey.expose().to_owned()));
+        }
+        if let Some(trace) = &self.trace {
+            attributes.extend(trace.headers());
+        }
+        attributes
+    }
+
+    /// The CloudEvent in CloudEvents' JSON format (structured content mode), serialized on first
+    /// use and shared afterwards.
+    #[must_use]
+    pub fn structured_cloudevent(&self) -> Bytes {
+        self.cloudevent
+            .get_or_init(|| {
+                // Key order is not significant in CloudEvents' JSON format.
+                let mut object: serde_json::Map<String, serde_json::Value> = self
+                    .cloudevent_attributes()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.into()))
+                    .collect();
+                object.insert("datacontenttype".to_owned(), "application/json".into());
+                // A map of strings always serializes.
+                let Ok(mut json) = serde_json::to_vec(&object) else {
+                    return Bytes::from_static(b"null");
+                };
+                // `data` last, as given (already valid JSON): `…}` becomes `…,"data":<data>}`.
+                json.pop();
+                json.extend_from_slice(br#","data":"#);
+                json.extend_from_slice(self.data.get().as_bytes());
+                json.push(b'}');
+                Bytes::from(json)
+            })
+            .clone()
     }
 
     /// The JSON payload for `profile`, serialized on first use and shared afterwards.
@@ -541,6 +650,54 @@ mod tests {
             env.payload(NamingProfile::Seed).as_ptr()
         );
         assert_eq!(env.id().get_version_num(), 7);
+    }
+
+    #[test]
+    fn cloudevent_attributes_and_structured_json() {
+        let data = RawValue::from_string(r#"{"texto":"olá"}"#.into()).unwrap();
+        let env = EventEnvelope::new(
+            EventKind::GroupParticipantsUpdate,
+            InstanceName::new("minha-instancia").unwrap(),
+            data,
+        )
+        .with_date_time("2024-01-01T12:00:00Z".parse().unwrap())
+        .with_sender(Some("5511999999999@s.whatsapp.net".into()))
+        .with_sequence(42)
+        .with_format(EventFormat::CloudEventsStructured);
+        let attributes = env.cloudevent_attributes();
+        let names: Vec<&str> = attributes.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "time",
+                "subject",
+                "sequence",
+                "sender"
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_slice(&env.structured_cloudevent()).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["id"], env.id().to_string());
+        assert_eq!(json["source"], "/evolution-events");
+        assert_eq!(json["type"], "evolution.group-participants.update");
+        assert_eq!(json["time"], "2024-01-01T12:00:00.000Z");
+        assert_eq!(json["subject"], "minha-instancia");
+        assert_eq!(json["datacontenttype"], "application/json");
+        assert_eq!(json["sequence"], "00000000000000000042");
+        assert_eq!(json["data"]["texto"], "olá");
+        assert!(json.get("apikey").is_none());
+        // In CloudEvents mode the body is the structured event, in both profiles.
+        assert_eq!(env.body(NamingProfile::Seed), env.structured_cloudevent());
+        assert_eq!(env.body(NamingProfile::EvolutionV2), env.structured_cloudevent());
+        let plain = env.with_format(EventFormat::Evolution);
+        assert_eq!(
+            plain.body(NamingProfile::Seed),
+            plain.payload(NamingProfile::Seed)
+        );
     }
 
     /// Each channel's `evolution-v2` body: Evolution API's fields in its order, then `id` and

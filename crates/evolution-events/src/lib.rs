@@ -11,6 +11,7 @@ pub mod config;
 pub mod destination;
 pub mod envelope;
 pub mod error;
+pub mod format;
 pub mod in_order;
 pub mod instance;
 pub mod kind;
@@ -21,6 +22,7 @@ pub mod rules;
 pub mod secret;
 pub mod settings;
 pub mod sink;
+pub mod trace;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
@@ -32,6 +34,7 @@ pub use destination::{
 };
 pub use envelope::{EventEnvelope, EvolutionWire};
 pub use error::{ErrorKind, Result, Retry, SinkError, error_chain};
+pub use format::{CLOUDEVENTS_JSON, EventFormat, UnknownFormat};
 pub use in_order::{HoldBack, group_by_key, send_in_order};
 pub use instance::{InstanceName, InvalidInstanceName};
 pub use kind::{EventInfo, EventKind, REGISTRY, UnknownEvent};
@@ -41,9 +44,10 @@ pub use rules::NameError;
 pub use secret::{REDACTED, Sensitive, scrub};
 pub use serde_json::value::RawValue;
 pub use settings::{
-    ChannelSettings, EventSelection, FieldError, Filter, GlobalBroker, GlobalPusher, GlobalSettings,
-    GlobalSqs, GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings, ValidationErrors,
-    WebhookSettings, check_signing_secret, redact_url,
+    ChannelSettings, EVENT_FORMAT_FIELD, EventSelection, FieldError, Filter, GlobalBroker, GlobalPusher,
+    GlobalSettings, GlobalSqs, GlobalWebhook, GlobalWebsocket, InstanceSettings, PusherSettings,
+    ValidationErrors, WebhookSettings, check_signing_secret, parse_event_format, redact_url,
 };
 pub use sink::{Capabilities, Delivery, DeliveryId, DeliveryReport, EventSink};
+pub use trace::{TraceContext, TraceContextError};
 pub use uuid::Uuid;

@@ -147,6 +147,14 @@ impl NamingProfile {
         }
     }
 
+    /// The CloudEvents `type` of `kind` in CloudEvents mode ([`crate::format`]), the same in
+    /// both profiles: `evolution.` and the wire name (`evolution.messages.upsert`,
+    /// `evolution.group-participants.update`).
+    #[must_use]
+    pub fn cloudevents_type(kind: EventKind) -> String {
+        format!("evolution.{}", kind.wire())
+    }
+
     /// An event as a settings answer lists it (`/{channel}/set`, `/{channel}/find`): the filter key,
     /// but `GROUP_UPDATE` for [`EventKind::GroupsUpdate`] in `evolution-v2` (the name Evolution
     /// API's subscription lists use).

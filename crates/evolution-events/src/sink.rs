@@ -10,6 +10,7 @@ use crate::channel::Channel;
 use crate::destination::Destination;
 use crate::envelope::{EventEnvelope, EvolutionWire};
 use crate::error::{ErrorKind, Result, SinkError};
+use crate::format::EventFormat;
 use crate::naming::{NamingProfile, Scope};
 
 /// A delivery's identifier, unique within its outbox.
@@ -43,15 +44,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// What to send: the [`body`](Self::body) that replaces the payload, if any; else the JSON
-    /// payload (serialized once per event, profile and variant, shared): in
-    /// `evolution-v2`, the body Evolution API sends on this delivery's channel ([`EvolutionWire`]);
-    /// to a webhook whose `base64` is false, without the media's base64
-    /// ([`EventEnvelope::payload_media`]).
+    /// What to send: the [`body`](Self::body) that replaces the payload, if any (an oversize
+    /// event's reference); in CloudEvents mode the structured CloudEvent
+    /// ([`EventEnvelope::structured_cloudevent`]; a channel whose binding has a binary content mode
+    /// asks [`Delivery::binary_attributes`] first); else the JSON payload (serialized once per
+    /// event, profile and variant, shared): in `evolution-v2`, the body Evolution API sends on this
+    /// delivery's channel ([`EvolutionWire`]); to a webhook whose `base64` is false, without the
+    /// media's base64 ([`EventEnvelope::payload_media`]).
     #[must_use]
     pub fn payload(&self) -> Bytes {
         if let Some(body) = &self.body {
             return body.clone();
+        }
+        if self.envelope.format().is_cloudevents() {
+            return self.envelope.structured_cloudevent();
         }
         match (self.profile, &*self.destination) {
             (NamingProfile::Seed, Destination::Webhook(t)) => {
@@ -80,6 +86,50 @@ impl Delivery {
             | Destination::Rabbitmq(_)
             | Destination::Nats(_)
             | Destination::Custom(_) => EvolutionWire::Plain,
+        }
+    }
+
+    /// The content type of [`Delivery::payload`]: `application/json`, or
+    /// `application/cloudevents+json` for a structured CloudEvent.
+    #[must_use]
+    pub fn content_type(&self) -> &'static str {
+        if self.envelope.format().is_cloudevents() {
+            crate::format::CLOUDEVENTS_JSON
+        } else {
+            "application/json"
+        }
+    }
+
+    /// For a channel whose protocol binding has a binary content mode (HTTP, Kafka, AMQP, NATS):
+    /// the CloudEvent's attributes to write as headers, each under the binding's prefix, when the
+    /// event is a CloudEvent in binary mode; `None` otherwise.
+    #[must_use]
+    pub fn binary_attributes(&self) -> Option<Vec<(&'static str, String)>> {
+        (self.envelope.format() == EventFormat::CloudEvents).then(|| self.envelope.cloudevent_attributes())
+    }
+
+    /// For a channel whose binding has a binary content mode: the body — the CloudEvent's data in
+    /// binary mode, else [`Delivery::payload`] — once [`Delivery::payload_within`] `limit`.
+    ///
+    /// # Errors
+    /// As [`Delivery::payload_within`].
+    pub fn binding_body_within(&self, limit: usize) -> Result<Bytes> {
+        let payload = self.payload_within(limit)?;
+        Ok(if self.envelope.format() == EventFormat::CloudEvents {
+            Bytes::copy_from_slice(self.envelope.data().get().as_bytes())
+        } else {
+            payload
+        })
+    }
+
+    /// The content type of [`Delivery::binding_body_within`]'s body: `application/json`, or
+    /// `application/cloudevents+json` for a structured CloudEvent.
+    #[must_use]
+    pub fn binding_content_type(&self) -> &'static str {
+        if self.envelope.format() == EventFormat::CloudEventsStructured {
+            crate::format::CLOUDEVENTS_JSON
+        } else {
+            "application/json"
         }
     }
 

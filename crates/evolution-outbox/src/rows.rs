@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use crate::{AttemptRecord, DeliveryRecord, DeliveryStatus, InstanceRecord, StoredEvent};
 use chrono::{DateTime, Utc};
 use evolution_events::{
-    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName, InstanceSettings,
-    NamingProfile, RawValue, Scope, Sensitive, Uuid,
+    Channel, Delivery, DeliveryId, Destination, EventEnvelope, EventFormat, EventKind, InstanceName,
+    InstanceSettings, NamingProfile, RawValue, Scope, Sensitive, TraceContext, Uuid,
 };
 
 // Delivery states (the `deliveries.state` column).
@@ -77,7 +77,8 @@ pub(crate) const DELIVERY_SELECT: &str = "SELECT d.id AS id, d.channel AS channe
     d.destination AS destination, d.okey AS okey, d.attempts AS attempts, d.due_at AS due_at, \
     d.last_error AS last_error, d.state AS state, e.id AS eid, e.uuid AS uuid, e.instance AS instance, \
     e.kind AS kind, e.data AS data, e.date_time AS date_time, e.sender AS sender, \
-    e.server_url AS server_url, e.apikey AS apikey, e.sequence AS sequence, e.profile AS profile \
+    e.server_url AS server_url, e.apikey AS apikey, e.sequence AS sequence, e.profile AS profile, \
+    e.traceparent AS traceparent, e.tracestate AS tracestate, e.format AS format \
     FROM deliveries d JOIN events e ON e.id = d.event_id";
 
 pub(crate) fn scope_str(scope: Scope) -> &'static str {
@@ -194,7 +195,7 @@ impl Decoder {
 }
 
 /// The event of a row with the columns `uuid, instance, kind, data, date_time, sender, server_url,
-/// apikey, sequence`.
+/// apikey, sequence, traceparent, tracestate, format`.
 pub(crate) fn envelope(row: &impl Columns) -> Result<EventEnvelope, String> {
     let uuid = row.text("uuid")?;
     let instance = row.text("instance")?;
@@ -213,7 +214,23 @@ pub(crate) fn envelope(row: &impl Columns) -> Result<EventEnvelope, String> {
     .with_sender(row.opt_text("sender")?)
     .with_server_url(row.opt_text("server_url")?)
     .with_apikey(row.opt_text("apikey")?.map(Sensitive::new))
-    .with_sequence(u64::try_from(sequence).unwrap_or(0)))
+    .with_sequence(u64::try_from(sequence).unwrap_or(0))
+    .with_trace(trace(row)?)
+    .with_format(match row.opt_text("format")? {
+        Some(format) => EventFormat::parse(&format).map_err(|e| e.to_string())?,
+        None => EventFormat::Evolution,
+    }))
+}
+
+/// The trace context of a row with the columns `traceparent, tracestate` (validated when stored).
+fn trace(row: &impl Columns) -> Result<Option<TraceContext>, String> {
+    let Some(traceparent) = row.opt_text("traceparent")? else {
+        return Ok(None);
+    };
+    let tracestate = row.opt_text("tracestate")?;
+    TraceContext::parse(&traceparent, tracestate.as_deref())
+        .map(Some)
+        .map_err(|e| format!("traceparent: {e}"))
 }
 
 /// An accepted event of a row with the columns of [`envelope`] and `profile`.

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use evolution_events::{
-    Channel, CustomTarget, Delivery, DeliveryId, Destination, EventEnvelope, EventKind, InstanceName,
-    NamingProfile, RawValue, Scope, Uuid,
+    Channel, CustomTarget, Delivery, DeliveryId, Destination, EventEnvelope, EventFormat, EventKind,
+    InstanceName, NamingProfile, RawValue, Scope, TraceContext, Uuid,
 };
 use tokio::sync::Notify;
 
@@ -115,6 +115,7 @@ macro_rules! outbox_contract_suite {
             events_after_fill_a_gap_in_sequence,
             deliveries_after_replays_what_a_client_missed,
             delivery_log_reports_each_delivery,
+            trace_context_and_format_travel_with_the_event,
         );
     };
 }
@@ -2298,5 +2299,96 @@ pub async fn delivery_log_reports_each_delivery<F: OutboxFixture>(fx: &F) {
         log2.iter().map(|r| (r.status, r.attempts)).collect::<Vec<_>>(),
         vec![(DeliveryStatus::Delivered, 2)],
         "a delivery delivered at its second attempt"
+    );
+}
+
+/// **Trace context and format.** An event's W3C trace context (`traceparent` and `tracestate`)
+/// and its format come back with every claimed delivery of the event, from the event lookup and
+/// the dead letters, and after reopening a durable outbox; an event without a trace context comes
+/// back without one, an event of the default format in the default format.
+pub async fn trace_context_and_format_travel_with_the_event<F: OutboxFixture>(fx: &F) {
+    const CASE: &str = "trace_context_and_format_travel_with_the_event";
+    let outbox = fx.open(ROOMY).await;
+    let o = &*outbox;
+    let trace = match TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    ) {
+        Ok(trace) => trace,
+        Err(e) => panic!("outbox contract case `{CASE}`: {e}"),
+    };
+    let mut traced = new_event(CHANNEL, "a", 2, None);
+    traced.envelope = traced
+        .envelope
+        .with_trace(Some(trace.clone()))
+        .with_format(EventFormat::CloudEventsStructured);
+    let stored = enqueue(CASE, o, vec![traced, new_event(CHANNEL, "a", 1, None)]).await;
+    rule_eq!(
+        CASE,
+        stored[0].trace(),
+        Some(&trace),
+        "enqueue returns the event with its trace context"
+    );
+    let claimed = claim_all(CASE, o, CHANNEL).await;
+    let mut got: Vec<(Uuid, Option<TraceContext>, EventFormat)> = claimed
+        .iter()
+        .map(|d| (d.envelope.id(), d.envelope.trace().cloned(), d.envelope.format()))
+        .collect();
+    got.sort_by_key(|(id, _, _)| *id);
+    let structured = EventFormat::CloudEventsStructured;
+    let mut want = vec![
+        (stored[0].id(), Some(trace.clone()), structured),
+        (stored[0].id(), Some(trace.clone()), structured),
+        (stored[1].id(), None, EventFormat::Evolution),
+    ];
+    want.sort_by_key(|(id, _, _)| *id);
+    rule_eq!(
+        CASE,
+        got,
+        want,
+        "each claimed delivery carries its event's trace context (none for an event without one) and format"
+    );
+    let found = ok(CASE, "event", o.event(&instance("a"), stored[0].id()).await);
+    rule_eq!(
+        CASE,
+        found
+            .as_ref()
+            .map(|f| (f.envelope.trace().cloned(), f.envelope.format())),
+        Some((Some(trace.clone()), structured)),
+        "the event lookup returns the trace context and the format"
+    );
+    let first = claimed.iter().find(|d| d.envelope.id() == stored[0].id());
+    if let Some(first) = first {
+        settle(CASE, o, vec![settlement(first.id, dead("gone"))]).await;
+    }
+    let letters = ok(CASE, "dead_letters", o.dead_letters(Some(CHANNEL), 10).await);
+    rule_eq!(
+        CASE,
+        letters
+            .iter()
+            .map(|d| d.delivery.envelope.trace().cloned())
+            .collect::<Vec<_>>(),
+        vec![Some(trace.clone())],
+        "a dead letter keeps its event's trace context"
+    );
+    let Some(outbox) = fx.reopen(outbox).await else {
+        report_skip(CASE, "the backend is not durable");
+        return;
+    };
+    let again = claim_all(CASE, &*outbox, CHANNEL).await;
+    rule!(
+        CASE,
+        again.iter().all(|d| {
+            let traced = d.envelope.id() == stored[0].id();
+            d.envelope.trace().cloned() == traced.then(|| trace.clone())
+                && (d.envelope.format() == structured) == traced
+        }),
+        "after reopening, claimed deliveries still carry their trace contexts and formats"
+    );
+    rule_eq!(
+        CASE,
+        again.len(),
+        2,
+        "the in-flight deliveries are due again after reopening"
     );
 }

@@ -12,7 +12,10 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router as Http};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use evolution_events::{Channel, EventKind, InstanceName, InstanceSettings, RawValue, Uuid};
+use evolution_events::{
+    Channel, EVENT_FORMAT_FIELD, EventKind, InstanceName, InstanceSettings, RawValue, Uuid,
+    parse_event_format,
+};
 use evolution_outbox::{DeliveryQuery, InstanceRecord, RedriveFilter, StatusFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,6 +42,8 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/instance/create", post(create_instance))
         .route("/instance/fetchInstances", get(fetch_instances))
         .route("/instance/delete/{instance}", delete(delete_instance))
+        .route("/format/set/{instance}", post(set_format))
+        .route("/format/find/{instance}", get(find_format))
         .route("/{channel}/set/{instance}", post(set_channel))
         .route("/{channel}/find/{instance}", get(find_channel))
         .route("/events/{instance}", post(post_events).get(events_after))
@@ -52,6 +57,8 @@ pub(crate) fn routes(app: Arc<App>) -> Http {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
+        .route("/asyncapi", get(asyncapi_global))
+        .route("/asyncapi/{instance}", get(asyncapi_instance))
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
@@ -221,6 +228,11 @@ async fn create_instance(
                 Value::String(t) if t.trim().len() >= 8 => token = Some(t.trim().to_owned()),
                 _ => errors.push("token: expected a string of at least 8 characters".to_owned()),
             },
+            EVENT_FORMAT_FIELD => {
+                let mut problems = Vec::new();
+                settings.event_format = parse_event_format(value, &mut problems);
+                errors.extend(problems.iter().map(ToString::to_string));
+            }
             other if let Some(checked) = crate::evolution::check_ignored_create_field(other, value) => {
                 if let Err(e) = checked {
                     errors.push(e);
@@ -236,8 +248,8 @@ async fn create_instance(
                     parse_channel(&app, channel, &value, &mut settings, &mut errors);
                 }
                 Err(_) => errors.push(format!(
-                    "{other}: unknown field; expected instanceName, token, webhook, websocket, rabbitmq, sqs, kafka, \
-                     nats, pusher or one of Evolution API's fields accepted and ignored here ({})",
+                    "{other}: unknown field; expected instanceName, token, eventFormat, webhook, websocket, rabbitmq, \
+                     sqs, kafka, nats, pusher or one of Evolution API's fields accepted and ignored here ({})",
                     crate::evolution::ignored_create_fields().collect::<Vec<_>>().join(", ")
                 )),
             },
@@ -491,6 +503,104 @@ async fn find_channel(
     Ok(Json(settings_answer(&app, &record, channel)).into_response())
 }
 
+/// `POST /format/set/{instance}` `{"eventFormat": "cloudevents" | "cloudevents-structured" |
+/// "evolution" | null}`: the format of the instance's events on every channel (`null`: the
+/// server's `EVENT_FORMAT`). Events accepted afterwards are written in it.
+async fn set_format(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    let body = json_body(body)?;
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::bad_request("(body): expected {\"eventFormat\": …}"));
+    };
+    let mut errors: Vec<String> = fields
+        .keys()
+        .filter(|k| k.as_str() != EVENT_FORMAT_FIELD)
+        .map(|k| format!("{k}: unknown field; this route takes only `{EVENT_FORMAT_FIELD}`"))
+        .collect();
+    let Some(value) = fields.get(EVENT_FORMAT_FIELD) else {
+        return Err(ApiError::bad_request(format!(
+            "{EVENT_FORMAT_FIELD}: is required: send {{\"{EVENT_FORMAT_FIELD}\": \"cloudevents\"}} (or null for the server's)"
+        )));
+    };
+    let mut problems = Vec::new();
+    let mut settings = record.settings.clone();
+    settings.event_format = parse_event_format(value, &mut problems);
+    errors.extend(problems.iter().map(ToString::to_string));
+    if !errors.is_empty() {
+        return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
+    }
+    let checked = app
+        .dispatcher
+        .router()
+        .check(&record.name, settings.clone())
+        .map_err(|e| {
+            ApiError::many(
+                StatusCode::BAD_REQUEST,
+                e.0.iter().map(ToString::to_string).collect(),
+            )
+        })?;
+    if !app.store.update_settings(&record.name, &settings).await? {
+        return Err(ApiError::not_found(format!(
+            "The \"{instance}\" instance does not exist"
+        )));
+    }
+    let updated = InstanceRecord {
+        settings: settings.clone(),
+        ..record.record().clone()
+    };
+    app.cache_checked(Instance::checked(updated, checked));
+    Ok((StatusCode::CREATED, Json(format_answer(&app, &settings))).into_response())
+}
+
+/// `GET /format/find/{instance}`: the instance's `eventFormat` (`null`: the server's) and the
+/// format its events are written in.
+async fn find_format(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    Ok(Json(format_answer(&app, &record.settings)).into_response())
+}
+
+fn format_answer(app: &App, settings: &InstanceSettings) -> Value {
+    json!({
+        EVENT_FORMAT_FIELD: settings.event_format,
+        "effective": settings.event_format.unwrap_or(app.config.event_format),
+    })
+}
+
+/// `GET /asyncapi/{instance}`: the AsyncAPI 3.0 document of the instance's own channels.
+async fn asyncapi_instance(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(instance): Path<String>,
+) -> ApiResult {
+    let record = instance_access(&app, &headers, &instance)?;
+    Ok(Json(crate::asyncapi::instance_document(
+        &app,
+        &record.name,
+        &record.settings,
+    ))
+    .into_response())
+}
+
+/// `GET /asyncapi`: the AsyncAPI 3.0 document of the global channels (global key only).
+async fn asyncapi_global(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
+    match authorize(&app, &headers)? {
+        Access::Global => Ok(Json(crate::asyncapi::global_document(&app)).into_response()),
+        Access::Instance(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the global channels' document needs the global API key; an instance token reads GET /asyncapi/{instance}",
+        )),
+    }
+}
+
 /// One event of `POST /events/{instance}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -555,7 +665,8 @@ async fn post_events(
     if !errors.is_empty() {
         return Err(ApiError::many(StatusCode::BAD_REQUEST, errors));
     }
-    let stored = app.emit_for(&record, events).await?;
+    let parent = crate::telemetry::parent_from_headers(&headers);
+    let stored = app.emit_for(&record, events, parent.as_ref()).await?;
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))).into_response())
 }

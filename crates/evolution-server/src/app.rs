@@ -6,7 +6,9 @@ use std::sync::{Arc, Weak};
 #[cfg(feature = "websocket")]
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use evolution_events::{Channel, EventEnvelope, EventKind, InstanceName, RawValue, Scope, Sensitive};
+use evolution_events::{
+    Channel, EventEnvelope, EventKind, InstanceName, RawValue, Scope, Sensitive, TraceContext,
+};
 use evolution_outbox::{InstanceRecord, Outbox, Store};
 #[cfg(feature = "postgres")]
 use evolution_outbox::{PostgresOptions, PostgresOutbox};
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Database};
 use crate::instances::{Instance, InstanceCache};
+use crate::telemetry::{Ingest, Telemetry, TelemetryError};
 
 /// How many ERRORS notifications may wait to be emitted.
 const DEAD_NOTICE_QUEUE: usize = 10_000;
@@ -35,6 +38,8 @@ pub(crate) struct App {
     storage: Storage,
     instances: InstanceCache,
     pub(crate) accepted: AtomicU64,
+    /// Trace contexts of the accepted events, and the OTLP export of spans.
+    pub(crate) telemetry: Arc<Telemetry>,
     /// The last readiness checks and when they ran (`GET /ready` answers them for
     /// [`READY_TTL`](crate::api::READY_TTL); callers meanwhile wait for the one that runs them).
     pub(crate) ready: tokio::sync::Mutex<Option<(tokio::time::Instant, bool, serde_json::Value)>>,
@@ -73,6 +78,8 @@ pub(crate) enum StartError {
     Sink(evolution_events::Channel, evolution_events::SinkError),
     #[error("cannot start the dispatcher: {0}")]
     Dispatcher(#[from] evolution_sinks::BuildError),
+    #[error("{0}")]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl App {
@@ -128,6 +135,7 @@ impl App {
             #[cfg(feature = "postgres")]
             Storage::Postgres(postgres) => shared_api_key(&config, postgres).await?,
         };
+        let telemetry = Arc::new(Telemetry::from_env()?);
         let router = Router::new(config.global.clone())?;
         let signer = crate::reference::Signer::new(&api_key, config.base_url(), config.reference_ttl);
         let body_signer = signer.clone();
@@ -165,6 +173,10 @@ impl App {
         }
         #[cfg(feature = "websocket")]
         let (websocket, websocket_layer) = websocket.unzip();
+        if telemetry.exports() {
+            let telemetry = Arc::clone(&telemetry);
+            builder = builder.on_attempt(move |notice| telemetry.attempt(&notice));
+        }
         let dispatcher = builder
             .on_dead(move |notice| {
                 if dead_tx.try_send(Notice::Dead(notice)).is_err() {
@@ -195,6 +207,7 @@ impl App {
             storage,
             instances,
             accepted: AtomicU64::new(0),
+            telemetry,
             ready: tokio::sync::Mutex::new(None),
             #[cfg(feature = "websocket")]
             websocket,
@@ -324,7 +337,11 @@ impl App {
         } else {
             None
         };
+        let format = record
+            .and_then(|r| r.settings.event_format)
+            .unwrap_or(self.config.event_format);
         EventEnvelope::new(kind, instance, data)
+            .with_format(format)
             .with_server_url(self.config.server_url.clone())
             .with_sender(sender)
             .with_apikey(apikey)
@@ -332,26 +349,67 @@ impl App {
 
     /// Routes and stores events of `instance` with its checked settings (the envelopes moved, the
     /// instance found once by the caller).
+    ///
+    /// The events take the trace context of one ingest span, a child of `parent` (the producer's
+    /// `traceparent`) or the root of a new trace.
     pub(crate) async fn emit_for(
         &self,
         instance: &Instance,
         envelopes: Vec<EventEnvelope>,
+        parent: Option<&TraceContext>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let ingest = self.telemetry.ingest(parent, &instance.name);
         let batch = envelopes
             .into_iter()
-            .map(|envelope| (envelope, instance.routing()))
+            .map(|envelope| {
+                (
+                    envelope.with_trace(Some(ingest.context().clone())),
+                    instance.routing(),
+                )
+            })
             .collect();
-        let stored = self.dispatcher.emit_many(batch).await?;
-        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
-        Ok(stored)
+        let stored = self.dispatcher.emit_many(batch).await;
+        self.ingested(ingest, stored)
+    }
+
+    /// Ends the ingest span of a request and counts the accepted events.
+    fn ingested(
+        &self,
+        ingest: Ingest,
+        stored: Result<Vec<Arc<EventEnvelope>>, EmitError>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        match stored {
+            Ok(stored) => {
+                ingest.end(stored.len(), None);
+                self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                Ok(stored)
+            }
+            Err(e) => {
+                ingest.end(0, Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// Routes and stores events, each with its instance's cached settings (global settings only
-    /// for a name that is not an instance, such as the server's own).
+    /// for a name that is not an instance, such as the server's own), in a new trace.
     pub(crate) async fn emit(
         &self,
         envelopes: Vec<EventEnvelope>,
     ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        self.emit_traced(envelopes, None).await
+    }
+
+    /// [`App::emit`] with the events' ingest span a child of `parent`.
+    pub(crate) async fn emit_traced(
+        &self,
+        envelopes: Vec<EventEnvelope>,
+        parent: Option<&TraceContext>,
+    ) -> Result<Vec<Arc<EventEnvelope>>, EmitError> {
+        let Some(first) = envelopes.first() else {
+            return Ok(Vec::new());
+        };
+        let ingest = self.telemetry.ingest(parent, first.instance());
         let cached: Vec<Option<Arc<Instance>>> = envelopes
             .iter()
             .map(|e| self.instance(e.instance().as_str()))
@@ -361,12 +419,11 @@ impl App {
             .zip(&cached)
             .map(|(envelope, cached)| {
                 let routing = cached.as_ref().map_or(Routing::Unchecked(None), |i| i.routing());
-                (envelope, routing)
+                (envelope.with_trace(Some(ingest.context().clone())), routing)
             })
             .collect();
-        let stored = self.dispatcher.emit_many(batch).await?;
-        self.accepted.fetch_add(stored.len() as u64, Ordering::Relaxed);
-        Ok(stored)
+        let stored = self.dispatcher.emit_many(batch).await;
+        self.ingested(ingest, stored)
     }
 }
 
@@ -380,7 +437,7 @@ enum Notice {
 /// deliveries, so a dead errors endpoint cannot loop) and for every destination disabled.
 async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<Notice>) {
     while let Some(notice) = notices.recv().await {
-        let (instance, data) = match notice {
+        let (instance, data, trace) = match notice {
             Notice::Dead(notice) => {
                 let d = &notice.delivery;
                 if d.channel == Channel::Webhook && d.scope == Scope::Instance && notice.status == Some(410) {
@@ -404,7 +461,7 @@ async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<Notice>) {
                     "attempts": d.attempt,
                     "error": notice.error,
                 });
-                (d.envelope.instance().clone(), data)
+                (d.envelope.instance().clone(), data, d.envelope.trace().cloned())
             }
             Notice::Disabled(notice) => {
                 let h = &notice.health;
@@ -434,11 +491,12 @@ async fn emit_errors(app: Arc<App>, mut notices: mpsc::Receiver<Notice>) {
                     "consecutiveFailures": h.consecutive_failures,
                     "error": h.last_error,
                 });
-                (h.instance.clone(), data)
+                (h.instance.clone(), data, None)
             }
         };
         let envelope = app.envelope(EventKind::Errors, instance, &data, None);
-        if let Err(e) = app.emit(vec![envelope]).await {
+        // The ERRORS event of a dead delivery continues the trace of the event that died.
+        if let Err(e) = app.emit_traced(vec![envelope], trace.as_ref()).await {
             tracing::warn!(error = %e, "could not emit an ERRORS event");
         }
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use evolution_events::{
-    Channel, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
+    Channel, EventFormat, EventKind, GlobalSettings, InstanceName, NamingProfile, Sensitive, Var, Vars,
 };
 #[cfg(feature = "postgres")]
 use evolution_outbox::PostgresOptions;
@@ -36,6 +36,7 @@ const SERVER_VARS: &[Var] = &[
     Var::unset("AUTHENTICATION_API_KEY"),
     Var::new("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", "false"),
     Var::new("EVENT_NAMING", "seed"),
+    Var::new("EVENT_FORMAT", "evolution"),
     Var::new("EVENTS_MAX_PER_REQUEST", "1000"),
     Var::new("EVENTS_MAX_BODY_BYTES", "10485760"),
     Var::new("EVENTS_MAX_BACKLOG", "1000000"),
@@ -131,6 +132,8 @@ pub(crate) struct Config {
     pub(crate) retention: Duration,
     pub(crate) api_key: Option<Sensitive>,
     pub(crate) expose_in_fetch: bool,
+    /// The format of events whose instance does not choose one (`EVENT_FORMAT`).
+    pub(crate) event_format: EventFormat,
     pub(crate) global: GlobalSettings,
     /// One per channel this build delivers to.
     pub(crate) channels: Vec<ChannelPlan>,
@@ -369,6 +372,10 @@ impl Config {
                 NamingProfile::Seed
             }
         };
+        let event_format = EventFormat::parse(v.raw("EVENT_FORMAT")).unwrap_or_else(|e| {
+            v.error(format!("EVENT_FORMAT: {e}"));
+            EventFormat::Evolution
+        });
         let mut global = GlobalSettings {
             naming,
             server_name: if server_label.is_empty() {
@@ -403,6 +410,7 @@ impl Config {
             retention,
             api_key: v.string("AUTHENTICATION_API_KEY").map(Sensitive::new),
             expose_in_fetch: v.bool("AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES"),
+            event_format,
             global,
             channels,
             max_events_per_request: as_usize(v.positive("EVENTS_MAX_PER_REQUEST")),
@@ -435,6 +443,11 @@ impl Config {
     }
 
     /// The effective configuration, one `NAME=value` per line, secrets redacted.
+    /// The effective value of a variable (secrets included: never show it).
+    pub(crate) fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     pub(crate) fn report(&self) -> String {
         let mut out = String::new();
         for (name, value) in &self.values {

@@ -4,6 +4,7 @@
 
 mod api;
 mod app;
+mod asyncapi;
 mod config;
 mod console;
 mod error;
@@ -12,6 +13,7 @@ mod instances;
 mod metrics;
 mod openapi;
 mod reference;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,13 +65,15 @@ wins). The groups, each described in docs/configuration.md:
   SERVER_*                            listener, public URL, name, data directory
   DATABASE_CONNECTION_URI, OUTBOX_*   SQLite (the default) or PostgreSQL; durability, retention
   AUTHENTICATION_*                    the API key
-  EVENT_NAMING, EVENTS_*              naming profile; request, body and backlog limits
+  EVENT_NAMING, EVENT_FORMAT, EVENTS_*
+                                      naming profile; format (evolution, cloudevents); limits
   WEBHOOK_*                           webhooks: global URL, retries, signing, allowed networks
   WEBSOCKET_*, CACHE_REDIS_*          Socket.IO, and Socket.IO across replicas (Redis)
   RABBITMQ_*, SQS_*, KAFKA_*, NATS_*, PUSHER_*
                                       the broker channels
   <CHANNEL>_EVENTS_<EVENT>            the events of a channel's global destination
   LOG_LEVEL                           log filter (e.g. info, or evolution_sinks=debug)
+  OTEL_EXPORTER_OTLP_*, OTEL_*        OTLP export of spans (standard OpenTelemetry variables)
 `evolution-server config check` prints every variable with its effective value.
 Channels in this build: {}; storage: {}.",
         channels.join(", "),
@@ -147,6 +151,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (channel, error) in &report.sink_errors {
         tracing::warn!(%channel, %error, "sink did not shut down cleanly");
     }
+    app.telemetry.shutdown().await;
     app.close_storage().await;
     Ok(())
 }

@@ -87,6 +87,11 @@ fn ignored_create_fields() -> Value {
         .into()
 }
 
+fn event_format_schema() -> Value {
+    json!({"type": ["string", "null"], "enum": ["evolution", "cloudevents", "cloudevents-structured", null],
+        "description": "The format of the instance's events on every channel; null or absent: the server's EVENT_FORMAT"})
+}
+
 fn operations() -> Vec<Op> {
     vec![
         Op {
@@ -99,6 +104,7 @@ fn operations() -> Vec<Op> {
                 let mut body = json!({"type": "object", "additionalProperties": false, "required": ["instanceName"],
                 "properties": {"instanceName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
                     "token": {"type": "string", "description": "at least 8 characters; empty or absent: generated"},
+                    "eventFormat": event_format_schema(),
                     "webhook": webhook_settings(), "websocket": channel_settings(), "rabbitmq": channel_settings(),
                     "sqs": channel_settings(), "kafka": channel_settings(), "nats": channel_settings(),
                     "pusher": pusher_settings()}});
@@ -160,7 +166,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "post",
             path: "/events/{instance}",
-            summary: "Accept one event or an array of them; answers after the durable commit",
+            summary: "Accept one event or an array of them; answers after the durable commit. Optional W3C `traceparent` / `tracestate` request headers: the events continue that trace (a new one without them), and every delivery carries it",
             body: Some(
                 json!({"oneOf": [{"$ref": "#/components/schemas/EventInput"}, {"type": "array", "items": {"$ref": "#/components/schemas/EventInput"}}]}),
             ),
@@ -322,6 +328,47 @@ fn operations() -> Vec<Op> {
             body: None,
             ok: ("200", json!({"type": "string"})),
             auth: false,
+        },
+        Op {
+            method: "post",
+            path: "/format/set/{instance}",
+            summary: "Choose the format of the instance's events on every channel: evolution, cloudevents (CloudEvents 1.0, binary mode where the binding has one) or cloudevents-structured; null follows EVENT_FORMAT",
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["eventFormat"],
+                    "properties": {"eventFormat": event_format_schema()}}),
+            ),
+            ok: (
+                "201",
+                json!({"type": "object", "properties": {"eventFormat": event_format_schema(), "effective": {"type": "string"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/format/find/{instance}",
+            summary: "The instance's eventFormat (null: the server's) and the format its events are written in",
+            body: None,
+            ok: (
+                "200",
+                json!({"type": "object", "properties": {"eventFormat": event_format_schema(), "effective": {"type": "string"}}}),
+            ),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/asyncapi/{instance}",
+            summary: "AsyncAPI 3.0 document of the channels the instance's settings enable: servers, each channel's real address and bindings, the envelope of each event, the security schemes",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
+        },
+        Op {
+            method: "get",
+            path: "/asyncapi",
+            summary: "AsyncAPI 3.0 document of the global channels (`{instance}` a parameter of the addresses that hold it); global apikey only",
+            body: None,
+            ok: ("200", json!({"type": "object"})),
+            auth: true,
         },
         Op {
             method: "get",

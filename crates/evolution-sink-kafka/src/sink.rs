@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
-    KafkaTarget, NamingProfile, Retry, SinkError, async_trait,
+    KafkaTarget, NamingProfile, Retry, SinkError, TraceContext, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -586,8 +586,17 @@ impl EventSink for KafkaSink {
                 report.fail(index, not_sent);
                 continue;
             }
-            let payload = delivery.payload();
+            let payload = match delivery.binary_attributes() {
+                Some(_) => delivery.envelope.data().get().as_bytes().to_vec().into(),
+                None => delivery.payload(),
+            };
             let id = delivery.envelope.id().to_string();
+            let trace: Vec<(&str, String)> = delivery
+                .envelope
+                .trace()
+                .into_iter()
+                .flat_map(TraceContext::headers)
+                .collect();
             let timestamp =
                 (delivery.profile == NamingProfile::EvolutionV2).then(|| delivery.envelope.date_time_text());
             let mut headers = vec![
@@ -595,6 +604,23 @@ impl EventSink for KafkaSink {
                 ("instance", delivery.envelope.instance().as_str()),
                 ("id", id.as_str()),
             ];
+            headers.extend(trace.iter().map(|(name, value)| (*name, value.as_str())));
+            // CloudEvents' Kafka binding: `content-type`, and in binary mode each attribute as a
+            // `ce_` header.
+            let cloudevent: Vec<(String, String)> = delivery
+                .binary_attributes()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| (format!("ce_{name}"), value))
+                .collect();
+            if delivery.envelope.format().is_cloudevents() {
+                headers.push(("content-type", delivery.binding_content_type()));
+                headers.extend(
+                    cloudevent
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str())),
+                );
+            }
             if let Some(timestamp) = &timestamp {
                 // Evolution API's other two headers: the producer's name and the `date_time`.
                 headers.extend([("origin", EVOLUTION_ORIGIN), ("timestamp", timestamp.as_str())]);

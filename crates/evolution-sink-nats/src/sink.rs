@@ -10,7 +10,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 use evolution_events::reconnect::{self, Health, Reconnect, backoff};
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry,
-    SinkError, async_trait,
+    SinkError, TraceContext, async_trait,
 };
 use tokio::sync::Mutex;
 
@@ -405,13 +405,14 @@ impl NatsSink {
             .destination
             .nats()
             .ok_or_else(|| delivery.destination.mismatch(Channel::Nats))?;
-        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
+        let payload = delivery.binding_body_within(self.config.max_payload_bytes)?;
         Ok((target.subject.as_str(), payload))
     }
 }
 
 /// The headers of a delivery: `Nats-Msg-Id` (JetStream de-duplication), `event`, `instance`,
-/// `id`, `Content-Type`.
+/// `id`, `Content-Type`, the event's `traceparent` / `tracestate`, and in CloudEvents binary mode
+/// the `ce-` attributes.
 fn headers(delivery: &Delivery) -> HeaderMap {
     let envelope = &delivery.envelope;
     let id = envelope.id().to_string();
@@ -420,7 +421,14 @@ fn headers(delivery: &Delivery) -> HeaderMap {
     headers.insert("event", delivery.profile.payload_event(envelope.kind()));
     headers.insert("instance", envelope.instance().as_str());
     headers.insert("id", id.as_str());
-    headers.insert("Content-Type", "application/json");
+    headers.insert("Content-Type", delivery.binding_content_type());
+    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+        headers.insert(name, value.as_str());
+    }
+    // CloudEvents' NATS binding, binary mode: each attribute as a `ce-` header.
+    for (name, value) in delivery.binary_attributes().unwrap_or_default() {
+        headers.insert(format!("ce-{name}").as_str(), value.as_str());
+    }
     headers
 }
 

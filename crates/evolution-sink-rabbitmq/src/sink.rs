@@ -7,7 +7,7 @@ use std::time::Duration;
 use evolution_events::reconnect::{self, Health, Reconnect};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, RabbitmqTarget,
-    Retry, SinkError, async_trait,
+    Retry, SinkError, TraceContext, async_trait,
 };
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -290,7 +290,7 @@ impl RabbitmqSink {
             .destination
             .rabbitmq()
             .ok_or_else(|| delivery.destination.mismatch(Channel::Rabbitmq))?;
-        let payload = delivery.payload_within(self.config.max_payload_bytes)?;
+        let payload = delivery.binding_body_within(self.config.max_payload_bytes)?;
         self.declare(link, target).await?;
         link.publish
             .basic_publish(
@@ -315,7 +315,9 @@ impl RabbitmqSink {
     }
 }
 
-/// The AMQP properties of a delivery.
+/// The AMQP properties of a delivery; the headers table carries `event`, `instance`, `id`, the
+/// event's `traceparent` / `tracestate` and in CloudEvents binary mode the `cloudEvents:`
+/// attributes.
 fn properties(delivery: &Delivery) -> BasicProperties {
     let envelope = &delivery.envelope;
     let id = envelope.id().to_string();
@@ -327,8 +329,19 @@ fn properties(delivery: &Delivery) -> BasicProperties {
         AMQPValue::LongString(LongString::from(envelope.instance().as_str())),
     );
     headers.insert("id".into(), AMQPValue::LongString(LongString::from(id.as_str())));
+    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    // CloudEvents' AMQP binding, binary mode: each attribute as a `cloudEvents:` application
+    // property (the headers table).
+    for (name, value) in delivery.binary_attributes().unwrap_or_default() {
+        headers.insert(
+            format!("cloudEvents:{name}").into(),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
     BasicProperties::default()
-        .with_content_type("application/json".into())
+        .with_content_type(delivery.binding_content_type().into())
         .with_delivery_mode(2)
         .with_message_id(id.as_str().into())
         .with_timestamp(u64::try_from(envelope.date_time().timestamp()).unwrap_or_default())

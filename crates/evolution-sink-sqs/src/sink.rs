@@ -13,7 +13,7 @@ use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry, SinkError,
-    SqsTarget, async_trait, group_by_key, send_in_order,
+    SqsTarget, TraceContext, async_trait, group_by_key, send_in_order,
 };
 use futures_util::future::join_all;
 
@@ -262,11 +262,18 @@ impl SqsSink {
             .map_err(|_| error(ErrorKind::Rejected, "the payload is not UTF-8 text"))?
             .to_owned();
         let id = delivery.envelope.id().to_string();
-        let attributes = [
+        let trace: Vec<(&str, String)> = delivery
+            .envelope
+            .trace()
+            .into_iter()
+            .flat_map(TraceContext::headers)
+            .collect();
+        let mut attributes = vec![
             ("event", delivery.profile.payload_event(delivery.envelope.kind())),
             ("instance", delivery.envelope.instance().as_str()),
             ("id", id.as_str()),
         ];
+        attributes.extend(trace.iter().map(|(name, value)| (*name, value.as_str())));
         let mut size = body.len();
         let mut entry = SendMessageBatchRequestEntry::builder().message_body(body);
         for (name, value) in attributes {
@@ -283,7 +290,7 @@ impl SqsSink {
                 .group_id
                 .clone()
                 .unwrap_or_else(|| delivery.envelope.instance().as_str().to_owned());
-            entry = entry.message_group_id(group).message_deduplication_id(id.clone());
+            entry = entry.message_group_id(group).message_deduplication_id(id);
         }
         // The batch id is set per call.
         Ok((

@@ -1,6 +1,6 @@
 //! What goes on the wire: the target URL and the request headers.
 
-use evolution_events::{ErrorKind, Uuid, WebhookTarget};
+use evolution_events::{Delivery, ErrorKind, TraceContext, Uuid, WebhookTarget};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
@@ -127,6 +127,50 @@ pub(crate) fn headers(
         headers.insert(WEBHOOK_SIGNATURE, value);
     }
     Ok(headers)
+}
+
+/// Adds the W3C trace context of the event (`traceparent`, `tracestate`), replacing any the
+/// destination's own headers set.
+pub(crate) fn trace_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>) {
+    for (name, value) in trace.into_iter().flat_map(TraceContext::headers) {
+        // Both were checked to be printable ASCII when the event was accepted.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// CloudEvents' HTTP binding: the content type of the body (`application/cloudevents+json` in
+/// structured mode), and in binary mode each attribute as a `ce-` header, its value
+/// percent-encoded outside printable ASCII (and `"`, `%`, space), as the binding asks.
+pub(crate) fn cloudevent_headers(headers: &mut HeaderMap, delivery: &Delivery) {
+    if !delivery.envelope.format().is_cloudevents() {
+        return;
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(delivery.binding_content_type()),
+    );
+    for (name, value) in delivery.binary_attributes().unwrap_or_default() {
+        let name = HeaderName::from_bytes(format!("ce-{name}").as_bytes());
+        let value = HeaderValue::from_str(&percent_encode(&value));
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn percent_encode(value: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _infallible = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -262,5 +306,14 @@ mod tests {
         }
         let e = parse_url("ftp://u:hunter2@h.example/", "ftp://h.example/", "probe URL").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn cloudevent_header_values_are_percent_encoded_outside_printable_ascii() {
+        assert_eq!(
+            super::percent_encode("evolution.messages.upsert"),
+            "evolution.messages.upsert"
+        );
+        assert_eq!(super::percent_encode("a b\"c%é"), "a%20b%22c%25%C3%A9");
     }
 }

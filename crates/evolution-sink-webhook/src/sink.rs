@@ -347,11 +347,15 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
     {
         return Err(classify::forbidden_error(&label(), &refused));
     }
-    let body = delivery.payload();
+    // CloudEvents' HTTP binding: the data alone in binary mode, the structured event otherwise.
+    let body = match delivery.binary_attributes() {
+        Some(_) => evolution_events::Bytes::copy_from_slice(delivery.envelope.data().get().as_bytes()),
+        None => delivery.payload(),
+    };
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let headers = request::headers(
+    let mut headers = request::headers(
         &label,
         &shared.user_agent,
         delivery.envelope.id(),
@@ -359,6 +363,8 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
         &body,
         now,
     )?;
+    request::trace_headers(&mut headers, delivery.envelope.trace());
+    request::cloudevent_headers(&mut headers, delivery);
     let limit = shared.host_limit(&url);
     let _permit = limit
         .acquire()

@@ -162,6 +162,24 @@ pub type DeadHook = Arc<dyn Fn(DeadNotice) + Send + Sync>;
 /// Makes the body that replaces an oversize event's payload (see [`ChannelConfig::by_reference`]).
 pub type ReferenceHook = Arc<dyn Fn(&Delivery) -> Bytes + Send + Sync>;
 
+/// One attempt to send one delivery, for [`DispatcherBuilder::on_attempt`] (a tracing span per
+/// attempt, say).
+#[derive(Debug)]
+pub struct AttemptNotice<'a> {
+    /// The delivery, as attempted (`attempt` counts from 1).
+    pub delivery: &'a Delivery,
+    /// When the batch holding it was handed to the sink (wall clock).
+    pub started: std::time::SystemTime,
+    /// How long the sink took with that batch.
+    pub elapsed: Duration,
+    /// Why the attempt failed (`None`: delivered). A delivery sent after a failed one of its
+    /// ordering key in the same batch is sent again later: its notice reports its own outcome.
+    pub error: Option<&'a SinkError>,
+}
+
+/// Called for every attempt, see [`DispatcherBuilder::on_attempt`].
+pub type AttemptHook = Arc<dyn Fn(AttemptNotice<'_>) + Send + Sync>;
+
 /// Counters of one channel since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ChannelCounters {
@@ -260,6 +278,7 @@ pub struct DispatcherBuilder {
     on_dead: Option<DeadHook>,
     on_disabled: Option<DisabledHook>,
     reference: Option<ReferenceHook>,
+    on_attempt: Option<AttemptHook>,
 }
 
 impl std::fmt::Debug for DispatcherBuilder {
@@ -271,6 +290,7 @@ impl std::fmt::Debug for DispatcherBuilder {
             .field("on_dead", &self.on_dead.is_some())
             .field("on_disabled", &self.on_disabled.is_some())
             .field("reference", &self.reference.is_some())
+            .field("on_attempt", &self.on_attempt.is_some())
             .finish()
     }
 }
@@ -312,6 +332,15 @@ impl DispatcherBuilder {
     #[must_use]
     pub fn reference_with(mut self, hook: impl Fn(&Delivery) -> Bytes + Send + Sync + 'static) -> Self {
         self.reference = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` once per delivery for every attempt to send it, when the sink has answered
+    /// (before the outbox records the outcome). It runs on a worker: keep it short and
+    /// non-blocking.
+    #[must_use]
+    pub fn on_attempt(mut self, hook: impl Fn(AttemptNotice<'_>) + Send + Sync + 'static) -> Self {
+        self.on_attempt = Some(Arc::new(hook));
         self
     }
 
@@ -361,6 +390,7 @@ impl DispatcherBuilder {
                     on_dead: self.on_dead.clone(),
                     on_disabled: self.on_disabled.clone(),
                     reference: self.reference.clone(),
+                    on_attempt: self.on_attempt.clone(),
                 };
                 tasks.push(runtime.spawn(worker.run()));
             }
@@ -422,6 +452,7 @@ impl Dispatcher {
             on_dead: None,
             on_disabled: None,
             reference: None,
+            on_attempt: None,
         }
     }
 
@@ -769,6 +800,7 @@ struct Worker {
     on_dead: Option<DeadHook>,
     on_disabled: Option<DisabledHook>,
     reference: Option<ReferenceHook>,
+    on_attempt: Option<AttemptHook>,
 }
 
 impl Worker {
@@ -841,17 +873,19 @@ impl Worker {
             .batches
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         let sends = chunks.iter().map(|chunk| async move {
-            let started = Instant::now();
+            let (started, wall) = (Instant::now(), std::time::SystemTime::now());
             let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(chunk)).await;
-            (sent, started.elapsed())
+            (sent, started.elapsed(), wall)
         });
         let outcomes = join_in_order(sends.collect()).await;
         let mut failures: Vec<Option<SinkError>> = Vec::with_capacity(batch.len());
         let mut latencies: Vec<Duration> = Vec::with_capacity(batch.len());
-        for (chunk, (sent, latency)) in chunks.iter().zip(outcomes) {
+        let mut starts: Vec<std::time::SystemTime> = Vec::with_capacity(batch.len());
+        for (chunk, (sent, latency, wall)) in chunks.iter().zip(outcomes) {
             let first = failures.len();
             failures.extend(chunk.iter().map(|_| None));
             latencies.extend(chunk.iter().map(|_| latency));
+            starts.extend(chunk.iter().map(|_| wall));
             let slots = failures.get_mut(first..).unwrap_or_default();
             match sent {
                 Err(_) => {
@@ -876,6 +910,18 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+        if let Some(hook) = &self.on_attempt {
+            for (((delivery, failure), latency), started) in
+                batch.iter().zip(&failures).zip(&latencies).zip(&starts)
+            {
+                hook(AttemptNotice {
+                    delivery,
+                    started: *started,
+                    elapsed: *latency,
+                    error: failure.as_ref(),
+                });
             }
         }
         let mut blocked: HashSet<&str> = HashSet::new();

@@ -59,8 +59,8 @@ pub use evolution_sink_kafka as kafka;
 pub use evolution_sink_sqs as sqs;
 
 pub use dispatcher::{
-    BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher, DispatcherBuilder,
-    EmitError, LATENCY_BUCKETS, LatencyHistogram, ReferenceHook, Routing, ShutdownReport,
+    AttemptHook, AttemptNotice, BuildError, ChannelConfig, ChannelCounters, DeadHook, DeadNotice, Dispatcher,
+    DispatcherBuilder, EmitError, LATENCY_BUCKETS, LatencyHistogram, ReferenceHook, Routing, ShutdownReport,
 };
 pub use health::{DestinationHealth, DisabledHook, DisabledNotice, HealthState};
 pub use router::{CheckedSettings, Route, Router};

@@ -547,3 +547,43 @@ async fn a_filter_is_evaluated_on_every_event_of_a_planned_kind() {
     );
     assert_eq!(kafka.received().len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_hook_sees_every_attempt_with_its_outcome_and_trace() {
+    use evolution_events::TraceContext;
+    use std::sync::Mutex;
+    let webhook = MemorySink::new(Channel::Webhook);
+    type Seen = Vec<(u32, Option<ErrorKind>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let hook_seen = Arc::clone(&seen);
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink_with(
+            Arc::new(webhook.clone()),
+            config(Channel::Webhook, test_policy(4)),
+        )
+        .on_attempt(move |notice| {
+            hook_seen.lock().unwrap().push((
+                notice.delivery.attempt,
+                notice.error.map(evolution_events::SinkError::kind),
+                notice.delivery.envelope.trace().map(TraceContext::traceparent),
+            ));
+        })
+        .start()
+        .unwrap();
+    let s = settings(json!({"webhook": {"enabled": true, "url": "http://receiver.test/hook"}}));
+    webhook.fail_next(2, ErrorKind::Unavailable, Some(503));
+    let trace = TraceContext::new_root();
+    d.emit(event("acme", 1).with_trace(Some(trace.clone())), Some(&s))
+        .await
+        .unwrap();
+    assert_eq!(webhook.wait_for(1, LONG).await.len(), 1);
+    let traceparent = Some(trace.traceparent());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (1, Some(ErrorKind::Unavailable), traceparent.clone()),
+            (2, Some(ErrorKind::Unavailable), traceparent.clone()),
+            (3, None, traceparent),
+        ]
+    );
+}

@@ -11,6 +11,7 @@ use super::filter::Filter;
 use super::reader::{FieldError, Need, Reader, ValidationErrors, as_object, finish, join, read};
 use crate::channel::Channel;
 use crate::destination::PusherApp;
+use crate::format::EventFormat;
 use crate::kind::EventKind;
 use crate::naming;
 use crate::secret::Sensitive;
@@ -168,6 +169,10 @@ pub struct InstanceSettings {
     /// `pusher`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pusher: Option<PusherSettings>,
+    /// `eventFormat`: the format of this instance's events on every channel; `None` follows the
+    /// server's (`EVENT_FORMAT`).
+    #[serde(rename = "eventFormat", skip_serializing_if = "Option::is_none")]
+    pub event_format: Option<EventFormat>,
 }
 
 impl InstanceSettings {
@@ -275,8 +280,8 @@ impl InstanceSettings {
         }
     }
 
-    /// Parses `{"webhook"?, "websocket"?, "rabbitmq"?, "sqs"?, "kafka"?, "nats"?, "pusher"?}`
-    /// (the channel part of `POST /instance/create`). Other keys are refused.
+    /// Parses `{"webhook"?, "websocket"?, "rabbitmq"?, "sqs"?, "kafka"?, "nats"?, "pusher"?,
+    /// "eventFormat"?}` (the settings part of `POST /instance/create`). Other keys are refused.
     ///
     /// # Errors
     /// Every problem found.
@@ -285,18 +290,50 @@ impl InstanceSettings {
         let mut out = Self::default();
         if let Some(obj) = as_object(value, "", &mut errors) {
             for (key, v) in obj {
+                if key == EVENT_FORMAT_FIELD {
+                    out.event_format = parse_event_format(v, &mut errors);
+                    continue;
+                }
                 match Channel::BUILT_IN.into_iter().find(|c| c.as_str() == key) {
                     Some(channel) => out.parse_channel(channel, v, &mut errors),
                     None => errors.push(FieldError {
                         field: join("", key),
                         message:
-                            "unknown channel; use webhook, websocket, rabbitmq, sqs, kafka, nats or pusher"
+                            "unknown channel; use webhook, websocket, rabbitmq, sqs, kafka, nats or pusher (or eventFormat)"
                                 .to_owned(),
                     }),
                 }
             }
         }
         finish(out, errors)
+    }
+}
+
+/// The name of the instance setting that chooses its event format.
+pub const EVENT_FORMAT_FIELD: &str = "eventFormat";
+
+/// Reads `eventFormat`: `evolution`, `cloudevents`, `cloudevents-structured`, or `null` (the
+/// server's); a problem is pushed to `errors` under the field's name.
+pub fn parse_event_format(value: &Value, errors: &mut Vec<FieldError>) -> Option<EventFormat> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => match EventFormat::parse(s) {
+            Ok(format) => Some(format),
+            Err(e) => {
+                errors.push(FieldError {
+                    field: EVENT_FORMAT_FIELD.to_owned(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        },
+        _ => {
+            errors.push(FieldError {
+                field: EVENT_FORMAT_FIELD.to_owned(),
+                message: "expected evolution, cloudevents, cloudevents-structured or null".to_owned(),
+            });
+            None
+        }
     }
 }
 

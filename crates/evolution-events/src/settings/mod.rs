@@ -16,6 +16,9 @@ mod selection;
 
 pub use filter::Filter;
 pub use global::{GlobalBroker, GlobalPusher, GlobalSettings, GlobalSqs, GlobalWebhook, GlobalWebsocket};
-pub use instance::{ChannelSettings, InstanceSettings, PusherSettings, WebhookSettings, redact_url};
+pub use instance::{
+    ChannelSettings, EVENT_FORMAT_FIELD, InstanceSettings, PusherSettings, WebhookSettings,
+    parse_event_format, redact_url,
+};
 pub use reader::{FieldError, ValidationErrors, check_signing_secret};
 pub use selection::EventSelection;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 
-use evolution_events::{Channel, EventEnvelope};
+use evolution_events::{Channel, EventEnvelope, TraceContext};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{DbError, Inner, NOW_MS, announce, lock_id, with_retry};
@@ -133,6 +133,9 @@ struct Rows<'a> {
     sender: Vec<Option<&'a str>>,
     server_url: Vec<Option<&'a str>>,
     apikey: Vec<Option<&'a str>>,
+    traceparent: Vec<Option<String>>,
+    tracestate: Vec<Option<&'a str>>,
+    format: Vec<Option<&'static str>>,
     profile: Vec<&'static str>,
     /// Of the deliveries: the index of their event in `stored`, and their columns.
     event_of: Vec<usize>,
@@ -157,6 +160,9 @@ impl<'a> Rows<'a> {
             sender: Vec::new(),
             server_url: Vec::new(),
             apikey: Vec::new(),
+            traceparent: Vec::new(),
+            tracestate: Vec::new(),
+            format: Vec::new(),
             profile: Vec::new(),
             event_of: Vec::new(),
             channel: Vec::new(),
@@ -185,6 +191,10 @@ impl<'a> Rows<'a> {
             rows.sender.push(e.sender());
             rows.server_url.push(e.server_url());
             rows.apikey.push(e.apikey().map(|k| k.expose()));
+            rows.traceparent.push(e.trace().map(TraceContext::traceparent));
+            rows.tracestate.push(e.trace().and_then(TraceContext::tracestate));
+            let format = e.format();
+            rows.format.push(format.is_cloudevents().then(|| format.as_str()));
             rows.profile.push(event.profile.as_str());
             for d in &event.deliveries {
                 rows.event_of.push(at);
@@ -302,9 +312,9 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     sqlx::query(&format!(
         "WITH n AS (SELECT {NOW_MS} AS now), \
          e AS (INSERT INTO events (uuid, instance, kind, data, date_time, sender, server_url, apikey, \
-                 sequence, profile) \
+                 sequence, profile, traceparent, tracestate, format) \
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[]) \
+                 $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $17::text[], $18::text[], $19::text[]) \
                RETURNING id, instance, sequence) \
          INSERT INTO deliveries (event_id, channel, scope, destination, okey, state, due_at, updated_at) \
          SELECT e.id, d.c, d.s, d.d, d.k, d.st, n.now, n.now \
@@ -331,6 +341,9 @@ async fn store(inner: &Inner, rows: &Rows<'_>) -> Result<Vec<u64>, DbError> {
     .bind(&destinations)
     .bind(&rows.okey)
     .bind(&state)
+    .bind(&rows.traceparent)
+    .bind(&rows.tracestate)
+    .bind(&rows.format)
     .execute(&mut *tx)
     .await?;
     announce(inner, &mut tx, &ready).await?;

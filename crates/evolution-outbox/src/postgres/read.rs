@@ -81,7 +81,8 @@ pub(super) async fn event(
     id: Uuid,
 ) -> Result<Option<StoredEvent>, DbError> {
     let row = sqlx::query(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
+        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, \
+         traceparent, tracestate, format \
          FROM events WHERE uuid = $1 AND instance = $2 LIMIT 1",
     )
     .bind(id.to_string())

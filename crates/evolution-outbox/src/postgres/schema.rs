@@ -9,6 +9,7 @@ use super::{DbError, lock_id};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_outbox.sql"),
     include_str!("../../migrations/postgres/0002_event_sequence.sql"),
+    include_str!("../../migrations/postgres/0003_trace_context_and_format.sql"),
 ];
 
 /// The default schema of the outbox's tables.

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use evolution_events::{Channel, EventEnvelope};
+use evolution_events::{Channel, EventEnvelope, EventFormat, TraceContext};
 use rusqlite::{Connection, params};
 
 use super::decode::{DestinationJson, scope_str};
@@ -162,7 +162,8 @@ impl EnqueueRun {
             let mut insert = conn
                 .prepare_cached(
                     "INSERT INTO events (id, uuid, instance, kind, data, date_time, sender, server_url, apikey, \
-                     sequence, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     sequence, profile, traceparent, tracestate, format) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(db("store the events"))?;
             let mut uuid = evolution_events::Uuid::encode_buffer();
@@ -181,6 +182,9 @@ impl EnqueueRun {
                         e.apikey().map(|k| k.expose()),
                         to_i64(e.sequence()),
                         row.profile,
+                        e.trace().map(TraceContext::traceparent),
+                        e.trace().and_then(TraceContext::tracestate),
+                        stored_format(e.format()),
                     ])
                     .map_err(db("store the events"))?;
             }
@@ -220,4 +224,9 @@ impl EnqueueRun {
         }
         Ok(self.staged)
     }
+}
+
+/// The `format` column: NULL for the default (as rows written before formats existed).
+fn stored_format(format: EventFormat) -> Option<&'static str> {
+    format.is_cloudevents().then(|| format.as_str())
 }

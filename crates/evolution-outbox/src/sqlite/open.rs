@@ -116,10 +116,14 @@ impl Opener {
 
 /// The schema, one step per file of `migrations/`, applied in order; `PRAGMA user_version` holds
 /// the last step applied.
-const MIGRATIONS: [(i64, &str); 3] = [
+const MIGRATIONS: [(i64, &str); 4] = [
     (1, include_str!("../../migrations/0001_outbox.sql")),
     (2, include_str!("../../migrations/0002_event_uuid.sql")),
     (3, include_str!("../../migrations/0003_event_sequence.sql")),
+    (
+        4,
+        include_str!("../../migrations/0004_trace_context_and_format.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Databases written by earlier versions, which recorded their

@@ -150,7 +150,8 @@ pub(super) fn event(
     id: Uuid,
 ) -> Result<Option<Result<StoredEvent, String>>, rusqlite::Error> {
     conn.prepare_cached(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
+        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, \
+         traceparent, tracestate, format \
          FROM events WHERE uuid = ?1 AND instance = ?2 LIMIT 1",
     )?
     .query_row(params![id.to_string(), instance.as_str()], |row| {
