@@ -577,6 +577,27 @@ async fn a_subscriber_that_missed_events_fills_the_gap_through_the_catch_up_rout
     let last_seen = seq(&before[1]);
     drop(client);
     let missed = post(3).await;
+    // The missed events are published (to no subscriber) before the subscriber comes back: on a
+    // busy machine a late one would otherwise reach the new subscription.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = server
+            .call(
+                "GET",
+                &format!("/deliveries/{instance}?channel=nats&status=delivered"),
+                Some(common::API_KEY),
+                None,
+            )
+            .await;
+        if body.as_array().map_or(0, Vec::len) >= 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the missed events were not published: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let client = async_nats::connect(&url).await.unwrap();
     let received = subscribe(&client, subject).await;
     let live = post(1).await;

@@ -15,6 +15,9 @@ use crate::{
     StoreError, StoredEvent,
 };
 
+/// The columns a stored event is read from (`stored_event` decodes them in this order).
+const EVENT_COLUMNS: &str = "uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, traceparent, tracestate, format";
+
 pub(super) async fn next_due(inner: &Inner, channel: Channel) -> Result<Option<Duration>, DbError> {
     let wait: Option<i64> = sqlx::query_scalar(&format!(
         "SELECT min(due_at) - {NOW_MS} FROM deliveries WHERE channel = $1 AND state = 0"
@@ -80,11 +83,9 @@ pub(super) async fn event(
     instance: &InstanceName,
     id: Uuid,
 ) -> Result<Option<StoredEvent>, DbError> {
-    let row = sqlx::query(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, \
-         traceparent, tracestate, format \
-         FROM events WHERE uuid = $1 AND instance = $2 LIMIT 1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE uuid = $1 AND instance = $2 LIMIT 1"
+    ))
     .bind(id.to_string())
     .bind(instance.as_str())
     .fetch_optional(&inner.pool)
@@ -99,10 +100,9 @@ pub(super) async fn events_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, DbError> {
-    let rows = sqlx::query(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
-         FROM events WHERE instance = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE instance = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+    ))
     .bind(instance.as_str())
     .bind(to_i64(after))
     .bind(to_i64(limit as u64))

@@ -15,6 +15,9 @@ use crate::{
     AttemptRecord, ChannelStats, DeadLetter, DeliveryQuery, DeliveryRecord, StatusFilter, StoredEvent,
 };
 
+/// The columns a stored event is read from (`stored_event` decodes them in this order).
+const EVENT_COLUMNS: &str = "uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, traceparent, tracestate, format";
+
 /// Read connections kept open between reads.
 const IDLE_READERS: usize = 4;
 
@@ -149,11 +152,9 @@ pub(super) fn event(
     instance: &InstanceName,
     id: Uuid,
 ) -> Result<Option<Result<StoredEvent, String>>, rusqlite::Error> {
-    conn.prepare_cached(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile, \
-         traceparent, tracestate, format \
-         FROM events WHERE uuid = ?1 AND instance = ?2 LIMIT 1",
-    )?
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE uuid = ?1 AND instance = ?2 LIMIT 1"
+    ))?
     .query_row(params![id.to_string(), instance.as_str()], |row| {
         Ok(stored_event(row))
     })
@@ -166,10 +167,9 @@ pub(super) fn events_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Result<StoredEvent, String>>, rusqlite::Error> {
-    let mut statement = conn.prepare_cached(
-        "SELECT uuid, instance, kind, data, date_time, sender, server_url, apikey, sequence, profile \
-         FROM events WHERE instance = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
-    )?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE instance = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
+    ))?;
     let rows = statement.query_map(
         params![instance.as_str(), to_i64(after), to_i64(limit as u64)],
         |row| Ok(stored_event(row)),
