@@ -18,9 +18,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::config::{Credentials, Region};
 use common::{API_KEY, Receiver, Server, seed_event, service_env, unique};
 use futures_util::StreamExt as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -123,20 +121,7 @@ async fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
 }
 
 async fn kafka_payload(brokers: &str, topic: &str) -> Vec<u8> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("evolution-asyncapi-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("allow.auto.create.topics", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::kafka_reader(brokers, topic);
     let message = tokio::time::timeout(WAIT, consumer.recv())
         .await
         .unwrap_or_else(|_| panic!("nothing on Kafka topic {topic}"))

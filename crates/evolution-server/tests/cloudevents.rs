@@ -24,9 +24,7 @@ use cloudevents::message::{BinaryDeserializer, BinarySerializer, MessageAttribut
 use cloudevents::{AttributesReader, Data, Event};
 use common::{API_KEY, Receiver, Server, service_env, unique};
 use futures_util::StreamExt as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::message::Message as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -202,20 +200,7 @@ impl Drop for Node {
 type KafkaRecords = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
 
 fn kafka_watch(brokers: &str, topic: &str) -> (KafkaRecords, tokio::task::JoinHandle<()>) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("evolution-ce-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("allow.auto.create.topics", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::kafka_reader(brokers, topic);
     let records: KafkaRecords = Arc::default();
     let sink = Arc::clone(&records);
     let task = tokio::spawn(async move {
@@ -224,19 +209,7 @@ fn kafka_watch(brokers: &str, topic: &str) -> (KafkaRecords, tokio::task::JoinHa
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_owned(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = common::kafka_headers_of(&message).into_iter().collect();
             sink.lock()
                 .unwrap()
                 .push((headers, message.payload().unwrap_or_default().to_vec()));

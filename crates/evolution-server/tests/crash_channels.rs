@@ -22,9 +22,7 @@ use common::{API_KEY, Receiver, Server, service_env, unique};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -151,21 +149,7 @@ async fn reread_stream(client: async_nats::Client, stream: &str) -> Vec<String> 
 /// Reads partition 0 of `topic` from the beginning (partition assignment, no group: tansu's group
 /// joins are slow); a topic that does not exist yet reads as empty until it does.
 fn kafka_consumer(brokers: &str, topic: &str) -> (Seen, tokio::task::JoinHandle<()>) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("evolution-e2e-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("allow.auto.create.topics", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::kafka_reader(brokers, topic);
     let seen: Seen = Arc::default();
     let sink = Arc::clone(&seen);
     let task = tokio::spawn(async move {

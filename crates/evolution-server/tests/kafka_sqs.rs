@@ -26,10 +26,9 @@ use common::{
     API_KEY, Server, assert_seed_payload, create_instance, free_port, post_events, post_three, service_env,
     temp_dir, unique,
 };
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+use rdkafka::message::Message;
 use rdkafka::producer::Producer as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -67,38 +66,7 @@ struct TopicWatcher {
 
 impl TopicWatcher {
     fn start(brokers: &str, topic: &str) -> Self {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("evolution-e2e-{}", unique()))
-            .set("enable.auto.commit", "false")
-            // A position the broker no longer knows (a restarted broker) reads again from the start.
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "false")
-            .set("topic.metadata.refresh.interval.ms", "500")
-            .set("fetch.wait.max.ms", "100")
-            .set("reconnect.backoff.max.ms", "500")
-            .create()
-            .unwrap();
-        // Every partition of a topic that exists already (a broker-created one may have several),
-        // partition 0 of one that does not yet.
-        let partitions = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-            })
-            .unwrap_or(1)
-            .max(1);
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment
-                .add_partition_offset(topic, i32::try_from(partition).unwrap(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&assignment).unwrap();
+        let consumer = common::kafka_reader(brokers, topic);
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&records);
         let task = tokio::spawn(async move {
@@ -107,19 +75,7 @@ impl TopicWatcher {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = common::kafka_headers_of(&message).into_iter().collect();
                 sink.lock().unwrap().push(Record {
                     key: message.key().map(<[u8]>::to_vec),
                     headers,

@@ -24,9 +24,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -111,39 +108,11 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 /// Reads partition 0 of `topic` from the beginning until a record arrives; its headers.
 async fn kafka_headers(brokers: &str, topic: &str) -> Option<HashMap<String, String>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("evolution-trace-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("allow.auto.create.topics", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = common::kafka_reader(brokers, topic);
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            return Some(
-                message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            );
+            return Some(common::kafka_headers_of(&message).into_iter().collect());
         }
     }
     None

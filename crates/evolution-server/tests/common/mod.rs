@@ -663,3 +663,62 @@ pub fn assert_golden(channel: &str, raw: &[u8], vars: &[(&str, &str)]) {
         path.display()
     );
 }
+
+/// A Kafka consumer reading `topic` from the beginning by partition assignment (no consumer group:
+/// tansu's group joins are slow): every partition of a topic that exists already (a broker-created
+/// one may have several), partition 0 of one that does not yet (read as empty until it does).
+#[allow(dead_code, reason = "only the Kafka tests read topics")]
+pub fn kafka_reader(brokers: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer as _;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("evolution-e2e-{}", unique()))
+        .set("enable.auto.commit", "false")
+        // A position the broker no longer knows (a restarted broker) reads again from the start.
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("fetch.wait.max.ms", "100")
+        .set("reconnect.backoff.max.ms", "500")
+        .create()
+        .unwrap();
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()
+        .and_then(|m| {
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+        })
+        .unwrap_or(1)
+        .max(1);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, i32::try_from(partition).unwrap(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
+/// A Kafka record's headers, values as text.
+#[allow(dead_code, reason = "only the Kafka tests read headers")]
+pub fn kafka_headers_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, String)> {
+    use rdkafka::message::{Headers as _, Message as _};
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
