@@ -742,8 +742,19 @@ async fn a_rate_limited_destination_receives_at_its_limit_while_another_runs_at_
         "the free destination took {:?} and the limited one had {limited_by_then} by then",
         fast_done - fast[0].at
     );
-    // Waiting for a slot is not an attempt.
-    let log = deliveries(&server, "paced", "delivered").await;
+    // Waiting for a slot is not an attempt. (The last settle may land just after its request.)
+    let deadline = std::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = deliveries(&server, "paced", "delivered").await;
+        let settled = log
+            .iter()
+            .filter(|d| d["destination"].as_str().unwrap().ends_with("/limited"))
+            .count();
+        if settled >= 30 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let paced: Vec<&Value> = log
         .iter()
         .filter(|d| d["destination"].as_str().unwrap().ends_with("/limited"))
