@@ -220,8 +220,6 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use evolution_events::{EventEnvelope, EventKind, NamingProfile, RawValue, WebhookTarget};
-
     use super::*;
 
     fn delivery(id: DeliveryId, scope: Scope) -> Delivery {
@@ -229,28 +227,7 @@ mod tests {
             Scope::Instance => "http://h/hook",
             Scope::Global => "http://h/global",
         };
-        Delivery {
-            body: None,
-            id,
-            channel: Channel::Webhook,
-            scope,
-            profile: NamingProfile::Seed,
-            envelope: Arc::new(EventEnvelope::new(
-                EventKind::Call,
-                InstanceName::new("a").unwrap(),
-                RawValue::NULL.to_owned(),
-            )),
-            destination: Arc::new(Destination::Webhook(WebhookTarget {
-                url: url.to_owned(),
-                headers: Vec::new(),
-                signing_secrets: Vec::new(),
-                rate_limit: None,
-                payload_destination: None,
-                base64: true,
-            })),
-            ordering_key: None,
-            attempt: 1,
-        }
+        crate::webhook_delivery(id, scope, url, None)
     }
 
     #[test]

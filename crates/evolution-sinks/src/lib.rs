@@ -64,3 +64,41 @@ pub use dispatcher::{
 };
 pub use health::{DestinationHealth, DisabledHook, DisabledNotice, HealthState};
 pub use router::{CheckedSettings, Route, Router};
+
+/// A webhook delivery of a `CALL` event of instance `a` to `url`, for the unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test fixture")]
+pub(crate) fn webhook_delivery(
+    id: evolution_events::DeliveryId,
+    scope: evolution_events::Scope,
+    url: &str,
+    rate_limit: Option<u32>,
+) -> evolution_events::Delivery {
+    use evolution_events::{
+        Channel, Delivery, Destination, EventEnvelope, EventKind, InstanceName, NamingProfile, RawValue,
+        WebhookTarget,
+    };
+    use std::sync::Arc;
+    Delivery {
+        body: None,
+        id,
+        channel: Channel::Webhook,
+        scope,
+        profile: NamingProfile::Seed,
+        envelope: Arc::new(EventEnvelope::new(
+            EventKind::Call,
+            InstanceName::new("a").unwrap(),
+            RawValue::NULL.to_owned(),
+        )),
+        destination: Arc::new(Destination::Webhook(WebhookTarget {
+            url: url.to_owned(),
+            headers: Vec::new(),
+            signing_secrets: Vec::new(),
+            rate_limit,
+            payload_destination: None,
+            base64: true,
+        })),
+        ordering_key: None,
+        attempt: 1,
+    }
+}

@@ -109,38 +109,12 @@ impl Pacer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use evolution_events::{
-        Channel, Destination, EventEnvelope, EventKind, InstanceName, NamingProfile, RawValue, Scope,
-        WebhookTarget,
-    };
+    use evolution_events::Scope;
 
     use super::*;
 
     fn delivery(id: DeliveryId, url: &str, rate: Option<u32>) -> Delivery {
-        Delivery {
-            body: None,
-            id,
-            channel: Channel::Webhook,
-            scope: Scope::Instance,
-            profile: NamingProfile::Seed,
-            envelope: Arc::new(EventEnvelope::new(
-                EventKind::Call,
-                InstanceName::new("a").unwrap(),
-                RawValue::NULL.to_owned(),
-            )),
-            destination: Arc::new(Destination::Webhook(WebhookTarget {
-                url: url.to_owned(),
-                headers: Vec::new(),
-                signing_secrets: Vec::new(),
-                rate_limit: rate,
-                payload_destination: None,
-                base64: true,
-            })),
-            ordering_key: None,
-            attempt: 1,
-        }
+        crate::webhook_delivery(id, Scope::Instance, url, rate)
     }
 
     #[test]
