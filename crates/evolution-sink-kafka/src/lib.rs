@@ -61,7 +61,8 @@
 //!
 //! The first record for a topic looks it up in the cluster metadata (once per topic, cached). A
 //! missing topic is created with `num_partitions` and `replication_factor` when
-//! `auto_create_topics` is on (a topic created meanwhile by someone else counts as created).
+//! `auto_create_topics` is on (a topic created meanwhile by someone else counts as created), then
+//! looked up once more so that the producer knows its partitions' leaders before its first record.
 //! Otherwise the lookup lets the broker create it; a topic the broker does not create either fails
 //! its records with a `ConfigInvalid` that is not retried (they go dead: the delivery log, the
 //! metrics and an `ERRORS` event show it, never an endless silent retry), naming the topic and

@@ -224,6 +224,12 @@ impl KafkaSink {
         for (topic, outcome) in missing.into_iter().zip(created) {
             match outcome {
                 Ok(()) => {
+                    // The producer found the topic missing a moment ago: without a second look its
+                    // first records would wait for librdkafka's next metadata refresh (up to
+                    // ~70 ms measured against tansu) before it knows the partitions' leaders.
+                    if let Err(e) = lookup(&producer, &topic, timeout).await {
+                        tracing::debug!(sink = NAME, topic = %topic, error = %e, "cannot read a new topic's metadata yet");
+                    }
                     self.known().insert(topic);
                 }
                 Err(e) => {
