@@ -1,6 +1,6 @@
 //! The Dispatcher: one bounded queue and worker pool per channel over an [`Outbox`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,9 +9,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use evolution_events::{
-    Bytes, Channel, Decision, Delivery, DeliveryId, Destination, DispatchHints, ErrorKind, EventEnvelope,
-    EventKind, EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile, Retry,
-    RetryPolicy, SinkError,
+    Bytes, Channel, Decision, Delivery, DeliveryId, DeliveryReport, Destination, DispatchHints, ErrorKind,
+    EventEnvelope, EventKind, EventSink, Filter, InstanceName, InstanceSettings, NameError, NamingProfile,
+    Retry, RetryPolicy, SinkError,
 };
 use evolution_outbox::{Attempt, NewDelivery, NewEvent, Outbox, OutboxError, Outcome, Settlement};
 use tokio::sync::watch;
@@ -27,6 +27,10 @@ use crate::router::{CheckedSettings, Route, Router};
 const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// Pause after an outbox error before the worker tries again.
 const OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Windows of batches a claim holds when the sink allows several batches of a key in flight
+/// ([`ChannelCtx::claim_limit`]): the key's next claim waits for this one's last answer, so the
+/// sink's pipeline drains once per claim instead of once per window.
+const CLAIM_WINDOWS: usize = 4;
 /// The longest pause between retries of recording outcomes.
 const MAX_OUTBOX_ERROR_PAUSE: Duration = Duration::from_secs(30);
 
@@ -250,8 +254,8 @@ struct ChannelCtx {
     sink: Arc<dyn EventSink>,
     config: ChannelConfig,
     batch_size: usize,
-    /// Batches a worker sends at once (the sink's `max_in_flight_per_key`): it claims up to
-    /// `batch_size × in_flight` deliveries and sends them as that many batches, started in order.
+    /// Batches a worker has in flight at once (the sink's `max_in_flight_per_key`), started in
+    /// claim order; see [`ChannelCtx::claim_limit`].
     in_flight: usize,
     ordered: bool,
     counters: Counters,
@@ -268,6 +272,18 @@ struct ChannelCtx {
     health: Tracker,
     /// Payloads above this go by reference (`by_reference` and the sink's limit).
     reference_above: Option<usize>,
+}
+
+impl ChannelCtx {
+    /// The most deliveries a worker claims at once: one batch, or — when the sink allows several
+    /// batches of a key in flight — [`CLAIM_WINDOWS`] windows of `in_flight` batches, so that a
+    /// window slides over several before the claim's last answer (ADR 0025).
+    fn claim_limit(&self) -> usize {
+        let windows = if self.in_flight > 1 { CLAIM_WINDOWS } else { 1 };
+        self.batch_size
+            .saturating_mul(self.in_flight)
+            .saturating_mul(windows)
+    }
 }
 
 /// Builds a [`Dispatcher`].
@@ -811,7 +827,7 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let closing = *self.closing.borrow() || self.closing.has_changed().is_err();
-            let limit = self.ctx.batch_size.saturating_mul(self.ctx.in_flight);
+            let limit = self.ctx.claim_limit();
             let batch = match self.outbox.claim(self.ctx.channel, limit).await {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -851,9 +867,12 @@ impl Worker {
         }
     }
 
-    /// Sends a claim as batches of at most `batch_size` — several at once when the sink allows
-    /// several in flight per key (ADR 0012), started in claim order — and settles the whole claim
-    /// in order: after a failed delivery, the later ones of its key are put back (ADR 0002).
+    /// Sends a claim as batches of at most `batch_size`, in claim order, and settles each batch
+    /// as it answers, in claim order: after a failed delivery, the later ones of its key in the
+    /// claim are put back behind it (ADR 0002). When the sink allows several batches of a key in
+    /// flight (ADR 0012), up to that many are sent at once and the next starts as the oldest
+    /// answers, so the sink's pipeline stays full across the claim (ADR 0025); after a batch with
+    /// a failure no further batch of the claim starts (they are put back, no attempt counted).
     async fn deliver(&self, batch: Vec<Delivery>) {
         let (mut batch, held) = self.pace(batch);
         if batch.is_empty() {
@@ -868,74 +887,111 @@ impl Worker {
             }
         }
         let ctx = &self.ctx;
-        let chunks: Vec<&[Delivery]> = batch.chunks(ctx.batch_size).collect();
-        ctx.counters
-            .batches
-            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        let sends = chunks.iter().map(|chunk| async move {
-            let (started, wall) = (Instant::now(), std::time::SystemTime::now());
-            let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(chunk)).await;
-            (sent, started.elapsed(), wall)
-        });
-        let outcomes = join_in_order(sends.collect()).await;
-        let mut failures: Vec<Option<SinkError>> = Vec::with_capacity(batch.len());
-        let mut latencies: Vec<Duration> = Vec::with_capacity(batch.len());
-        let mut starts: Vec<std::time::SystemTime> = Vec::with_capacity(batch.len());
-        for (chunk, (sent, latency, wall)) in chunks.iter().zip(outcomes) {
-            let first = failures.len();
-            failures.extend(chunk.iter().map(|_| None));
-            latencies.extend(chunk.iter().map(|_| latency));
-            starts.extend(chunk.iter().map(|_| wall));
-            let slots = failures.get_mut(first..).unwrap_or_default();
-            match sent {
-                Err(_) => {
-                    let timeout = ctx.config.send_timeout;
-                    for slot in slots {
-                        *slot = Some(SinkError::new(
-                            ctx.channel,
-                            ErrorKind::Timeout,
-                            format!("the sink did not answer within {timeout:?}"),
-                        ));
-                    }
+        let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        let sending = async {
+            let mut chunks = batch.chunks(ctx.batch_size);
+            let mut window = Window::default();
+            let mut failed = false;
+            loop {
+                while window.len() < ctx.in_flight && !failed {
+                    let Some(chunk) = chunks.next() else { break };
+                    ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    window.push(send_batch(ctx, chunk));
                 }
-                Ok(Err(error)) => {
-                    for slot in slots {
-                        *slot = Some(error.duplicate());
-                    }
+                let Some((chunk, answer)) = window.next().await else {
+                    break;
+                };
+                failed |= answer.failed();
+                if answers.send((chunk, answer)).is_err() {
+                    break;
                 }
-                Ok(Ok(report)) => {
-                    for (index, error) in report.into_failures() {
-                        if let Some(slot) = slots.get_mut(index) {
-                            *slot = Some(error);
-                        }
+            }
+            // Closed: the settling side settles the rest.
+            drop(answers);
+        };
+        let settling = async {
+            let mut blocked: HashSet<&str> = HashSet::new();
+            let mut done = 0;
+            while let Some((chunk, answer)) = answered.recv().await {
+                done += chunk.len();
+                if !self.conclude(chunk, answer, &mut blocked).await {
+                    return;
+                }
+            }
+            // Not started (a batch before them failed) or postponed by `pace`: put back.
+            let mut rest: Vec<Settlement> = batch
+                .get(done..)
+                .unwrap_or_default()
+                .iter()
+                .map(|delivery| Settlement {
+                    id: delivery.id,
+                    outcome: Outcome::Requeue,
+                    attempt: None,
+                })
+                .collect();
+            rest.extend(held);
+            self.settle(rest).await;
+        };
+        tokio::join!(sending, settling);
+    }
+
+    /// Settles one batch of a claim from the sink's answer (`blocked`: the ordering keys that
+    /// failed earlier in the claim, whose later deliveries are put back). `false` when the outbox
+    /// could not record it and the dispatcher is shutting down.
+    async fn conclude<'a>(
+        &self,
+        chunk: &'a [Delivery],
+        answer: Answer,
+        blocked: &mut HashSet<&'a str>,
+    ) -> bool {
+        let ctx = &self.ctx;
+        let mut failures: Vec<Option<SinkError>> = chunk.iter().map(|_| None).collect();
+        match answer.sent {
+            Err(_) => {
+                let timeout = ctx.config.send_timeout;
+                for slot in &mut failures {
+                    *slot = Some(SinkError::new(
+                        ctx.channel,
+                        ErrorKind::Timeout,
+                        format!("the sink did not answer within {timeout:?}"),
+                    ));
+                }
+            }
+            Ok(Err(error)) => {
+                for slot in &mut failures {
+                    *slot = Some(error.duplicate());
+                }
+            }
+            Ok(Ok(report)) => {
+                for (index, error) in report.into_failures() {
+                    if let Some(slot) = failures.get_mut(index) {
+                        *slot = Some(error);
                     }
                 }
             }
         }
         if let Some(hook) = &self.on_attempt {
-            for (((delivery, failure), latency), started) in
-                batch.iter().zip(&failures).zip(&latencies).zip(&starts)
-            {
+            for (delivery, failure) in chunk.iter().zip(&failures) {
                 hook(AttemptNotice {
                     delivery,
-                    started: *started,
-                    elapsed: *latency,
+                    started: answer.started,
+                    elapsed: answer.elapsed,
                     error: failure.as_ref(),
                 });
             }
         }
-        let mut blocked: HashSet<&str> = HashSet::new();
-        let mut attempted: Vec<(&Delivery, Option<String>)> = Vec::with_capacity(batch.len());
-        let mut settlements = Vec::with_capacity(batch.len());
+        let latency = answer.elapsed;
+        let mut attempted: Vec<(&Delivery, Option<String>)> = Vec::with_capacity(chunk.len());
+        let mut settlements = Vec::with_capacity(chunk.len());
         let mut dead = Vec::new();
         let now = chrono::Utc::now();
-        for ((delivery, failure), latency) in batch.iter().zip(failures).zip(latencies) {
+        for (delivery, failure) in chunk.iter().zip(failures) {
             // The key computed when the event was routed (`None`: the channel is unordered).
             let key = delivery.ordering_key.as_deref();
             if let Some(key) = key
                 && blocked.contains(key)
             {
-                // An earlier delivery of this key failed in this batch: send this one again after it.
+                // An earlier delivery of this key failed in this claim: send this one again after it.
                 settlements.push(Settlement {
                     id: delivery.id,
                     outcome: Outcome::Requeue,
@@ -1008,14 +1064,13 @@ impl Worker {
                 attempt: Some(attempt),
             });
         }
-        settlements.extend(held);
         let disabled = ctx.health.record(
             attempted.iter().map(|(d, e)| (*d, e.as_deref())),
             ctx.config.disable_after,
             now,
         );
         if !self.settle(settlements).await {
-            return;
+            return false;
         }
         if let Some(hook) = &self.on_disabled {
             for notice in disabled {
@@ -1032,6 +1087,7 @@ impl Worker {
                 hook(notice);
             }
         }
+        true
     }
 }
 
@@ -1106,24 +1162,80 @@ impl Worker {
     }
 }
 
-/// Runs `futures` concurrently and returns their outputs in input order. Each is first polled in
-/// input order, so sends start in claim order — what a sink with several batches in flight per
-/// key relies on to keep them in order (ADR 0012).
-async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
+/// The sends of a claim in flight, oldest first. Every wake polls each unfinished one in claim
+/// order — so each is first polled in claim order, what a sink with several batches of a key in
+/// flight relies on to keep them in order (ADR 0012) — and the oldest's output is taken once it
+/// is done.
+struct Window<F: Future> {
+    sends: VecDeque<InFlight<F>>,
+}
+
+/// A send, and its output once it is done.
+type InFlight<F> = (Pin<Box<F>>, Option<<F as Future>::Output>);
+
+impl<F: Future> Default for Window<F> {
+    fn default() -> Self {
+        Self {
+            sends: VecDeque::new(),
+        }
+    }
+}
+
+impl<F: Future> Window<F> {
+    fn len(&self) -> usize {
+        self.sends.len()
+    }
+
+    fn push(&mut self, send: F) {
+        self.sends.push_back((Box::pin(send), None));
+    }
+
+    /// The oldest send's output once it is done; `None` when the window is empty.
+    async fn next(&mut self) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            for (send, output) in &mut self.sends {
+                if output.is_none()
+                    && let Poll::Ready(value) = send.as_mut().poll(cx)
+                {
+                    *output = Some(value);
                 }
             }
-        }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
+            match self.sends.front() {
+                None => Poll::Ready(None),
+                Some((_, Some(_))) => Poll::Ready(self.sends.pop_front().and_then(|(_, output)| output)),
+                Some((_, None)) => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Hands one batch of a claim to the sink, within the send timeout.
+async fn send_batch<'a>(ctx: &ChannelCtx, chunk: &'a [Delivery]) -> (&'a [Delivery], Answer) {
+    let (started, wall) = (Instant::now(), std::time::SystemTime::now());
+    let sent = tokio::time::timeout(ctx.config.send_timeout, ctx.sink.send(chunk)).await;
+    (
+        chunk,
+        Answer {
+            sent,
+            elapsed: started.elapsed(),
+            started: wall,
+        },
+    )
+}
+
+/// What the sink answered for one batch of a claim.
+struct Answer {
+    /// `Err`: it did not answer within the send timeout.
+    sent: Result<Result<DeliveryReport, SinkError>, tokio::time::error::Elapsed>,
+    elapsed: Duration,
+    /// When the batch was handed to the sink (wall clock).
+    started: std::time::SystemTime,
+}
+
+impl Answer {
+    /// Whether any delivery of the batch failed.
+    fn failed(&self) -> bool {
+        !matches!(&self.sent, Ok(Ok(report)) if report.is_success())
+    }
 }

@@ -362,6 +362,172 @@ async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
     assert_eq!((counters.delivered, counters.retried), (30, 1));
 }
 
+/// A sink over a [`MemorySink`] whose sends each wait for a permit the test hands out, counting
+/// how many are in flight at once.
+#[derive(Clone, Debug)]
+struct Gated {
+    inner: MemorySink,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// (sends in flight now, the most ever at once)
+    active: Arc<std::sync::Mutex<(usize, usize)>>,
+    /// The size of each batch handed over, in call order (answered or not).
+    started: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Gated {
+    fn new(inner: MemorySink) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            active: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+
+    fn most_at_once(&self) -> usize {
+        self.active.lock().unwrap().1
+    }
+
+    fn started(&self) -> Vec<usize> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+#[evolution_events::async_trait]
+impl evolution_events::EventSink for Gated {
+    fn channel(&self) -> Channel {
+        self.inner.channel()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn send(
+        &self,
+        batch: &[evolution_events::Delivery],
+    ) -> Result<evolution_events::DeliveryReport, evolution_events::SinkError> {
+        self.started.lock().unwrap().push(batch.len());
+        {
+            let mut active = self.active.lock().unwrap();
+            active.0 += 1;
+            active.1 = active.1.max(active.0);
+        }
+        // The semaphore is fair: the oldest waiting send answers first.
+        self.permits.acquire().await.unwrap().forget();
+        let report = self.inner.send(batch).await;
+        self.active.lock().unwrap().0 -= 1;
+        report
+    }
+
+    async fn health_check(&self) -> Result<(), evolution_events::SinkError> {
+        self.inner.health_check().await
+    }
+
+    async fn flush(&self) -> Result<(), evolution_events::SinkError> {
+        self.inner.flush().await
+    }
+
+    async fn shutdown(&self) -> Result<(), evolution_events::SinkError> {
+        self.inner.shutdown().await
+    }
+
+    async fn prepare(
+        &self,
+        destinations: &[evolution_events::Destination],
+    ) -> Result<(), evolution_events::SinkError> {
+        self.inner.prepare(destinations).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_of_batches_slides_over_a_claim_each_settled_as_it_answers() {
+    let kafka = MemorySink::new(Channel::Kafka)
+        .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
+    let gated = Gated::new(kafka.clone());
+    let outbox = Arc::new(MemoryOutbox::default());
+    let d = Dispatcher::builder(Arc::clone(&outbox) as Arc<dyn Outbox>, router())
+        .sink_with(
+            Arc::new(gated.clone()),
+            ChannelConfig {
+                workers: 1,
+                ..ChannelConfig::default_for(Channel::Kafka)
+            },
+        )
+        .start()
+        .unwrap();
+    let s = settings(json!({"kafka": {"enabled": true}}));
+    d.emit_many((1..=100).map(|i| (event("acme", i), Some(&s))).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gated.started(), [10, 10, 10], "three batches in flight");
+    let stats = outbox.stats(Channel::Kafka).await.unwrap();
+    assert_eq!(
+        (stats.in_flight, stats.pending),
+        (100, 0),
+        "one claim holds four windows of three batches (100 here)"
+    );
+
+    // The oldest answers: it is settled while the rest of the claim is in flight, and the next
+    // batch starts at once, before the claim's last answer.
+    gated.permits.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(kafka.received().len(), 10);
+    assert_eq!(gated.started(), [10, 10, 10, 10], "the window slid by one batch");
+    assert_eq!(
+        outbox.stats(Channel::Kafka).await.unwrap().in_flight,
+        90,
+        "the first batch is settled as soon as it answered"
+    );
+
+    gated.permits.add_permits(1000);
+    let received = kafka.wait_for(100, LONG).await;
+    let sequences: Vec<u64> = received.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, (1..=100).collect::<Vec<_>>(), "once each, in order");
+    assert_eq!(gated.most_at_once(), 3, "never more than three batches in flight");
+    assert_eq!(kafka.batch_sizes(), [10; 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_batch_of_a_claim_starts_after_one_failed() {
+    let kafka = MemorySink::new(Channel::Kafka)
+        .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
+    let d = one_worker(&kafka);
+    let s = settings(json!({"kafka": {"enabled": true}}));
+    // One claim of 60. Batches 1–3 start at once; #15 (batch 2) fails once. When batch 1 answers
+    // the window starts batch 4, before batch 2's failure is known; after it, nothing more of the
+    // claim starts: 41–60 are put back without an attempt, and 15–60 go again after the retry.
+    let stored = d
+        .emit_many((1..=60).map(|i| (event("acme", i), Some(&s))).collect())
+        .await
+        .unwrap();
+    kafka.fail_event(stored[14].id(), 1, ErrorKind::Unavailable, None);
+    let received = kafka.wait_for(39 + 46, LONG).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(kafka.received().len(), received.len(), "nothing more was sent");
+    assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 10, 10, 6]);
+    assert_in_order(&received, "acme", 60);
+    let copies = |seq: u64| received.iter().filter(|r| r.sequence == seq).count();
+    assert!((1..=15).all(|seq| copies(seq) == 1));
+    assert!(
+        (16..=40).all(|seq| copies(seq) == 2),
+        "the batches in flight with the failed one were sent again after it"
+    );
+    assert!(
+        (41..=60).all(|seq| copies(seq) == 1),
+        "the batches not started yet went once, after #15"
+    );
+    let attempts: Vec<u32> = received
+        .iter()
+        .filter(|r| r.sequence == 50)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1], "put back without counting an attempt");
+    let counters = d.counters(Channel::Kafka).unwrap();
+    assert_eq!((counters.delivered, counters.retried), (60, 1));
+}
+
 #[tokio::test]
 async fn shutdown_drains_what_is_due_then_refuses_new_events() {
     let nats = MemorySink::new(Channel::Nats);

@@ -1,10 +1,10 @@
-//! Order across a Kafka broker restart with several batches of one key in flight (ADR 0012): the
-//! Dispatcher (memory outbox) over a `KafkaSink` with the idempotent producer — 5 batches per key
-//! in flight — delivers a stream to a private tansu (`EVOLUTION_TEST_TANSU`, its log in a private
-//! moto's S3, `EVOLUTION_TEST_MOTO`, so that a restarted broker keeps what it acknowledged). The
-//! broker is killed (SIGKILL) mid-stream and started again; an independent consumer then reads
-//! every topic and the test checks, per instance (ordering key), that every event arrived and
-//! that the last copy of each arrived after the last copy of every earlier one.
+//! Order across a Kafka broker restart with several batches of one key in flight (ADRs 0012 and
+//! 0025): the Dispatcher (memory outbox) over a `KafkaSink` with the idempotent producer — 5
+//! batches per key in flight — delivers a stream to a private tansu (`EVOLUTION_TEST_TANSU`, its
+//! log in a private moto's S3, `EVOLUTION_TEST_MOTO`, so that a restarted broker keeps what it
+//! acknowledged). The broker is killed (SIGKILL) mid-stream and started again; an independent
+//! consumer then reads every topic and the test checks, per instance (ordering key), that every
+//! event arrived and that the last copy of each arrived after the last copy of every earlier one.
 //!
 //! The harness (consumer, private processes, ports) is the Kafka sink's test helpers.
 
@@ -65,7 +65,9 @@ fn tansu(program: &str, port: u16, s3_port: u16, log: std::path::PathBuf) -> Pro
     )
 }
 
-#[tokio::test]
+// Several threads: the test watches the outbox while a worker queues thousands of records without
+// yielding, which on one thread would hide the claim until batches of it are already settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_holds_across_a_broker_restart_with_several_batches_in_flight() {
     let (Some(tansu_bin), Some(moto)) = (
         env_or_skip("EVOLUTION_TEST_TANSU"),
