@@ -11,7 +11,7 @@ use evolution_events::{
     InstanceSettings, RawValue, RetryPolicy,
 };
 use evolution_outbox::{MemoryOutbox, Outbox, OutboxError};
-use evolution_sink_testkit::MemorySink;
+use evolution_sink_testkit::{MemorySink, Received};
 use evolution_sinks::{ChannelConfig, Dispatcher, EmitError, Router};
 use serde_json::json;
 use tokio::time::Instant;
@@ -192,7 +192,7 @@ async fn permanent_failures_and_non_retryable_statuses_are_dead_at_once() {
 
 /// For each instance: every event arrived, and the last copy of each event arrived after the last
 /// copy of every earlier event (a retry re-sends the failed event and what followed it).
-fn assert_in_order(received: &[evolution_sink_testkit::Received], instance: &str, count: u64) {
+fn assert_in_order(received: &[Received], instance: &str, count: u64) {
     let mut last: Vec<(usize, u64)> = Vec::new();
     for seq in 1..=count {
         let pos = received
@@ -321,29 +321,46 @@ async fn a_sink_that_allows_several_batches_per_key_gets_them_at_once_and_in_ord
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
+/// `total` events of one instance through one worker over an ordered Kafka sink taking batches of
+/// 10 with 3 in flight, #15 failing once; returns once `expected` deliveries arrived and a minute
+/// passed without more.
+async fn fifteen_fails_once(total: usize, expected: usize) -> (MemorySink, Dispatcher, Vec<Received>) {
     let kafka = MemorySink::new(Channel::Kafka)
         .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
     let d = one_worker(&kafka);
     let s = settings(json!({"kafka": {"enabled": true}}));
-    // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,
-    // fails once (the sink delivers the rest of that batch and the whole third one).
     let stored = d
-        .emit_many((1..=30).map(|i| (event("acme", i), Some(&s))).collect())
+        .emit_many((1..=total).map(|i| (event("acme", i), Some(&s))).collect())
         .await
         .unwrap();
     kafka.fail_event(stored[14].id(), 1, ErrorKind::Unavailable, None);
-    let received = kafka.wait_for(29 + 16, LONG).await;
+    let received = kafka.wait_for(expected, LONG).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(kafka.received().len(), received.len(), "nothing more was sent");
+    (kafka, d, received)
+}
+
+/// The attempt number of each arrival of sequence `seq`, in arrival order.
+fn arrivals(received: &[Received], seq: u64) -> Vec<u32> {
+    received
+        .iter()
+        .filter(|r| r.sequence == seq)
+        .map(|r| r.attempt)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
+    // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,
+    // fails once (the sink delivers the rest of that batch and the whole third one).
+    let (kafka, d, received) = fifteen_fails_once(30, 29 + 16).await;
     assert_eq!(
         kafka.batch_sizes(),
         [10, 10, 10, 10, 6],
         "three at once, then the requeued 15–30"
     );
     assert_in_order(&received, "acme", 30);
-    let copies = |seq: u64| received.iter().filter(|r| r.sequence == seq).count();
+    let copies = |seq: u64| arrivals(&received, seq).len();
     assert!(
         (1..=14).all(|seq| copies(seq) == 1),
         "what came before #15 was sent once"
@@ -352,12 +369,11 @@ async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
         (16..=30).all(|seq| copies(seq) == 2),
         "what came after #15 — in its batch and the next — was sent again after it"
     );
-    let fifteen: Vec<u32> = received
-        .iter()
-        .filter(|r| r.sequence == 15)
-        .map(|r| r.attempt)
-        .collect();
-    assert_eq!(fifteen, [2], "#15 arrived once, on its second attempt");
+    assert_eq!(
+        arrivals(&received, 15),
+        [2],
+        "#15 arrived once, on its second attempt"
+    );
     let counters = d.counters(Channel::Kafka).unwrap();
     assert_eq!((counters.delivered, counters.retried), (30, 1));
 }
@@ -491,24 +507,13 @@ async fn a_window_of_batches_slides_over_a_claim_each_settled_as_it_answers() {
 
 #[tokio::test(start_paused = true)]
 async fn no_batch_of_a_claim_starts_after_one_failed() {
-    let kafka = MemorySink::new(Channel::Kafka)
-        .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
-    let d = one_worker(&kafka);
-    let s = settings(json!({"kafka": {"enabled": true}}));
     // One claim of 60. Batches 1–3 start at once; #15 (batch 2) fails once. When batch 1 answers
     // the window starts batch 4, before batch 2's failure is known; after it, nothing more of the
     // claim starts: 41–60 are put back without an attempt, and 15–60 go again after the retry.
-    let stored = d
-        .emit_many((1..=60).map(|i| (event("acme", i), Some(&s))).collect())
-        .await
-        .unwrap();
-    kafka.fail_event(stored[14].id(), 1, ErrorKind::Unavailable, None);
-    let received = kafka.wait_for(39 + 46, LONG).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(kafka.received().len(), received.len(), "nothing more was sent");
+    let (kafka, d, received) = fifteen_fails_once(60, 39 + 46).await;
     assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 10, 10, 6]);
     assert_in_order(&received, "acme", 60);
-    let copies = |seq: u64| received.iter().filter(|r| r.sequence == seq).count();
+    let copies = |seq: u64| arrivals(&received, seq).len();
     assert!((1..=15).all(|seq| copies(seq) == 1));
     assert!(
         (16..=40).all(|seq| copies(seq) == 2),
@@ -518,12 +523,11 @@ async fn no_batch_of_a_claim_starts_after_one_failed() {
         (41..=60).all(|seq| copies(seq) == 1),
         "the batches not started yet went once, after #15"
     );
-    let attempts: Vec<u32> = received
-        .iter()
-        .filter(|r| r.sequence == 50)
-        .map(|r| r.attempt)
-        .collect();
-    assert_eq!(attempts, [1], "put back without counting an attempt");
+    assert_eq!(
+        arrivals(&received, 50),
+        [1],
+        "put back without counting an attempt"
+    );
     let counters = d.counters(Channel::Kafka).unwrap();
     assert_eq!((counters.delivered, counters.retried), (60, 1));
 }
@@ -687,9 +691,8 @@ async fn a_filter_is_evaluated_on_every_event_of_a_planned_kind() {
     for n in 0..5 {
         d.emit(event("acme", n), &checked).await.unwrap();
     }
-    let n_of = |r: &evolution_sink_testkit::Received| {
-        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["data"]["n"].clone()
-    };
+    let n_of =
+        |r: &Received| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["data"]["n"].clone();
     assert_eq!(webhook.wait_for(5, Duration::from_secs(10)).await.len(), 5);
     let got: Vec<_> = nats
         .wait_for(2, Duration::from_secs(10))
