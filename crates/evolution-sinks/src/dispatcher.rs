@@ -871,8 +871,9 @@ impl Worker {
     /// as it answers, in claim order: after a failed delivery, the later ones of its key in the
     /// claim are put back behind it (ADR 0002). When the sink allows several batches of a key in
     /// flight (ADR 0012), up to that many are sent at once and the next starts as the oldest
-    /// answers, so the sink's pipeline stays full across the claim (ADR 0025); after a batch with
-    /// a failure no further batch of the claim starts (they are put back, no attempt counted).
+    /// answers, so the sink's pipeline stays full across the claim (ADR 0025); on an ordered
+    /// channel, after a batch with a failure no further batch of the claim starts (they are put
+    /// back, no attempt counted).
     async fn deliver(&self, batch: Vec<Delivery>) {
         let (mut batch, held) = self.pace(batch);
         if batch.is_empty() {
@@ -901,7 +902,9 @@ impl Worker {
                 let Some((chunk, answer)) = window.next().await else {
                     break;
                 };
-                failed |= answer.failed();
+                // On an ordered channel a failure blocks its key for the rest of the claim; later
+                // batches would only be put back (unordered ones have nothing to wait for).
+                failed |= ctx.ordered && answer.failed();
                 if answers.send((chunk, answer)).is_err() {
                     break;
                 }

@@ -321,13 +321,27 @@ async fn a_sink_that_allows_several_batches_per_key_gets_them_at_once_and_in_ord
     }
 }
 
-/// `total` events of one instance through one worker over an ordered Kafka sink taking batches of
-/// 10 with 3 in flight, #15 failing once; returns once `expected` deliveries arrived and a minute
-/// passed without more.
-async fn fifteen_fails_once(total: usize, expected: usize) -> (MemorySink, Dispatcher, Vec<Received>) {
+/// `total` events of one instance through one worker over a Kafka sink taking batches of 10 with 3
+/// in flight (`ordered` or not), #15 failing once; returns once `expected` deliveries arrived and a
+/// minute passed without more.
+async fn fifteen_fails_once(
+    total: usize,
+    expected: usize,
+    ordered: bool,
+) -> (MemorySink, Dispatcher, Vec<Received>) {
     let kafka = MemorySink::new(Channel::Kafka)
         .with_capabilities(Capabilities::new(10).ordered().with_max_in_flight_per_key(3));
-    let d = one_worker(&kafka);
+    let d = Dispatcher::builder(Arc::new(MemoryOutbox::default()), router())
+        .sink_with(
+            Arc::new(kafka.clone()),
+            ChannelConfig {
+                workers: 1,
+                ordered: Some(ordered),
+                ..ChannelConfig::default_for(Channel::Kafka)
+            },
+        )
+        .start()
+        .unwrap();
     let s = settings(json!({"kafka": {"enabled": true}}));
     let stored = d
         .emit_many((1..=total).map(|i| (event("acme", i), Some(&s))).collect())
@@ -353,7 +367,7 @@ fn arrivals(received: &[Received], seq: u64) -> Vec<u32> {
 async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
     // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,
     // fails once (the sink delivers the rest of that batch and the whole third one).
-    let (kafka, d, received) = fifteen_fails_once(30, 29 + 16).await;
+    let (kafka, d, received) = fifteen_fails_once(30, 29 + 16, true).await;
     assert_eq!(
         kafka.batch_sizes(),
         [10, 10, 10, 10, 6],
@@ -510,7 +524,7 @@ async fn no_batch_of_a_claim_starts_after_one_failed() {
     // One claim of 60. Batches 1–3 start at once; #15 (batch 2) fails once. When batch 1 answers
     // the window starts batch 4, before batch 2's failure is known; after it, nothing more of the
     // claim starts: 41–60 are put back without an attempt, and 15–60 go again after the retry.
-    let (kafka, d, received) = fifteen_fails_once(60, 39 + 46).await;
+    let (kafka, d, received) = fifteen_fails_once(60, 39 + 46, true).await;
     assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 10, 10, 6]);
     assert_in_order(&received, "acme", 60);
     let copies = |seq: u64| arrivals(&received, seq).len();
@@ -528,6 +542,17 @@ async fn no_batch_of_a_claim_starts_after_one_failed() {
         [1],
         "put back without counting an attempt"
     );
+    let counters = d.counters(Channel::Kafka).unwrap();
+    assert_eq!((counters.delivered, counters.retried), (60, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unordered_claim_goes_on_after_a_failed_batch() {
+    // Nothing waits for #15 on an unordered channel: the whole claim goes once, then #15 alone.
+    let (kafka, d, received) = fifteen_fails_once(60, 60, false).await;
+    assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 1]);
+    assert!((1..=60).all(|seq| arrivals(&received, seq).len() == 1));
+    assert_eq!(arrivals(&received, 15), [2]);
     let counters = d.counters(Channel::Kafka).unwrap();
     assert_eq!((counters.delivered, counters.retried), (60, 1));
 }
