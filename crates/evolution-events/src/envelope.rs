@@ -252,6 +252,11 @@ impl EventEnvelope {
         self.trace.as_ref()
     }
 
+    /// The headers that carry its trace context ([`TraceContext::headers`]); none without one.
+    pub fn trace_headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.trace.iter().flat_map(TraceContext::headers)
+    }
+
     /// The format its deliveries are written in.
     #[must_use]
     pub fn format(&self) -> EventFormat {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, HoldBack,
-    KafkaTarget, NamingProfile, Retry, SinkError, TraceContext, async_trait,
+    KafkaTarget, NamingProfile, Retry, SinkError, async_trait,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -592,17 +592,14 @@ impl EventSink for KafkaSink {
                 report.fail(index, not_sent);
                 continue;
             }
-            let payload = match delivery.binary_attributes() {
+            // CloudEvents' binary mode: the event's data as the value, the attributes as headers.
+            let binary = delivery.binary_attributes();
+            let payload = match binary {
                 Some(_) => delivery.envelope.data().get().as_bytes().to_vec().into(),
                 None => delivery.payload(),
             };
             let id = delivery.envelope.id().to_string();
-            let trace: Vec<(&str, String)> = delivery
-                .envelope
-                .trace()
-                .into_iter()
-                .flat_map(TraceContext::headers)
-                .collect();
+            let trace: Vec<(&str, String)> = delivery.envelope.trace_headers().collect();
             let timestamp =
                 (delivery.profile == NamingProfile::EvolutionV2).then(|| delivery.envelope.date_time_text());
             let mut headers = vec![
@@ -613,8 +610,7 @@ impl EventSink for KafkaSink {
             headers.extend(trace.iter().map(|(name, value)| (*name, value.as_str())));
             // CloudEvents' Kafka binding: `content-type`, and in binary mode each attribute as a
             // `ce_` header.
-            let cloudevent: Vec<(String, String)> = delivery
-                .binary_attributes()
+            let cloudevent: Vec<(String, String)> = binary
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(name, value)| (format!("ce_{name}"), value))

@@ -10,7 +10,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 use evolution_events::reconnect::{self, Health, Reconnect, backoff};
 use evolution_events::{
     Bytes, Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry,
-    SinkError, TraceContext, async_trait,
+    SinkError, async_trait,
 };
 use tokio::sync::Mutex;
 
@@ -422,7 +422,7 @@ fn headers(delivery: &Delivery) -> HeaderMap {
     headers.insert("instance", envelope.instance().as_str());
     headers.insert("id", id.as_str());
     headers.insert("Content-Type", delivery.binding_content_type());
-    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+    for (name, value) in envelope.trace_headers() {
         headers.insert(name, value.as_str());
     }
     // CloudEvents' NATS binding, binary mode: each attribute as a `ce-` header.

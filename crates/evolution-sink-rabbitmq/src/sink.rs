@@ -7,7 +7,7 @@ use std::time::Duration;
 use evolution_events::reconnect::{self, Health, Reconnect};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, RabbitmqTarget,
-    Retry, SinkError, TraceContext, async_trait,
+    Retry, SinkError, async_trait,
 };
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -329,7 +329,7 @@ fn properties(delivery: &Delivery) -> BasicProperties {
         AMQPValue::LongString(LongString::from(envelope.instance().as_str())),
     );
     headers.insert("id".into(), AMQPValue::LongString(LongString::from(id.as_str())));
-    for (name, value) in envelope.trace().into_iter().flat_map(TraceContext::headers) {
+    for (name, value) in envelope.trace_headers() {
         headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
     }
     // CloudEvents' AMQP binding, binary mode: each attribute as a `cloudEvents:` application

@@ -13,7 +13,7 @@ use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use evolution_events::{
     Capabilities, Channel, Delivery, DeliveryReport, Destination, ErrorKind, EventSink, Retry, SinkError,
-    SqsTarget, TraceContext, async_trait, group_by_key, send_in_order,
+    SqsTarget, async_trait, group_by_key, send_in_order,
 };
 use futures_util::future::join_all;
 
@@ -262,12 +262,7 @@ impl SqsSink {
             .map_err(|_| error(ErrorKind::Rejected, "the payload is not UTF-8 text"))?
             .to_owned();
         let id = delivery.envelope.id().to_string();
-        let trace: Vec<(&str, String)> = delivery
-            .envelope
-            .trace()
-            .into_iter()
-            .flat_map(TraceContext::headers)
-            .collect();
+        let trace: Vec<(&str, String)> = delivery.envelope.trace_headers().collect();
         let mut attributes = vec![
             ("event", delivery.profile.payload_event(delivery.envelope.kind())),
             ("instance", delivery.envelope.instance().as_str()),

@@ -1,6 +1,6 @@
 //! What goes on the wire: the target URL and the request headers.
 
-use evolution_events::{Delivery, ErrorKind, TraceContext, Uuid, WebhookTarget};
+use evolution_events::{Delivery, ErrorKind, EventEnvelope, Uuid, WebhookTarget};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
@@ -131,8 +131,8 @@ pub(crate) fn headers(
 
 /// Adds the W3C trace context of the event (`traceparent`, `tracestate`), replacing any the
 /// destination's own headers set.
-pub(crate) fn trace_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>) {
-    for (name, value) in trace.into_iter().flat_map(TraceContext::headers) {
+pub(crate) fn trace_headers(headers: &mut HeaderMap, envelope: &EventEnvelope) {
+    for (name, value) in envelope.trace_headers() {
         // Both were checked to be printable ASCII when the event was accepted.
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);

@@ -363,7 +363,7 @@ async fn deliver(client: &Client, shared: &Shared, delivery: &Delivery) -> Resul
         &body,
         now,
     )?;
-    request::trace_headers(&mut headers, delivery.envelope.trace());
+    request::trace_headers(&mut headers, &delivery.envelope);
     request::cloudevent_headers(&mut headers, delivery);
     let limit = shared.host_limit(&url);
     let _permit = limit
