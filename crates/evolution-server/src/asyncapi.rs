@@ -261,12 +261,10 @@ impl<'a> Doc<'a> {
                             ""
                         }
                     ),
-                    message_name: None,
                     headers: Some("headers-webhook"),
-                    channel_bindings: None,
                     operation_bindings: Some(json!({"http": {"method": "POST", "bindingVersion": "0.3.0"}})),
-                    message_bindings: None,
                     operation_security: signed.then_some("webhookSignature"),
+                    ..Shape::default()
                 }
             }
             Destination::Websocket(t) => {
@@ -312,11 +310,7 @@ impl<'a> Doc<'a> {
                         t.namespace, t.event
                     ),
                     message_name: Some(t.event.clone()),
-                    headers: None,
-                    channel_bindings: None,
-                    operation_bindings: None,
-                    message_bindings: None,
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             Destination::Rabbitmq(t) => {
@@ -337,7 +331,6 @@ impl<'a> Doc<'a> {
                         "Published to the durable topic exchange `{}` with routing key `{}`; the durable queue `{}` is bound to it with that key.",
                         t.exchange, t.routing_key, t.queue
                     ),
-                    message_name: None,
                     headers: Some("headers-rabbitmq"),
                     channel_bindings: Some(json!({"amqp": {
                         "is": "routingKey",
@@ -348,7 +341,7 @@ impl<'a> Doc<'a> {
                     message_bindings: Some(
                         json!({"amqp": {"contentEncoding": "utf-8", "messageType": "evolution-event", "bindingVersion": "0.3.0"}}),
                     ),
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             Destination::Sqs(t) => {
@@ -380,12 +373,8 @@ impl<'a> Doc<'a> {
                     } else {
                         format!("SQS queue `{}`.", t.queue)
                     },
-                    message_name: None,
                     headers: Some("headers-sqs"),
-                    channel_bindings: None,
-                    operation_bindings: None,
-                    message_bindings: None,
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             Destination::Kafka(t) => {
@@ -420,15 +409,13 @@ impl<'a> Doc<'a> {
                         "Kafka topic `{}`, record key `{}` (the instance: one partition, in order); headers `event`, `instance`, `id`.",
                         t.topic, t.key
                     ),
-                    message_name: None,
                     headers: Some("headers-kafka"),
                     channel_bindings: Some(json!({"kafka": {"topic": t.topic, "bindingVersion": "0.5.0"}})),
-                    operation_bindings: None,
                     message_bindings: Some(json!({"kafka": {
                         "key": {"type": "string", "const": placeholder(&t.key)},
                         "bindingVersion": "0.5.0"
                     }})),
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             Destination::Nats(t) => {
@@ -448,12 +435,8 @@ impl<'a> Doc<'a> {
                         "NATS subject `{}`; headers `Nats-Msg-Id` (= event id), `event`, `instance`, `id`.",
                         t.subject
                     ),
-                    message_name: None,
                     headers: Some("headers-nats"),
-                    channel_bindings: None,
-                    operation_bindings: None,
-                    message_bindings: None,
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             Destination::Pusher(t) => {
@@ -479,11 +462,7 @@ impl<'a> Doc<'a> {
                     address: t.channel.clone(),
                     description: format!("Pusher channel `{}`, event `{}`.", t.channel, t.event),
                     message_name: Some(t.event.clone()),
-                    headers: None,
-                    channel_bindings: None,
-                    operation_bindings: None,
-                    message_bindings: None,
-                    operation_security: None,
+                    ..Shape::default()
                 }
             }
             _ => return None,
@@ -531,6 +510,7 @@ impl<'a> Doc<'a> {
 }
 
 /// One destination in AsyncAPI's terms.
+#[derive(Default)]
 struct Shape {
     server: String,
     address: String,
