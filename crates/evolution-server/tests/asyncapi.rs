@@ -14,8 +14,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_sqs::config::{Credentials, Region};
 use common::{API_KEY, Receiver, Server, seed_event, service_env, unique};
 use futures_util::StreamExt as _;
 use rdkafka::message::Message as _;
@@ -127,38 +125,6 @@ async fn kafka_payload(brokers: &str, topic: &str) -> Vec<u8> {
         .unwrap_or_else(|_| panic!("nothing on Kafka topic {topic}"))
         .unwrap();
     message.payload().unwrap_or_default().to_vec()
-}
-
-async fn sqs_body(endpoint: &str, queue: &str) -> String {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_sqs::Client::new(&config);
-    let url = client
-        .get_queue_url()
-        .queue_name(queue)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("SQS queue {queue} of the document: {e}"))
-        .queue_url
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let answer = client
-            .receive_message()
-            .queue_url(&url)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        if let Some(m) = answer.messages.unwrap_or_default().into_iter().next() {
-            return m.body.unwrap_or_default();
-        }
-    }
-    panic!("nothing on SQS queue {queue}");
 }
 
 async fn documents_validate_and_lead_to_working_consumers(profile: &str) {
@@ -338,7 +304,15 @@ async fn documents_validate_and_lead_to_working_consumers(profile: &str) {
         "Kafka",
     );
     check(
-        sqs_body(&s.sqs, &address(&doc, "sqs", kind)).await.as_bytes(),
+        common::sqs_next(
+            &common::sqs_client(&s.sqs).await,
+            &address(&doc, "sqs", kind),
+            WAIT,
+        )
+        .await
+        .and_then(|m| m.body)
+        .expect("nothing on the SQS queue of the document")
+        .as_bytes(),
         "SQS",
     );
     let path = address(&doc, "webhook-", kind);

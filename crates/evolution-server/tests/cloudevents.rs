@@ -17,8 +17,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_sqs::config::{Credentials, Region};
 use cloudevents::event::{ExtensionValue, SpecVersion};
 use cloudevents::message::{BinaryDeserializer, BinarySerializer, MessageAttributeValue};
 use cloudevents::{AttributesReader, Data, Event};
@@ -218,35 +216,6 @@ fn kafka_watch(brokers: &str, topic: &str) -> (KafkaRecords, tokio::task::JoinHa
     (records, task)
 }
 
-async fn sqs_next(client: &aws_sdk_sqs::Client, queue: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let Ok(url) = client.get_queue_url().queue_name(queue).send().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let url = url.queue_url.unwrap_or_default();
-        let answer = client
-            .receive_message()
-            .queue_url(&url)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        if let Some(m) = answer.messages.unwrap_or_default().into_iter().next() {
-            client
-                .delete_message()
-                .queue_url(&url)
-                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                .send()
-                .await
-                .ok();
-            return m.body.unwrap_or_default();
-        }
-    }
-    panic!("nothing on SQS queue {queue}");
-}
-
 async fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -352,13 +321,7 @@ async fn every_channel_carries_cloudevents_in_both_modes_read_by_the_sdk() {
     let mut nats_sub = nats.subscribe(format!("evolution.{instance}.>")).await.unwrap();
     nats.flush().await.unwrap();
     let (kafka, kafka_task) = kafka_watch(&brokers, &format!("evolution.{instance}.messages-upsert"));
-    let sqs_config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(&sqs)
-        .load()
-        .await;
-    let sqs_client = aws_sdk_sqs::Client::new(&sqs_config);
+    let sqs_client = common::sqs_client(&sqs).await;
     let sqs_queue = format!("evolution-{instance}-messages-upsert");
     let sio = Node::run(
         &node,
@@ -505,7 +468,10 @@ async fn every_channel_carries_cloudevents_in_both_modes_read_by_the_sdk() {
         read("nats", ce, Some(&message.payload));
 
         // SQS, Socket.IO and Pusher carry the structured event in both CloudEvents modes.
-        let body = sqs_next(&sqs_client, &sqs_queue).await;
+        let body = common::sqs_next(&sqs_client, &sqs_queue, WAIT)
+            .await
+            .and_then(|m| m.body)
+            .unwrap_or_else(|| panic!("nothing on SQS queue {sqs_queue}"));
         let ce = (format != "evolution").then(|| structured(body.as_bytes(), "SQS"));
         read("sqs", ce, Some(body.as_bytes()));
         let line = sio

@@ -20,8 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_sqs::config::{Credentials, Region};
 use common::{
     API_KEY, Server, assert_seed_payload, create_instance, free_port, post_events, post_three, service_env,
     temp_dir, unique,
@@ -222,16 +220,6 @@ async fn kafka_global_settings_reach_an_independent_consumer() {
 // SQS: an independent receiver
 // ---------------------------------------------------------------------------------------------
 
-async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
-}
-
 async fn queue_url(client: &aws_sdk_sqs::Client, queue: &str) -> Option<String> {
     client
         .get_queue_url()
@@ -380,7 +368,7 @@ async fn sqs_instance_settings_reach_a_receiver() {
     };
     let instance = format!("sqs-{}", unique());
     let server = Server::start("sqs-instance", &as_refs(&sqs_env(&endpoint))).await;
-    let client = sqs_client(&endpoint).await;
+    let client = common::sqs_client(&endpoint).await;
     create_instance(&server, &instance, json!({})).await;
     let (status, body) = server
         .call(
@@ -512,7 +500,7 @@ async fn evolution_v2_sqs_message_is_evolution_api_s() {
         json!({"sqs": {"enabled": true, "events": ["MESSAGES_UPSERT"]}}),
     )
     .await;
-    let client = sqs_client(&endpoint).await;
+    let client = common::sqs_client(&endpoint).await;
     let own = QueueWatcher::start(client.clone(), &format!("{instance}_messages_upsert.fifo"));
     let global = QueueWatcher::start(client, &format!("{global_prefix}_singlequeue.fifo"));
     let ids = post_three(&server, &instance).await;
@@ -557,7 +545,10 @@ async fn sqs_global_single_fifo_queue_keeps_each_instance_in_its_group() {
     let (a, b) = (format!("sqs-a-{tag}"), format!("sqs-b-{tag}"));
     create_instance(&server, &a, json!({})).await;
     create_instance(&server, &b, json!({})).await;
-    let watch = QueueWatcher::start(sqs_client(&endpoint).await, &format!("{prefix}-global.fifo"));
+    let watch = QueueWatcher::start(
+        common::sqs_client(&endpoint).await,
+        &format!("{prefix}-global.fifo"),
+    );
     let ids_a = post_three(&server, &a).await;
     let ids_b = post_three(&server, &b).await;
     let got = watch.wait(4).await;
@@ -867,7 +858,7 @@ async fn sqs_server_restarts_lose_no_event() {
     let instances: Vec<String> = (0..SQS_FAULT_INSTANCES)
         .map(|i| format!("sfault-{tag}-{i}"))
         .collect();
-    let client = sqs_client(&endpoint).await;
+    let client = common::sqs_client(&endpoint).await;
     let mut watches = Vec::new();
     for instance in &instances {
         create_instance(
@@ -999,7 +990,7 @@ async fn sqs_filter_lets_only_matching_events_through() {
     let settings = json!({"enabled": true, "events": ["MESSAGES_UPSERT"], "filter": common::group_filter()});
     create_instance(&server, &instance, json!({ "sqs": settings })).await;
     let watch = QueueWatcher::start(
-        sqs_client(&endpoint).await,
+        common::sqs_client(&endpoint).await,
         &format!("evolution-{instance}-messages-upsert"),
     );
     let ids = common::post_filtered(&server, &instance).await;
@@ -1071,7 +1062,7 @@ async fn sqs_oversize_events_arrive_as_references() {
     )
     .await;
     let watch = QueueWatcher::start(
-        sqs_client(&endpoint).await,
+        common::sqs_client(&endpoint).await,
         &format!("evolution-{instance}-messages-upsert"),
     );
     let pad = "s".repeat(8_000);
@@ -1135,7 +1126,7 @@ async fn sqs_oversize_reference_takes_evolutions_s3_shape_under_evolution_v2() {
         assert!(Instant::now() < deadline, "never delivered: {log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let watch = QueueWatcher::start(sqs_client(&endpoint).await, &queue);
+    let watch = QueueWatcher::start(common::sqs_client(&endpoint).await, &queue);
     let got = watch.wait(1).await;
     assert_eq!(got.len(), 1, "{queue}");
     let body: Value = serde_json::from_str(&got[0].body).unwrap();

@@ -14,8 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_sqs::config::{Credentials, Region};
 use axum::body::Bytes;
 use axum::extract::State;
 use common::{API_KEY, Receiver, Server, create_instance, seed_event, service_env, unique};
@@ -121,43 +119,17 @@ async fn kafka_headers(brokers: &str, topic: &str) -> Option<HashMap<String, Str
 /// Receives one message of the SQS queue `queue` (its URL looked up until it exists); its
 /// message attributes.
 async fn sqs_attributes(endpoint: &str, queue: &str) -> Option<HashMap<String, String>> {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_sqs::Client::new(&config);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let Ok(url) = client.get_queue_url().queue_name(queue).send().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let url = url.queue_url.unwrap_or_default();
-        let answer = client
-            .receive_message()
-            .queue_url(&url)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await;
-        if let Some(m) = answer
-            .ok()
-            .and_then(|a| a.messages.unwrap_or_default().into_iter().next())
-        {
-            return Some(
-                m.message_attributes()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    None
+    let message = common::sqs_next(&common::sqs_client(endpoint).await, queue, WAIT).await?;
+    Some(
+        message
+            .message_attributes()
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 fn amqp_header(d: &lapin::message::Delivery, name: &str) -> Option<String> {

@@ -722,3 +722,54 @@ pub fn kafka_headers_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Vec<
         })
         .unwrap_or_default()
 }
+
+/// A client of the test SQS server at `endpoint` (moto: any credentials, `us-east-1`).
+pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// The next message of the SQS queue `queue`, with its message attributes, deleted once read (the
+/// queue's URL is looked up until the queue exists); `None` when nothing came within `within`.
+pub async fn sqs_next(
+    client: &aws_sdk_sqs::Client,
+    queue: &str,
+    within: Duration,
+) -> Option<aws_sdk_sqs::types::Message> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let Ok(url) = client.get_queue_url().queue_name(queue).send().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let url = url.queue_url.unwrap_or_default();
+        let Ok(answer) = client
+            .receive_message()
+            .queue_url(&url)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if let Some(message) = answer.messages.unwrap_or_default().into_iter().next() {
+            client
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
+                .send()
+                .await
+                .ok();
+            return Some(message);
+        }
+    }
+    None
+}
