@@ -157,28 +157,34 @@ impl EventKind {
     /// # Errors
     /// Returns [`UnknownEvent`], whose message lists every valid name.
     pub fn parse(input: &str) -> Result<Self, UnknownEvent> {
-        let normalize = |s: &str| -> String {
-            s.trim()
-                .chars()
-                .map(|c| match c {
-                    '.' | '-' => '_',
-                    c => c.to_ascii_uppercase(),
-                })
-                .collect()
-        };
-        let normalized = normalize(input);
+        // The filter key as written (how events are stored) is found without normalizing; the rest
+        // compare normalized characters without allocating (this runs for every event accepted and
+        // every delivery read back).
+        if let Some(info) = REGISTRY.iter().find(|info| info.key == input) {
+            return Ok(info.kind);
+        }
         REGISTRY
             .iter()
-            .find(|info| info.key == normalized || normalize(info.wire) == normalized)
+            .find(|info| {
+                info.key.chars().eq(normalized(input)) || normalized(info.wire).eq(normalized(input))
+            })
             .map(|info| info.kind)
             .or_else(|| {
                 ALIASES
                     .iter()
-                    .find(|(alias, _)| *alias == normalized)
+                    .find(|(alias, _)| alias.chars().eq(normalized(input)))
                     .map(|(_, kind)| *kind)
             })
             .ok_or_else(|| UnknownEvent(input.to_owned()))
     }
+}
+
+/// An event name as compared: trimmed, `.` and `-` as `_`, upper case.
+fn normalized(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.trim().chars().map(|c| match c {
+        '.' | '-' => '_',
+        c => c.to_ascii_uppercase(),
+    })
 }
 
 impl fmt::Display for EventKind {
