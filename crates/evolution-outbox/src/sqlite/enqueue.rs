@@ -98,7 +98,7 @@ impl EnqueueRun {
                 let busy: bool = conn
                     .prepare_cached(
                         "SELECT EXISTS (SELECT 1 FROM deliveries WHERE channel = ?1 AND okey = ?2 \
-                         AND state IN (0, 1, 4))",
+                         AND (state = 0 OR state = 1 OR state = 4))",
                     )
                     .and_then(|mut s| s.query_row(params![d.channel.as_str(), &**key], |row| row.get(0)))
                     .map_err(db("look up an ordering key"))?;
