@@ -30,7 +30,10 @@
 //! Run: `cargo bench -p evolution-server --bench server [-- SCENARIO…]` (all but `generators` by
 //! default). `throughput` needs `wrk` (`apt-get install wrk`; `scripts/bench` installs it) and
 //! PostgreSQL (`EVOLUTION_TEST_POSTGRES`); the `latency` and `isolation` scenarios need NATS
-//! (`EVOLUTION_TEST_NATS_URL`); both from `scripts/services env`. Prints Markdown tables; `docs/benchmarks.md` records the results.
+//! (`EVOLUTION_TEST_NATS_URL`); both from `scripts/services env`. `BENCH_ONLY=text` runs the
+//! ceiling and only the `throughput` rows whose label, with its storage, holds `text` (`signed`,
+//! `SQLite`, `PostgreSQL, 3 replicas`). The PostgreSQL rows run after every SQLite row. Prints
+//! Markdown tables; `docs/benchmarks.md` records the results.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -1029,7 +1032,10 @@ async fn throughput(rows: &mut Rows, sqlite: bool) -> Rows {
     // The durable accept path: every event is stored with its webhook delivery, and the receiver
     // never answers, so delivery work does not compete for the CPU.
     let stalled = stalled_receiver().await;
-    if sqlite {
+    // `BENCH_ONLY=text`: the ceiling and only the rows whose label (with its storage) holds `text`.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |label: &str| only.as_deref().is_none_or(|text| label.contains(text));
+    if sqlite && wanted("durable ingest, SQLite") {
         // Single events, then batches, pile up on this server for 2 × INGEST_TIME: room for them all.
         let (server, names) = setup(
             "bench-ingest",
@@ -1099,64 +1105,10 @@ async fn throughput(rows: &mut Rows, sqlite: bool) -> Rows {
         }));
     }
 
-    // The same single-event durable ingest on PostgreSQL: one replica, then three sharing the load
-    // (one wrk thread per replica).
-    for replicas in [1, 3] {
-        let storage = Storage::Postgres { replicas };
-        let cluster = Cluster::start(
-            "bench-ingest-pg",
-            storage,
-            Some(&stalled),
-            &[("EVENTS_MAX_BACKLOG", "50000000")],
-        )
-        .await;
-        let load = wrk_on(
-            &cluster.bases(),
-            &cluster.names,
-            &single,
-            CONNECTIONS,
-            INGEST_TIME,
-        )
-        .await;
-        let rate = load.rate(1);
-        let what = format!(
-            "durable ingest as above, single events, {}, 16 instances, {} connections",
-            storage.label(),
-            load.connections
-        );
-        if let Some(cost) = cluster.finish(load.requests, load.seconds).await {
-            costs.push(cost.row(&what));
-        }
-        later.push(Box::new(move |ceiling| {
-            vec![
-                what,
-                format!("{rate:.0} events/s"),
-                ratio(rate, ceiling),
-                String::new(),
-            ]
-        }));
-    }
-
     // Accept and deliver to a loopback webhook receiver that answers 200 at once.
     let ordered = "single events → webhook, ordered per instance (default)";
     for (what, env, connections, per_request, bar, storage) in [
         (ordered, vec![], CONNECTIONS, 1, "", Storage::Sqlite),
-        (
-            ordered,
-            vec![],
-            CONNECTIONS,
-            1,
-            "",
-            Storage::Postgres { replicas: 1 },
-        ),
-        (
-            ordered,
-            vec![],
-            CONNECTIONS,
-            1,
-            "",
-            Storage::Postgres { replicas: 3 },
-        ),
         (
             "single events → webhook, ordered per instance (default), signed (WEBHOOK_SIGNING_SECRET)",
             vec![("WEBHOOK_SIGNING_SECRET", SIGNING_SECRET)],
@@ -1181,8 +1133,27 @@ async fn throughput(rows: &mut Rows, sqlite: bool) -> Rows {
             "",
             Storage::Sqlite,
         ),
+        (
+            ordered,
+            vec![],
+            CONNECTIONS,
+            1,
+            "",
+            Storage::Postgres { replicas: 1 },
+        ),
+        (
+            ordered,
+            vec![],
+            CONNECTIONS,
+            1,
+            "",
+            Storage::Postgres { replicas: 3 },
+        ),
     ] {
         if !sqlite && matches!(storage, Storage::Sqlite) {
+            continue;
+        }
+        if !wanted(&format!("{what}, {}", storage.label())) {
             continue;
         }
         let (url, count) = counting_receiver().await;
@@ -1234,6 +1205,49 @@ async fn throughput(rows: &mut Rows, sqlite: bool) -> Rows {
                 format!("{delivered:.0} events/s"),
                 ratio(delivered, ceiling),
                 bar.into(),
+            ]
+        }));
+    }
+
+    // The same single-event durable ingest on PostgreSQL (after every SQLite row: PostgreSQL goes
+    // on checkpointing and vacuuming after a scenario, which would slow the next one): one replica,
+    // then three sharing the load
+    // (one wrk thread per replica).
+    for replicas in [1, 3] {
+        let storage = Storage::Postgres { replicas };
+        if !wanted(&format!("durable ingest, {}", storage.label())) {
+            continue;
+        }
+        let cluster = Cluster::start(
+            "bench-ingest-pg",
+            storage,
+            Some(&stalled),
+            &[("EVENTS_MAX_BACKLOG", "50000000")],
+        )
+        .await;
+        let load = wrk_on(
+            &cluster.bases(),
+            &cluster.names,
+            &single,
+            CONNECTIONS,
+            INGEST_TIME,
+        )
+        .await;
+        let rate = load.rate(1);
+        let what = format!(
+            "durable ingest as above, single events, {}, 16 instances, {} connections",
+            storage.label(),
+            load.connections
+        );
+        if let Some(cost) = cluster.finish(load.requests, load.seconds).await {
+            costs.push(cost.row(&what));
+        }
+        later.push(Box::new(move |ceiling| {
+            vec![
+                what,
+                format!("{rate:.0} events/s"),
+                ratio(rate, ceiling),
+                String::new(),
             ]
         }));
     }
