@@ -363,6 +363,11 @@ fn arrivals(received: &[Received], seq: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Whether every sequence of `seqs` arrived exactly `times` times.
+fn each_arrived(received: &[Received], seqs: std::ops::RangeInclusive<u64>, times: usize) -> bool {
+    seqs.into_iter().all(|seq| arrivals(received, seq).len() == times)
+}
+
 #[tokio::test(start_paused = true)]
 async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
     // One claim of 30, sent as batches 1–10, 11–20 and 21–30 at once; #15, in the middle batch,
@@ -374,13 +379,12 @@ async fn order_holds_when_a_middle_batch_of_several_in_flight_fails() {
         "three at once, then the requeued 15–30"
     );
     assert_in_order(&received, "acme", 30);
-    let copies = |seq: u64| arrivals(&received, seq).len();
     assert!(
-        (1..=14).all(|seq| copies(seq) == 1),
+        each_arrived(&received, 1..=14, 1),
         "what came before #15 was sent once"
     );
     assert!(
-        (16..=30).all(|seq| copies(seq) == 2),
+        each_arrived(&received, 16..=30, 2),
         "what came after #15 — in its batch and the next — was sent again after it"
     );
     assert_eq!(
@@ -527,14 +531,13 @@ async fn no_batch_of_a_claim_starts_after_one_failed() {
     let (kafka, d, received) = fifteen_fails_once(60, 39 + 46, true).await;
     assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 10, 10, 6]);
     assert_in_order(&received, "acme", 60);
-    let copies = |seq: u64| arrivals(&received, seq).len();
-    assert!((1..=15).all(|seq| copies(seq) == 1));
+    assert!(each_arrived(&received, 1..=15, 1));
     assert!(
-        (16..=40).all(|seq| copies(seq) == 2),
+        each_arrived(&received, 16..=40, 2),
         "the batches in flight with the failed one were sent again after it"
     );
     assert!(
-        (41..=60).all(|seq| copies(seq) == 1),
+        each_arrived(&received, 41..=60, 1),
         "the batches not started yet went once, after #15"
     );
     assert_eq!(
@@ -551,7 +554,7 @@ async fn an_unordered_claim_goes_on_after_a_failed_batch() {
     // Nothing waits for #15 on an unordered channel: the whole claim goes once, then #15 alone.
     let (kafka, d, received) = fifteen_fails_once(60, 60, false).await;
     assert_eq!(kafka.batch_sizes(), [10, 10, 10, 10, 10, 10, 1]);
-    assert!((1..=60).all(|seq| arrivals(&received, seq).len() == 1));
+    assert!(each_arrived(&received, 1..=60, 1));
     assert_eq!(arrivals(&received, 15), [2]);
     let counters = d.counters(Channel::Kafka).unwrap();
     assert_eq!((counters.delivered, counters.retried), (60, 1));
