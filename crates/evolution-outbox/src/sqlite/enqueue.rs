@@ -35,10 +35,8 @@ struct DeliveryRow {
 #[derive(Default)]
 pub(super) struct EnqueueRun {
     staged: Staged,
-    /// Ordering keys with unsettled deliveries (in the database or in this run).
-    busy_keys: HashSet<(Channel, Arc<str>)>,
-    /// Ordering keys looked up in the database.
-    checked_keys: HashSet<(Channel, Arc<str>)>,
+    /// Ordering keys that had no live delivery before this run and have one in it.
+    armed_keys: HashSet<(Channel, Arc<str>)>,
     events: Vec<EventRow>,
     deliveries: Vec<DeliveryRow>,
 }
@@ -87,30 +85,11 @@ impl EnqueueRun {
             if !self.staged.sequences.contains_key(instance) {
                 cache.last_sequence(conn, instance)?;
             }
-            for d in &event.deliveries {
-                let Some(key) = &d.ordering_key else {
-                    continue;
-                };
-                let entry = (d.channel, Arc::clone(key));
-                if self.checked_keys.contains(&entry) || self.busy_keys.contains(&entry) {
-                    continue;
-                }
-                let busy: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE channel = ?1 AND okey = ?2 \
-                         AND (state = 0 OR state = 1 OR state = 4))",
-                    )
-                    .and_then(|mut s| s.query_row(params![d.channel.as_str(), &**key], |row| row.get(0)))
-                    .map_err(db("look up an ordering key"))?;
-                if busy {
-                    self.busy_keys.insert(entry.clone());
-                }
-                self.checked_keys.insert(entry);
-            }
         }
         let stored_events = events.iter().filter(|e| !e.deliveries.is_empty()).count();
         let mut event_id = cache.event_ids(conn, stored_events)?;
         let mut delivery_id = cache.delivery_ids(conn, wanted.values().sum())?;
+        let queues = cache.keys.load(conn)?;
 
         // From here on nothing fails.
         let mut stored = Vec::with_capacity(events.len());
@@ -133,9 +112,19 @@ impl EnqueueRun {
                     let state = match &d.ordering_key {
                         None => READY,
                         // The first delivery of an idle key is its head; the others wait behind it.
-                        Some(key) if self.busy_keys.insert((d.channel, Arc::clone(key))) => READY,
+                        Some(key)
+                            if !queues.busy(d.channel, key)
+                                && self.armed_keys.insert((d.channel, Arc::clone(key))) =>
+                        {
+                            READY
+                        }
                         Some(_) => WAITING,
                     };
+                    if let Some(key) = &d.ordering_key {
+                        self.staged
+                            .keyed
+                            .push((d.channel, Arc::clone(key), delivery_id, state));
+                    }
                     self.staged.notify.insert(d.channel);
                     *self.staged.live.entry(d.channel).or_default() += 1;
                     self.deliveries.push(DeliveryRow {

@@ -2,11 +2,13 @@
 //!
 //! Modules by concern: `open` (options, connections, schema, lock file), `writer` (the thread that
 //! owns the write connection and groups requests into transactions), `enqueue` (storing events),
-//! `queue` (claim, settle, release, redrive, purge, prune), `store` (instances), `read` (the
+//! `queue` (claim, settle, release, redrive, purge, prune), `keys` (the ordering keys' live
+//! deliveries, in the writer's memory), `store` (instances), `read` (the
 //! read-only connections and every read), `decode` (rows back into values).
 
 mod decode;
 mod enqueue;
+mod keys;
 mod open;
 mod queue;
 mod read;
@@ -39,7 +41,7 @@ use crate::{
 /// shorter, but not more than once a second.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-use crate::rows::{DEAD, DELIVERED, READY, WAITING, duration_ms, to_i64};
+use crate::rows::{DEAD, DELIVERED, IN_FLIGHT, READY, WAITING, duration_ms, to_i64};
 
 /// Counters of the writer's work since the outbox was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

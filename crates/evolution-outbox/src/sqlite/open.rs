@@ -129,7 +129,7 @@ impl Opener {
 
 /// The schema, one step per file of `migrations/`, applied in order; `PRAGMA user_version` holds
 /// the last step applied.
-const MIGRATIONS: [(i64, &str); 5] = [
+const MIGRATIONS: [(i64, &str); 6] = [
     (1, include_str!("../../migrations/0001_outbox.sql")),
     (2, include_str!("../../migrations/0002_event_uuid.sql")),
     (3, include_str!("../../migrations/0003_event_sequence.sql")),
@@ -138,6 +138,10 @@ const MIGRATIONS: [(i64, &str); 5] = [
         include_str!("../../migrations/0004_trace_context_and_format.sql"),
     ),
     (5, include_str!("../../migrations/0005_live_indexes.sql")),
+    (
+        6,
+        include_str!("../../migrations/0006_ordering_keys_in_memory.sql"),
+    ),
 ];
 
 /// Brings the schema up to date. Databases written by earlier versions, which recorded their

@@ -1,7 +1,8 @@
 //! Queue operations the writer runs inside its transaction: claim, settle, release, redrive,
-//! purge, prune, and the ordering-key invariant.
+//! purge, prune. Each keeps the ordering keys' queues (`keys`) in step with the rows it changes.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use evolution_events::{Channel, Delivery, InstanceName};
@@ -9,8 +10,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
 use super::decode::{DELIVERY_SELECT, Decoder, channel_named};
+use super::keys::Keys;
 use super::writer::{Staged, WriteError, db};
-use super::{DEAD, DELIVERED, READY, WAITING, duration_ms, to_i64};
+use super::{DEAD, DELIVERED, IN_FLIGHT, READY, WAITING, duration_ms, to_i64};
 use crate::{Outcome, RedriveFilter, Settlement};
 
 /// Delivered deliveries deleted per prune step (one step per transaction, so that pruning never
@@ -19,6 +21,7 @@ pub(super) const PRUNE_BATCH: usize = 1_000;
 
 pub(super) fn claim(
     conn: &Connection,
+    keys: &mut Keys,
     staged: &mut Staged,
     channel: Channel,
     limit: usize,
@@ -28,14 +31,16 @@ pub(super) fn claim(
     if limit == 0 {
         return Ok(out);
     }
+    let queues = keys.load(conn)?;
     let mut decoder = Decoder::default();
-    let mut claimed: Vec<i64> = Vec::new();
+    // Each claimed delivery with its ordering key.
+    let mut claimed: Vec<(i64, Option<Arc<str>>)> = Vec::new();
     let mut bad: Vec<(i64, Option<String>, String)> = Vec::new();
     let mut take = |row: &rusqlite::Row<'_>, decoder: &mut Decoder, out: &mut Vec<Delivery>| {
         let id: i64 = row.get("id").unwrap_or_default();
         match decoder.delivery(row) {
             Ok(delivery) => {
-                claimed.push(id);
+                claimed.push((id, delivery.ordering_key.clone()));
                 out.push(delivery);
             }
             Err(e) => bad.push((id, row.get("okey").ok().flatten(), e)),
@@ -48,11 +53,8 @@ pub(super) fn claim(
              ORDER BY d.due_at, d.id LIMIT ?3"
         ))
         .map_err(&read)?;
-    let mut run = conn
-        .prepare_cached(&format!(
-            "{DELIVERY_SELECT} WHERE d.channel = ?1 AND d.okey = ?2 AND d.state = 4 AND d.id > ?3 \
-             ORDER BY d.id LIMIT ?4"
-        ))
+    let mut one = conn
+        .prepare_cached(&format!("{DELIVERY_SELECT} WHERE d.id = ?1 AND d.state = 4"))
         .map_err(&read)?;
     let mut rows = ready
         .query(params![channel.as_str(), now, to_i64(limit as u64)])
@@ -71,13 +73,17 @@ pub(super) fn claim(
             continue;
         }
         let head: i64 = row.get("id").unwrap_or_default();
-        let mut behind = run
-            .query(params![channel.as_str(), key, head, to_i64(rest as u64)])
-            .map_err(db("read the deliveries of an ordering key"))?;
-        while let Some(row) = behind
-            .next()
-            .map_err(db("read the deliveries of an ordering key"))?
-        {
+        // The run of waiting deliveries behind the head, while due.
+        for id in queues.behind(channel, &key, head).take(rest) {
+            let mut behind = one
+                .query([id])
+                .map_err(db("read the deliveries of an ordering key"))?;
+            let Some(row) = behind
+                .next()
+                .map_err(db("read the deliveries of an ordering key"))?
+            else {
+                break;
+            };
             let due: i64 = row.get("due_at").unwrap_or(i64::MAX);
             if due > now {
                 break;
@@ -90,12 +96,15 @@ pub(super) fn claim(
         let mut mark = conn
             .prepare_cached("UPDATE deliveries SET state = 1, updated_at = ?2 WHERE id = ?1")
             .map_err(db("mark the claimed deliveries in flight"))?;
-        for id in &claimed {
+        for (id, key) in &claimed {
             mark.execute(params![id, now])
                 .map_err(db("mark the claimed deliveries in flight"))?;
+            if let Some(key) = key {
+                queues.set(channel, key, *id, IN_FLIGHT);
+            }
         }
     }
-    let mut keys = BTreeSet::new();
+    let mut armed = BTreeSet::new();
     for (id, okey, error) in bad {
         tracing::error!(delivery = id, %error, "an unreadable delivery is dead");
         conn.prepare_cached(
@@ -111,60 +120,25 @@ pub(super) fn claim(
         .map_err(db("mark an unreadable delivery dead"))?;
         *staged.live.entry(channel).or_default() -= 1;
         if let Some(key) = okey {
-            keys.insert(key);
+            queues.set(channel, &key, id, DEAD);
+            armed.insert(key);
         }
     }
-    for key in keys {
-        arm_key(conn, channel, &key)?;
+    for key in armed {
+        queues.arm(conn, channel, &key)?;
         staged.notify.insert(channel);
     }
     Ok(out)
 }
 
-/// Keeps the invariant of an ordering key: while nothing of it is in flight, its oldest pending
-/// delivery is ready and every other one waits; while something is in flight, all wait.
-fn arm_key(conn: &Connection, channel: Channel, key: &str) -> Result<(), WriteError> {
-    let read = db("read the state of an ordering key");
-    let (in_flight, ready, waiting): (bool, Option<i64>, Option<i64>) = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE channel = ?1 AND okey = ?2 AND state = 1), \
-             (SELECT MIN(id) FROM deliveries WHERE channel = ?1 AND okey = ?2 AND state = 0), \
-             (SELECT MIN(id) FROM deliveries WHERE channel = ?1 AND okey = ?2 AND state = 4)",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![channel.as_str(), key], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
-        })
-        .map_err(read)?;
-    let head = match (ready, waiting) {
-        (Some(r), Some(w)) => Some(r.min(w)),
-        (r, w) => r.or(w),
-    };
-    let keep = if in_flight { None } else { head };
-    if ready.is_some() && ready != keep {
-        conn.prepare_cached(
-            "UPDATE deliveries SET state = 4 WHERE channel = ?1 AND okey = ?2 AND state = 0 AND id <> ?3",
-        )
-        .and_then(|mut s| s.execute(params![channel.as_str(), key, keep.unwrap_or(-1)]))
-        .map_err(db("update an ordering key"))?;
-    }
-    if let Some(head) = keep
-        && ready != Some(head)
-    {
-        conn.prepare_cached("UPDATE deliveries SET state = 0 WHERE id = ?1")
-            .and_then(|mut s| s.execute([head]))
-            .map_err(db("update an ordering key"))?;
-    }
-    Ok(())
-}
-
 pub(super) fn settle(
     conn: &Connection,
+    keys: &mut Keys,
     staged: &mut Staged,
     settlements: Vec<Settlement>,
     now: i64,
 ) -> Result<(), WriteError> {
+    let queues = keys.load(conn)?;
     let write = db("record the outcomes of deliveries");
     let mut update = conn
         .prepare_cached(
@@ -186,7 +160,7 @@ pub(super) fn settle(
         .map_err(db("record the attempts"))?;
     // The first settlement of an id counts (later ones find it settled already).
     let mut seen = HashSet::new();
-    let mut keys: BTreeSet<(Channel, String)> = BTreeSet::new();
+    let mut armed: BTreeSet<(Channel, String)> = BTreeSet::new();
     for Settlement { id, outcome, attempt } in settlements {
         let id = to_i64(id);
         if !seen.insert(id) {
@@ -222,7 +196,8 @@ pub(super) fn settle(
             *staged.live.entry(channel).or_default() -= 1;
         }
         if let Some(key) = okey {
-            keys.insert((channel, key));
+            queues.set(channel, &key, id, state);
+            armed.insert((channel, key));
         }
         if kind != 2
             && let Some(attempt) = attempt
@@ -239,36 +214,41 @@ pub(super) fn settle(
             .map_err(db("record the attempts"))?;
         }
     }
-    for (channel, key) in keys {
-        arm_key(conn, channel, &key)?;
+    for (channel, key) in armed {
+        queues.arm(conn, channel, &key)?;
     }
     Ok(())
 }
 
 pub(super) fn release(
     conn: &Connection,
+    keys: &mut Keys,
     staged: &mut Staged,
     channel: Channel,
     now: i64,
 ) -> Result<(), WriteError> {
+    let queues = keys.load(conn)?;
     let failed = db("release the in-flight deliveries");
-    let keys: BTreeSet<String> = conn
+    let released: Vec<(i64, String)> = conn
         .prepare_cached(
             "UPDATE deliveries SET state = CASE WHEN okey IS NULL THEN 0 ELSE 4 END, due_at = ?2, \
-             updated_at = ?2 WHERE channel = ?1 AND state = 1 RETURNING okey",
+             updated_at = ?2 WHERE channel = ?1 AND state = 1 RETURNING id, okey",
         )
         .and_then(|mut s| {
             s.query_map(params![channel.as_str(), now], |row| {
-                row.get::<_, Option<String>>(0)
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
             })?
-            .collect::<Result<Vec<_>, _>>()
+            .filter_map(|r| r.map(|(id, key)| key.map(|k| (id, k))).transpose())
+            .collect()
         })
-        .map_err(failed)?
-        .into_iter()
-        .flatten()
-        .collect();
-    for key in keys {
-        arm_key(conn, channel, &key)?;
+        .map_err(failed)?;
+    let mut armed = BTreeSet::new();
+    for (id, key) in released {
+        queues.set(channel, &key, id, WAITING);
+        armed.insert(key);
+    }
+    for key in armed {
+        queues.arm(conn, channel, &key)?;
     }
     staged.notify.insert(channel);
     Ok(())
@@ -302,35 +282,39 @@ fn filter_params(filter: &RedriveFilter) -> [Value; 5] {
 
 pub(super) fn redrive(
     conn: &Connection,
+    keys: &mut Keys,
     staged: &mut Staged,
     filter: &RedriveFilter,
     now: i64,
 ) -> Result<usize, WriteError> {
+    let queues = keys.load(conn)?;
     let failed = db("redrive dead letters");
     let [ids, channel, instance, since, until] = filter_params(filter);
-    let rows: Vec<(String, Option<String>)> = conn
+    let rows: Vec<(i64, String, Option<String>)> = conn
         .prepare_cached(&format!(
             "UPDATE deliveries SET state = CASE WHEN okey IS NULL THEN 0 ELSE 4 END, attempts = 0, \
-             due_at = ?6, updated_at = ?6 WHERE state = 3 AND id IN ({FILTER}) RETURNING channel, okey"
+             due_at = ?6, updated_at = ?6 WHERE state = 3 AND id IN ({FILTER}) RETURNING id, channel, okey"
         ))
         .and_then(|mut s| {
             s.query_map(params![ids, channel, instance, since, until, now], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?
             .collect()
         })
         .map_err(failed)?;
-    let mut keys = BTreeSet::new();
-    for (channel, okey) in &rows {
+    let mut armed = BTreeSet::new();
+    for (id, channel, okey) in &rows {
         let channel = channel_named(channel);
         staged.notify.insert(channel);
         *staged.live.entry(channel).or_default() += 1;
         if let Some(key) = okey {
-            keys.insert((channel, key.clone()));
+            let key: Arc<str> = Arc::from(key.as_str());
+            queues.add(channel, &key, *id, WAITING);
+            armed.insert((channel, key));
         }
     }
-    for (channel, key) in keys {
-        arm_key(conn, channel, &key)?;
+    for (channel, key) in armed {
+        queues.arm(conn, channel, &key)?;
     }
     Ok(rows.len())
 }

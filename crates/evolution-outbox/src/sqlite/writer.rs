@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::enqueue::EnqueueRun;
+use super::keys::Keys;
 use super::open::Opener;
 use super::{queue, store};
 use crate::{InstanceRecord, NewEvent, OutboxError, RedriveFilter, Settlement, StoreError};
@@ -165,6 +166,8 @@ pub(super) struct Cache {
     pub(super) sequences: HashMap<InstanceName, u64>,
     /// Unsettled deliveries per channel.
     live: HashMap<Channel, usize>,
+    /// The live deliveries of every ordering key.
+    pub(super) keys: Keys,
     next_event: Option<i64>,
     next_delivery: Option<i64>,
 }
@@ -175,6 +178,8 @@ pub(super) struct Staged {
     pub(super) sequences: HashMap<InstanceName, u64>,
     pub(super) live: BTreeMap<Channel, i64>,
     pub(super) notify: BTreeSet<Channel>,
+    /// Deliveries of ordering keys stored by an enqueue run: channel, key, id, state.
+    pub(super) keyed: Vec<(Channel, Arc<str>, i64, i64)>,
 }
 
 impl Cache {
@@ -184,6 +189,13 @@ impl Cache {
 
     fn merge(&mut self, staged: Staged) {
         self.sequences.extend(staged.sequences);
+        if !staged.keyed.is_empty()
+            && let Some(queues) = self.keys.loaded()
+        {
+            for (channel, key, id, state) in &staged.keyed {
+                queues.add(*channel, key, *id, *state);
+            }
+        }
         for (channel, delta) in staged.live {
             // Channels not cached are counted from the database when needed.
             if let Some(n) = self.live.get_mut(&channel) {
@@ -441,12 +453,15 @@ impl Writer {
                 notify.extend(staged.notify.iter().copied());
                 self.cache.merge(staged);
             } else if multi {
+                // The request may have changed the key queues before it failed.
+                self.cache.keys.unload();
                 if let Err(e) = control(&self.conn, "ROLLBACK TO request")
                     .and_then(|()| control(&self.conn, "RELEASE request"))
                 {
                     broken = Some(format!("the SQLite outbox could not roll back a savepoint: {e}"));
                 }
             } else {
+                self.cache.keys.unload();
                 rollback = true;
             }
         }
@@ -481,6 +496,10 @@ impl Writer {
         if failed.is_none() && !rollback {
             self.notifiers.notify(notify);
         }
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.cache.keys.check(&self.conn) {
+            panic!("{e}");
+        }
         (if failed.is_some() { None } else { pruned }, reconnect)
     }
 
@@ -505,14 +524,22 @@ impl Writer {
                     });
                 finish(reply, result)
             }
-            Request::Claim(channel, limit, reply) => {
-                finish(reply, queue::claim(conn, staged, channel, limit, now))
-            }
-            Request::Settle(settlements, reply) => {
-                finish(reply, queue::settle(conn, staged, settlements, now))
-            }
-            Request::Release(channel, reply) => finish(reply, queue::release(conn, staged, channel, now)),
-            Request::Redrive(filter, reply) => finish(reply, queue::redrive(conn, staged, &filter, now)),
+            Request::Claim(channel, limit, reply) => finish(
+                reply,
+                queue::claim(conn, &mut self.cache.keys, staged, channel, limit, now),
+            ),
+            Request::Settle(settlements, reply) => finish(
+                reply,
+                queue::settle(conn, &mut self.cache.keys, staged, settlements, now),
+            ),
+            Request::Release(channel, reply) => finish(
+                reply,
+                queue::release(conn, &mut self.cache.keys, staged, channel, now),
+            ),
+            Request::Redrive(filter, reply) => finish(
+                reply,
+                queue::redrive(conn, &mut self.cache.keys, staged, &filter, now),
+            ),
             Request::Purge(filter, reply) => finish(reply, queue::purge(conn, &filter)),
             Request::Prune(Some(reply)) => finish(reply, queue::prune(conn, self.retention, now)),
             Request::Prune(None) => {
