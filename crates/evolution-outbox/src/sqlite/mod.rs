@@ -72,7 +72,9 @@ pub struct WriteStats {
 /// the file is opened again (at least once: they may be sent twice).
 ///
 /// **Ordering keys** behave as in [`MemoryOutbox`](crate::MemoryOutbox), keyed per channel; a
-/// redriven dead letter takes its place in its key again by enqueue order (its id).
+/// redriven dead letter takes its place in its key again by enqueue order (its id). The writer
+/// keeps each key's ready, in-flight and waiting deliveries in memory (16 bytes each), read from
+/// the file on its first request, instead of in an index (ADR 0027).
 ///
 /// **Time** is the wall clock: retry delays become timestamps in the database, with millisecond
 /// precision (as are event times, so [`RedriveFilter`] bounds compare at millisecond precision).
