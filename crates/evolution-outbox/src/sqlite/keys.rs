@@ -52,6 +52,46 @@ impl Queue {
     fn position(&self, id: i64) -> Option<usize> {
         self.entries.binary_search_by_key(&id, |e| e.id).ok()
     }
+
+    /// Keeps the invariant of an ordering key: while nothing of it is in flight, its oldest pending
+    /// delivery is ready and every other one waits; while something is in flight, all wait.
+    fn arm(&mut self, conn: &Connection) -> Result<(), WriteError> {
+        // With nothing in flight, every live delivery is pending: the oldest is the head.
+        let head = if self.in_flight > 0 {
+            None
+        } else {
+            self.entries.front().map(|e| e.id)
+        };
+        let mut update = conn
+            .prepare_cached("UPDATE deliveries SET state = ?2 WHERE id = ?1")
+            .map_err(db("update an ordering key"))?;
+        let mut ready_left = self.ready;
+        let mut head_done = head.is_none();
+        for entry in &mut self.entries {
+            if ready_left == 0 && head_done {
+                break;
+            }
+            let want = if Some(entry.id) == head {
+                head_done = true;
+                READY
+            } else if entry.state == READY {
+                WAITING
+            } else {
+                continue;
+            };
+            if entry.state == READY {
+                ready_left = ready_left.saturating_sub(1);
+            }
+            if entry.state != want {
+                update
+                    .execute(params![entry.id, want])
+                    .map_err(db("update an ordering key"))?;
+                entry.state = want;
+            }
+        }
+        self.ready = usize::from(head.is_some());
+        Ok(())
+    }
 }
 
 /// Every ordering key with live deliveries, per channel; `None` until loaded (again).
@@ -210,46 +250,19 @@ impl Queues {
             .map(|e| e.id)
     }
 
-    /// Keeps the invariant of an ordering key: while nothing of it is in flight, its oldest pending
-    /// delivery is ready and every other one waits; while something is in flight, all wait.
+    /// Keeps the invariant of an ordering key (see [`Queue::arm`]).
     pub(super) fn arm(&mut self, conn: &Connection, channel: Channel, key: &str) -> Result<(), WriteError> {
-        let Some(queue) = self.0.get_mut(&channel).and_then(|keys| keys.get_mut(key)) else {
-            return Ok(());
-        };
-        // With nothing in flight, every live delivery is pending: the oldest is the head.
-        let head = if queue.in_flight > 0 {
-            None
-        } else {
-            queue.entries.front().map(|e| e.id)
-        };
-        let mut update = conn
-            .prepare_cached("UPDATE deliveries SET state = ?2 WHERE id = ?1")
-            .map_err(db("update an ordering key"))?;
-        let mut ready_left = queue.ready;
-        let mut head_done = head.is_none();
-        for entry in &mut queue.entries {
-            if ready_left == 0 && head_done {
-                break;
-            }
-            let want = if Some(entry.id) == head {
-                head_done = true;
-                READY
-            } else if entry.state == READY {
-                WAITING
-            } else {
-                continue;
-            };
-            if entry.state == READY {
-                ready_left = ready_left.saturating_sub(1);
-            }
-            if entry.state != want {
-                update
-                    .execute(params![entry.id, want])
-                    .map_err(db("update an ordering key"))?;
-                entry.state = want;
-            }
+        match self.0.get_mut(&channel).and_then(|keys| keys.get_mut(key)) {
+            Some(queue) => queue.arm(conn),
+            None => Ok(()),
         }
-        queue.ready = usize::from(head.is_some());
-        Ok(())
+    }
+
+    /// Keeps the invariant of every ordering key (at open, once in-flight deliveries are pending).
+    pub(super) fn arm_all(&mut self, conn: &Connection) -> Result<(), WriteError> {
+        self.0
+            .values_mut()
+            .flat_map(HashMap::values_mut)
+            .try_for_each(|queue| queue.arm(conn))
     }
 }

@@ -74,7 +74,7 @@ pub struct WriteStats {
 /// **Ordering keys** behave as in [`MemoryOutbox`](crate::MemoryOutbox), keyed per channel; a
 /// redriven dead letter takes its place in its key again by enqueue order (its id). The writer
 /// keeps each key's ready, in-flight and waiting deliveries in memory (16 bytes each), read from
-/// the file on its first request, instead of in an index (ADR 0027).
+/// the file when it opens, instead of in an index (ADR 0027).
 ///
 /// **Time** is the wall clock: retry delays become timestamps in the database, with millisecond
 /// precision (as are event times, so [`RedriveFilter`] bounds compare at millisecond precision).
@@ -142,18 +142,22 @@ impl SqliteOutbox {
                     ))
                 })?;
                 open::migrate(&mut conn, &opener.path)?;
-                let recovered = writer::recover(&mut conn).map_err(|e| {
+                let (recovered, keys) = writer::recover(&mut conn).map_err(|e| {
                     OutboxError::Storage(format!(
-                        "could not recover the deliveries left in flight in the SQLite outbox at {shown}: {e}; \
-                         check free disk space and that the file is writable"
+                        "could not recover the deliveries left in flight in the SQLite outbox at {shown}: {}",
+                        e.into_message()
                     ))
                 })?;
-                Ok((conn, recovered))
+                Ok((conn, recovered, keys))
             })
             .await
-            .map_err(|e| OutboxError::Storage(format!("opening the SQLite outbox at {shown} was interrupted: {e}")))?
+            .map_err(|e| {
+                OutboxError::Storage(format!(
+                    "opening the SQLite outbox at {shown} was interrupted: {e}"
+                ))
+            })?
         };
-        let (conn, recovered) = prepared?;
+        let (conn, recovered, keys) = prepared?;
         if recovered > 0 {
             tracing::info!(
                 path = %shown,
@@ -169,7 +173,7 @@ impl SqliteOutbox {
             lock,
             conn,
             opener,
-            cache: writer::Cache::default(),
+            cache: writer::Cache::new(keys),
             capacity: options.capacity.max(1),
             retention: options.delivered_retention,
             notifiers: Arc::clone(&notifiers),

@@ -80,6 +80,16 @@ pub(super) enum WriteError {
     Storage(String),
 }
 
+impl WriteError {
+    /// What failed and what to do, as one sentence.
+    pub(super) fn into_message(self) -> String {
+        match self {
+            Self::Storage(message) | Self::Conflict(message) => message,
+            full @ Self::Full { .. } => OutboxError::from(full).to_string(),
+        }
+    }
+}
+
 impl From<WriteError> for OutboxError {
     fn from(e: WriteError) -> Self {
         match e {
@@ -183,6 +193,14 @@ pub(super) struct Staged {
 }
 
 impl Cache {
+    /// A cache that starts from the ordering keys' queues read at open.
+    pub(super) fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            ..Self::default()
+        }
+    }
+
     fn clear(&mut self) {
         *self = Self::default();
     }
@@ -424,10 +442,7 @@ impl Writer {
                         );
                     }
                     Err(e) => {
-                        let message = match e {
-                            WriteError::Storage(message) | WriteError::Conflict(message) => message,
-                            full @ WriteError::Full { .. } => OutboxError::from(full).to_string(),
-                        };
+                        let message = e.into_message();
                         for (reply, _) in accepted {
                             answer(reply, Err(WriteError::Storage(message.clone())));
                         }
@@ -452,17 +467,16 @@ impl Writer {
                 }
                 notify.extend(staged.notify.iter().copied());
                 self.cache.merge(staged);
-            } else if multi {
+            } else {
                 // The request may have changed the key queues before it failed.
                 self.cache.keys.unload();
-                if let Err(e) = control(&self.conn, "ROLLBACK TO request")
+                if !multi {
+                    rollback = true;
+                } else if let Err(e) = control(&self.conn, "ROLLBACK TO request")
                     .and_then(|()| control(&self.conn, "RELEASE request"))
                 {
                     broken = Some(format!("the SQLite outbox could not roll back a savepoint: {e}"));
                 }
-            } else {
-                self.cache.keys.unload();
-                rollback = true;
             }
         }
         let broken_before_commit = broken.clone();
@@ -569,24 +583,23 @@ impl Writer {
 }
 
 /// Moves every in-flight delivery back to pending (due now) and re-derives which pending deliveries
-/// of ordering keys are claimable. Returns how many were in flight.
-pub(super) fn recover(conn: &mut Connection) -> Result<usize, rusqlite::Error> {
+/// of ordering keys are claimable. Returns how many were in flight, and the ordering keys' queues
+/// (read for this, then the writer's).
+pub(super) fn recover(conn: &mut Connection) -> Result<(usize, Keys), WriteError> {
+    let failed = db("move the deliveries left in flight back to pending");
     let now = super::now_ms();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let moved = tx.execute(
-        "UPDATE deliveries SET state = CASE WHEN okey IS NULL THEN 0 ELSE 4 END, due_at = ?1, \
-         updated_at = ?1 WHERE state = 1",
-        params![now],
-    )?;
-    tx.execute(
-        "UPDATE deliveries SET state = 4 WHERE state = 0 AND okey IS NOT NULL",
-        [],
-    )?;
-    tx.execute(
-        "UPDATE deliveries SET state = 0 WHERE id IN (SELECT MIN(id) FROM deliveries \
-         WHERE state = 4 AND okey IS NOT NULL GROUP BY channel, okey)",
-        [],
-    )?;
-    tx.commit()?;
-    Ok(moved)
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(&failed)?;
+    let moved = tx
+        .execute(
+            "UPDATE deliveries SET state = CASE WHEN okey IS NULL THEN 0 ELSE 4 END, due_at = ?1, \
+             updated_at = ?1 WHERE state = 1",
+            params![now],
+        )
+        .map_err(&failed)?;
+    let mut keys = Keys::default();
+    keys.load(&tx)?.arm_all(&tx)?;
+    tx.commit().map_err(&failed)?;
+    Ok((moved, keys))
 }
